@@ -1,0 +1,31 @@
+"""hf-l0: structured L0 pruning (hard concrete gates, CoFi / Sheared-LLaMA) for stock transformers models."""
+
+from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
+from .config import L0Config
+from .gates import HardConcreteGate
+from .patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
+from .prune import build_compact_model, prune_model
+from .size import SizeReport, deterministic_size, expected_size, expected_sparsity, full_size
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchAdapter",
+    "HardConcreteGate",
+    "L0Config",
+    "L0Gates",
+    "SizeReport",
+    "build_compact_model",
+    "deterministic_size",
+    "expected_size",
+    "expected_sparsity",
+    "full_size",
+    "get_adapter",
+    "get_gates",
+    "is_patched",
+    "patch_model",
+    "prune_model",
+    "register_adapter",
+    "supported_model_types",
+    "unpatch_model",
+]

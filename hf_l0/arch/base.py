@@ -1,0 +1,148 @@
+"""What an architecture adapter tells hf-l0 about a model family, and the registry of adapters by ``model_type``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import nn
+
+from ..slicing import in_features
+
+
+@dataclass
+class Projection:
+    """A linear-like module reading the residual stream whose output features belong to units (heads, neurons).
+
+    ``blocks`` lists (offset, width per unit) along the output features: Llama's ``q_proj`` is ``[(0, g * head_dim)]``,
+    GPT-2's fused ``c_attn`` is ``[(0, hd), (d, hd), (2 * d, hd)]``.
+    """
+
+    module: nn.Module
+    blocks: tuple[tuple[int, int], ...]
+
+    @property
+    def width_per_unit(self) -> int:
+        return sum(width for _, width in self.blocks)
+
+
+@dataclass
+class Sublayer:
+    """An attention or FFN block: unit-owning input projections and one output projection back to the residual."""
+
+    kind: str  # "attention" or "ffn"
+    layer_idx: int
+    inputs: list[Projection]
+    output: nn.Module
+    unit_width: int  # input features of ``output`` per unit
+    num_units: int
+
+    def weights_per_unit(self) -> int:
+        """Weight entries per unit and per hidden dimension (inputs' rows plus the output's columns)."""
+        return sum(p.width_per_unit for p in self.inputs) + self.unit_width
+
+    def biases_per_unit(self) -> int:
+        return sum(p.width_per_unit for p in self.inputs if p.module.bias is not None)
+
+    def output_bias(self) -> int:
+        return int(self.output.bias is not None)
+
+
+@dataclass
+class ResidualStream:
+    """Everything that touches the hidden dimension outside the sublayers' own projections."""
+
+    embeddings: list[nn.Embedding]  # their outputs enter the residual stream
+    norms: list[nn.Module]  # LayerNorm / RMSNorm on the residual stream
+    consumers: list[nn.Module] = field(default_factory=list)  # linear-like modules reading it (pooler, task heads)
+
+
+class ArchAdapter:
+    """Maps one model family onto sublayers, projections and the residual stream.
+
+    Subclasses set ``model_types`` and implement the abstract methods; registering a family is one file.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+        self.base = model.base_model
+
+    # -- layout ----------------------------------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def layers(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers())
+
+    def attention(self, layer_idx: int) -> Sublayer | None:
+        """The attention sublayer, or None when pruning already removed it."""
+        raise NotImplementedError
+
+    def ffn(self, layer_idx: int) -> Sublayer | None:
+        raise NotImplementedError
+
+    def residual_stream(self) -> ResidualStream:
+        raise NotImplementedError
+
+    def query_heads_per_unit(self) -> int:
+        """Query heads covered by one attention gate (1 for MHA, the KV group size for GQA)."""
+        return 1
+
+    def head_dim(self) -> int:
+        return self.config.hidden_size // self.config.num_attention_heads
+
+    # -- surgery -----------------------------------------------------------------------------------------------------
+    def set_attention_units(self, layer_idx: int, num_units: int) -> None:
+        """Update the attention module's own attributes after its projections were sliced to ``num_units``."""
+
+    def remove_attention(self, layer_idx: int, keep_bias: bool) -> None:
+        raise NotImplementedError
+
+    def remove_ffn(self, layer_idx: int, keep_bias: bool) -> None:
+        raise NotImplementedError
+
+    # -- checks ------------------------------------------------------------------------------------------------------
+    def check_supported(self, gate_hidden: bool) -> None:
+        """Raise a clear error when this particular model can't be gated as asked."""
+
+    def top_level_consumers(self) -> list[nn.Module]:
+        """Linear task heads of a decoder (lm_head, score, ...): direct children reading the final hidden states."""
+        return [
+            module
+            for name, module in self.model.named_children()
+            if module is not self.base and hasattr(module, "weight") and isinstance(module, nn.Linear)
+            and in_features(module) == self.hidden_size
+        ]
+
+
+ADAPTERS: dict[str, type[ArchAdapter]] = {}
+
+
+def register_adapter(cls: type[ArchAdapter]) -> type[ArchAdapter]:
+    for model_type in cls.model_types:
+        ADAPTERS[model_type] = cls
+    return cls
+
+
+def supported_model_types() -> list[str]:
+    return sorted(ADAPTERS)
+
+
+def get_adapter(model: nn.Module) -> ArchAdapter:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"hf-l0 has no adapter for model_type={model_type!r} ({type(model).__name__}). Supported model types: "
+            f"{', '.join(supported_model_types())}. To add a family, write an ArchAdapter in hf_l0/arch/ and decorate "
+            "it with @register_adapter."
+        )
+    return ADAPTERS[model_type](model)

@@ -1,0 +1,113 @@
+"""`L0Config`: which structures of a model get hard concrete gates, and how."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+STRUCTURES = ("heads", "ffn", "hidden", "layers")
+CONFIG_NAME = "l0_config.json"
+
+
+@dataclass
+class L0Config:
+    """Configuration of structured L0 pruning, in the spirit of peft's ``LoraConfig``."""
+
+    heads: bool = field(
+        default=True,
+        metadata={"help": "Gate attention heads. On GQA models one gate covers a whole KV group (one KV head and "
+                  "its query heads), so a closed gate removes K, V and the queries together."},
+    )
+    ffn: bool = field(default=True, metadata={"help": "Gate intermediate (FFN) neurons."})
+    hidden: bool = field(
+        default=False,
+        metadata={"help": "Gate hidden dimensions of the residual stream, shared by all layers (CoFi)."},
+    )
+    layers: bool = field(
+        default=True,
+        metadata={"help": "Gate whole sublayers: one gate per attention block and one per FFN block."},
+    )
+    target_sparsity: float | None = field(
+        default=None,
+        metadata={"help": "Fraction of the prunable parameters (attention + FFN) to remove, in (0, 1)."},
+    )
+    droprate_init: float = field(
+        default=0.01, metadata={"help": "Initial probability that a gate is zero; small means 'start all open'."}
+    )
+    temperature: float = field(default=2.0 / 3.0, metadata={"help": "Hard concrete temperature beta."})
+    limit_left: float = field(default=-0.1, metadata={"help": "Stretch interval left end gamma (< 0)."})
+    limit_right: float = field(default=1.1, metadata={"help": "Stretch interval right end zeta (> 1)."})
+    target_heads: int | None = field(
+        default=None,
+        metadata={"help": "Uniform target: keep exactly this many heads (KV groups on GQA models) in every layer."},
+    )
+    target_intermediate_size: int | None = field(
+        default=None, metadata={"help": "Uniform target: keep exactly this many FFN neurons in every layer."}
+    )
+    target_hidden_size: int | None = field(
+        default=None, metadata={"help": "Uniform target: keep exactly this many hidden dimensions."}
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def structures(self) -> tuple[str, ...]:
+        return tuple(name for name in STRUCTURES if getattr(self, name))
+
+    def validate(self) -> None:
+        if not self.structures:
+            raise ValueError(f"L0Config gates nothing: set at least one of {', '.join(STRUCTURES)} to True.")
+        if self.target_sparsity is not None and not 0.0 < self.target_sparsity < 1.0:
+            raise ValueError(
+                f"target_sparsity={self.target_sparsity} is impossible: it is the fraction of prunable parameters "
+                "to remove and must lie strictly between 0 and 1 (e.g. 0.6)."
+            )
+        if not 0.0 < self.droprate_init < 1.0:
+            raise ValueError(f"droprate_init={self.droprate_init} must lie strictly between 0 and 1.")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be positive (the paper uses 2/3).")
+        if not (self.limit_left < 0.0 and self.limit_right > 1.0):
+            raise ValueError(
+                f"hard concrete stretch ({self.limit_left}, {self.limit_right}) must satisfy limit_left < 0 and "
+                "limit_right > 1 (the paper uses -0.1 and 1.1)."
+            )
+        for name, gated_by in (("target_heads", "heads"), ("target_intermediate_size", "ffn"),
+                               ("target_hidden_size", "hidden")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value < 0:
+                raise ValueError(f"{name}={value} must be >= 0.")
+            if not getattr(self, gated_by):
+                raise ValueError(f"{name} is set but {gated_by}=False: a uniform target needs its gates.")
+            if self.layers:
+                raise ValueError(f"{name} asks for a uniform target architecture, which keeps every sublayer: "
+                                 "set layers=False (no whole-sublayer gates).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> L0Config:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown L0Config fields {unknown}; known fields are {sorted(known)}.")
+        return cls(**data)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> L0Config:
+        with open(os.path.join(directory, CONFIG_NAME)) as f:
+            return cls.from_dict(json.load(f))

@@ -1,0 +1,103 @@
+"""Hard concrete gates (Louizos, Welling & Kingma, 2018) over structures of a transformer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class HardConcreteGate(nn.Module):
+    """A tensor of hard concrete gates, one entry per structure (head, neuron, hidden dimension, sublayer).
+
+    Training mode draws a reparameterized sample
+    ``z = clamp(sigmoid((log u - log(1 - u) + log_alpha) / beta) * (zeta - gamma) + gamma, 0, 1)``.
+
+    Eval mode is deterministic (the rule that :func:`hf_l0.prune_model` applies):
+
+    * the number of surviving entries is the expected L0 norm, ``k = round(sum P(z != 0))``, taken over the whole
+      gate tensor (CoFi), or exactly ``keep_per_row`` entries in every row when that is set (Sheared-LLaMA's
+      target architectures);
+    * the ``k`` entries with the largest ``log_alpha`` survive with the paper's deterministic value
+      ``clamp(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1)``; all others are 0. A surviving entry whose
+      value is 0 is pruned as well. Survivors take the value 1 instead with ``binary=True`` (hidden dimensions,
+      whose scale cannot be folded into tied embeddings) and with ``keep_per_row`` (a uniform target must keep
+      exactly its count, so no survivor may fall to 0).
+    """
+
+    def __init__(
+        self,
+        shape: int | tuple[int, ...],
+        *,
+        droprate_init: float = 0.01,
+        temperature: float = 2.0 / 3.0,
+        limit_left: float = -0.1,
+        limit_right: float = 1.1,
+        eps: float = 1e-6,
+        binary: bool = False,
+        init_std: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < droprate_init < 1.0:
+            raise ValueError(f"droprate_init must lie in (0, 1), got {droprate_init}.")
+        if not (limit_left < 0.0 and limit_right > 1.0):
+            raise ValueError(f"need limit_left < 0 < 1 < limit_right, got ({limit_left}, {limit_right}).")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.temperature = temperature
+        self.limit_left = limit_left
+        self.limit_right = limit_right
+        self.eps = eps
+        self.binary = binary
+        self.keep_per_row: int | None = None
+        # log_alpha such that P(z != 0) starts at 1 - droprate_init (CoFi's "near all open" start).
+        mean = math.log(1.0 - droprate_init) - math.log(droprate_init) + temperature * math.log(-limit_left / limit_right)
+        self.log_alpha = nn.Parameter(torch.empty(shape).normal_(mean, init_std))
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.log_alpha.shape)}, temperature={self.temperature:.4g}, binary={self.binary}"
+
+    def prob_nonzero(self) -> torch.Tensor:
+        """P(z != 0) per entry: the differentiable expected L0 norm contribution."""
+        return torch.sigmoid(self.log_alpha - self.temperature * math.log(-self.limit_left / self.limit_right))
+
+    def expected_l0(self) -> torch.Tensor:
+        """Expected number of non-zero entries, differentiable in ``log_alpha``."""
+        return self.prob_nonzero().sum()
+
+    def sample(self) -> torch.Tensor:
+        u = torch.empty_like(self.log_alpha).uniform_(self.eps, 1.0 - self.eps)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.temperature)
+        return (s * (self.limit_right - self.limit_left) + self.limit_left).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def keep_mask(self) -> torch.Tensor:
+        """Boolean mask of the entries that survive under the deterministic rule (before the value test)."""
+        log_alpha = self.log_alpha.detach()
+        if self.keep_per_row is not None:
+            rows = log_alpha.reshape(-1, log_alpha.shape[-1])
+            k = min(self.keep_per_row, rows.shape[-1])
+            mask = torch.zeros_like(rows, dtype=torch.bool)
+            if k > 0:
+                mask.scatter_(-1, rows.topk(k, dim=-1).indices, True)
+            return mask.reshape(log_alpha.shape)
+        flat = log_alpha.flatten()
+        k = int(torch.round(self.prob_nonzero().detach().sum()).item())
+        mask = torch.zeros_like(flat, dtype=torch.bool)
+        if k > 0:
+            mask[flat.topk(k).indices] = True
+        return mask.reshape(log_alpha.shape)
+
+    def deterministic(self) -> torch.Tensor:
+        """The eval-mode gate values (see the class docstring); no gradient."""
+        with torch.no_grad():
+            keep = self.keep_mask()
+            if self.binary or self.keep_per_row is not None:
+                return keep.to(self.log_alpha.dtype)
+            value = torch.sigmoid(self.log_alpha) * (self.limit_right - self.limit_left) + self.limit_left
+            return value.clamp(0.0, 1.0) * keep
+
+    def forward(self) -> torch.Tensor:
+        return self.sample() if self.training else self.deterministic()

@@ -1,0 +1,190 @@
+"""Attach hard concrete gates to a stock transformers model with hooks (no modeling code is copied or replaced)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .arch import ArchAdapter, get_adapter
+from .config import L0Config
+from .gates import HardConcreteGate
+from .slicing import norm_on_subset
+
+GATES_ATTR = "l0_gates"
+_HANDLES_ATTR = "_l0_hook_handles"
+
+
+class L0Gates(nn.Module):
+    """All gates of one model, attached as ``model.l0_gates``.
+
+    ``heads`` [layers, units] (a unit is a head, or a KV group on GQA models), ``ffn`` [layers, neurons],
+    ``attention_layers`` / ``ffn_layers`` [layers], ``hidden`` [hidden_size] (binary at eval). Each is a
+    :class:`HardConcreteGate`. One sample of every gate is drawn per model forward (``refresh``) and shared by all
+    hooks of that forward, so gradient checkpointing recomputes with the same gate values.
+    """
+
+    def __init__(self, config: L0Config, num_layers: int, attention_units: int, ffn_units: int, hidden_size: int):
+        super().__init__()
+        kwargs = dict(droprate_init=config.droprate_init, temperature=config.temperature,
+                      limit_left=config.limit_left, limit_right=config.limit_right)
+        if config.heads:
+            self.heads = HardConcreteGate((num_layers, attention_units), **kwargs)
+            self.heads.keep_per_row = config.target_heads
+        if config.ffn:
+            self.ffn = HardConcreteGate((num_layers, ffn_units), **kwargs)
+            self.ffn.keep_per_row = config.target_intermediate_size
+        if config.layers:
+            self.attention_layers = HardConcreteGate(num_layers, **kwargs)
+            self.ffn_layers = HardConcreteGate(num_layers, **kwargs)
+        if config.hidden:
+            self.hidden = HardConcreteGate(hidden_size, binary=True, **kwargs)
+            self.hidden.keep_per_row = config.target_hidden_size
+        self._values: dict[str, torch.Tensor] = {}
+
+    def gates(self) -> dict[str, HardConcreteGate]:
+        return {name: module for name, module in self.named_children() if isinstance(module, HardConcreteGate)}
+
+    def refresh(self) -> None:
+        self._values = {name: gate() for name, gate in self.gates().items()}
+
+    def value(self, name: str) -> torch.Tensor | None:
+        if name not in self._values and hasattr(self, name):
+            self.refresh()
+        return self._values.get(name)
+
+    @torch.no_grad()
+    def deterministic(self) -> dict[str, torch.Tensor]:
+        return {name: gate.deterministic() for name, gate in self.gates().items()}
+
+
+def is_patched(model: nn.Module) -> bool:
+    return isinstance(getattr(model, GATES_ATTR, None), L0Gates)
+
+
+def get_gates(model: nn.Module) -> L0Gates:
+    gates = getattr(model, GATES_ATTR, None)
+    if not isinstance(gates, L0Gates):
+        raise ValueError(f"{type(model).__name__} has no L0 gates: call hf_l0.patch_model(model, L0Config(...)) first.")
+    return gates
+
+
+def _unit_scaler(gates: L0Gates, name: str, layer_idx: int, width: int) -> Callable:
+    def pre_hook(module, args):
+        z = gates.value(name)
+        x = args[0]
+        return (x * z[layer_idx].repeat_interleave(width).to(x.dtype), *args[1:])
+
+    return pre_hook
+
+
+def _output_scaler(gates: L0Gates, layer_gate: str | None, layer_idx: int) -> Callable:
+    def hook(module, args, output):
+        scale = None
+        if layer_gate is not None and gates.value(layer_gate) is not None:
+            scale = gates.value(layer_gate)[layer_idx]
+        hidden = gates.value("hidden")
+        if hidden is not None:
+            scale = hidden if scale is None else scale * hidden
+        return output if scale is None else output * scale.to(output.dtype)
+
+    return hook
+
+
+def _hidden_scaler(gates: L0Gates) -> Callable:
+    def hook(module, args, output):
+        return output * gates.value("hidden").to(output.dtype)
+
+    return hook
+
+
+def _hidden_norm(gates: L0Gates) -> Callable:
+    # Norm statistics over the surviving hidden dimensions only (CoFi), and zeros elsewhere so the norm's bias does
+    # not refill pruned dimensions: exactly what the compact model with fewer dimensions computes.
+    def hook(module, args, output):
+        keep = gates.value("hidden") != 0
+        if bool(keep.all()):
+            return output
+        index = keep.nonzero().squeeze(-1)
+        result = output.new_zeros(output.shape)
+        return result.index_copy(-1, index, norm_on_subset(module, args[0], index).to(output.dtype))
+
+    return hook
+
+
+def _refresh_gates(gates: L0Gates) -> Callable:
+    def pre_hook(module, args):
+        gates.refresh()
+
+    return pre_hook
+
+
+def _register(adapter: ArchAdapter, gates: L0Gates, config: L0Config) -> list:
+    handles = [adapter.model.register_forward_pre_hook(_refresh_gates(gates))]
+    for i in range(adapter.num_layers):
+        for sublayer, unit_gate, layer_gate in ((adapter.attention(i), "heads", "attention_layers"),
+                                                (adapter.ffn(i), "ffn", "ffn_layers")):
+            if hasattr(gates, unit_gate):
+                handles.append(sublayer.output.register_forward_pre_hook(
+                    _unit_scaler(gates, unit_gate, i, sublayer.unit_width)))
+            if config.layers or config.hidden:
+                handles.append(sublayer.output.register_forward_hook(
+                    _output_scaler(gates, layer_gate if config.layers else None, i)))
+    if config.hidden:
+        stream = adapter.residual_stream()
+        handles += [embedding.register_forward_hook(_hidden_scaler(gates)) for embedding in stream.embeddings]
+        handles += [norm.register_forward_hook(_hidden_norm(gates)) for norm in stream.norms]
+    return handles
+
+
+def _uniform_units(adapter: ArchAdapter) -> tuple[int, int]:
+    attention = {s.num_units for s in (adapter.attention(i) for i in range(adapter.num_layers)) if s is not None}
+    ffn = {s.num_units for s in (adapter.ffn(i) for i in range(adapter.num_layers)) if s is not None}
+    if len(attention) != 1 or len(ffn) != 1 or getattr(adapter.config, "l0_structure", None):
+        raise ValueError(f"{type(adapter.model).__name__} is already pruned (per-layer shapes differ or sublayers were "
+                         "removed); hf-l0 patches dense models only. Patch the original model instead.")
+    return attention.pop(), ffn.pop()
+
+
+def patch_model(model: nn.Module, config: L0Config) -> nn.Module:
+    """Attach L0 gates to ``model`` in place and return it.
+
+    Gates live in ``model.l0_gates``; hooks apply them (CoFi semantics): a head gate scales that head's context
+    before the output projection, an FFN gate scales the intermediate activation, a layer gate scales the whole
+    sublayer output, and a hidden gate scales every hidden dimension at the embedding outputs and at each sublayer
+    output while residual norms compute their statistics over the surviving dimensions only.
+    """
+    if not isinstance(config, L0Config):
+        raise TypeError(f"config must be an hf_l0.L0Config, got {type(config).__name__}.")
+    config.validate()
+    if is_patched(model):
+        raise ValueError(f"{type(model).__name__} is already patched with L0 gates; call hf_l0.unpatch_model(model) "
+                         "first to start again, or keep training the existing gates.")
+    adapter = get_adapter(model)
+    adapter.check_supported(gate_hidden=config.hidden)
+    attention_units, ffn_units = _uniform_units(adapter)
+    for name, value, limit in (("target_heads", config.target_heads, attention_units),
+                               ("target_intermediate_size", config.target_intermediate_size, ffn_units),
+                               ("target_hidden_size", config.target_hidden_size, adapter.hidden_size)):
+        if value is not None and value > limit:
+            raise ValueError(f"{name}={value} exceeds what the model has ({limit}); a target must not grow it.")
+    param = next(model.parameters())
+    gates = L0Gates(config, adapter.num_layers, attention_units, ffn_units, adapter.hidden_size)
+    gates.to(device=param.device)
+    model.add_module(GATES_ATTR, gates)
+    setattr(model, _HANDLES_ATTR, _register(adapter, gates, config))
+    model.l0_config = config
+    return model
+
+
+def unpatch_model(model: nn.Module) -> nn.Module:
+    """Remove gates and hooks; the model computes exactly what it computed before :func:`patch_model`."""
+    get_gates(model)
+    for handle in getattr(model, _HANDLES_ATTR, []):
+        handle.remove()
+    delattr(model, _HANDLES_ATTR)
+    delattr(model, GATES_ATTR)
+    if "l0_config" in model.__dict__:
+        del model.__dict__["l0_config"]
+    return model

@@ -1,0 +1,97 @@
+"""Expected (differentiable) and deterministic parameter counts of everything the gates can remove.
+
+For each sublayer (CoFi's outer products, gates independent):
+``E = P(layer) * (sum_u P(u) * (W_u * E[d] + B_u) + B_out * E[d])`` where ``W_u`` is the number of weight entries per
+unit and hidden dimension (input rows + output columns), ``B_u`` the input-projection biases per unit, ``B_out`` 1 when
+the output projection has a bias (kept while the layer gate is open, even with no unit left), and ``E[d]`` the
+expected number of hidden dimensions. Outside the sublayers, hidden gates also shrink embeddings, norms and the
+Linear heads that read the residual stream. With P replaced by ``1[z != 0]`` of the deterministic gates, the count
+equals the parameters of the model that :func:`hf_l0.prune_model` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .arch import ArchAdapter, get_adapter
+from .patch import get_gates
+from .slicing import out_features
+
+
+@dataclass
+class SizeReport:
+    """Parameter counts (float64 tensors; differentiable when expected) of the prunable parts of a model."""
+
+    attention: torch.Tensor
+    ffn: torch.Tensor
+    residual: torch.Tensor  # embeddings, norms and heads along the hidden dimension
+
+    @property
+    def prunable(self) -> torch.Tensor:
+        """Attention + FFN blocks: the part whose sparsity the Lagrangian controls (embeddings excluded, as in CoFi)."""
+        return self.attention + self.ffn
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.prunable + self.residual
+
+
+def _probabilities(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
+    gates = get_gates(model)
+    if mode == "full":
+        return {}
+    if mode == "expected":
+        return {name: gate.prob_nonzero().double() for name, gate in gates.gates().items()}
+    return {name: (value != 0).double() for name, value in gates.deterministic().items()}
+
+
+def _residual_params_per_dim(adapter: ArchAdapter) -> int:
+    stream = adapter.residual_stream()
+    embedding_weights = {id(e.weight) for e in stream.embeddings}
+    count = sum(e.num_embeddings for e in stream.embeddings)
+    count += sum(sum(p.numel() for p in norm.parameters(recurse=False)) // adapter.hidden_size for norm in stream.norms)
+    count += sum(out_features(c) for c in stream.consumers if id(c.weight) not in embedding_weights)  # tied: once
+    return count
+
+
+def _size(model: nn.Module, mode: str) -> SizeReport:
+    adapter = get_adapter(model)
+    probs = _probabilities(model, mode)
+    device = next(get_gates(model).parameters()).device
+    one = torch.ones((), dtype=torch.float64, device=device)
+    hidden = probs["hidden"].sum() if "hidden" in probs else one * adapter.hidden_size
+    totals = {"attention": one * 0, "ffn": one * 0}
+    for i in range(adapter.num_layers):
+        for kind, sublayer, unit_gate, layer_gate in (("attention", adapter.attention(i), "heads", "attention_layers"),
+                                                      ("ffn", adapter.ffn(i), "ffn", "ffn_layers")):
+            units = probs[unit_gate][i].sum() if unit_gate in probs else one * sublayer.num_units
+            size = units * (sublayer.weights_per_unit() * hidden + sublayer.biases_per_unit())
+            size = size + sublayer.output_bias() * hidden
+            if layer_gate in probs:
+                size = size * probs[layer_gate][i]
+            totals[kind] = totals[kind] + size
+    return SizeReport(totals["attention"], totals["ffn"], _residual_params_per_dim(adapter) * hidden)
+
+
+def expected_size(model: nn.Module) -> SizeReport:
+    """Expected parameter counts under the hard concrete distributions (differentiable in every ``log_alpha``)."""
+    return _size(model, "expected")
+
+
+def deterministic_size(model: nn.Module) -> SizeReport:
+    """Parameter counts under the eval-mode gates: what :func:`hf_l0.prune_model` will keep."""
+    return _size(model, "deterministic")
+
+
+def full_size(model: nn.Module) -> SizeReport:
+    """Parameter counts with every gate open (the dense model)."""
+    return _size(model, "full")
+
+
+def expected_sparsity(model: nn.Module, deterministic: bool = False) -> torch.Tensor:
+    """1 - remaining / full size of the attention + FFN blocks (differentiable unless ``deterministic``)."""
+    size = deterministic_size(model) if deterministic else expected_size(model)
+    return 1.0 - size.prunable / full_size(model).prunable

