@@ -172,6 +172,7 @@ def patch_model(model: nn.Module, config: L0Config) -> nn.Module:
     param = next(model.parameters())
     gates = L0Gates(config, adapter.num_layers, attention_units, ffn_units, adapter.hidden_size)
     gates.to(device=param.device)
+    gates.train(model.training)  # a model patched after .eval() must stay deterministic
     model.add_module(GATES_ATTR, gates)
     setattr(model, _HANDLES_ATTR, _register(adapter, gates, config))
     model.l0_config = config
