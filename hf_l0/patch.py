@@ -59,12 +59,17 @@ class L0Gates(nn.Module):
         return {name: gate.deterministic() for name, gate in self.gates().items()}
 
 
+def transformers_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (``PeftModel``), or ``model`` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def is_patched(model: nn.Module) -> bool:
-    return isinstance(getattr(model, GATES_ATTR, None), L0Gates)
+    return isinstance(transformers_model(model)._modules.get(GATES_ATTR), L0Gates)
 
 
 def get_gates(model: nn.Module) -> L0Gates:
-    gates = getattr(model, GATES_ATTR, None)
+    gates = transformers_model(model)._modules.get(GATES_ATTR)
     if not isinstance(gates, L0Gates):
         raise ValueError(f"{type(model).__name__} has no L0 gates: call hf_l0.patch_model(model, L0Config(...)) first.")
     return gates
@@ -113,15 +118,21 @@ def _hidden_norm(gates: L0Gates) -> Callable:
     return hook
 
 
-def _refresh_gates(gates: L0Gates) -> Callable:
+def _refresh_gates(gates: L0Gates, hooked: dict[str, nn.Module]) -> Callable:
     def pre_hook(module, args):
+        for path, hooked_module in hooked.items():
+            if module.get_submodule(path) is not hooked_module:
+                raise RuntimeError(
+                    f"{path} was replaced after hf_l0.patch_model (e.g. by peft.get_peft_model), so the L0 gates no "
+                    "longer see its whole output. Call patch_model after get_peft_model, on the peft model."
+                )
         gates.refresh()
 
     return pre_hook
 
 
 def _register(adapter: ArchAdapter, gates: L0Gates, config: L0Config) -> list:
-    handles = [adapter.model.register_forward_pre_hook(_refresh_gates(gates))]
+    handles = []
     for i in range(adapter.num_layers):
         for sublayer, unit_gate, layer_gate in ((adapter.attention(i), "heads", "attention_layers"),
                                                 (adapter.ffn(i), "ffn", "ffn_layers")):
@@ -135,6 +146,10 @@ def _register(adapter: ArchAdapter, gates: L0Gates, config: L0Config) -> list:
         stream = adapter.residual_stream()
         handles += [embedding.register_forward_hook(_hidden_scaler(gates)) for embedding in stream.embeddings]
         handles += [norm.register_forward_hook(_hidden_norm(gates)) for norm in stream.norms]
+    hooked_ids = {handle.id for handle in handles}
+    hooked = {path: module for path, module in adapter.model.named_modules()
+              if hooked_ids & (set(module._forward_hooks) | set(module._forward_pre_hooks))}
+    handles.append(adapter.model.register_forward_pre_hook(_refresh_gates(gates, hooked)))
     return handles
 
 
@@ -150,6 +165,9 @@ def _uniform_units(adapter: ArchAdapter) -> tuple[int, int]:
 def patch_model(model: nn.Module, config: L0Config) -> nn.Module:
     """Attach L0 gates to ``model`` in place and return it.
 
+    ``model`` may be a peft model (LoRA adapters added by ``get_peft_model`` first): gates then join the transformers
+    model inside it and gate the adapted projections' whole output; the base weights stay frozen, gates train.
+
     Gates live in ``model.l0_gates``; hooks apply them (CoFi semantics): a head gate scales that head's context
     before the output projection, an FFN gate scales the intermediate activation, a layer gate scales the whole
     sublayer output, and a hidden gate scales every hidden dimension at the embedding outputs and at each sublayer
@@ -161,7 +179,8 @@ def patch_model(model: nn.Module, config: L0Config) -> nn.Module:
     if is_patched(model):
         raise ValueError(f"{type(model).__name__} is already patched with L0 gates; call hf_l0.unpatch_model(model) "
                          "first to start again, or keep training the existing gates.")
-    adapter = get_adapter(model)
+    target = transformers_model(model)
+    adapter = get_adapter(target)
     adapter.check_supported(gate_hidden=config.hidden)
     attention_units, ffn_units = _uniform_units(adapter)
     for name, value, limit in (("target_heads", config.target_heads, attention_units),
@@ -169,23 +188,23 @@ def patch_model(model: nn.Module, config: L0Config) -> nn.Module:
                                ("target_hidden_size", config.target_hidden_size, adapter.hidden_size)):
         if value is not None and value > limit:
             raise ValueError(f"{name}={value} exceeds what the model has ({limit}); a target must not grow it.")
-    param = next(model.parameters())
+    param = next(target.parameters())
     gates = L0Gates(config, adapter.num_layers, attention_units, ffn_units, adapter.hidden_size)
     gates.to(device=param.device)
-    gates.train(model.training)  # a model patched after .eval() must stay deterministic
-    model.add_module(GATES_ATTR, gates)
-    setattr(model, _HANDLES_ATTR, _register(adapter, gates, config))
-    model.l0_config = config
+    gates.train(target.training)  # a model patched after .eval() must stay deterministic
+    target.add_module(GATES_ATTR, gates)
+    setattr(target, _HANDLES_ATTR, _register(adapter, gates, config))
+    target.l0_config = config
     return model
 
 
 def unpatch_model(model: nn.Module) -> nn.Module:
     """Remove gates and hooks; the model computes exactly what it computed before :func:`patch_model`."""
     get_gates(model)
-    for handle in getattr(model, _HANDLES_ATTR, []):
+    target = transformers_model(model)
+    for handle in getattr(target, _HANDLES_ATTR, []):
         handle.remove()
-    delattr(model, _HANDLES_ATTR)
-    delattr(model, GATES_ATTR)
-    if "l0_config" in model.__dict__:
-        del model.__dict__["l0_config"]
+    delattr(target, _HANDLES_ATTR)
+    delattr(target, GATES_ATTR)
+    target.__dict__.pop("l0_config", None)
     return model

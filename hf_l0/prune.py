@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from .arch import ArchAdapter, Sublayer, get_adapter
-from .patch import get_gates, unpatch_model
+from .compact import apply_structure
+from .patch import get_gates, transformers_model, unpatch_model
 from .slicing import scale_linear, slice_embedding, slice_linear, slice_norm, unit_rows
 
 STRUCTURE_KEY = "l0_structure"
@@ -113,10 +114,15 @@ def prune_model(model: nn.Module) -> nn.Module:
     Returns ``model`` itself, now compact, of the same class, without gates or hooks. Its eval output equals the
     gated model's eval output. Sublayers with no unit left are replaced by stand-ins that return the (kept) output
     bias. ``model.config.l0_structure`` records the per-layer shapes; :func:`build_compact_model` rebuilds from it.
+
+    A peft model's adapters are merged first (``merge_and_unload``): the result is a plain transformers model, so use
+    the returned object.
     """
     gates = get_gates(model)
     values = {name: value.detach().cpu() for name, value in gates.deterministic().items()}
     unpatch_model(model)
+    if transformers_model(model) is not model:
+        model = model.merge_and_unload()
     adapter = get_adapter(model)
     hidden = values.get("hidden")
     plan = PruningPlan(hidden=None if hidden is None or bool(hidden.all()) else hidden.nonzero().squeeze(-1))
@@ -141,4 +147,5 @@ def build_compact_model(model_class: type, config: Any) -> nn.Module:
     if not structure:
         raise ValueError(f"config has no {STRUCTURE_KEY}: it describes a dense model, load it with from_pretrained.")
     model = model_class(config)
-    return apply_plan(model, plan_from_structure(structure, get_adapter(model)))
+    # The same code rebuilds the shapes in a saved directory's trust_remote_code modeling file (hf_l0/compact.py).
+    return apply_structure(model, structure)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .arch import ArchAdapter, get_adapter
-from .patch import get_gates
+from .patch import get_gates, transformers_model
 from .slicing import out_features
 
 
@@ -58,7 +58,7 @@ def _residual_params_per_dim(adapter: ArchAdapter) -> int:
 
 
 def _size(model: nn.Module, mode: str) -> SizeReport:
-    adapter = get_adapter(model)
+    adapter = get_adapter(transformers_model(model))
     probs = _probabilities(model, mode)
     device = next(get_gates(model).parameters()).device
     one = torch.ones((), dtype=torch.float64, device=device)

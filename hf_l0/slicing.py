@@ -9,8 +9,14 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 
+def base_layer(module: nn.Module) -> nn.Module:
+    """The stock layer inside a peft tuner layer (e.g. LoRA), or the module itself."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
 def linear_axes(module: nn.Module) -> tuple[int, int]:
     """(output axis, input axis) of a linear-like module's weight: Linear is [out, in], GPT-2's Conv1D is [in, out]."""
+    module = base_layer(module)
     if isinstance(module, Conv1D):
         return 1, 0
     if isinstance(module, nn.Linear):

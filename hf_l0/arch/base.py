@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..slicing import in_features
+from ..slicing import base_layer, in_features
 
 
 @dataclass
@@ -42,10 +42,10 @@ class Sublayer:
         return sum(p.width_per_unit for p in self.inputs) + self.unit_width
 
     def biases_per_unit(self) -> int:
-        return sum(p.width_per_unit for p in self.inputs if p.module.bias is not None)
+        return sum(p.width_per_unit for p in self.inputs if base_layer(p.module).bias is not None)
 
     def output_bias(self) -> int:
-        return int(self.output.bias is not None)
+        return int(base_layer(self.output).bias is not None)
 
 
 @dataclass
@@ -66,7 +66,7 @@ class ArchAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        self.model = model  # the transformers model (inside a peft wrapper, if any)
         self.config = model.config
         self.base = model.base_model
 
