@@ -4,29 +4,21 @@ model computes exactly what the gated one did. No training: this shows the mecha
     python examples/quickstart.py
 """
 
+import argparse
 import csv
-import statistics
-import time
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hf_l0
 from hf_l0 import assets
-
-
-def median_latency(model, batch, repeats: int = 20) -> float:
-    times = []
-    with torch.inference_mode():
-        model(**batch)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(**batch)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from hf_l0.measure import latency_speedup
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=10, help="timed forward passes per model and round")
+    args = parser.parse_args()
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(assets.minilm_dir())
     dense = AutoModelForSequenceClassification.from_pretrained(assets.minilm_dir(), num_labels=2).eval()
@@ -49,7 +41,7 @@ def main() -> None:
     with torch.inference_mode():
         pruned_logits = model(**batch).logits
     dense_params, compact_params = dense.num_parameters(), model.num_parameters()
-    speedup = median_latency(dense, batch) / median_latency(model, batch)
+    speedup = latency_speedup(dense, model, batch, repeats=args.repeats)["speedup"]
     heads = [layer["attention_heads"] for layer in model.config.l0_structure["layers"]]
     neurons = [layer["intermediate_size"] for layer in model.config.l0_structure["layers"]]
     print(f"heads kept per layer:   {heads} (of 12)")

