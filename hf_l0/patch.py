@@ -84,12 +84,10 @@ def _unit_scaler(gates: L0Gates, name: str, layer_idx: int, width: int) -> Calla
     return pre_hook
 
 
-def _output_scaler(gates: L0Gates, layer_gate: str | None, layer_idx: int) -> Callable:
+def _output_scaler(gates: L0Gates, layer_gate: str, layer_idx: int) -> Callable:
     def hook(module, args, output):
-        scale = None
-        if layer_gate is not None and gates.value(layer_gate) is not None:
-            scale = gates.value(layer_gate)[layer_idx]
-        hidden = gates.value("hidden")
+        layer, hidden = gates.value(layer_gate), gates.value("hidden")
+        scale = None if layer is None else layer[layer_idx]
         if hidden is not None:
             scale = hidden if scale is None else scale * hidden
         return output if scale is None else output * scale.to(output.dtype)
@@ -140,8 +138,7 @@ def _register(adapter: ArchAdapter, gates: L0Gates, config: L0Config) -> list:
                 handles.append(sublayer.output.register_forward_pre_hook(
                     _unit_scaler(gates, unit_gate, i, sublayer.unit_width)))
             if config.layers or config.hidden:
-                handles.append(sublayer.output.register_forward_hook(
-                    _output_scaler(gates, layer_gate if config.layers else None, i)))
+                handles.append(sublayer.output.register_forward_hook(_output_scaler(gates, layer_gate, i)))
     if config.hidden:
         stream = adapter.residual_stream()
         handles += [embedding.register_forward_hook(_hidden_scaler(gates)) for embedding in stream.embeddings]
