@@ -3,6 +3,8 @@
 from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
 from .config import L0Config
 from .gates import HardConcreteGate
+from .lagrangian import LagrangianController
+from .hub import export_plan, from_pretrained, push_to_hub, save_pretrained
 from .patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
 from .prune import build_compact_model, prune_model
 from .size import SizeReport, deterministic_size, expected_size, expected_sparsity, full_size
@@ -14,18 +16,34 @@ __all__ = [
     "HardConcreteGate",
     "L0Config",
     "L0Gates",
+    "L0Trainer",
+    "L0TrainingArguments",
+    "LagrangianController",
     "SizeReport",
     "build_compact_model",
     "deterministic_size",
     "expected_size",
     "expected_sparsity",
+    "export_plan",
+    "from_pretrained",
     "full_size",
     "get_adapter",
     "get_gates",
     "is_patched",
     "patch_model",
     "prune_model",
+    "push_to_hub",
     "register_adapter",
+    "save_pretrained",
     "supported_model_types",
     "unpatch_model",
 ]
+
+
+def __getattr__(name: str):
+    # The trainer pulls in transformers.Trainer (and accelerate): import it only when asked for.
+    if name in ("L0Trainer", "L0TrainingArguments"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'hf_l0' has no attribute {name!r}")

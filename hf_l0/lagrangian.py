@@ -1,0 +1,154 @@
+"""The Lagrangian controller that drives the expected sparsity to a target (CoFi / Sheared-LLaMA).
+
+Framework-free: it is an ``nn.Module`` holding the two multipliers, usable from a plain PyTorch or accelerate loop,
+and :class:`hf_l0.L0Trainer` uses this very object::
+
+    controller = LagrangianController(target_sparsity=0.6, warmup_steps=1000)
+    optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=2e-5, gate_lr=0.05, lagrangian_lr=0.05))
+    clamp = GateClamp(model)  # optional: CoFi's log_alpha range, applied after each step
+    for batch in loader:
+        loss = model(**batch).loss + controller(hf_l0.expected_sparsity(model))
+        loss.backward(); optimizer.step(); optimizer.zero_grad(); clamp(); controller.step()
+
+The penalty is ``lambda_1 * (s - t) + lambda_2 * (s - t) ** 2`` with ``s`` the expected sparsity and ``t`` the target
+at the current step (rising linearly from ``start_sparsity`` to ``target_sparsity`` over ``warmup_steps``, then held).
+The model and gates *minimize* it while the multipliers *maximize* it. Torch optimizers reject a negative learning
+rate, so the ascent is done by a gradient hook on each multiplier that negates its gradient: any optimizer that
+minimizes (SGD, Adam, ...) then climbs on lambda. Give the multipliers their own param group with no weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .patch import get_gates
+
+
+class LagrangianController(nn.Module):
+    """Target schedule, the two Lagrange multipliers (gradient ascent built in), the penalty term and its state."""
+
+    def __init__(self, target_sparsity: float, warmup_steps: int = 0, start_sparsity: float = 0.0,
+                 calibration_rate: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 < target_sparsity < 1.0:
+            raise ValueError(f"target_sparsity={target_sparsity} is impossible: it is the fraction of the prunable "
+                             "(attention + FFN) parameters to remove and must lie strictly between 0 and 1.")
+        if not 0.0 <= start_sparsity <= target_sparsity:
+            raise ValueError(f"start_sparsity={start_sparsity} must lie in [0, target_sparsity={target_sparsity}].")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps} must be >= 0.")
+        if calibration_rate < 0:
+            raise ValueError(f"calibration_rate={calibration_rate} must be >= 0 (0 turns calibration off).")
+        self.calibration_rate = float(calibration_rate)
+        self.target_sparsity = float(target_sparsity)
+        self.start_sparsity = float(start_sparsity)
+        self.warmup_steps = int(warmup_steps)
+        self.lambda_1 = nn.Parameter(torch.zeros(()))
+        self.lambda_2 = nn.Parameter(torch.zeros(()))
+        for multiplier in (self.lambda_1, self.lambda_2):
+            multiplier.register_hook(torch.neg)  # gradient ascent under any minimizing optimizer (see module doc)
+        # Optimizer steps taken so far: the warmup position, saved with the multipliers.
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+        # Shift of the expected-sparsity target learned by calibrate() (see there), saved with the multipliers.
+        self.register_buffer("target_offset", torch.zeros((), dtype=torch.float64))
+
+    def extra_repr(self) -> str:
+        return (f"target_sparsity={self.target_sparsity}, warmup_steps={self.warmup_steps}, "
+                f"start_sparsity={self.start_sparsity}")
+
+    def target(self, step: int | None = None) -> float:
+        """The warmed-up target at ``step`` (default: the controller's own step count)."""
+        step = int(self.num_steps) if step is None else step
+        if self.warmup_steps == 0:
+            return self.target_sparsity
+        progress = min(1.0, step / self.warmup_steps)
+        return self.start_sparsity + (self.target_sparsity - self.start_sparsity) * progress
+
+    def effective_target(self, step: int | None = None) -> float:
+        """The target the penalty pulls the *expected* sparsity to: the schedule plus the calibration offset."""
+        return min(max(self.target(step) + float(self.target_offset), 0.0), 0.999)
+
+    @torch.no_grad()
+    def calibrate(self, deterministic_sparsity: float, step: int | None = None) -> None:
+        """Hold the *deterministic* sparsity at the target once the warmup is over (call once per step).
+
+        The penalty acts on the expected sparsity, but pruning keeps the deterministic gates; they differ while gates
+        are not yet polarized (a layer gate with P(z != 0) = 0.6 counts 60% of its layer in the expected size but all
+        of it once kept), which is why CoFi runs undershoot on short budgets. This integral feedback moves the
+        expected-sparsity target by ``calibration_rate * (target - deterministic)`` per step until they agree.
+        """
+        step = int(self.num_steps) if step is None else step
+        if self.calibration_rate == 0.0 or step < self.warmup_steps:
+            return
+        offset = float(self.target_offset) + self.calibration_rate * (self.target_sparsity - deterministic_sparsity)
+        # bounded: the effective target must stay a sparsity, and a wild offset would only wind up
+        self.target_offset.fill_(min(max(offset, -self.target_sparsity), 0.999 - self.target_sparsity))
+
+    def penalty(self, expected_sparsity: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """``lambda_1 (s - t) + lambda_2 (s - t)^2``: add it to the loss (differentiable in gates and multipliers)."""
+        gap = expected_sparsity.to(self.lambda_1.dtype) - self.effective_target(step)
+        return self.lambda_1 * gap + self.lambda_2 * gap * gap
+
+    def forward(self, expected_sparsity: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        return self.penalty(expected_sparsity, step)
+
+    def step(self, num_steps: int = 1) -> None:
+        """Advance the warmup schedule by ``num_steps`` optimizer steps (call once per optimizer step)."""
+        self.num_steps += num_steps
+
+    def set_step(self, step: int) -> None:
+        self.num_steps.fill_(int(step))
+
+    def stats(self, expected_sparsity: torch.Tensor | float, step: int | None = None) -> dict[str, float]:
+        """Numbers worth logging: expected sparsity, target, both multipliers and the penalty value."""
+        value = float(expected_sparsity)
+        gap = value - self.effective_target(step)
+        lambda_1, lambda_2 = self.lambda_1.item(), self.lambda_2.item()
+        return {"expected_sparsity": value, "target_sparsity": self.target(step), "lambda_1": lambda_1,
+                "lambda_2": lambda_2, "lagrangian_loss": lambda_1 * gap + lambda_2 * gap * gap,
+                "target_offset": float(self.target_offset)}
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"target_sparsity": self.target_sparsity, "warmup_steps": self.warmup_steps,
+                "start_sparsity": self.start_sparsity, "calibration_rate": self.calibration_rate}
+
+
+class GateClamp:
+    """CoFi's projection of every ``log_alpha`` into ``[low, high]`` after each optimizer step.
+
+    Without it a gate pushed far past 0 or 1 has a vanishing gradient and can hardly come back. Mind the low end:
+    at ``log_alpha = low`` a closed gate still counts ``P(z != 0) = sigmoid(low + 1.6)`` in the expected size
+    (0.047 for CoFi's ``-log(100)``), so a tight low end makes the deterministic model sparser than expected.
+    """
+
+    def __init__(self, model: nn.Module, low: float = -math.log(100.0), high: float = math.log(100.0)) -> None:
+        if not low < high:
+            raise ValueError(f"log_alpha clamp range ({low}, {high}) is empty.")
+        self.params = [gate.log_alpha for gate in get_gates(model).gates().values()]
+        self.low, self.high = low, high
+
+    @torch.no_grad()
+    def __call__(self, *args: Any, **kwargs: Any) -> None:  # also usable as an optimizer step post-hook
+        for param in self.params:
+            param.clamp_(self.low, self.high)
+
+
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The ``log_alpha`` of every gate of a patched model."""
+    return [gate.log_alpha for gate in get_gates(model).gates().values()]
+
+
+def l0_param_groups(model: nn.Module, controller: LagrangianController, lr: float, gate_lr: float,
+                    lagrangian_lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """Optimizer param groups for a plain loop: model weights, gates (no decay) and multipliers (no decay)."""
+    gate_ids = {id(p) for p in gate_parameters(model)}
+    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
+    return [
+        {"params": weights, "lr": lr, "weight_decay": weight_decay},
+        {"params": gate_parameters(model), "lr": gate_lr, "weight_decay": 0.0},
+        {"params": list(controller.parameters()), "lr": lagrangian_lr, "weight_decay": 0.0},
+    ]
