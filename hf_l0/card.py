@@ -9,8 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from . import compact
-from .compact import EXPORT_KEY, STRUCTURE_KEY
+from .arch import get_adapter
+from .hub import EXPORT_KEY, HEATMAP_FILE, PIPELINE_TAGS, _dense_param_count, auto_class_name, export_plan
+from .surgery import STRUCTURE_KEY
 
 TAGS = ("pruning", "l0-regularization", "hf-l0")
 
@@ -19,14 +20,14 @@ def _yaml_value(value: Any) -> str:
     return json.dumps(value)  # JSON scalars are valid YAML
 
 
-def _dense_layer_sizes(config) -> tuple[int, int, int, int]:
-    """(query heads, KV heads, FFN neurons, hidden size) of one dense layer."""
-    group = compact.query_heads_per_unit(config)
-    heads = config.num_attention_heads
-    return heads, heads // group, compact._dense_intermediate(config), config.hidden_size
+def _dense_layer_sizes(model: nn.Module) -> tuple[int, int, int, int]:
+    """(query heads, KV heads, FFN neurons, hidden size) of one dense layer (the config keeps the dense sizes)."""
+    adapter = get_adapter(model)
+    heads = model.config.num_attention_heads
+    return heads, heads // adapter.query_heads_per_unit(), adapter.dense_intermediate_size(), adapter.hidden_size
 
 
-def structure_heatmap(path: str | os.PathLike, structure: dict, config) -> Path | None:
+def structure_heatmap(path: str | os.PathLike, structure: dict, model: nn.Module) -> Path | None:
     """PNG heatmap: one row per layer, columns query heads / KV heads / FFN neurons, colour = fraction kept,
     annotated with the kept counts. Returns None when matplotlib is not installed."""
     try:
@@ -36,7 +37,7 @@ def structure_heatmap(path: str | os.PathLike, structure: dict, config) -> Path 
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    heads, kv, ffn, hidden = _dense_layer_sizes(config)
+    heads, kv, ffn, hidden = _dense_layer_sizes(model)
     layers = structure["layers"]
     columns = [("query heads", "attention_heads", heads), ("KV heads", "key_value_heads", kv),
                ("FFN neurons", "intermediate_size", ffn)]
@@ -79,8 +80,6 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, base_model: str 
                weights_bytes: int | None = None, heatmap: str | None = None, export: dict | None = None) -> str:
     """The README.md of a saved compact model (needs ``config.l0_export``, which save_pretrained sets, for the
     before/after numbers; a dense model gets a short card)."""
-    from .hub import PIPELINE_TAGS, auto_class_name, export_plan
-
     config = model.config
     structure = getattr(config, STRUCTURE_KEY, None)
     auto = auto_class_name(model)
@@ -117,8 +116,6 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, base_model: str 
     after = sum(p.numel() for p in model.parameters())
     before = export.get("dense_parameters")
     if before is None and structure:
-        from .hub import _dense_param_count
-
         before = _dense_param_count(model)
     parts += ["## Size", "", "| | parameters |", "|---|---:|"]
     if before:
@@ -130,7 +127,7 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, base_model: str 
         parts += [f"| weights on disk (safetensors) | {weights_bytes / 2**20:.1f} MiB |"]
     parts.append("")
     if structure:
-        heads, kv, ffn, hidden = _dense_layer_sizes(config)
+        heads, kv, ffn, hidden = _dense_layer_sizes(model)
         kept_units = sum(layer["attention_heads"] for layer in structure["layers"])
         kept_ffn = sum(layer["intermediate_size"] for layer in structure["layers"])
         n = len(structure["layers"])
@@ -164,13 +161,11 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, base_model: str 
 
 def write_model_card(directory: str | os.PathLike, model: nn.Module, **kwargs) -> Path:
     """Write README.md (and the heatmap PNG for compact models) into ``directory``; returns the README path."""
-    from .hub import HEATMAP_FILE
-
     directory = Path(directory)
     weights = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
     structure = getattr(model.config, STRUCTURE_KEY, None)
     heatmap = None
-    if structure and structure_heatmap(directory / HEATMAP_FILE, structure, model.config) is not None:
+    if structure and structure_heatmap(directory / HEATMAP_FILE, structure, model) is not None:
         heatmap = HEATMAP_FILE
     config_path = directory / "config.json"
     if config_path.is_file():

@@ -7,8 +7,9 @@
   config with the compact sizes: stock ``from_pretrained`` loads it, no remote code.
 * **remote code**: anything else (per-layer shapes, removed sublayers, BERT/GPT-2 head or hidden pruning).
   ``config.json`` keeps the original fields plus ``l0_structure`` under ``model_type: hf_l0_<type>`` (so stock
-  transformers refuses it instead of silently building the dense model), an ``auto_map``, and ``modeling_hf_l0.py``:
-  the source of :mod:`hf_l0.compact` plus a few lines subclassing the stock classes.
+  transformers refuses it instead of silently building the dense model), an ``auto_map``, flat copies of the hf_l0
+  modules that rebuild the compact shapes (``hf_l0_*.py``: adapter layer, surgery, stand-ins, checkpoint checks; see
+  :func:`remote_code_files`) and ``modeling_hf_l0.py``, a few generated lines subclassing the stock classes.
 
 Both kinds load with :func:`from_pretrained` here without executing code from the directory, from safetensors only,
 strictly. Saving is atomic: everything is written to a temporary sibling directory that then replaces the target.
@@ -16,11 +17,13 @@ strictly. Saving is atomic: everything is written to a temporary sibling directo
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
-import inspect
+import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -35,10 +38,18 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import PushToHubMixin
 
 from . import compact
-from .compact import EXPORT_KEY, MODEL_TYPE_PREFIX, STRUCTURE_KEY
+from .arch import get_adapter
+from .arch.base import MODEL_TYPE_PREFIX, base_model_type
 from .prune import build_compact_model
+from .surgery import STRUCTURE_KEY
 
+EXPORT_KEY = "l0_export"
 MODELING_FILE = "modeling_hf_l0.py"
+# The modules a remote-code directory holds flat copies of (plus the model family's adapter module): everything
+# ``hf_l0.remote.CompactModelMixin`` needs. They import nothing else from hf_l0 (``flatten_imports`` enforces it).
+REMOTE_CODE_MODULES = ("hf_l0.slicing", "hf_l0.modules", "hf_l0.arch.base", "hf_l0.surgery", "hf_l0.compact",
+                       "hf_l0.remote")
+REMOTE_CODE_PREFIX = "hf_l0_"
 CARD_FILE = "README.md"
 HEATMAP_FILE = "l0_structure.png"
 EXPORT_FORMAT = 1
@@ -84,21 +95,6 @@ def auto_class_name(model: nn.Module) -> str:
     raise ValueError(f"{type(model).__name__} is not reachable through any of {', '.join(AUTO_CLASSES)}.")
 
 
-def _native_fields(config, structure: dict) -> dict[str, Any]:
-    layer = structure["layers"][0]
-    hidden = structure["hidden_size"]
-    family = compact.family_of(compact.base_model_type(config))
-    if family == "gpt2":
-        return {"n_embd": hidden, "n_head": layer["attention_heads"], "n_inner": layer["intermediate_size"]}
-    fields = {"hidden_size": hidden, "num_attention_heads": layer["attention_heads"],
-              "intermediate_size": layer["intermediate_size"]}
-    if family == "llama":
-        fields.update(num_key_value_heads=layer["key_value_heads"], head_dim=structure["head_dim"])
-    elif getattr(config, "embedding_size", None) == config.hidden_size:  # ELECTRA without a projection
-        fields["embedding_size"] = hidden
-    return fields
-
-
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
@@ -125,7 +121,8 @@ def export_plan(model: nn.Module) -> ExportPlan:
             return ExportPlan(False, f"layers differ in {what} {values}: a stock config has one value for all "
                                      "layers (train towards a uniform target with L0Config(target_heads=..., "
                                      "target_intermediate_size=..., layers=False) for a native result).")
-    fields = _native_fields(model.config, structure)
+    adapter = get_adapter(model)
+    fields = adapter.native_config_fields(structure)
     data = model.config.to_dict()
     data.update(fields)
     data.pop(STRUCTURE_KEY, None)
@@ -139,16 +136,15 @@ def export_plan(model: nn.Module) -> ExportPlan:
     want, got = _shapes(model), _shapes(candidate)
     if want != got:
         differ = next((k for k in want if want[k] != got.get(k)), None) or next(k for k in got if k not in want)
-        family = compact.family_of(compact.base_model_type(model.config))
         why = ""
-        if family != "llama":
+        if "head_dim" not in fields:
             heads = fields.get("num_attention_heads", fields.get("n_head"))
             why = (f"{type(model.config).__name__} derives head_dim = hidden_size / num_attention_heads = "
                    f"{structure['hidden_size']} / {heads}, but the kept heads are {structure['head_dim']} wide: ")
         return ExportPlan(False, f"{why}the stock config would build {differ!r} with shape {got.get(differ)} "
                                  f"instead of {want.get(differ)}.")
     dense = model.config
-    group = compact.query_heads_per_unit(dense)
+    group = adapter.query_heads_per_unit()
     note = ""
     if group > 1:
         note = (f" GQA: hf-l0 gates whole KV groups, so num_key_value_heads = {fields['num_key_value_heads']} kept "
@@ -157,44 +153,97 @@ def export_plan(model: nn.Module) -> ExportPlan:
     return ExportPlan(True, f"uniform layers that the stock {type(dense).__name__} expresses." + note, fields)
 
 
-# -- the remote-code modeling file ----------------------------------------------------------------------------------
+# -- the remote-code files ------------------------------------------------------------------------------------------
 
-def modeling_source(model: nn.Module) -> tuple[str, dict[str, str]]:
-    """The ``modeling_hf_l0.py`` written next to a non-native compact model, and its ``auto_map``.
+def flat_module_name(module: str) -> str:
+    """The file stem of ``module``'s copy in a remote-code directory (``hf_l0.arch.llama`` -> ``hf_l0_arch_llama``):
+    transformers' remote-code loader follows only ``from .<sibling> import`` within one directory."""
+    return REMOTE_CODE_PREFIX + module.removeprefix("hf_l0.").replace(".", "_")
 
-    It is :mod:`hf_l0.compact` verbatim (no hf_l0 import) plus subclasses of the stock config, the model's class and
-    the family's base model class. The config subclass only renames ``model_type`` to ``hf_l0_<type>``.
+
+def flatten_imports(source: str, module: str, table: dict[str, str]) -> str:
+    """``source`` of ``module`` with every import of an hf_l0 module (relative or absolute) rewritten to
+    ``from .<flat name> import ...`` by ``table`` (module -> flat name); all other bytes unchanged.
+
+    Raises a ValueError for an hf_l0 import that ``table`` does not know (the copy could not run without hf_l0) or
+    whose form the loader cannot follow (``import hf_l0.x``, ``from . import x``).
     """
+    lines = source.splitlines(keepends=True)
+    package = module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        where = f"{module} line {node.lineno}"
+        if isinstance(node, ast.Import):
+            if any(alias.name.split(".")[0] == "hf_l0" for alias in node.names):
+                raise ValueError(f"{where}: 'import hf_l0...' cannot be flattened; use 'from <module> import <name>'.")
+            continue
+        if not node.level and (node.module or "").split(".")[0] != "hf_l0":
+            continue  # torch, transformers, the standard library: the loader checks they are installed
+        if node.module is None:
+            raise ValueError(f"{where}: 'from {'.' * node.level} import ...' cannot be flattened; import names from "
+                             "the module itself.")
+        spec = "." * node.level + node.module
+        target = importlib.util.resolve_name(spec, package) if node.level else node.module
+        if target not in table:
+            raise ValueError(f"{where} imports {target}, which remote-code directories do not hold "
+                             f"(they hold {', '.join(sorted(table))}).")
+        line = lines[node.lineno - 1]
+        lines[node.lineno - 1], count = re.subn(rf"^(\s*from\s+){re.escape(spec)}(\s+import\b)",
+                                                rf"\g<1>.{table[target]}\g<2>", line)
+        if count != 1:
+            raise ValueError(f"{where}: expected 'from {spec} import' at the start of the line, got {line!r}.")
+    return "".join(lines)
+
+
+def module_source(module: str) -> str:
+    """The text of ``module``'s source file, exactly as on disk."""
+    return Path(importlib.import_module(module).__file__).read_text()
+
+
+def remote_code_files(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
+    """The python files written next to a non-native compact model (file name -> source) and its ``auto_map``.
+
+    ``hf_l0_*.py`` are the sources of :data:`REMOTE_CODE_MODULES` and of the family's adapter module, byte for byte
+    except :func:`flatten_imports`. ``modeling_hf_l0.py`` subclasses the stock config (renaming ``model_type`` to
+    ``hf_l0_<type>``), the model's class and the family's base model class with ``CompactModelMixin``.
+    """
+    adapter_cls = type(get_adapter(model))
+    modules = (*REMOTE_CODE_MODULES, adapter_cls.__module__)
+    table = {module: flat_module_name(module) for module in modules}
+    files = {f"{table[module]}.py": flatten_imports(module_source(module), module, table) for module in modules}
     config_cls = type(model.config).__name__
-    base_type = compact.base_model_type(model.config)
     task_auto = auto_class_name(model)
     classes = {task_auto: type(model).__name__}
     base_cls = transformers.AutoModel._model_mapping[type(model.config)]
     classes.setdefault("AutoModel", base_cls.__name__)
     names = sorted({config_cls, *classes.values()})
+    stem = Path(MODELING_FILE).stem
     lines = [
+        f'"""Generated by hf-l0 {_version()}: the stock classes, shrunk to the shapes of config.l0_structure."""',
         "",
+        f"from transformers import {', '.join(names)}",
         "",
-        "# -- generated by hf-l0 " + _version() + ": the stock classes, with the shapes of config.l0_structure --",
-        "",
-        f"from transformers import {', '.join(names)}  # noqa: E402",
+        f"from .{table[adapter_cls.__module__]} import {adapter_cls.__name__}  # noqa: F401  (registers the adapter)",
+        f"from .{table['hf_l0.remote']} import CompactModelMixin",
         "",
         "",
         f"class L0{config_cls}({config_cls}):",
-        f'    model_type = "{MODEL_TYPE_PREFIX}{base_type}"',
+        f'    model_type = "{MODEL_TYPE_PREFIX}{base_model_type(model.config)}"',
     ]
-    auto_map = {"AutoConfig": f"{Path(MODELING_FILE).stem}.L0{config_cls}"}
+    auto_map = {"AutoConfig": f"{stem}.L0{config_cls}"}
     for auto, cls in classes.items():
         lines += ["", "", f"class L0{cls}(CompactModelMixin, {cls}):", f"    config_class = L0{config_cls}"]
-        auto_map[auto] = f"{Path(MODELING_FILE).stem}.L0{cls}"
-    source = inspect.getsource(compact).rstrip("\n") + "\n" + "\n".join(lines) + "\n"
-    return source, auto_map
+        auto_map[auto] = f"{stem}.L0{cls}"
+    files[MODELING_FILE] = "\n".join(lines) + "\n"
+    return files, auto_map
 
 
 # -- atomic directory replacement -----------------------------------------------------------------------------------
 
 def _is_ours(name: str) -> bool:
-    return name.startswith(_WEIGHT_PREFIXES) or name == MODELING_FILE
+    return name.startswith(_WEIGHT_PREFIXES) or name == MODELING_FILE or (
+        name.startswith(REMOTE_CODE_PREFIX) and name.endswith(".py"))
 
 
 @contextlib.contextmanager
@@ -293,7 +342,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, tokeniz
         data = json.loads(config_path.read_text())
         data.pop("auto_map", None)
         if structure:
-            base_type = compact.base_model_type(model.config)
+            base_type = base_model_type(model.config)
             removed = {kind: [i for i, layer in enumerate(structure["layers"]) if layer[key] == 0]
                        for kind, key in (("attention", "key_value_heads"), ("ffn", "intermediate_size"))}
             export = {"format": EXPORT_FORMAT, "hf_l0_version": _version(), "native": plan.native,
@@ -306,8 +355,9 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, tokeniz
             if plan.native:
                 data.update(plan.config_updates)
             else:
-                source, auto_map = modeling_source(model)
-                (tmp / MODELING_FILE).write_text(source)
+                files, auto_map = remote_code_files(model)
+                for name, source in files.items():
+                    (tmp / name).write_text(source)
                 data["model_type"] = MODEL_TYPE_PREFIX + base_type
                 data["auto_map"] = auto_map
                 data["architectures"] = [auto_map[auto_class_name(model)].split(".")[-1]]
@@ -346,7 +396,7 @@ def load_config(directory: str | os.PathLike):
         raise FileNotFoundError(f"{path} is missing.")
     data = json.loads(path.read_text())
     export = data.get(EXPORT_KEY) or {}
-    base_type = compact.base_model_type(data)
+    base_type = base_model_type(data)
     if base_type not in CONFIG_MAPPING:
         raise ValueError(f"{path}: model_type {data.get('model_type')!r} is not a transformers model type.")
     if data["model_type"].startswith(MODEL_TYPE_PREFIX) and not data.get(STRUCTURE_KEY):
@@ -433,7 +483,7 @@ def load_weights_strictly(model: nn.Module, directory: str | os.PathLike) -> nn.
 def from_pretrained(directory: str | os.PathLike, model_class: type | None = None, dtype: torch.dtype | None = None
                     ) -> nn.Module:
     """Load a model saved by :func:`save_pretrained` (native, remote-code or dense) without executing any code from
-    the directory: the config is read as JSON, compact shapes are rebuilt by :mod:`hf_l0.compact` (part of hf-l0),
+    the directory: the config is read as JSON, compact shapes are rebuilt by :mod:`hf_l0.surgery` (part of hf-l0),
     weights come from safetensors only and load strictly (see :func:`load_weights_strictly`).
 
     ``model_class`` may be a transformers model class or an Auto class (e.g. ``AutoModel`` for the base model of a

@@ -2,8 +2,10 @@
 model card + push_to_hub, atomic saves and strict loading."""
 
 import copy
+import importlib.util
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -59,6 +61,84 @@ def test_compact_module_imports_no_hf_l0():
     source = Path(hf_l0.compact.__file__).read_text()
     imports = [line for line in source.splitlines() if line.lstrip().startswith(("import ", "from "))]
     assert imports and not any("hf_l0" in line or line.lstrip().startswith("from .") for line in imports)
+
+
+FLAT = {"hf_l0.slicing": "hf_l0_slicing", "hf_l0.arch.base": "hf_l0_arch_base", "hf_l0.modules": "hf_l0_modules"}
+
+
+def test_flatten_imports_rewrites_only_hf_l0_import_lines():
+    source = textwrap.dedent('''\
+        """Docstring: from .base import nothing."""
+        from __future__ import annotations
+
+        import torch
+        from torch import nn
+
+        from ..slicing import out_features
+        from .base import (ArchAdapter,
+                           register_adapter)
+        from hf_l0.modules import RemovedMLP  # absolute
+
+
+        def lazy():
+            from ..modules import ConstantProjection
+            return ConstantProjection
+        ''')
+    flat = hf_l0.hub.flatten_imports(source, "hf_l0.arch.foo", FLAT)
+    changed = [(a, b) for a, b in zip(source.splitlines(), flat.splitlines()) if a != b]
+    assert len(flat.splitlines()) == len(source.splitlines())
+    assert changed == [("from ..slicing import out_features", "from .hf_l0_slicing import out_features"),
+                       ("from .base import (ArchAdapter,", "from .hf_l0_arch_base import (ArchAdapter,"),
+                       ("from hf_l0.modules import RemovedMLP  # absolute",
+                        "from .hf_l0_modules import RemovedMLP  # absolute"),
+                       ("    from ..modules import ConstantProjection",
+                        "    from .hf_l0_modules import ConstantProjection")]
+    assert hf_l0.hub.flat_module_name("hf_l0.arch.foo") == "hf_l0_arch_foo"
+
+
+@pytest.mark.parametrize("line, error", [
+    ("from ..patch import get_gates", "imports hf_l0.patch, which remote-code directories do not hold"),
+    ("from .gpt2 import GPT2Adapter", "imports hf_l0.arch.gpt2"),
+    ("from . import base", "cannot be flattened"),
+    ("import hf_l0.slicing", "cannot be flattened"),
+    ("from hf_l0 import ArchAdapter", "imports hf_l0, which"),
+])
+def test_flatten_imports_fails_loudly_on_unknown_imports(line, error):
+    with pytest.raises(ValueError, match=error):
+        hf_l0.hub.flatten_imports(f"import torch\n\n{line}\n", "hf_l0.arch.foo", FLAT)
+
+
+@pytest.mark.parametrize("family, auto_class", [("bert", "AutoModelForSequenceClassification"),
+                                                ("gpt2", "AutoModelForCausalLM"), ("qwen2", "AutoModelForCausalLM")])
+def test_remote_code_files_are_the_hf_l0_sources(tmp_path, family, auto_class):
+    """Every written python file but the generated modeling_hf_l0.py is an hf_l0 source, byte for byte except the
+    module names of its hf_l0 imports; transformers' loader finds all of them and nothing else."""
+    from transformers.dynamic_module_utils import check_imports, get_imports, get_relative_import_files
+
+    model = compact_model(family, auto_class)
+    out = hf_l0.save_pretrained(model, tmp_path / "m", model_card=False)
+    adapter_module = type(hf_l0.get_adapter(model)).__module__
+    modules = {hf_l0.hub.flat_module_name(m) + ".py": m for m in (*hf_l0.hub.REMOTE_CODE_MODULES, adapter_module)}
+    written = {p.name for p in out.glob("*.py")}
+    assert written == {*modules, "modeling_hf_l0.py"}
+    pattern = re.compile(r"^(\s*from\s+)(\S+)(\s+import\b.*)$", re.DOTALL)
+    for name, module in modules.items():
+        source = Path(sys.modules[module].__file__).read_bytes().decode()
+        copy_ = (out / name).read_bytes().decode()
+        assert len(copy_.splitlines(True)) == len(source.splitlines(True)), name
+        for a, b in zip(source.splitlines(True), copy_.splitlines(True)):
+            if a == b:
+                continue
+            ma, mb = pattern.match(a), pattern.match(b)
+            assert ma and mb and ma.group(1) == mb.group(1) and ma.group(3) == mb.group(3), (name, a, b)
+            package = module.rpartition(".")[0]
+            target = importlib.util.resolve_name(ma.group(2), package)
+            assert mb.group(2) == "." + hf_l0.hub.flat_module_name(target), (name, a, b)
+    modeling = out / "modeling_hf_l0.py"
+    assert {Path(f).name for f in get_relative_import_files(modeling)} == set(modules)
+    for path in out.glob("*.py"):
+        assert set(check_imports(path)) <= {Path(n).stem for n in modules}
+        assert "hf_l0" not in get_imports(path), path
 
 
 # -- remote-code directories, loaded by hf_l0 without running their code ---------------------------------------------

@@ -1,9 +1,13 @@
-"""What an architecture adapter tells hf-l0 about a model family, and the registry of adapters by ``model_type``."""
+"""What an architecture adapter tells hf-l0 about a model family, and the registry of adapters by ``model_type``.
+
+Like every module the adapters use, it imports only torch, transformers and those modules (never the rest of hf_l0):
+``hf_l0.save_pretrained`` copies them into remote-code directories that must load without hf_l0 installed.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -99,6 +103,16 @@ class ArchAdapter:
     def head_dim(self) -> int:
         return self.config.hidden_size // self.config.num_attention_heads
 
+    def dense_intermediate_size(self) -> int:
+        """FFN neurons per layer of the dense model, as the config describes it."""
+        return self.config.intermediate_size
+
+    def native_config_fields(self, structure: dict[str, Any]) -> dict[str, Any]:
+        """Stock config fields that describe ``structure`` when all its layers share one shape (native export)."""
+        layer = structure["layers"][0]
+        return {"hidden_size": structure["hidden_size"], "num_attention_heads": layer["attention_heads"],
+                "intermediate_size": layer["intermediate_size"]}
+
     # -- surgery -----------------------------------------------------------------------------------------------------
     def set_attention_units(self, layer_idx: int, num_units: int) -> None:
         """Update the attention module's own attributes after its projections were sliced to ``num_units``."""
@@ -124,6 +138,15 @@ class ArchAdapter:
 
 
 ADAPTERS: dict[str, type[ArchAdapter]] = {}
+# Remote-code directories rename ``model_type`` so that stock transformers refuses them instead of building the dense
+# model: ``hf_l0_llama`` is a compact ``llama``.
+MODEL_TYPE_PREFIX = "hf_l0_"
+
+
+def base_model_type(config: Any) -> str:
+    """The stock ``model_type`` of a config object or dict (``hf_l0_llama`` -> ``llama``)."""
+    model_type = config["model_type"] if isinstance(config, dict) else config.model_type
+    return model_type.removeprefix(MODEL_TYPE_PREFIX)
 
 
 def register_adapter(cls: type[ArchAdapter]) -> type[ArchAdapter]:
@@ -138,7 +161,7 @@ def supported_model_types() -> list[str]:
 
 def get_adapter(model: nn.Module) -> ArchAdapter:
     config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
+    model_type = base_model_type(config) if getattr(config, "model_type", None) else None
     if model_type not in ADAPTERS:
         raise ValueError(
             f"hf-l0 has no adapter for model_type={model_type!r} ({type(model).__name__}). Supported model types: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..modules import EmptySelfAttention
@@ -50,6 +52,12 @@ class BertAdapter(ArchAdapter):
             return None
         return Sublayer("ffn", layer_idx, [Projection(layer.intermediate.dense, ((0, 1),))], layer.output.dense, 1,
                         neurons)
+
+    def native_config_fields(self, structure: dict[str, Any]) -> dict[str, Any]:
+        fields = super().native_config_fields(structure)
+        if getattr(self.config, "embedding_size", None) == self.config.hidden_size:  # ELECTRA without a projection
+            fields["embedding_size"] = structure["hidden_size"]
+        return fields
 
     def set_attention_units(self, layer_idx: int, num_units: int) -> None:
         core = self.layers()[layer_idx].attention.self

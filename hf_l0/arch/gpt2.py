@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..modules import ConstantProjection, RemovedAttention, RemovedMLP
@@ -29,6 +31,14 @@ class GPT2Adapter(ArchAdapter):
         if isinstance(mlp, RemovedMLP):
             return None
         return Sublayer("ffn", layer_idx, [Projection(mlp.c_fc, ((0, 1),))], mlp.c_proj, 1, out_features(mlp.c_fc))
+
+    def dense_intermediate_size(self) -> int:
+        return self.config.n_inner if self.config.n_inner is not None else 4 * self.config.hidden_size
+
+    def native_config_fields(self, structure: dict[str, Any]) -> dict[str, Any]:
+        layer = structure["layers"][0]
+        return {"n_embd": structure["hidden_size"], "n_head": layer["attention_heads"],
+                "n_inner": layer["intermediate_size"]}
 
     def set_attention_units(self, layer_idx: int, num_units: int) -> None:
         attn = self.layers()[layer_idx].attn

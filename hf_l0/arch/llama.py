@@ -7,6 +7,8 @@ keeps exactly ``num_key_value_groups`` queries and the stock grouping stays exac
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..modules import ConstantProjection, RemovedAttention, RemovedMLP
@@ -26,6 +28,11 @@ class LlamaAdapter(ArchAdapter):
 
     def query_heads_per_unit(self) -> int:
         return self.config.num_attention_heads // self.config.num_key_value_heads
+
+    def native_config_fields(self, structure: dict[str, Any]) -> dict[str, Any]:
+        # head_dim is a config field here (not hidden_size / heads), so any kept width is expressible.
+        return {**super().native_config_fields(structure),
+                "num_key_value_heads": structure["layers"][0]["key_value_heads"], "head_dim": structure["head_dim"]}
 
     def attention(self, layer_idx: int) -> Sublayer | None:
         attn = self.layers()[layer_idx].self_attn
