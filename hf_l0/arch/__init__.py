@@ -1,8 +1,16 @@
-"""Architecture adapters, one module per model family, registered by ``model_type``."""
+"""Architecture adapters, one module per model family, registered by ``model_type``.
 
-from . import bert, gpt2, llama  # noqa: F401  (importing registers the adapters)
+Every module of this package is imported here, and importing it registers its adapter: a new family is one file.
+"""
+
+import importlib
+import pkgutil
+
 from .base import ADAPTERS, ArchAdapter, Projection, ResidualStream, Sublayer, get_adapter, register_adapter, \
     supported_model_types
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["ADAPTERS", "ArchAdapter", "Projection", "ResidualStream", "Sublayer", "get_adapter", "register_adapter",
            "supported_model_types"]
