@@ -152,3 +152,37 @@ def l0_param_groups(model: nn.Module, controller: LagrangianController, lr: floa
         {"params": gate_parameters(model), "lr": gate_lr, "weight_decay": 0.0},
         {"params": list(controller.parameters()), "lr": lagrangian_lr, "weight_decay": 0.0},
     ]
+
+
+@torch.no_grad()
+def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0, iterations: int = 40) -> float:
+    """Shift every ``log_alpha`` by one constant so that the *deterministic* sparsity is as close to the target as
+    the granularity allows; returns the sparsity reached.
+
+    The deterministic sparsity falls monotonically as the shift grows (more entries kept per gate tensor, fewer
+    survivors at value 0), so a bisection finds the shift. A common shift keeps the order of the gates within each
+    tensor, i.e. which structures the training ranked highest. :class:`hf_l0.L0Trainer` applies it in the final
+    phase of training (``sparsity_final_phase_ratio``) so the weights adapt to the pinned gates.
+    """
+    from .size import expected_sparsity  # local: size imports patch, which this module also uses
+
+    params = [gate.log_alpha for gate in get_gates(model).gates().values()]
+    original = [p.detach().clone() for p in params]
+
+    def sparsity_at(shift: float) -> float:
+        for p, o in zip(params, original):
+            p.copy_(o + shift)
+        return float(expected_sparsity(model, deterministic=True))
+
+    best_shift, best_error = 0.0, abs(sparsity_at(0.0) - target_sparsity)
+    low, high = -bound, bound  # sparsity(low) is high, sparsity(high) is low
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        reached = sparsity_at(middle)
+        if abs(reached - target_sparsity) < best_error:
+            best_shift, best_error = middle, abs(reached - target_sparsity)
+        if reached > target_sparsity:
+            low = middle
+        else:
+            high = middle
+    return sparsity_at(best_shift)

@@ -31,14 +31,20 @@ def median_latency(model: nn.Module, inputs: Mapping[str, torch.Tensor], repeats
 
 
 def latency_speedup(dense: nn.Module, compact: nn.Module, inputs: Mapping[str, torch.Tensor], repeats: int = 10,
-                    rounds: int = 3) -> dict[str, float]:
-    """Dense and compact timed in alternating rounds of the same process (noise hits both alike); medians."""
-    dense_times, compact_times = [], []
-    for _ in range(rounds):
-        dense_times.append(median_latency(dense, inputs, repeats))
-        compact_times.append(median_latency(compact, inputs, repeats))
+                    rounds: int = 3, threads: int | None = None) -> dict[str, float]:
+    """Dense and compact timed in alternating rounds of the same process (drifts in machine load hit both alike),
+    with a fixed thread count (default: the current one); medians of the rounds' medians and dense / compact."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        dense_times, compact_times = [], []
+        for _ in range(rounds):
+            dense_times.append(median_latency(dense, inputs, repeats))
+            compact_times.append(median_latency(compact, inputs, repeats))
+    finally:
+        torch.set_num_threads(previous)
     dense_s, compact_s = statistics.median(dense_times), statistics.median(compact_times)
-    return {"dense_s": dense_s, "compact_s": compact_s, "speedup": dense_s / compact_s}
+    return {"dense_s": dense_s, "compact_s": compact_s, "speedup": dense_s / compact_s, "threads": threads or previous}
 
 
 def forward_flops(model: nn.Module, seq_len: int, batch: int = 1) -> int:

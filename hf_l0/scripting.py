@@ -1,0 +1,98 @@
+"""Helpers shared by the example scripts: packaged-asset names, latency timing, the summary table."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import assets
+from .measure import latency_speedup
+
+PACKAGED_PREFIX = "hf_l0:"
+PACKAGED_MODELS = {"minilm": lambda: (str(assets.minilm_dir()), None),
+                   "smollm2": lambda: (str(assets.smollm2_gguf().parent), assets.smollm2_gguf().name)}
+
+
+def resolve_model_path(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """``hf_l0:minilm`` / ``hf_l0:smollm2`` name the packaged models (offline); anything else passes through."""
+    if not name.startswith(PACKAGED_PREFIX):
+        return name, gguf_file
+    key = name[len(PACKAGED_PREFIX):]
+    if key not in PACKAGED_MODELS:
+        raise ValueError(f"unknown packaged model {name!r}; choose from "
+                         f"{', '.join(PACKAGED_PREFIX + k for k in PACKAGED_MODELS)}.")
+    path, packaged_gguf = PACKAGED_MODELS[key]()
+    return path, gguf_file or packaged_gguf
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def compare_latency(dense: nn.Module, compact: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 20,
+                    threads: int | None = None) -> dict[str, float]:
+    """Side-by-side CPU latency (:func:`hf_l0.measure.latency_speedup`, three interleaved rounds) in the summary's
+    fields."""
+    timing = latency_speedup(dense, compact, inputs, repeats=max(1, repeats // 3), rounds=3, threads=threads)
+    return {"dense_latency_ms": timing["dense_s"] * 1e3, "pruned_latency_ms": timing["compact_s"] * 1e3,
+            "speedup": timing["speedup"], "latency_threads": timing["threads"]}
+
+
+def summary_table(rows: list[tuple[str, Any, Any]], title: str) -> str:
+    """A plain-text table: (quantity, dense, pruned)."""
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return "" if value is None else str(value)
+
+    cells = [("", "dense", "pruned")] + [(name, fmt(a), fmt(b)) for name, a, b in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(3)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    out = [title, line]
+    for i, row in enumerate(cells):
+        out.append("| " + " | ".join(cell.ljust(w) if j == 0 else cell.rjust(w)
+                                     for j, (cell, w) in enumerate(zip(row, widths))) + " |")
+        if i == 0:
+            out.append(line)
+    out.append(line)
+    return "\n".join(out)
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Atomic JSON write (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def drop_gguf_quantizer(model: nn.Module) -> nn.Module:
+    """transformers dequantizes GGUF weights to float at load but still marks the model as quantized, which makes
+    ``Trainer`` refuse to train it and would write a ``quantization_config`` into the saved config. The weights are
+    plain floats, so drop the marks (only for GGUF: other quantizations really are quantized)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or "gguf" not in type(quantizer).__name__.lower():
+        return model
+    if not all(p.dtype.is_floating_point for p in model.parameters()):
+        raise ValueError("GGUF model still holds integer weights; hf-l0 needs dequantized (float) weights.")
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model

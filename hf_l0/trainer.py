@@ -1,0 +1,456 @@
+"""`L0TrainingArguments` and `L0Trainer`: fine-tune while the L0 term drives the model to a chosen size.
+
+The loss is ``task (or distillation) loss + lambda_1 (s - t) + lambda_2 (s - t)^2`` (:mod:`hf_l0.lagrangian`), with
+``s`` the expected sparsity of the attention + FFN parameters and ``t`` the warmed-up target. One optimizer holds
+four kinds of param groups: model weights (with and without weight decay, the Trainer's schedule), gate
+``log_alpha`` (``gate_learning_rate``, no decay, constant), the multipliers (``lagrangian_learning_rate``, no decay,
+constant, gradient ascent) and, with layerwise distillation, the learned layer maps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+
+from . import hub
+from .config import CONFIG_NAME, STRUCTURES, L0Config
+from .distill import LayerwiseDistiller, check_teacher, logit_kl
+from .lagrangian import GateClamp, LagrangianController, gate_parameters, snap_to_target
+from .patch import get_gates, is_patched, patch_model
+from .prune import prune_model
+from .size import expected_sparsity
+
+L0_STATE_NAME = "l0_trainer_state.safetensors"
+STAT_KEYS = ("expected_sparsity", "target_sparsity", "lambda_1", "lambda_2", "lagrangian_loss", "target_offset")
+
+
+@dataclass
+class L0TrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the L0 pruning, Lagrangian and distillation settings (all available on the CLI)."""
+
+    target_sparsity: float | None = field(
+        default=None,
+        metadata={"help": "Fraction of the attention + FFN parameters to remove, strictly between 0 and 1 "
+                  "(e.g. 0.6). Required."},
+    )
+    sparsity_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Optimizer steps over which the target rises linearly from 0 (CoFi). Overrides "
+                  "--sparsity_warmup_ratio when > 0."},
+    )
+    sparsity_warmup_ratio: float = field(
+        default=0.5,
+        metadata={"help": "Fraction of the training steps over which the target rises from 0, when "
+                  "--sparsity_warmup_steps is 0. The remaining steps hold the target so the gates settle on it."},
+    )
+    gate_learning_rate: float = field(
+        default=0.1, metadata={"help": "Learning rate of the gates' log_alpha (own param group, no weight decay)."}
+    )
+    gate_adam_beta1: float = field(
+        default=0.0,
+        metadata={"help": "Adam beta1 of the gates' param group. 0 (no momentum) by default: with momentum the gates "
+                  "keep closing after the constraint is met and the sparsity overshoots the target."},
+    )
+    gate_lr_constant: bool = field(
+        default=False,
+        metadata={"help": "Keep the gates' learning rate constant instead of following the weights' schedule."},
+    )
+    lagrangian_learning_rate: float = field(
+        default=0.5,
+        metadata={"help": "Learning rate of the Lagrange multipliers lambda_1, lambda_2 (gradient ascent)."},
+    )
+    l0_structures: str = field(
+        default="heads,ffn,layers",
+        metadata={"help": f"Comma-separated structures to gate, from {', '.join(STRUCTURES)}. Ignored when "
+                  "--l0_config is given."},
+    )
+    l0_config: dict | str | None = field(
+        default=None,
+        metadata={"help": "A full L0Config: a JSON string, a path to l0_config.json, or a directory holding one."},
+    )
+    sparsity_calibration_rate: float = field(
+        default=0.05,
+        metadata={"help": "After the warmup, shift the expected-sparsity target by this rate x (target - "
+                  "deterministic sparsity) per step, so the pruned model lands on the target (0 = off)."},
+    )
+    sparsity_final_phase_ratio: float = field(
+        default=0.1,
+        metadata={"help": "Final fraction of the training steps during which the deterministic sparsity is pinned to "
+                  "the target before every step (one common log_alpha shift, see hf_l0.lagrangian.snap_to_target), "
+                  "so the weights adapt to the pruned shape and the run ends on the target. 0 = off."},
+    )
+    log_alpha_clamp: float | None = field(
+        default=None,
+        metadata={"help": "Clamp every log_alpha into [-c, c] after each step (CoFi uses log(100) = 4.6). Off by "
+                  "default: a tight lower bound keeps closed gates' P(z != 0) above 0 and biases the size."},
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Dense fine-tuned teacher to distill from (frozen, eval mode, no grad)."},
+    )
+    distill_alpha: float = field(
+        default=0.9,
+        metadata={"help": "Weight of the logit KL in [0, 1]; the task loss gets 1 - alpha. Needs a teacher."},
+    )
+    distill_temperature: float = field(default=2.0, metadata={"help": "Distillation temperature T (KL x T^2)."})
+    distill_layerwise: bool = field(
+        default=False,
+        metadata={"help": "Add CoFi's layerwise hidden-state loss (learned linear map per matched layer)."},
+    )
+    distill_layer_weight: float = field(default=1.0, metadata={"help": "Weight of the layerwise loss."})
+    prune_at_end: bool = field(
+        default=True,
+        metadata={"help": "trainer.save_model() writes the compact pruned model (checkpoints stay gated)."},
+    )
+
+    def __post_init__(self) -> None:
+        self.l0_config = _l0_config_dict(self.l0_config)
+        self.resolved_l0_config()  # validates structures / config
+        target = self.target_sparsity
+        if target is None and self.l0_config is not None:
+            target = self.target_sparsity = self.l0_config.get("target_sparsity")
+        if target is None:
+            raise ValueError("target_sparsity is required: the fraction of attention + FFN parameters to remove, "
+                             "e.g. --target_sparsity 0.6.")
+        if not 0.0 < target < 1.0:
+            raise ValueError(f"target_sparsity={target} is impossible: it must lie strictly between 0 and 1 "
+                             "(0.6 removes 60% of the attention + FFN parameters).")
+        cfg_target = (self.l0_config or {}).get("target_sparsity")
+        if cfg_target is not None and cfg_target != target:
+            raise ValueError(f"target_sparsity={target} conflicts with l0_config target_sparsity={cfg_target}; "
+                             "set it in one place.")
+        if self.sparsity_warmup_steps < 0:
+            raise ValueError(f"sparsity_warmup_steps={self.sparsity_warmup_steps} must be >= 0.")
+        if not 0.0 <= self.sparsity_warmup_ratio <= 1.0:
+            raise ValueError(f"sparsity_warmup_ratio={self.sparsity_warmup_ratio} must lie in [0, 1].")
+        for name in ("gate_learning_rate", "lagrangian_learning_rate", "distill_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0.")
+        if not 0.0 <= self.sparsity_final_phase_ratio < 1.0:
+            raise ValueError(f"sparsity_final_phase_ratio={self.sparsity_final_phase_ratio} must lie in [0, 1).")
+        if self.sparsity_calibration_rate < 0:
+            raise ValueError(f"sparsity_calibration_rate={self.sparsity_calibration_rate} must be >= 0.")
+        if self.log_alpha_clamp is not None and self.log_alpha_clamp <= 0:
+            raise ValueError(f"log_alpha_clamp={self.log_alpha_clamp} must be > 0 (the range is [-c, c]).")
+        if not 0.0 <= self.gate_adam_beta1 < 1.0:
+            raise ValueError(f"gate_adam_beta1={self.gate_adam_beta1} must lie in [0, 1).")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha={self.distill_alpha} must lie in [0, 1] (weight of the logit KL).")
+        if self.distill_layer_weight < 0:
+            raise ValueError(f"distill_layer_weight={self.distill_layer_weight} must be >= 0.")
+        super().__post_init__()
+
+    def resolved_l0_config(self) -> L0Config:
+        """The `L0Config` these arguments describe (``l0_config`` if given, else ``l0_structures``)."""
+        if self.l0_config is not None:
+            data = dict(self.l0_config)
+            data.setdefault("target_sparsity", self.target_sparsity)
+            return L0Config.from_dict(data)
+        names = [s.strip() for s in self.l0_structures.split(",") if s.strip()]
+        unknown = sorted(set(names) - set(STRUCTURES))
+        if unknown or not names:
+            raise ValueError(f"l0_structures={self.l0_structures!r}: unknown or no structures {unknown}; choose "
+                             f"from {', '.join(STRUCTURES)} (comma-separated).")
+        return L0Config(**{s: s in names for s in STRUCTURES}, target_sparsity=self.target_sparsity)
+
+
+def _l0_config_dict(value: dict | str | L0Config | None) -> dict | None:
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, L0Config):
+        return value.to_dict()
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        path = os.path.join(text, CONFIG_NAME) if os.path.isdir(text) else text
+        if not os.path.isfile(path):
+            raise ValueError(f"l0_config={value!r} is neither a JSON object nor an existing file or directory "
+                             f"holding {CONFIG_NAME}.")
+        with open(path) as f:
+            return json.load(f)
+    raise TypeError(f"l0_config must be an L0Config, a dict, a JSON string or a path, got {type(value).__name__}.")
+
+
+def _constant_lr(_step: int) -> float:
+    return 1.0
+
+
+class L0Trainer(Trainer):
+    """A `Trainer` that prunes while it fine-tunes (CoFi): L0 gates + Lagrangian + optional distillation.
+
+    Args:
+        model: a stock transformers model; patched with gates here unless already patched.
+        args: `L0TrainingArguments`.
+        teacher_model: the dense fine-tuned teacher (else loaded from ``args.teacher_model_name_or_path``).
+        l0_config: overrides ``args.l0_config`` / ``args.l0_structures``.
+        **kwargs: everything `Trainer` takes (datasets, collator, ``compute_metrics``, callbacks, ...).
+
+    Evaluation runs with deterministic gates (eval mode) and logs ``eval_deterministic_sparsity``; training logs
+    ``expected_sparsity``, ``target_sparsity``, ``lambda_1``, ``lambda_2`` and ``lagrangian_loss``.
+    """
+
+    def __init__(self, model: PreTrainedModel | None = None, args: L0TrainingArguments | None = None, *,
+                 teacher_model: nn.Module | None = None, l0_config: L0Config | None = None, **kwargs: Any) -> None:
+        if not isinstance(args, L0TrainingArguments):
+            raise TypeError("L0Trainer needs args=L0TrainingArguments(...) (target_sparsity and the L0 settings).")
+        if model is None:
+            raise ValueError("L0Trainer needs a model instance (model_init is not supported: gates are per model).")
+        if is_patched(model):
+            config = model.l0_config
+            if l0_config is not None and l0_config.to_dict() != config.to_dict():
+                raise ValueError("the model is already patched with a different L0Config than l0_config=...; "
+                                 "unpatch it first or drop the argument.")
+        else:
+            config = l0_config if l0_config is not None else args.resolved_l0_config()
+            patch_model(model, config)  # raises a clear error for a model type without an adapter
+        self.l0_config = config
+        self.controller = LagrangianController(args.target_sparsity, warmup_steps=args.sparsity_warmup_steps,
+                                               calibration_rate=args.sparsity_calibration_rate)
+        self._calibrated_step = -1
+
+        if teacher_model is None and args.teacher_model_name_or_path:
+            teacher_model = type(model).from_pretrained(args.teacher_model_name_or_path)
+        if teacher_model is None and args.distill_layerwise:
+            raise ValueError("distill_layerwise needs a teacher: set teacher_model_name_or_path or pass "
+                             "teacher_model=.")
+        if teacher_model is not None:
+            if is_patched(teacher_model):
+                raise ValueError("the teacher carries L0 gates: distill from the dense model, not a gated one.")
+            check_teacher(model, teacher_model)
+            teacher_model.eval().requires_grad_(False)
+        self.teacher = teacher_model
+        self.distiller = None
+        if args.distill_layerwise:
+            self.distiller = LayerwiseDistiller(model.config.hidden_size, model.config.num_hidden_layers)
+        self._l0_sums: dict[str, float] = {}
+        self._l0_count = 0
+        self._compact: tuple[int, nn.Module] | None = None
+
+        super().__init__(model=model, args=args, **kwargs)
+        # The penalty is added per micro-batch as a batch mean: let the Trainer divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self.controller.to(self.args.device)
+        if self.teacher is not None:
+            self.teacher.to(self.args.device)
+        if self.distiller is not None:
+            self.distiller.to(self.args.device)
+
+    # -- optimizer and schedule -----------------------------------------------------------------------------------
+    def _gated_model(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """One optimizer, param groups: weights (decay), weights (no decay), gates, multipliers[, layer maps]."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        gates = gate_parameters(self._gated_model())
+        gate_ids = {id(p) for p in gates}
+        decay = set(self.get_decay_parameter_names(model))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in gate_ids]
+        groups = [
+            {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+            {"params": gates, "lr": self.args.gate_learning_rate, "weight_decay": 0.0},
+            {"params": list(self.controller.parameters()), "lr": self.args.lagrangian_learning_rate,
+             "weight_decay": 0.0},
+        ]
+        if self.distiller is not None:
+            groups.append({"params": list(self.distiller.parameters()), "weight_decay": 0.0})
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        if not isinstance(optimizer_cls, type) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            raise ValueError(f"optim={self.args.optim!r} builds its own parameter groups; L0Trainer needs a standard "
+                             "torch optimizer (e.g. adamw_torch) for its gate and multiplier groups.")
+        if "betas" in optimizer_kwargs:  # Adam family: the gates get their own beta1 (see gate_adam_beta1)
+            groups[2]["betas"] = (self.args.gate_adam_beta1, optimizer_kwargs["betas"][1])
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        if self.args.log_alpha_clamp is not None:
+            c = self.args.log_alpha_clamp
+            self.optimizer.register_step_post_hook(GateClamp(self._gated_model(), -c, c))
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The Trainer's schedule for weights and gates (a decaying gate rate lets the gates settle on the target);
+        the multipliers keep a constant rate so the constraint holds to the last step."""
+        if not self.args.sparsity_warmup_steps:
+            self.controller.warmup_steps = math.ceil(self.args.sparsity_warmup_ratio * num_training_steps)
+        created = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if created and isinstance(scheduler, LambdaLR):
+            for i in (2, 3) if self.args.gate_lr_constant else (3,):  # gates (optionally), multipliers
+                scheduler.lr_lambdas[i] = _constant_lr
+                scheduler.optimizer.param_groups[i]["lr"] = scheduler.base_lrs[i]
+                scheduler._last_lr[i] = scheduler.base_lrs[i]
+        return scheduler
+
+    # -- loss -------------------------------------------------------------------------------------------------------
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None):
+        if not model.training:  # evaluation: the task loss of the deterministic model
+            return super().compute_loss(model, inputs, return_outputs=return_outputs)
+        if self.teacher is None:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        else:
+            loss, outputs = self._distillation_loss(model, inputs)
+        gated = self._gated_model()
+        step = self.state.global_step
+        self.controller.set_step(step)
+        if self._calibrated_step != step:  # once per optimizer step, not per micro-batch
+            self.controller.calibrate(float(expected_sparsity(gated, deterministic=True)), step)
+            if self._in_final_phase(step):
+                snap_to_target(gated, self.args.target_sparsity)
+            self._calibrated_step = step
+        sparsity = expected_sparsity(gated)
+        penalty = self.controller.penalty(sparsity, step)
+        self._accumulate(self.controller.stats(sparsity.detach(), step))
+        loss = loss + penalty.to(loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def _in_final_phase(self, step: int) -> bool:
+        ratio = self.args.sparsity_final_phase_ratio
+        return ratio > 0 and step >= self.controller.warmup_steps and step >= (1.0 - ratio) * self.state.max_steps
+
+    def train(self, *args: Any, **kwargs: Any):
+        output = super().train(*args, **kwargs)
+        if self.args.sparsity_final_phase_ratio > 0:  # the last optimizer step moved the gates once more
+            snap_to_target(self._gated_model(), self.args.target_sparsity)
+        return output
+
+    def _distillation_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        layerwise = self.distiller is not None
+        outputs = model(**inputs, output_hidden_states=layerwise)
+        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad():
+            teacher_outputs = self.teacher(**teacher_inputs, output_hidden_states=layerwise)
+        mask = inputs.get("attention_mask") if outputs.logits.dim() == 3 else None
+        alpha = self.args.distill_alpha
+        loss = alpha * logit_kl(outputs.logits, teacher_outputs.logits, self.args.distill_temperature, mask)
+        if alpha < 1.0:
+            if outputs.get("loss") is None:
+                raise ValueError("distill_alpha < 1 mixes in the task loss, but the model returned none: the batches "
+                                 "need labels (or set --distill_alpha 1).")
+            loss = loss + (1.0 - alpha) * outputs.loss
+        if layerwise:
+            layer_loss = self.distiller(outputs.hidden_states, teacher_outputs.hidden_states,
+                                        inputs.get("attention_mask"))
+            loss = loss + self.args.distill_layer_weight * layer_loss
+        return loss, outputs
+
+    # -- logging and evaluation -----------------------------------------------------------------------------------
+    def _accumulate(self, stats: dict[str, float]) -> None:
+        for key, value in stats.items():
+            self._l0_sums[key] = self._l0_sums.get(key, 0.0) + value
+        self._l0_count += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the L0 statistics (means since the last log) to training logs, so every reporter sees them."""
+        if "loss" in logs and self._l0_count:
+            logs.update({key: self._l0_sums[key] / self._l0_count for key in STAT_KEYS})
+            # lambda and the target at the latest step are more telling than their means
+            logs["target_sparsity"] = self.controller.target(self.state.global_step)
+            logs["lambda_1"], logs["lambda_2"] = self.controller.lambda_1.item(), self.controller.lambda_2.item()
+            logs["target_offset"] = float(self.controller.target_offset)
+            logs["deterministic_sparsity"] = float(expected_sparsity(self._gated_model(), deterministic=True))
+            self._l0_sums, self._l0_count = {}, 0
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        model = self._gated_model()
+        output.metrics[f"{prefix}_deterministic_sparsity"] = float(expected_sparsity(model, deterministic=True))
+        output.metrics[f"{prefix}_expected_sparsity"] = float(expected_sparsity(model).detach())
+        output.metrics[f"{prefix}_target_sparsity"] = self.controller.target(self.state.global_step)
+        return output
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+    def _l0_state(self) -> dict[str, torch.Tensor]:
+        state = {f"controller.{k}": v.detach().cpu().contiguous() for k, v in self.controller.state_dict().items()}
+        if self.distiller is not None:
+            state.update({f"distiller.{k}": v.detach().cpu().contiguous()
+                          for k, v in self.distiller.state_dict().items()})
+        return state
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        path = os.path.join(folder, L0_STATE_NAME)
+        tmp = path + ".tmp"
+        save_file(self._l0_state(), tmp, metadata={"controller": json.dumps(self.controller.config_dict())})
+        os.replace(tmp, path)  # never a half-written state file
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        _check_gates_in_checkpoint(resume_from_checkpoint)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, L0_STATE_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing: {resume_from_checkpoint} was not written by L0Trainer, so "
+                                    "the Lagrange multipliers cannot be restored.")
+        state = load_file(path)
+        device = self.args.device
+        self.controller.load_state_dict({k[len("controller."):]: v.to(device) for k, v in state.items()
+                                         if k.startswith("controller.")})
+        if self.distiller is not None:
+            self.distiller.load_state_dict({k[len("distiller."):]: v.to(device) for k, v in state.items()
+                                            if k.startswith("distiller.")})
+
+    # -- the compact model ----------------------------------------------------------------------------------------
+    def compact_model(self) -> nn.Module:
+        """A pruned copy of the current gated model (the trainer's model stays gated and trainable)."""
+        if self._compact is not None and self._compact[0] == self.state.global_step:
+            return self._compact[1]
+        gated = self._gated_model()
+        param = next(gated.parameters())
+        # A fresh instance instead of deepcopy: the gating hooks are closures over the original's gates.
+        model = type(gated)(copy.deepcopy(gated.config))
+        weights = {k: v for k, v in gated.state_dict().items() if not k.startswith("l0_gates.")}
+        model.load_state_dict(weights)
+        model.to(device=param.device, dtype=param.dtype)
+        patch_model(model, copy.deepcopy(self.l0_config))
+        get_gates(model).load_state_dict(get_gates(gated).state_dict())
+        compact = prune_model(model.eval())
+        self._compact = (self.state.global_step, compact)
+        return compact
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints keep the gated model; with ``prune_at_end`` a user's call writes the compact model."""
+        if _internal_call or not self.args.prune_at_end:
+            return super().save_model(output_dir, _internal_call=_internal_call)
+        output_dir = self.args.output_dir if output_dir is None else output_dir
+        compact = self.compact_model()
+        if self.args.should_save:
+            hub.save_pretrained(compact, output_dir, tokenizer=self.processing_class)
+            self.l0_config.save_pretrained(output_dir)  # provenance: how it was gated
+
+
+def _check_gates_in_checkpoint(checkpoint: str) -> None:
+    weights = os.path.join(checkpoint, "model.safetensors")
+    index = os.path.join(checkpoint, "model.safetensors.index.json")
+    if os.path.isfile(weights):
+        with safe_open(weights, framework="pt") as f:
+            keys = list(f.keys())
+    elif os.path.isfile(index):
+        with open(index) as f:
+            keys = list(json.load(f)["weight_map"])
+    else:
+        return  # let the Trainer report the missing weights
+    if not any(k.startswith("l0_gates.") for k in keys):
+        raise ValueError(f"{checkpoint} holds no L0 gates (no l0_gates.* tensors): it is not an L0Trainer "
+                         "checkpoint; start a new run instead of resuming from it.")

@@ -1,0 +1,131 @@
+"""Both example scripts end to end on tiny models and small real-looking data (--max_steps small)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from transformers import AutoTokenizer
+
+from hf_l0 import assets, hub
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+REVIEWS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés .",
+           "an utterly charming and hilarious film .", "it's a mess , dull and pointless .",
+           "one of the best films of the year .", "a tedious , lifeless exercise in futility ."]
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve field types through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(assets.minilm_dir())  # a real WordPiece tokenizer, offline
+
+
+@pytest.fixture()
+def tiny_bert_dir(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    config = tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    tf.BertModel(config).save_pretrained(tmp_path / "bert")  # no classification head: the script fine-tunes one
+    tokenizer.save_pretrained(tmp_path / "bert")
+    return tmp_path / "bert"
+
+
+@pytest.fixture()
+def review_files(tmp_path):
+    import csv
+
+    paths = {}
+    for split, n in (("train", 48), ("validation", 12), ("test", 12)):
+        paths[split] = tmp_path / f"{split}.csv"
+        with open(paths[split], "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["sentence", "sentiment"])
+            for i in range(n):
+                writer.writerow([REVIEWS[i % len(REVIEWS)], "pos" if i % 2 == 0 else "neg"])
+    return paths
+
+
+def _common(out: Path) -> list[str]:
+    return ["--output_dir", str(out), "--max_steps", "6", "--per_device_train_batch_size", "8", "--report_to",
+            "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true", "--logging_steps", "2",
+            "--latency_repeats", "3", "--latency_batch_size", "2"]
+
+
+def test_prune_classification_end_to_end(tmp_path, tiny_bert_dir, review_files):
+    script = _load_script("prune_classification")
+    out = tmp_path / "out"
+    summary = script.main([
+        "--model_name_or_path", str(tiny_bert_dir), "--train_file", str(review_files["train"]),
+        "--validation_file", str(review_files["validation"]), "--test_file", str(review_files["test"]),
+        "--text_column", "sentence", "--label_column", "sentiment", "--max_seq_length", "16",
+        "--dense_max_steps", "3", "--target_sparsity", "0.4", "--l0_structures", "heads,ffn", *_common(out)])
+    model = hub.from_pretrained(out)
+    assert isinstance(model, tf.BertForSequenceClassification)
+    assert sum(p.numel() for p in model.parameters()) == summary["pruned_parameters"]
+    assert summary["pruned_parameters"] <= summary["dense_parameters"]
+    assert set(summary["dense"]) == {"accuracy", "f1"} and 0.0 <= summary["pruned"]["accuracy"] <= 1.0
+    assert (out / "dense" / "config.json").is_file()  # the dense stage ran: the head was new
+    assert json.loads((out / "summary.json").read_text())["target_sparsity"] == 0.4
+
+
+def test_prune_classification_missing_column_fails_before_training(tmp_path, tiny_bert_dir, review_files):
+    script = _load_script("prune_classification")
+    with pytest.raises(ValueError, match="--label_column 'label' is not a column of the train split"):
+        script.main(["--model_name_or_path", str(tiny_bert_dir), "--train_file", str(review_files["train"]),
+                     "--validation_file", str(review_files["validation"]), "--text_column", "sentence",
+                     "--target_sparsity", "0.4", *_common(tmp_path / "out")])
+    assert not (tmp_path / "out" / "dense").exists()
+
+
+def test_prune_classification_bad_target_fails_at_parse(tmp_path, tiny_bert_dir, review_files):
+    script = _load_script("prune_classification")
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        script.main(["--model_name_or_path", str(tiny_bert_dir), "--train_file", str(review_files["train"]),
+                     "--validation_file", str(review_files["validation"]), "--target_sparsity", "1.2",
+                     *_common(tmp_path / "out")])
+
+
+def test_prune_clm_end_to_end(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2,
+                            num_attention_heads=6, num_key_value_heads=2, intermediate_size=64,
+                            max_position_embeddings=64, tie_word_embeddings=True)
+    tf.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    text = "\n".join(f"{REVIEWS[i % len(REVIEWS)]} and so the king said {i}" for i in range(120))
+    (tmp_path / "train.txt").write_text(text)
+    (tmp_path / "validation.txt").write_text(text[:800])
+    script = _load_script("prune_clm")
+    out = tmp_path / "out"
+    summary = script.main([
+        "--model_name_or_path", str(tmp_path / "llama"), "--train_file", str(tmp_path / "train.txt"),
+        "--validation_file", str(tmp_path / "validation.txt"), "--block_size", "16", "--target_sparsity", "0.3",
+        "--distill_alpha", "0.5", *_common(out)])
+    model = hub.from_pretrained(out)
+    assert isinstance(model, tf.LlamaForCausalLM)
+    assert sum(p.numel() for p in model.parameters()) == summary["pruned_parameters"]
+    assert summary["pruned_perplexity"] > 1.0 and summary["speedup"] > 0
+
+
+def test_scripts_have_useful_help():
+    import subprocess
+
+    for name in ("prune_classification", "prune_clm"):
+        result = subprocess.run([sys.executable, str(SCRIPTS / f"{name}.py"), "--help"], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "--target_sparsity" in result.stdout and "--gate_learning_rate" in result.stdout
+        assert ("--block_size" in result.stdout) == (name == "prune_clm")
