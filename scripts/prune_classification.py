@@ -142,8 +142,12 @@ def evaluate(model, dataset, collator, batch_size: int = 64) -> dict[str, float]
     return metrics_from_logits(np.concatenate(logits), np.concatenate(labels))
 
 
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments))
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments))
+    parser = build_parser()
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         model_args, data_args, args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
     else:

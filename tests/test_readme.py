@@ -17,3 +17,17 @@ def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
     assert "pytest" in tests and "pytest" not in main_job
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in [line.strip() for line in ci]
+
+
+def test_main_job_settings_parse_with_the_script_parser():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("prune_classification", ROOT / "scripts" / "prune_classification.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(script)
+    model_args, data_args, args = script.build_parser().parse_json_file(str(ROOT / "scripts" / "configs" /
+                                                                              "minilm_rotten_tomatoes.json"))
+    assert model_args.model_name_or_path == "hf_l0:minilm" and data_args.dataset_name == "hf_l0:rotten_tomatoes"
+    assert args.target_sparsity == 0.6 and args.max_steps == 300 and args.seed == 42
