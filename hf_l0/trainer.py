@@ -27,7 +27,7 @@ from . import hub
 from .config import CONFIG_NAME, STRUCTURES, L0Config
 from .distill import LayerwiseDistiller, check_teacher, logit_kl
 from .lagrangian import GateClamp, LagrangianController, gate_parameters, snap_to_target
-from .patch import get_gates, is_patched, patch_model
+from .patch import get_gates, is_patched, patch_model, transformers_model
 from .prune import prune_model
 from .size import expected_sparsity
 
@@ -419,8 +419,13 @@ class L0Trainer(Trainer):
         gated = self._gated_model()
         param = next(gated.parameters())
         # A fresh instance instead of deepcopy: the gating hooks are closures over the original's gates.
-        model = type(gated)(copy.deepcopy(gated.config))
-        weights = {k: v for k, v in gated.state_dict().items() if not k.startswith("l0_gates.")}
+        base = transformers_model(gated)
+        model = type(base)(copy.deepcopy(base.config))
+        if base is not gated:  # a peft model: the same adapters on the copy; prune_model merges them
+            from peft import get_peft_model
+
+            model = get_peft_model(model, copy.deepcopy(gated.peft_config[gated.active_adapter]))
+        weights = {k: v for k, v in gated.state_dict().items() if "l0_gates." not in k}
         model.load_state_dict(weights)
         model.to(device=param.device, dtype=param.dtype)
         patch_model(model, copy.deepcopy(self.l0_config))

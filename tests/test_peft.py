@@ -66,6 +66,29 @@ def test_gates_and_adapters_train_while_base_weights_stay_frozen():
     assert all(torch.equal(p, frozen[name]) for name, p in peft_model.named_parameters() if name in frozen)
 
 
+def test_l0_trainer_trains_a_lora_model_and_hands_back_a_merged_compact_model(tmp_path):
+    from datasets import Dataset
+
+    from hf_l0 import L0Trainer, L0TrainingArguments
+
+    peft_model = lora_model("llama")
+    frozen = {n: p.clone() for n, p in peft_model.named_parameters() if not p.requires_grad}
+    ids = torch.randint(2, 101, (8, 12), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.3, max_steps=4, per_device_train_batch_size=4,
+                               use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True)
+    trainer = L0Trainer(model=peft_model, args=args, train_dataset=data)
+    gates_before = hf_l0.get_gates(peft_model).heads.log_alpha.detach().clone()
+    trainer.train()
+    assert not torch.equal(hf_l0.get_gates(peft_model).heads.log_alpha, gates_before)
+    assert all(torch.equal(p, frozen[n]) for n, p in peft_model.named_parameters() if n in frozen)
+    compact = trainer.compact_model()
+    assert type(compact).__module__.startswith("transformers.")
+    assert not any("lora" in name for name, _ in compact.named_parameters())
+    inputs = make_inputs()
+    assert (model_output(peft_model.eval(), inputs) - model_output(compact, inputs)).abs().max() <= 1e-4
+
+
 def test_lora_added_after_patching_is_refused():
     model = make_model("llama")
     patch_model(model, L0Config())
