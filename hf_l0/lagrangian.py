@@ -156,17 +156,29 @@ def l0_param_groups(model: nn.Module, controller: LagrangianController, lr: floa
 
 @torch.no_grad()
 def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0, iterations: int = 40) -> float:
-    """Shift every ``log_alpha`` by one constant so that the *deterministic* sparsity is as close to the target as
-    the granularity allows; returns the sparsity reached.
+    """Shift ``log_alpha`` by constants so that the *deterministic* sparsity is as close to the target as the
+    granularity allows; returns the sparsity reached.
 
-    The deterministic sparsity falls monotonically as the shift grows (more entries kept per gate tensor, fewer
-    survivors at value 0), so a bisection finds the shift. A common shift keeps the order of the gates within each
-    tensor, i.e. which structures the training ranked highest. :class:`hf_l0.L0Trainer` applies it in the final
-    phase of training (``sparsity_final_phase_ratio``) so the weights adapt to the pinned gates.
+    The deterministic sparsity falls monotonically as a shift grows (more entries kept per gate tensor, fewer
+    survivors at value 0), so bisections find the shifts: first one shift of every gate (which settles the
+    whole-sublayer gates), then one of the head / neuron / hidden gates alone, whose finer steps land close to the
+    target where a sublayer flipping at the crossing would move the sparsity by a whole layer's share. A common shift
+    keeps the order of the gates within each tensor, i.e. which structures the training ranked highest.
+    :class:`hf_l0.L0Trainer` applies it in the final phase of training (``sparsity_final_phase_ratio``) so the
+    weights adapt to the pinned gates.
     """
+    gates = get_gates(model).gates()
+    reached = _bisect_shift(model, [g.log_alpha for g in gates.values()], target_sparsity, bound, iterations)
+    fine = [gate.log_alpha for name, gate in gates.items() if not name.endswith("_layers")]
+    if fine and len(fine) < len(gates):
+        reached = _bisect_shift(model, fine, target_sparsity, bound, iterations)
+    return reached
+
+
+@torch.no_grad()
+def _bisect_shift(model: nn.Module, params: list[nn.Parameter], target: float, bound: float, iterations: int) -> float:
     from .size import expected_sparsity  # local: size imports patch, which this module also uses
 
-    params = [gate.log_alpha for gate in get_gates(model).gates().values()]
     original = [p.detach().clone() for p in params]
 
     def sparsity_at(shift: float) -> float:
@@ -174,14 +186,14 @@ def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0
             p.copy_(o + shift)
         return float(expected_sparsity(model, deterministic=True))
 
-    best_shift, best_error = 0.0, abs(sparsity_at(0.0) - target_sparsity)
+    best_shift, best_error = 0.0, abs(sparsity_at(0.0) - target)
     low, high = -bound, bound  # sparsity(low) is high, sparsity(high) is low
     for _ in range(iterations):
         middle = (low + high) / 2
         reached = sparsity_at(middle)
-        if abs(reached - target_sparsity) < best_error:
-            best_shift, best_error = middle, abs(reached - target_sparsity)
-        if reached > target_sparsity:
+        if abs(reached - target) < best_error:
+            best_shift, best_error = middle, abs(reached - target)
+        if reached > target:
             low = middle
         else:
             high = middle

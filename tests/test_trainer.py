@@ -10,6 +10,7 @@ import transformers as tf
 from datasets import Dataset
 
 from conftest import VOCAB, make_model
+import hf_l0
 from hf_l0 import get_gates
 from hf_l0 import hub
 from hf_l0.distill import LayerwiseDistiller, logit_kl
@@ -203,3 +204,23 @@ def test_param_groups_and_constant_multiplier_rate(tmp_path):
         trainer.lr_scheduler.step()
     assert groups[3]["lr"] == trainer.args.lagrangian_learning_rate  # constant: the constraint holds to the end
     assert groups[0]["lr"] < trainer.args.learning_rate  # the weights follow the linear schedule
+
+
+def test_snap_to_target_lands_within_one_head_of_the_target_even_with_layer_gates():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_l0.lagrangian import snap_to_target
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=64, num_attention_heads=8,
+                                                     intermediate_size=256, num_hidden_layers=4)).eval()
+    hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True, layers=True))
+    with torch.no_grad():
+        for gate in get_gates(model).gates().values():
+            gate.log_alpha.normal_(0.0, 2.0)  # layer gates too: some sit near the keep / drop boundary
+    full = hf_l0.full_size(model).prunable.item()
+    head_share = (4 * 8 * 64 + 3 * 8) / full  # q, k, v rows + o columns of one head, and its q/k/v biases
+    for target in (0.3, 0.5, 0.75):
+        reached = snap_to_target(model, target)
+        assert reached == pytest.approx(hf_l0.expected_sparsity(model, deterministic=True).item())
+        assert abs(reached - target) <= head_share
