@@ -67,6 +67,24 @@ def summary_table(rows: list[tuple[str, Any, Any]], title: str) -> str:
     return "\n".join(out)
 
 
+def report(args: Any, summary: dict[str, Any], metric_rows: list[tuple[str, Any, Any]], batch_shape: str,
+           title: str) -> str:
+    """The scripts' closing table: the task metrics, then parameters, sparsity and measured speed; printed, and
+    ``summary`` written to ``summary.json`` in the output directory (main process only)."""
+    table = summary_table([
+        *metric_rows,
+        ("parameters", summary["dense_parameters"], summary["pruned_parameters"]),
+        (f"attention+FFN sparsity (target {args.target_sparsity:.3f})", 0.0, summary["reached_sparsity"]),
+        (f"CPU latency, batch {batch_shape} (ms)", summary["dense_latency_ms"], summary["pruned_latency_ms"]),
+        ("speedup", 1.0, summary["speedup"]),
+    ], title=title)
+    table += f"\nsaved to: {summary['saved_to']}   wall time: {summary['wall_seconds'] / 60:.1f} min"
+    if args.should_save:
+        write_json(os.path.join(args.output_dir, "summary.json"), summary)
+    print(table, flush=True)
+    return table
+
+
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """Atomic JSON write (a reader never sees half a file)."""
     path = Path(path)

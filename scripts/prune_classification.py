@@ -29,7 +29,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 import hf_l0
 from hf_l0 import data as hf_l0_data
 from hf_l0.distill import check_teacher
-from hf_l0.scripting import compare_latency, count_parameters, resolve_model_path, summary_table, write_json
+from hf_l0.scripting import compare_latency, count_parameters, report, resolve_model_path
 from hf_l0.trainer import L0Trainer, L0TrainingArguments
 
 logger = logging.getLogger("prune_classification")
@@ -246,19 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
         "dense_finetune_seconds": dense_seconds, "prune_seconds": prune_seconds,
         "wall_seconds": time.perf_counter() - wall_start,
     }
-    table = summary_table([
-        (f"{final_split} accuracy", dense_metrics["accuracy"], pruned_metrics["accuracy"]),
-        (f"{final_split} F1", dense_metrics["f1"], pruned_metrics["f1"]),
-        ("parameters", dense_params, pruned_params),
-        ("attention+FFN sparsity (target {:.3f})".format(args.target_sparsity), 0.0, reached),
-        (f"CPU latency, batch {len(rows)} x {data_args.max_seq_length} (ms)", latency["dense_latency_ms"],
-         latency["pruned_latency_ms"]),
-        ("speedup", 1.0, latency["speedup"]),
-    ], title=f"L0 pruning summary ({model_args.model_name_or_path})")
-    table += f"\nsaved to: {summary['saved_to']}   wall time: {summary['wall_seconds'] / 60:.1f} min"
-    if args.should_save:
-        write_json(os.path.join(args.output_dir, "summary.json"), summary)
-    print(table, flush=True)
+    report(args, summary, [(f"{final_split} accuracy", dense_metrics["accuracy"], pruned_metrics["accuracy"]),
+                           (f"{final_split} F1", dense_metrics["f1"], pruned_metrics["f1"])],
+           f"{len(rows)} x {data_args.max_seq_length}", title=f"L0 pruning summary ({model_args.model_name_or_path})")
     return summary
 
 

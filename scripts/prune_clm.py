@@ -27,8 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, 
 
 import hf_l0
 from hf_l0.data import group_texts
-from hf_l0.scripting import (compare_latency, count_parameters, drop_gguf_quantizer, resolve_model_path, summary_table,
-                              write_json)
+from hf_l0.scripting import compare_latency, count_parameters, drop_gguf_quantizer, report, resolve_model_path
 from hf_l0.trainer import L0Trainer, L0TrainingArguments
 
 logger = logging.getLogger("prune_clm")
@@ -150,18 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
                "dense_parameters": dense_params, "pruned_parameters": pruned_params, **latency,
                "saved_to": os.path.abspath(args.output_dir) if args.prune_at_end else None,
                "prune_seconds": prune_seconds, "wall_seconds": time.perf_counter() - wall_start}
-    table = summary_table([
-        ("validation perplexity", dense_ppl, pruned_ppl),
-        ("parameters", dense_params, pruned_params),
-        ("attention+FFN sparsity (target {:.3f})".format(args.target_sparsity), 0.0, reached),
-        (f"CPU latency, batch {len(rows)} x {data_args.block_size} (ms)", latency["dense_latency_ms"],
-         latency["pruned_latency_ms"]),
-        ("speedup", 1.0, latency["speedup"]),
-    ], title=f"L0 pruning summary ({model_args.model_name_or_path})")
-    table += f"\nsaved to: {summary['saved_to']}   wall time: {summary['wall_seconds'] / 60:.1f} min"
-    if args.should_save:
-        write_json(os.path.join(args.output_dir, "summary.json"), summary)
-    print(table, flush=True)
+    report(args, summary, [("validation perplexity", dense_ppl, pruned_ppl)], f"{len(rows)} x {data_args.block_size}",
+           title=f"L0 pruning summary ({model_args.model_name_or_path})")
     return summary
 
 
