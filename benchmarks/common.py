@@ -1,0 +1,168 @@
+"""Shared pieces of the benchmarks: run metadata, result files (JSON + markdown), the distilling baseline trainer,
+and access to the example scripts' helpers (imported from ``scripts/``, not copied)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the benchmarks only write PNG files
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import Trainer  # noqa: E402
+
+import hf_l0  # noqa: E402
+from hf_l0.distill import logit_kl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` as a module (the scripts are not a package) to reuse its helpers."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve field types through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads (on a shared machine, 1 thread per process avoids oversubscription)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Run:
+    """Wall clock and metadata of one benchmark invocation; :meth:`write` stores ``<name>.json`` and ``.md``."""
+
+    def __init__(self, name: str, seed: int, quick: bool, output_dir: str | os.PathLike) -> None:
+        self.name, self.seed, self.quick = name, seed, quick
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.started = datetime.now(timezone.utc)
+        self._start = time.perf_counter()
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "benchmark": self.name,
+            "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+            "quick": self.quick,
+            "seed": self.seed,
+            "started_utc": self.started.isoformat(timespec="seconds"),
+            "wall_seconds": round(time.perf_counter() - self._start, 1),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__, "hf_l0": hf_l0.__version__,
+                         "git_commit": git_commit()},
+            "hardware": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                         "gpu": None, "platform": platform.platform()},
+        }
+
+    def path(self, suffix: str) -> Path:
+        return self.output_dir / f"{self.name}{suffix}"
+
+    def write(self, results: dict[str, Any], markdown: str) -> dict[str, Any]:
+        """Write ``<name>.json`` (metadata + results) and ``<name>.md`` (the table plus a provenance line)."""
+        data = {**self.metadata(), **results}
+        tmp = self.path(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
+        os.replace(tmp, self.path(".json"))
+        meta = data["hardware"]
+        footer = (f"\n_{'QUICK (smoke-test) run — not a result. ' if self.quick else ''}"
+                  f"`{data['command']}` — seed {self.seed}, wall time {data['wall_seconds'] / 60:.1f} min, "
+                  f"{meta['cpu']} ({meta['cpu_count']} cores, {meta['torch_threads']} torch threads), torch "
+                  f"{torch.__version__}, transformers {transformers.__version__}, hf-l0 {hf_l0.__version__}._\n")
+        self.path(".md").write_text(markdown.rstrip() + "\n" + footer)
+        return data
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "–"
+            return f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{value:,}"
+        return "–" if value is None else str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def goal(met: bool) -> str:
+    return "✅" if met else "❌"
+
+
+def training_arguments(output_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
+    """Trainer settings every benchmark run shares (CPU, no checkpoints, no reporters)."""
+    return {"output_dir": str(output_dir), "report_to": "none", "save_strategy": "no", "eval_strategy": "no",
+            "use_cpu": True, "disable_tqdm": True, "logging_steps": 25, "dataloader_num_workers": 0, **overrides}
+
+
+class DistillationTrainer(Trainer):
+    """Fine-tunes an (already pruned) model with the same loss as `hf_l0.L0Trainer`'s distillation: ``alpha`` x
+    logit KL to the frozen teacher + (1 - alpha) x task loss, so the baseline gets the same training signal."""
+
+    def __init__(self, *args: Any, teacher: torch.nn.Module, alpha: float = 0.9, temperature: float = 2.0,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher, self.alpha, self.temperature = teacher.eval().requires_grad_(False), alpha, temperature
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None):
+        outputs = model(**inputs)
+        if not model.training:
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+        with torch.no_grad():
+            teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        mask = inputs.get("attention_mask") if outputs.logits.dim() == 3 else None
+        loss = self.alpha * logit_kl(outputs.logits, teacher_logits, self.temperature, mask)
+        loss = loss + (1.0 - self.alpha) * outputs.loss
+        return (loss, outputs) if return_outputs else loss
+
+
+def finite_numbers(data: Any) -> bool:
+    """True when every number in a nested JSON-like structure is finite (what the quick tests check)."""
+    if isinstance(data, dict):
+        return all(finite_numbers(v) for v in data.values())
+    if isinstance(data, (list, tuple)):
+        return all(finite_numbers(v) for v in data)
+    if isinstance(data, float):
+        return math.isfinite(data)
+    return True

@@ -1,0 +1,217 @@
+#!/usr/bin/env python
+"""LLM: SmolLM2-135M on Shakespeare — validation perplexity of the dense model, of hf-l0 at 0.5 of the attention + FFN
+(non-embedding) parameters and of the structured magnitude baseline at the same size, with the same token budget;
+generate() throughput dense vs pruned.
+
+Both pruned models start from the dense model and train for the same steps on the same blocks with the same loss
+(logit distillation from the dense model + LM loss): hf-l0 learns which heads / neurons / sublayers to remove while
+it trains (`L0Trainer`); the baseline removes the heads (KV groups) and neurons of smallest weight norm, down to the
+parameter count hf-l0 reached, then trains.
+
+    python benchmarks/llm.py                       # default budget: about an hour on 2 CPU cores
+    python benchmarks/llm.py --max_steps 60        # the committed run (see the JSON's "budget")
+    python benchmarks/llm.py --quick --output_dir /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/x.py` finds the package
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import transformers as tf  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator  # noqa: E402
+
+import hf_l0  # noqa: E402
+from benchmarks.common import (RESULTS_DIR, DistillationTrainer, Run, goal, load_script, markdown_table,  # noqa: E402
+                               set_threads, training_arguments)
+from hf_l0 import assets, data  # noqa: E402
+from hf_l0.baselines import magnitude_prune  # noqa: E402
+from hf_l0.scripting import drop_gguf_quantizer, resolve_model_path  # noqa: E402
+from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
+
+PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the baseline's (issue 7)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output_dir", default=str(RESULTS_DIR))
+    p.add_argument("--target_sparsity", type=float, default=0.5)
+    p.add_argument("--max_steps", type=int, default=200, help="optimizer steps of each pruning run (default ~1 h)")
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--block_size", type=int, default=128)
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--gate_learning_rate", type=float, default=0.1, help="hf-l0 gates' log_alpha rate")
+    p.add_argument("--distill_alpha", type=float, default=0.5)
+    p.add_argument("--distill_temperature", type=float, default=1.0)
+    p.add_argument("--eval_blocks", type=int, default=64, help="validation blocks for perplexity")
+    p.add_argument("--new_tokens", type=int, default=64, help="tokens generated per generate() call")
+    p.add_argument("--generate_repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true", help="tiny random Llama, a few blocks and steps")
+    return p.parse_args(argv)
+
+
+def load(args: argparse.Namespace) -> tuple[tf.PreTrainedModel, Any, dict]:
+    """SmolLM2-135M (GGUF, dequantized to float32) or, with --quick, a tiny random Llama; Shakespeare blocks."""
+    torch.manual_seed(args.seed)
+    if args.quick:
+        tokenizer = AutoTokenizer.from_pretrained(assets.minilm_dir())  # any real tokenizer; loads in a second
+        config = tf.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2,
+                                num_attention_heads=6, num_key_value_heads=2, intermediate_size=64,
+                                max_position_embeddings=256, tie_word_embeddings=True)
+        model = tf.LlamaForCausalLM(config)
+    else:
+        path, gguf_file = resolve_model_path("hf_l0:smollm2")
+        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+        model = drop_gguf_quantizer(AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file,
+                                                                         dtype=torch.float32))
+    raw = data.shakespeare()
+    needed = {"train": args.max_steps * args.batch_size, "validation": args.eval_blocks}
+    blocks = {}
+    for split, count in needed.items():
+        # Tokenize only a prefix that surely holds enough blocks (~10 tokens per line), then cut exact counts.
+        lines = raw[split].select(range(min(len(raw[split]), count * args.block_size // 4 + 100)))
+        tokenized = lines.map(lambda b: tokenizer(b["text"], return_token_type_ids=False), batched=True,
+                              remove_columns=["text"])
+        grouped = tokenized.map(data.group_texts, batched=True, batch_size=1000,
+                                fn_kwargs={"block_size": args.block_size})
+        if len(grouped) < count:
+            raise ValueError(f"only {len(grouped)} {split} blocks of {args.block_size} tokens, {count} needed.")
+        blocks[split] = grouped.select(range(count))
+    return model.eval(), tokenizer, blocks
+
+
+def trainable_copy(teacher: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(teacher).train().requires_grad_(True)
+
+
+@torch.inference_mode()
+def generate_throughput(model: torch.nn.Module, prompt: dict[str, torch.Tensor], new_tokens: int,
+                        repeats: int) -> float:
+    """Median tokens/s of greedy generate() (batch 1), exactly ``new_tokens`` new tokens per call."""
+    model.eval()
+    # use_cache explicitly: models that went through a Trainer carry use_cache=False in their config, and without
+    # the KV cache every new token recomputes the whole sequence.
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                  use_cache=True)
+    model.generate(**prompt, **kwargs)  # warmup
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.generate(**prompt, **kwargs)
+        times.append(time.perf_counter() - start)
+    return new_tokens / statistics.median(times)
+
+
+def table(results: dict[str, Any]) -> str:
+    b, runs = results["budget"], results["models"]
+    ratio = results["perplexity_ratio"]
+    head = (f"**LLM** — {results['model']} on Shakespeare (validation = the last two plays, {b['eval_tokens']:,} "
+            f"tokens); each pruned model trained {b['max_steps']} steps × {b['batch_size']} × {b['block_size']} = "
+            f"{b['train_tokens']:,} tokens (distillation α {b['distill_alpha']}, lr {b['learning_rate']}). "
+            f"hf-l0 ÷ magnitude perplexity: {ratio:.3f} (goal ≤ {PERPLEXITY_GOAL}) {goal(ratio <= PERPLEXITY_GOAL)}."
+            "\n\n")
+    rows = [[name, r["sparsity"], r["parameters"], r["perplexity"], r.get("tokens_per_second"),
+             r.get("train_seconds")] for name, r in runs.items()]
+    return head + markdown_table(["model", "attention+FFN sparsity", "parameters", "val perplexity",
+                                  "generate tokens/s", "train s"], rows)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    names = list(results["models"])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    axes[0].bar(names, [results["models"][n]["perplexity"] for n in names], color=["gray", "C0", "C1"])
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("validation perplexity (log)")
+    axes[1].bar(names, [results["models"][n].get("tokens_per_second") or 0 for n in names],
+                color=["gray", "C0", "C1"])
+    axes[1].set_ylabel("generate() tokens/s, batch 1")
+    fig.suptitle(f"{results['model']} at {results['target_sparsity']:g} sparsity, "
+                 f"{results['budget']['train_tokens']:,} training tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    if args.quick:
+        args.max_steps, args.batch_size, args.block_size, args.eval_blocks = 2, 2, 32, 4
+        args.new_tokens, args.generate_repeats = 4, 1
+    run = Run("llm", args.seed, args.quick, args.output_dir)
+    work = Path(tempfile.mkdtemp(prefix="hf_l0_bench_llm_"))
+    tf.set_seed(args.seed)
+    dense, tokenizer, blocks = load(args)
+    perplexity = load_script("prune_clm").perplexity  # the main job's evaluation
+    prompt = {k: v[:1, : args.block_size // 2] for k, v in default_data_collator([blocks["validation"][0]]).items()
+              if k != "labels"}
+    common = dict(per_device_train_batch_size=args.batch_size, max_steps=args.max_steps, seed=args.seed,
+                  learning_rate=args.learning_rate, warmup_steps=0.1 * args.max_steps, logging_steps=10)
+    results: dict[str, Any] = {
+        "model": "tiny random Llama (quick)" if args.quick else "SmolLM2-135M", "target_sparsity": args.target_sparsity,
+        "budget": {"max_steps": args.max_steps, "batch_size": args.batch_size, "block_size": args.block_size,
+                   "train_tokens": args.max_steps * args.batch_size * args.block_size,
+                   "eval_tokens": args.eval_blocks * args.block_size, "learning_rate": args.learning_rate,
+                   "gate_learning_rate": args.gate_learning_rate, "distill_alpha": args.distill_alpha,
+                   "distill_temperature": args.distill_temperature},
+        "models": {"dense": {"sparsity": 0.0, "parameters": dense.num_parameters(),
+                             "perplexity": perplexity(dense, blocks["validation"])}},
+    }
+    print("dense:", results["models"]["dense"], flush=True)
+
+    tf.set_seed(args.seed)
+    start = time.perf_counter()
+    l0_args = L0TrainingArguments(**training_arguments(work / "l0", **common), target_sparsity=args.target_sparsity,
+                                  distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature,
+                                  gate_learning_rate=args.gate_learning_rate)
+    trainer = L0Trainer(model=trainable_copy(dense), args=l0_args, teacher_model=dense,
+                        train_dataset=blocks["train"], data_collator=default_data_collator)
+    trainer.train()
+    sparsity = float(hf_l0.expected_sparsity(trainer.model, deterministic=True))
+    l0_model = trainer.compact_model().eval()
+    results["models"]["hf-l0"] = {"sparsity": sparsity, "parameters": l0_model.num_parameters(),
+                                  "perplexity": perplexity(l0_model, blocks["validation"]),
+                                  "train_seconds": time.perf_counter() - start}
+    print("hf-l0:", results["models"]["hf-l0"], flush=True)
+    del trainer  # frees the gated copy and its optimizer state before the baseline trains
+
+    tf.set_seed(args.seed)
+    start = time.perf_counter()
+    baseline = magnitude_prune(trainable_copy(dense), sparsity)  # the size hf-l0 reached
+    DistillationTrainer(model=baseline, args=tf.TrainingArguments(**training_arguments(work / "magnitude", **common)),
+                        teacher=dense, alpha=args.distill_alpha, temperature=args.distill_temperature,
+                        train_dataset=blocks["train"], data_collator=default_data_collator).train()
+    baseline.eval()
+    prunable = float(hf_l0.full_size(hf_l0.patch_model(copy.deepcopy(dense), hf_l0.L0Config())).prunable)
+    results["models"]["magnitude"] = {
+        "sparsity": (dense.num_parameters() - baseline.num_parameters()) / prunable,
+        "parameters": baseline.num_parameters(), "perplexity": perplexity(baseline, blocks["validation"]),
+        "train_seconds": time.perf_counter() - start}
+    print("magnitude:", results["models"]["magnitude"], flush=True)
+
+    for name, model in (("dense", dense), ("hf-l0", l0_model), ("magnitude", baseline)):
+        results["models"][name]["tokens_per_second"] = generate_throughput(model, prompt, args.new_tokens,
+                                                                           args.generate_repeats)
+    results["generate"] = {"batch_size": 1, "prompt_tokens": prompt["input_ids"].shape[1],
+                           "new_tokens": args.new_tokens, "repeats": args.generate_repeats, "greedy": True,
+                           "use_cache": True}
+    models = results["models"]
+    results["perplexity_ratio"] = models["hf-l0"]["perplexity"] / models["magnitude"]["perplexity"]
+    plot(results, run.path(".png"))
+    return run.write(results, table(results))
+
+
+if __name__ == "__main__":
+    main()
