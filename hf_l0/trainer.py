@@ -237,6 +237,8 @@ class L0Trainer(Trainer):
         self._l0_sums: dict[str, float] = {}
         self._l0_count = 0
         self._compact: tuple[int, nn.Module] | None = None
+        # Trainer sets config.use_cache = args.use_cache (False) for training; the compact model is for inference.
+        self._inference_use_cache = getattr(transformers_model(model).config, "use_cache", None)
 
         super().__init__(model=model, args=args, **kwargs)
         # The penalty is added per micro-batch as a batch mean: let the Trainer divide by the accumulation steps.
@@ -431,6 +433,8 @@ class L0Trainer(Trainer):
         patch_model(model, copy.deepcopy(self.l0_config))
         get_gates(model).load_state_dict(get_gates(gated).state_dict())
         compact = prune_model(model.eval())
+        if self._inference_use_cache is not None:
+            compact.config.use_cache = self._inference_use_cache
         self._compact = (self.state.global_step, compact)
         return compact
 

@@ -83,6 +83,7 @@ def test_l0_trainer_trains_a_lora_model_and_hands_back_a_merged_compact_model(tm
     assert not torch.equal(hf_l0.get_gates(peft_model).heads.log_alpha, gates_before)
     assert all(torch.equal(p, frozen[n]) for n, p in peft_model.named_parameters() if n in frozen)
     compact = trainer.compact_model()
+    assert compact.config.use_cache is True  # training turned it off; generation needs the KV cache again
     assert type(compact).__module__.startswith("transformers.")
     assert not any("lora" in name for name, _ in compact.named_parameters())
     inputs = make_inputs()

@@ -224,3 +224,18 @@ def test_snap_to_target_lands_within_one_head_of_the_target_even_with_layer_gate
         reached = snap_to_target(model, target)
         assert reached == pytest.approx(hf_l0.expected_sparsity(model, deterministic=True).item())
         assert abs(reached - target) <= head_share
+
+
+def test_compact_model_generates_with_the_kv_cache_again(tmp_path):
+    from hf_l0 import L0Trainer, L0TrainingArguments
+
+    model = make_model("llama")
+    assert model.config.use_cache
+    ids = torch.randint(2, VOCAB, (8, 12), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.3, max_steps=2, use_cpu=True,
+                               per_device_train_batch_size=4, report_to=[], save_strategy="no", disable_tqdm=True)
+    trainer = L0Trainer(model=model, args=args, train_dataset=data)
+    assert not model.config.use_cache  # the Trainer turns it off for training
+    trainer.train()
+    assert trainer.compact_model().config.use_cache
