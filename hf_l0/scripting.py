@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,17 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> tuple[str, st
                          f"{', '.join(PACKAGED_PREFIX + k for k in PACKAGED_MODELS)}.")
     path, packaged_gguf = PACKAGED_MODELS[key]()
     return path, gguf_file or packaged_gguf
+
+
+def parse_arguments(parser: Any, argv: list[str] | None = None) -> tuple:
+    """Parse the scripts' dataclasses from flags, or from one JSON file of them (as transformers' example scripts
+    do), and set up logging."""
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        parsed = parser.parse_json_file(os.path.abspath(sys.argv[1]))
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    return tuple(parsed)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 import hf_l0
 from hf_l0 import data as hf_l0_data
 from hf_l0.distill import check_teacher
-from hf_l0.scripting import compare_latency, count_parameters, report, resolve_model_path
+from hf_l0.scripting import compare_latency, count_parameters, parse_arguments, report, resolve_model_path
 from hf_l0.trainer import L0Trainer, L0TrainingArguments
 
 logger = logging.getLogger("prune_classification")
@@ -147,12 +146,7 @@ def build_parser() -> HfArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    else:
-        model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model_args, data_args, args = parse_arguments(build_parser(), argv)
     wall_start = time.perf_counter()
     set_seed(args.seed)
 

@@ -17,7 +17,6 @@ import copy
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, 
 
 import hf_l0
 from hf_l0.data import group_texts
-from hf_l0.scripting import compare_latency, count_parameters, drop_gguf_quantizer, report, resolve_model_path
+from hf_l0.scripting import (compare_latency, count_parameters, drop_gguf_quantizer, parse_arguments, report,
+                              resolve_model_path)
 from hf_l0.trainer import L0Trainer, L0TrainingArguments
 
 logger = logging.getLogger("prune_clm")
@@ -94,12 +94,7 @@ def perplexity(model, dataset, batch_size: int = 8) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    else:
-        model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model_args, data_args, args = parse_arguments(HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments)), argv)
     wall_start = time.perf_counter()
     set_seed(args.seed)
 
