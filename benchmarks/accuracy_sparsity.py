@@ -32,7 +32,8 @@ import transformers as tf  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 
 import hf_l0  # noqa: E402
-from benchmarks.common import (RESULTS_DIR, DistillationTrainer, Run, goal, load_script, markdown_table,  # noqa: E402
+from benchmarks.common import (DistillationTrainer, Run, benchmark_parser, goal, load_script,  # noqa: E402
+                               markdown_table,
                                set_threads, training_arguments)
 from hf_l0 import assets, data  # noqa: E402
 from hf_l0.baselines import magnitude_prune  # noqa: E402
@@ -42,8 +43,7 @@ GOALS = {0.6: 0.99, 0.75: 0.97, 0.9: 0.94}  # fraction of dense test accuracy to
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output_dir", default=str(RESULTS_DIR), help="where the JSON / markdown / PNG go")
+    p = benchmark_parser(__doc__, "tiny random BERT, a handful of examples and steps")
     p.add_argument("--models_dir", default=None, help="compact models (default: <output_dir>/models, git-ignored)")
     p.add_argument("--targets", type=float, nargs="+", default=[0.6, 0.75, 0.9])
     p.add_argument("--dense_model", default=None,
@@ -57,9 +57,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gate_learning_rate", type=float, default=0.1, help="hf-l0 gates' log_alpha rate")
     p.add_argument("--distill_alpha", type=float, default=0.9)
     p.add_argument("--distill_temperature", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--quick", action="store_true", help="tiny random BERT, a handful of examples and steps")
     return p.parse_args(argv)
 
 

@@ -3,6 +3,7 @@ and access to the example scripts' helpers (imported from ``scripts/``, not copi
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -30,6 +31,16 @@ from hf_l0.distill import logit_kl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+def benchmark_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark shares: where results go, seed, torch threads and the seconds-long --quick mode."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--output_dir", default=str(RESULTS_DIR), help="where the JSON / markdown / PNG go")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    return p
 
 
 def load_script(name: str) -> ModuleType:

@@ -32,7 +32,8 @@ import transformers as tf  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator  # noqa: E402
 
 import hf_l0  # noqa: E402
-from benchmarks.common import (RESULTS_DIR, DistillationTrainer, Run, goal, load_script, markdown_table,  # noqa: E402
+from benchmarks.common import (DistillationTrainer, Run, benchmark_parser, goal, load_script,  # noqa: E402
+                               markdown_table,
                                set_threads, training_arguments)
 from hf_l0 import assets, data  # noqa: E402
 from hf_l0.baselines import magnitude_prune  # noqa: E402
@@ -43,8 +44,7 @@ PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the baseline's (issue 7)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output_dir", default=str(RESULTS_DIR))
+    p = benchmark_parser(__doc__, "tiny random Llama, a few blocks and steps")
     p.add_argument("--target_sparsity", type=float, default=0.5)
     p.add_argument("--max_steps", type=int, default=200, help="optimizer steps of each pruning run (default ~1 h)")
     p.add_argument("--batch_size", type=int, default=4)
@@ -56,9 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval_blocks", type=int, default=64, help="validation blocks for perplexity")
     p.add_argument("--new_tokens", type=int, default=64, help="tokens generated per generate() call")
     p.add_argument("--generate_repeats", type=int, default=3)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--quick", action="store_true", help="tiny random Llama, a few blocks and steps")
     return p.parse_args(argv)
 
 

@@ -31,7 +31,7 @@ import transformers as tf  # noqa: E402
 from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 
 import hf_l0  # noqa: E402
-from benchmarks.common import RESULTS_DIR, Run, goal, markdown_table, set_threads, training_arguments  # noqa: E402
+from benchmarks.common import Run, benchmark_parser, goal, markdown_table, set_threads, training_arguments  # noqa: E402
 from hf_l0 import assets, data  # noqa: E402
 from hf_l0.baselines import magnitude_prune  # noqa: E402
 from hf_l0.measure import forward_flops, latency_speedup  # noqa: E402
@@ -43,8 +43,7 @@ SPEEDUP_GOAL, STEP_GOAL, MEMORY_GOAL = 0.9, 1.10, 1.05
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output_dir", default=str(RESULTS_DIR))
+    p = benchmark_parser(__doc__, "tiny random BERT, magnitude-pruned; a few repeats")
     p.add_argument("--models_dir", default=None, help="dense/ and hf_l0-<target>/ (default: <output_dir>/models)")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes per model and round")
@@ -52,9 +51,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train_steps", type=int, default=12, help="steps per training subprocess (2 are warmup)")
     p.add_argument("--train_rounds", type=int, default=2, help="subprocesses per trainer, alternating")
     p.add_argument("--train_batch_size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--quick", action="store_true", help="tiny random BERT, magnitude-pruned; a few repeats")
     p.add_argument("--worker", choices=["trainer", "l0_trainer"], help=argparse.SUPPRESS)  # internal
     return p.parse_args(argv)
 
