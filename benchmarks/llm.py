@@ -33,8 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_colla
 
 import hf_l0  # noqa: E402
 from benchmarks.common import (DistillationTrainer, Run, benchmark_parser, goal, load_script,  # noqa: E402
-                               markdown_table,
-                               set_threads, training_arguments)
+                               markdown_table, set_threads, training_arguments)
 from hf_l0 import assets, data  # noqa: E402
 from hf_l0.baselines import magnitude_prune  # noqa: E402
 from hf_l0.scripting import drop_gguf_quantizer, resolve_model_path  # noqa: E402
