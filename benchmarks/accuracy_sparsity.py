@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="hf-l0 gates' log_alpha rate. 0.5, not the library's 0.1: with 100 steps the gates must move "
                    "5x faster to rank the structures before the final phase (chosen on validation accuracy, "
                    "benchmarks/results/diagnostics)")
+    p.add_argument("--sparsity_warmup_ratio", type=float, default=0.5, help="see L0TrainingArguments")
+    p.add_argument("--sparsity_final_phase_ratio", type=float, default=0.1, help="see L0TrainingArguments")
+    p.add_argument("--distill_layerwise", action="store_true", help="hf-l0 adds CoFi's layerwise loss")
     p.add_argument("--distill_alpha", type=float, default=0.9)
     p.add_argument("--distill_temperature", type=float, default=2.0)
     return p.parse_args(argv)
@@ -168,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "budget": {"dense_steps": dense_steps, "dense_model": args.dense_model, "prune_steps": args.prune_steps,
                    "batch_size": args.batch_size, "max_length": args.max_length, "learning_rate": args.learning_rate,
                    "dense_learning_rate": args.dense_learning_rate, "gate_learning_rate": args.gate_learning_rate,
-                   "distill_alpha": args.distill_alpha,
+                   "sparsity_warmup_ratio": args.sparsity_warmup_ratio,
+                   "sparsity_final_phase_ratio": args.sparsity_final_phase_ratio,
+                   "distill_layerwise": args.distill_layerwise, "distill_alpha": args.distill_alpha,
                    "distill_temperature": args.distill_temperature},
         "dense": {**accuracies(dense, splits, collator), "parameters": dense.num_parameters(),
                   "train_seconds": time.perf_counter() - start},
@@ -185,7 +190,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         l0_args = L0TrainingArguments(**training_arguments(
             work / f"l0-{target}", max_steps=args.prune_steps, learning_rate=args.learning_rate,
             target_sparsity=target, distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature,
-            gate_learning_rate=args.gate_learning_rate, **common))
+            gate_learning_rate=args.gate_learning_rate, sparsity_warmup_ratio=args.sparsity_warmup_ratio,
+            sparsity_final_phase_ratio=args.sparsity_final_phase_ratio, distill_layerwise=args.distill_layerwise,
+            **common))
         trainer = L0Trainer(model=trainable_copy(dense), args=l0_args, teacher_model=dense,
                             train_dataset=splits["train"], data_collator=collator, processing_class=tokenizer)
         trainer.train()

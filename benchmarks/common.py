@@ -72,8 +72,9 @@ def cpu_model() -> str:
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
+        # "-dirty" when tracked files differ from the commit: the result then belongs to no commit exactly.
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -86,6 +87,7 @@ class Run:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.started = datetime.now(timezone.utc)
+        self.commit = git_commit()  # the code that runs; a commit made while it runs must not be credited
         self._start = time.perf_counter()
 
     def metadata(self) -> dict[str, Any]:
@@ -98,7 +100,7 @@ class Run:
             "wall_seconds": round(time.perf_counter() - self._start, 1),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__, "hf_l0": hf_l0.__version__,
-                         "git_commit": git_commit()},
+                         "git_commit": self.commit},
             "hardware": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                          "gpu": None, "platform": platform.platform()},
         }

@@ -53,8 +53,12 @@ def headline_rows(results_dir: Path) -> list[list[Any]]:
     if speed:
         for r in speed["latency"]:
             if r["target"] == 0.75:
+                fixed = ("" if "ideal_with_fixed_cost" not in r else
+                         f" (ideal with the {r['fixed_ms']:.1f} ms fixed cost {r['ideal_with_fixed_cost']:.2f}×: "
+                         f"{r['measured_over_ideal_with_fixed_cost']:.2f})")
                 rows.append([f"CPU speedup at 0.75, batch {r['batch_size']} × {r['seq_len']}: measured ÷ ideal",
-                             f"{r['speedup']:.2f}× ÷ {r['ideal_speedup']:.2f}× = {r['measured_over_ideal']:.2f}",
+                             f"{r['speedup']:.2f}× ÷ {r['ideal_speedup']:.2f}× = {r['measured_over_ideal']:.2f}"
+                             + fixed,
                              f"≥ {SPEEDUP_GOAL}", goal(r["measured_over_ideal"] >= SPEEDUP_GOAL)])
         t = speed["training"]
         rows.append(["L0Trainer ÷ Trainer step time", f"{t['step_time_ratio']:.3f}", f"≤ {STEP_GOAL}",
@@ -70,7 +74,8 @@ def headline_rows(results_dir: Path) -> list[list[Any]]:
                      f"{llm['perplexity_ratio']:.3f}", f"≤ {PERPLEXITY_GOAL}",
                      goal(llm["perplexity_ratio"] <= PERPLEXITY_GOAL)])
         if llm.get("generate", {}).get("use_cache"):
-            speed_text = f"{m['dense']['tokens_per_second']:.1f} → {m['hf-l0']['tokens_per_second']:.1f}"
+            speed_text = (f"{m['dense']['tokens_per_second']:.1f} → {m['hf-l0']['tokens_per_second']:.1f} "
+                          f"(magnitude {m['magnitude']['tokens_per_second']:.1f})")
         else:  # runs before the fix timed the trained (pruned) models without their KV cache
             speed_text = "not comparable in this run (pruned models generated without KV cache); rerun llm.py"
         rows.append([f"{llm['model']} generate() tokens/s, batch 1: dense → hf-l0", speed_text, "–", "–"])

@@ -10,7 +10,7 @@ from torch import nn
 from .arch import ArchAdapter, get_adapter
 from .config import L0Config
 from .gates import HardConcreteGate
-from .slicing import norm_on_subset
+from .slicing import base_layer, norm_on_subset
 
 GATES_ATTR = "l0_gates"
 _HANDLES_ATTR = "_l0_hook_handles"
@@ -75,22 +75,67 @@ def get_gates(model: nn.Module) -> L0Gates:
     return gates
 
 
-def _unit_scaler(gates: L0Gates, name: str, layer_idx: int, width: int) -> Callable:
+class _GateScale(torch.autograd.Function):
+    """``x * scale`` that keeps only its *output* for backward, not its input.
+
+    The output is the input of the projection it feeds, which saves it anyway, so gating costs no activation
+    memory. The gate gradient ``sum(grad * x)`` recovers ``x = y / scale``; where ``scale`` is 0 it returns 0, which
+    is exact for hard concrete samples: they are 0 only where the clamp stops their gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        y = x * scale
+        ctx.save_for_backward(y, scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        y, scale = ctx.saved_tensors
+        grad_x = grad * scale if ctx.needs_input_grad[0] else None
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            closed = scale == 0
+            grad_scale = ((grad * y).sum_to_size(scale.shape) / scale.masked_fill(closed, 1)).masked_fill(closed, 0)
+        return grad_x, grad_scale
+
+
+def _scale(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    scale = scale.to(x.dtype)
+    return _GateScale.apply(x, scale) if torch.is_grad_enabled() and scale.requires_grad else x * scale
+
+
+def _input_scaler(gates: L0Gates, unit_gate: str | None, layer_gate: str | None, layer_idx: int,
+                  width: int) -> Callable:
+    """Scales the output projection's input by the unit gates (each repeated over its ``width`` features) and, when
+    ``layer_gate`` is given, the layer gate: a layer gate folded into the input saves the activation that scaling
+    the output would keep for backward (see :func:`_bias_corrector` for the bias)."""
     def pre_hook(module, args):
-        z = gates.value(name)
-        x = args[0]
-        return (x * z[layer_idx].repeat_interleave(width).to(x.dtype), *args[1:])
+        units = gates.value(unit_gate) if unit_gate else None
+        layer = gates.value(layer_gate) if layer_gate else None
+        scale = None if units is None else units[layer_idx].repeat_interleave(width)
+        if layer is not None:
+            scale = layer[layer_idx] if scale is None else scale * layer[layer_idx]
+        return (_scale(args[0], scale), *args[1:])
 
     return pre_hook
 
 
-def _output_scaler(gates: L0Gates, layer_gate: str, layer_idx: int) -> Callable:
+def _bias_corrector(gates: L0Gates, layer_gate: str, layer_idx: int) -> Callable:
+    """``proj(x * z) + b * (z - 1) == proj(x) * z`` for a layer gate ``z`` folded into the input of ``proj``."""
     def hook(module, args, output):
-        layer, hidden = gates.value(layer_gate), gates.value("hidden")
-        scale = None if layer is None else layer[layer_idx]
-        if hidden is not None:
-            scale = hidden if scale is None else scale * hidden
-        return output if scale is None else output * scale.to(output.dtype)
+        z = gates.value(layer_gate)[layer_idx]
+        return output + base_layer(module).bias.to(output.dtype) * (z.to(output.dtype) - 1)
+
+    return hook
+
+
+def _output_scaler(gates: L0Gates, layer_gate: str | None, layer_idx: int) -> Callable:
+    """Scales the sublayer output by its layer gate and the hidden gates (used when hidden dims are gated)."""
+    def hook(module, args, output):
+        layer, hidden = gates.value(layer_gate) if layer_gate else None, gates.value("hidden")
+        scale = hidden if layer is None else layer[layer_idx] * hidden
+        return output * scale.to(output.dtype)
 
     return hook
 
@@ -134,10 +179,17 @@ def _register(adapter: ArchAdapter, gates: L0Gates, config: L0Config) -> list:
     for i in range(adapter.num_layers):
         for sublayer, unit_gate, layer_gate in ((adapter.attention(i), "heads", "attention_layers"),
                                                 (adapter.ffn(i), "ffn", "ffn_layers")):
-            if hasattr(gates, unit_gate):
-                handles.append(sublayer.output.register_forward_pre_hook(
-                    _unit_scaler(gates, unit_gate, i, sublayer.unit_width)))
-            if config.layers or config.hidden:
+            unit_gate = unit_gate if hasattr(gates, unit_gate) else None
+            layer_gate = layer_gate if hasattr(gates, layer_gate) else None
+            # Hidden gates scale the sublayer output per dimension anyway, so the layer gate joins them there;
+            # otherwise it is folded into the output projection's input (no extra activation kept for backward).
+            fold_layer = layer_gate is not None and not config.hidden
+            if unit_gate or fold_layer:
+                handles.append(sublayer.output.register_forward_pre_hook(_input_scaler(
+                    gates, unit_gate, layer_gate if fold_layer else None, i, sublayer.unit_width)))
+            if fold_layer and base_layer(sublayer.output).bias is not None:
+                handles.append(sublayer.output.register_forward_hook(_bias_corrector(gates, layer_gate, i)))
+            if config.hidden:
                 handles.append(sublayer.output.register_forward_hook(_output_scaler(gates, layer_gate, i)))
     if config.hidden:
         stream = adapter.residual_stream()

@@ -49,6 +49,7 @@ def test_speed_quick(out):
     data = _check_outputs(out, "speed")
     assert {r["batch_size"] for r in data["latency"]} == {1, 32}
     assert all(r["ideal_speedup"] > 1.0 and r["speedup"] > 0 for r in data["latency"])
+    assert all(r["fixed_ms"] > 0 and r["ideal_with_fixed_cost"] > 0 for r in data["latency"])  # timings: no order
     training = data["training"]
     assert training["step_time_ratio"] > 0 and training["peak_memory_ratio"] > 0
 

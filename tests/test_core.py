@@ -284,3 +284,34 @@ def test_hidden_gates_on_unsupported_head_are_refused():
 def test_config_type_is_checked():
     with pytest.raises(TypeError, match="L0Config"):
         patch_model(make_model("gpt2"), {"heads": True})
+
+
+def saved_activation_bytes(model, inputs) -> int:
+    """Bytes of the distinct storages autograd keeps for backward during one forward."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(**inputs)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_gates_keep_almost_no_extra_activations_for_backward(family, attn):
+    """Head, neuron and layer gates add at most one hidden-size activation per layer to what training keeps for
+    backward (where attention's output and the output projection's input shared a buffer); plain ``x * z`` products
+    would add four (FFN width + attention width + two sublayer outputs)."""
+    auto_class = "AutoModelForMaskedLM" if family == "bert" else "AutoModelForCausalLM"
+    model = make_model(family, auto_class, attn=attn).train()
+    inputs = make_inputs(batch=4, length=32)
+    dense = saved_activation_bytes(model, inputs)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    extra = saved_activation_bytes(model, inputs) - dense
+    config = model.config
+    tokens, layers = inputs["input_ids"].numel(), config.num_hidden_layers
+    gate_bytes = 64 * sum(p.numel() for p in hf_l0.get_gates(model).parameters())  # samples, noise: a few copies
+    assert 0 <= extra <= layers * tokens * config.hidden_size * 4 + gate_bytes, (extra, dense)

@@ -85,3 +85,23 @@ def test_config_roundtrip(tmp_path):
     assert L0Config.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown L0Config fields"):
         L0Config.from_dict({"hiden": True})
+
+
+def test_gate_scaling_gradients_equal_plain_multiplication():
+    """The gate product keeps its output (not its input) for backward and recovers the input from it."""
+    from hf_l0.patch import _GateScale
+
+    x = torch.randn(3, 5, 6, dtype=torch.double, requires_grad=True)
+    for scale in (torch.rand(6, dtype=torch.double) + 0.05, torch.tensor(0.3, dtype=torch.double)):
+        assert torch.autograd.gradcheck(_GateScale.apply, (x, scale.requires_grad_()))
+    # An entry at exactly 0 (a hard concrete sample clamped shut, whose own gradient is 0) passes no gradient.
+    scale = torch.tensor([0.0, 0.5, 1.0, 0.0, 0.2, 0.7], dtype=torch.double, requires_grad=True)
+    reference = scale.detach().clone().requires_grad_()
+    grad = torch.randn(3, 5, 6, dtype=torch.double)
+    (_GateScale.apply(x, scale) * grad).sum().backward()
+    x_grad = x.grad.clone()
+    x.grad = None
+    (x * reference * grad).sum().backward()
+    assert torch.allclose(x_grad, x.grad)
+    assert torch.allclose(scale.grad[scale != 0], reference.grad[scale != 0])
+    assert (scale.grad[scale == 0] == 0).all()
