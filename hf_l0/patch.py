@@ -95,8 +95,13 @@ class _GateScale(torch.autograd.Function):
         grad_x = grad * scale if ctx.needs_input_grad[0] else None
         grad_scale = None
         if ctx.needs_input_grad[1]:
+            if scale.dim() == 1 and grad.dim() > 1:  # per-feature scale: column-wise dot products, no [N, F] temporary
+                features = grad.shape[-1]
+                summed = torch.linalg.vecdot(grad.reshape(-1, features).t(), y.reshape(-1, features).t())
+            else:
+                summed = (grad * y).sum_to_size(scale.shape)
             closed = scale == 0
-            grad_scale = ((grad * y).sum_to_size(scale.shape) / scale.masked_fill(closed, 1)).masked_fill(closed, 0)
+            grad_scale = (summed / scale.masked_fill(closed, 1)).masked_fill(closed, 0)
         return grad_x, grad_scale
 
 
