@@ -57,23 +57,43 @@ def _residual_params_per_dim(adapter: ArchAdapter) -> int:
     return count
 
 
+_LAYOUT_ATTR = "_size_layout"
+
+
+def _layout(model: nn.Module) -> dict:
+    """Per-layer counts of the sublayers (units, weights and biases per unit, output bias) and of the residual stream.
+
+    They describe the dense model the gates were attached to, which patching never changes, so they are read from the
+    adapter once and kept on the gates module: the trainer asks for the size at every step.
+    """
+    gates = get_gates(model)
+    layout = gates.__dict__.get(_LAYOUT_ATTR)
+    if layout is None:
+        adapter = get_adapter(transformers_model(model))
+        layout = {"hidden_size": adapter.hidden_size, "residual_per_dim": _residual_params_per_dim(adapter)}
+        for kind in ("attention", "ffn"):
+            sublayers = [getattr(adapter, kind)(i) for i in range(adapter.num_layers)]
+            layout[kind] = [[s.num_units for s in sublayers], [s.weights_per_unit() for s in sublayers],
+                            [s.biases_per_unit() for s in sublayers], [s.output_bias() for s in sublayers]]
+        gates.__dict__[_LAYOUT_ATTR] = layout
+    return layout
+
+
 def _size(model: nn.Module, mode: str) -> SizeReport:
-    adapter = get_adapter(transformers_model(model))
+    layout = _layout(model)
     probs = _probabilities(model, mode)
     device = next(get_gates(model).parameters()).device
     one = torch.ones((), dtype=torch.float64, device=device)
-    hidden = probs["hidden"].sum() if "hidden" in probs else one * adapter.hidden_size
-    totals = {"attention": one * 0, "ffn": one * 0}
-    for i in range(adapter.num_layers):
-        for kind, sublayer, unit_gate, layer_gate in (("attention", adapter.attention(i), "heads", "attention_layers"),
-                                                      ("ffn", adapter.ffn(i), "ffn", "ffn_layers")):
-            units = probs[unit_gate][i].sum() if unit_gate in probs else one * sublayer.num_units
-            size = units * (sublayer.weights_per_unit() * hidden + sublayer.biases_per_unit())
-            size = size + sublayer.output_bias() * hidden
-            if layer_gate in probs:
-                size = size * probs[layer_gate][i]
-            totals[kind] = totals[kind] + size
-    return SizeReport(totals["attention"], totals["ffn"], _residual_params_per_dim(adapter) * hidden)
+    hidden = probs["hidden"].sum() if "hidden" in probs else one * layout["hidden_size"]
+    totals = {}
+    for kind, unit_gate, layer_gate in (("attention", "heads", "attention_layers"), ("ffn", "ffn", "ffn_layers")):
+        num_units, weights, biases, output_bias = torch.tensor(layout[kind], dtype=torch.float64, device=device)
+        units = probs[unit_gate].sum(-1) if unit_gate in probs else num_units
+        size = units * (weights * hidden + biases) + output_bias * hidden
+        if layer_gate in probs:
+            size = size * probs[layer_gate]
+        totals[kind] = size.sum()
+    return SizeReport(totals["attention"], totals["ffn"], layout["residual_per_dim"] * hidden)
 
 
 def expected_size(model: nn.Module) -> SizeReport:
