@@ -4,10 +4,10 @@ the gates during training (step time and peak memory of `L0Trainer` against a pl
 
 Inference: the dense fine-tuned MiniLM and the compact models that ``accuracy_sparsity.py`` saved, batch 1 and 32 at
 sequence length 128 (real reviews padded to 128), dense and compact timed in alternating rounds of this process;
-medians. Training: each trainer runs in fresh subprocesses (so the peak resident memory belongs to it alone), on the
-same model and the same batches, alternately: three for step time, three for peak memory (see ``MEMORY_ENV``).
+medians. Training, on the same model and the same batches: step times of both trainers in alternating rounds of this
+process, and peak resident memory of each in fresh subprocesses (so it belongs to that trainer alone).
 
-    python benchmarks/speed.py                    # ~8 min on 2 CPU cores, after accuracy_sparsity.py
+    python benchmarks/speed.py                    # ~12 min on 2 CPU cores, after accuracy_sparsity.py
     python benchmarks/speed.py --quick --output_dir /tmp/bench
 """
 
@@ -49,10 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models_dir", default=None, help="dense/ and hf_l0-<target>/ (default: <output_dir>/models)")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes per model and round")
-    p.add_argument("--rounds", type=int, default=3, help="alternating dense / compact rounds (median of medians)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating dense / compact rounds (median of medians)")
     p.add_argument("--train_steps", type=int, default=12, help="steps per training subprocess (2 are warmup)")
-    p.add_argument("--train_rounds", type=int, default=3,
-                   help="subprocesses per trainer and measurement (time, memory), alternating")
+    p.add_argument("--train_rounds", type=int, default=5, help="alternating step-time rounds per trainer")
+    p.add_argument("--memory_rounds", type=int, default=2, help="peak-memory subprocesses per trainer")
     p.add_argument("--train_batch_size", type=int, default=32)
     p.add_argument("--worker", choices=["trainer", "l0_trainer"], help=argparse.SUPPRESS)  # internal
     return p.parse_args(argv)
@@ -90,8 +90,8 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def train_worker(args: argparse.Namespace) -> None:
-    """Train ``args.train_steps`` steps with one trainer; print step times and memory as JSON (last stdout line)."""
+def training_setup(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """The model to train (MiniLM with a new 2-label head, or a tiny BERT with --quick), its batches and settings."""
     tokenizer = AutoTokenizer.from_pretrained(assets.minilm_dir())
     if args.quick:
         model = tiny_bert(tokenizer.vocab_size, args.seed).train()
@@ -103,58 +103,77 @@ def train_worker(args: argparse.Namespace) -> None:
                         batched=True, remove_columns=reviews.column_names)
     settings = training_arguments("/tmp/hf_l0_speed_worker", max_steps=args.train_steps, seed=args.seed,
                                   per_device_train_batch_size=args.train_batch_size, logging_steps=10_000)
-    timer = StepTimer()
-    if args.worker == "l0_trainer":
-        trainer = L0Trainer(model=model, args=L0TrainingArguments(**settings, target_sparsity=0.75),
-                            train_dataset=train, callbacks=[timer])
-    else:
-        trainer = tf.Trainer(model=model, args=tf.TrainingArguments(**settings), train_dataset=train,
-                             callbacks=[timer])
+    return model, train, settings
+
+
+def make_trainer(kind: str, model: torch.nn.Module, train: Any, settings: dict[str, Any],
+                 timer: StepTimer) -> tf.Trainer:
+    if kind == "l0_trainer":
+        return L0Trainer(model=model, args=L0TrainingArguments(**settings, target_sparsity=0.75), train_dataset=train,
+                         callbacks=[timer])
+    return tf.Trainer(model=model, args=tf.TrainingArguments(**settings), train_dataset=train, callbacks=[timer])
+
+
+def train_worker(args: argparse.Namespace) -> None:
+    """Train ``args.train_steps`` steps with one trainer; print its peak memory as JSON (last stdout line)."""
+    model, train, settings = training_setup(args)
+    trainer = make_trainer(args.worker, model, train, settings, StepTimer())
     before = rss_mib()
     trainer.train()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"step_seconds": statistics.median(timer.times[2:] or timer.times), "peak_rss_mib": peak,
-                      "rss_before_train_mib": before}))
+    print(json.dumps({"peak_rss_mib": peak, "rss_before_train_mib": before}))
 
 
 # glibc raises its mmap threshold after the first large free, then keeps freed activation buffers on the heap: peak
-# RSS then varies by +-75 MiB between identical runs. A fixed threshold returns them, so RSS follows live tensors.
+# RSS then varies by +-75 MiB between identical runs. A fixed threshold returns them, so RSS follows live memory.
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
-def training_cost(args: argparse.Namespace) -> dict[str, Any]:
-    """Step time from workers with the default allocator; peak memory from workers with :data:`MEMORY_ENV`."""
+def step_times(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Steps of both trainers in this one process, in alternating rounds (fresh copies of the same model each round),
+    so that the machine's drifts hit both alike; the first two steps of every round are warmup."""
+    base, train, settings = training_setup(args)
+    times: dict[str, list[float]] = {"trainer": [], "l0_trainer": []}
+    for _ in range(args.train_rounds):
+        for kind in times:
+            timer = StepTimer()
+            make_trainer(kind, copy.deepcopy(base), train, settings, timer).train()
+            times[kind] += timer.times[2:] or timer.times
+    return times
+
+
+def peak_memory(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Peak RSS of each trainer in fresh subprocesses (so it belongs to that trainer alone), with :data:`MEMORY_ENV`."""
     runs: dict[str, list[dict]] = {"trainer": [], "l0_trainer": []}
-    memory_runs: dict[str, list[dict]] = {"trainer": [], "l0_trainer": []}
     command = [sys.executable, str(Path(__file__).resolve()), "--train_steps", str(args.train_steps),
                "--train_batch_size", str(args.train_batch_size), "--seed", str(args.seed)] + (
         ["--quick"] if args.quick else []) + ([] if args.threads is None else ["--threads", str(args.threads)])
-    for _ in range(args.train_rounds):
-        for kind in runs:  # alternate, so drifts in machine load hit both
-            for results, env in ((runs, None), (memory_runs, {**os.environ, **MEMORY_ENV})):
-                out = subprocess.run(command + ["--worker", kind], capture_output=True, text=True, check=False,
-                                     env=env)
-                if out.returncode != 0:
-                    raise RuntimeError(f"training worker {kind} failed:\n{out.stderr[-3000:]}")
-                results[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for _ in range(args.memory_rounds):
+        for kind in runs:
+            out = subprocess.run(command + ["--worker", kind], capture_output=True, text=True, check=False,
+                                 env={**os.environ, **MEMORY_ENV})
+            if out.returncode != 0:
+                raise RuntimeError(f"training worker {kind} failed:\n{out.stderr[-3000:]}")
+            runs[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return runs
+
+
+def training_cost(args: argparse.Namespace) -> dict[str, Any]:
+    times, memory = step_times(args), peak_memory(args)
     summary: dict[str, Any] = {"batch_size": args.train_batch_size, "seq_len": TRAIN_SEQ_LEN,
                                "steps_per_run": args.train_steps, "rounds": args.train_rounds,
-                               "memory_env": MEMORY_ENV,
+                               "memory_rounds": args.memory_rounds, "memory_env": MEMORY_ENV,
                                "l0_trainer_settings": "target_sparsity 0.75, heads+ffn+layers gates, no teacher"}
-    for kind in runs:
-        memory = memory_runs[kind]
-        summary[kind] = {"step_seconds": statistics.median(r["step_seconds"] for r in runs[kind]),
-                         "peak_rss_mib": max(r["peak_rss_mib"] for r in memory),
-                         "rss_before_train_mib": statistics.median(r["rss_before_train_mib"] for r in memory),
-                         "default_allocator_peak_rss_mib": max(r["peak_rss_mib"] for r in runs[kind]),
-                         "runs": runs[kind], "memory_runs": memory}
+    for kind in times:
+        summary[kind] = {"step_seconds": statistics.median(times[kind]), "step_times": times[kind],
+                         "peak_rss_mib": max(r["peak_rss_mib"] for r in memory[kind]),
+                         "rss_before_train_mib": statistics.median(r["rss_before_train_mib"] for r in memory[kind]),
+                         "memory_runs": memory[kind]}
         summary[kind]["train_increase_mib"] = summary[kind]["peak_rss_mib"] - summary[kind]["rss_before_train_mib"]
     summary["step_time_ratio"] = summary["l0_trainer"]["step_seconds"] / summary["trainer"]["step_seconds"]
     summary["peak_memory_ratio"] = summary["l0_trainer"]["peak_rss_mib"] / summary["trainer"]["peak_rss_mib"]
     summary["train_increase_ratio"] = (summary["l0_trainer"]["train_increase_mib"]
                                        / summary["trainer"]["train_increase_mib"])
-    summary["default_allocator_peak_memory_ratio"] = (summary["l0_trainer"]["default_allocator_peak_rss_mib"]
-                                                      / summary["trainer"]["default_allocator_peak_rss_mib"])
     return summary
 
 
@@ -244,9 +263,9 @@ def table(results: dict[str, Any]) -> str:
     out += markdown_table(["sparsity", "batch", "dense ms", "compact ms", "speedup", "ideal (FLOPs)",
                            "measured ÷ ideal", "fixed ms", "ideal + fixed", "measured ÷ (ideal + fixed)"], rows)
     t = results["training"]
-    out += (f"\n\n**Training cost of the gates** — batch {t['batch_size']} × {t['seq_len']} tokens, median step "
-            f"time over {t['rounds']} subprocesses × {t['steps_per_run'] - 2} steps; peak resident memory of the "
-            f"process from {t['rounds']} more subprocesses each, run with "
+    out += (f"\n\n**Training cost of the gates** — batch {t['batch_size']} × {t['seq_len']} tokens. Step time: median "
+            f"over {t['rounds']} alternating rounds × {t['steps_per_run'] - 2} steps of both trainers in one process. "
+            f"Peak resident memory: {t['memory_rounds']} fresh subprocesses per trainer, run with "
             f"{' '.join(f'{k}={v}' for k, v in t['memory_env'].items())} so that glibc returns freed activation "
             f"buffers and RSS follows live memory ({t['l0_trainer_settings']}).\n\n")
     out += markdown_table(["", "Trainer", "L0Trainer", "ratio", "goal"], [
@@ -256,8 +275,6 @@ def table(results: dict[str, Any]) -> str:
          f"{t['peak_memory_ratio']:.3f}", f"≤ {MEMORY_GOAL} {goal(t['peak_memory_ratio'] <= MEMORY_GOAL)}"],
         ["RSS increase during training (MiB)", t["trainer"]["train_increase_mib"],
          t["l0_trainer"]["train_increase_mib"], f"{t['train_increase_ratio']:.3f}", "–"],
-        ["peak RSS, default allocator (MiB)", t["trainer"]["default_allocator_peak_rss_mib"],
-         t["l0_trainer"]["default_allocator_peak_rss_mib"], f"{t['default_allocator_peak_memory_ratio']:.3f}", "–"],
     ])
     return out
 
@@ -269,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_worker(args)
         return {}
     if args.quick:
-        args.repeats, args.rounds, args.train_steps, args.train_rounds = 2, 1, 4, 1
+        args.repeats, args.rounds, args.train_steps, args.train_rounds, args.memory_rounds = 2, 1, 4, 1, 1
         args.train_batch_size = min(args.train_batch_size, 4)
     run = Run("speed", args.seed, args.quick, args.output_dir)
     tf.set_seed(args.seed)
