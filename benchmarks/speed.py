@@ -17,7 +17,6 @@ import argparse
 import copy
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -83,9 +82,10 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def rss_mib() -> float:
+def proc_status_mib(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process, from /proc (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -118,10 +118,10 @@ def train_worker(args: argparse.Namespace) -> None:
     """Train ``args.train_steps`` steps with one trainer; print its peak memory as JSON (last stdout line)."""
     model, train, settings = training_setup(args)
     trainer = make_trainer(args.worker, model, train, settings, StepTimer())
-    before = rss_mib()
+    before = proc_status_mib("VmRSS")
     trainer.train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"peak_rss_mib": peak, "rss_before_train_mib": before}))
+    # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak across fork + exec into ru_maxrss.
+    print(json.dumps({"peak_rss_mib": proc_status_mib("VmHWM"), "rss_before_train_mib": before}))
 
 
 # glibc raises its mmap threshold after the first large free, then keeps freed activation buffers on the heap: peak
@@ -134,8 +134,8 @@ def step_times(args: argparse.Namespace) -> dict[str, list[float]]:
     so that the machine's drifts hit both alike; the first two steps of every round are warmup."""
     base, train, settings = training_setup(args)
     times: dict[str, list[float]] = {"trainer": [], "l0_trainer": []}
-    for _ in range(args.train_rounds):
-        for kind in times:
+    for round_idx in range(args.train_rounds):
+        for kind in sorted(times, reverse=bool(round_idx % 2)):  # each goes first in every other round
             timer = StepTimer()
             make_trainer(kind, copy.deepcopy(base), train, settings, timer).train()
             times[kind] += timer.times[2:] or timer.times
