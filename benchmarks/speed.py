@@ -3,7 +3,7 @@
 the gates during training (step time and peak memory of `L0Trainer` against a plain `Trainer`).
 
 Inference: the dense fine-tuned MiniLM and the compact models that ``accuracy_sparsity.py`` saved, batch 1 and 32 at
-sequence length 128 (real reviews padded to 128), dense and compact timed in alternating rounds of this process;
+sequence length 128 (real reviews padded to 128), dense and compact taking turns forward by forward in this process;
 medians. Training, on the same model and the same batches: step times of both trainers in alternating rounds of this
 process, and peak resident memory of each in fresh subprocesses (so it belongs to that trainer alone).
 
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models_dir", default=None, help="dense/ and hf_l0-<target>/ (default: <output_dir>/models)")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes per model and round")
-    p.add_argument("--rounds", type=int, default=5, help="alternating dense / compact rounds (median of medians)")
+    p.add_argument("--rounds", type=int, default=5, help="repeats x rounds forwards per model, taking turns")
     p.add_argument("--train_steps", type=int, default=12, help="steps per training subprocess (2 are warmup)")
     p.add_argument("--train_rounds", type=int, default=5, help="alternating step-time rounds per trainer")
     p.add_argument("--memory_rounds", type=int, default=2, help="peak-memory subprocesses per trainer")
@@ -255,8 +255,9 @@ def table(results: dict[str, Any]) -> str:
         rows.append([f"{r['target']:g}", r["batch_size"], r["dense_ms"], r["compact_ms"], f"{r['speedup']:.2f}×",
                      f"{r['ideal_speedup']:.2f}×", f"{r['measured_over_ideal']:.2f}{check}", r["fixed_ms"],
                      f"{r['ideal_with_fixed_cost']:.2f}×", f"{r['measured_over_ideal_with_fixed_cost']:.2f}"])
-    out = (f"**Inference** — CPU latency, sequence length {SEQ_LEN}, median of {results['repeats']} runs × "
-           f"{results['rounds']} alternating rounds (goal: measured ÷ ideal ≥ {SPEEDUP_GOAL} at 0.75). *Fixed ms* is "
+    out = (f"**Inference** — CPU latency, sequence length {SEQ_LEN}, median of "
+           f"{results['repeats'] * results['rounds']} forwards per model, dense and compact taking turns forward by "
+           f"forward (goal: measured ÷ ideal ≥ {SPEEDUP_GOAL} at 0.75). *Fixed ms* is "
            "the same model with every attention and FFN sublayer removed (embeddings, norms, pooler, classifier, "
            "per-layer dispatch), which no pruning of heads and neurons makes faster; the last two columns add it "
            "back to the FLOP ideal.\n\n")

@@ -15,35 +15,32 @@ from .patch import transformers_model
 
 
 @torch.inference_mode()
-def median_latency(model: nn.Module, inputs: Mapping[str, torch.Tensor], repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time (seconds) of ``model(**inputs)`` over ``repeats`` runs, after ``warmup`` runs."""
-    was_training = model.training
-    model.eval()
-    for _ in range(warmup):
-        model(**inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(**inputs)
-        times.append(time.perf_counter() - start)
-    model.train(was_training)
-    return statistics.median(times)
-
-
 def latency_speedup(dense: nn.Module, compact: nn.Module, inputs: Mapping[str, torch.Tensor], repeats: int = 10,
-                    rounds: int = 3, threads: int | None = None) -> dict[str, float]:
-    """Dense and compact timed in alternating rounds of the same process (drifts in machine load hit both alike),
-    with a fixed thread count (default: the current one); medians of the rounds' medians and dense / compact."""
+                    rounds: int = 3, threads: int | None = None, warmup: int = 2) -> dict[str, float]:
+    """Median wall time of ``model(**inputs)`` for both models and dense / compact, with a fixed thread count
+    (default: the current one).
+
+    The two models take turns forward by forward (``repeats * rounds`` each, after ``warmup`` each), so a slow spell
+    of a shared machine hits both alike instead of one model's whole block of runs.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
+    modes = (dense.training, compact.training)
+    dense.eval()
+    compact.eval()
     try:
-        dense_times, compact_times = [], []
-        for _ in range(rounds):
-            dense_times.append(median_latency(dense, inputs, repeats))
-            compact_times.append(median_latency(compact, inputs, repeats))
+        times: tuple[list[float], list[float]] = ([], [])
+        for step in range(warmup + repeats * rounds):
+            for model, record in ((dense, times[0]), (compact, times[1])):
+                start = time.perf_counter()
+                model(**inputs)
+                if step >= warmup:
+                    record.append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous)
-    dense_s, compact_s = statistics.median(dense_times), statistics.median(compact_times)
+        dense.train(modes[0])
+        compact.train(modes[1])
+    dense_s, compact_s = statistics.median(times[0]), statistics.median(times[1])
     return {"dense_s": dense_s, "compact_s": compact_s, "speedup": dense_s / compact_s, "threads": threads or previous}
 
 

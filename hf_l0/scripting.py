@@ -51,7 +51,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def compare_latency(dense: nn.Module, compact: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 20,
                     threads: int | None = None) -> dict[str, float]:
-    """Side-by-side CPU latency (:func:`hf_l0.measure.latency_speedup`, three interleaved rounds) in the summary's
+    """Side-by-side CPU latency (:func:`hf_l0.measure.latency_speedup`, the models taking turns) in the summary's
     fields."""
     timing = latency_speedup(dense, compact, inputs, repeats=max(1, repeats // 3), rounds=3, threads=threads)
     return {"dense_latency_ms": timing["dense_s"] * 1e3, "pruned_latency_ms": timing["compact_s"] * 1e3,
