@@ -125,7 +125,7 @@ def train_worker(args: argparse.Namespace) -> None:
 
 
 # glibc raises its mmap threshold after the first large free, then keeps freed activation buffers on the heap: peak
-# RSS then varies by +-75 MiB between identical runs. A fixed threshold returns them, so RSS follows live memory.
+# RSS then differs by ~80 MiB between identical runs. A fixed threshold returns them, so RSS follows live memory.
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
