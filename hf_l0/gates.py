@@ -7,6 +7,9 @@ import math
 import torch
 from torch import nn
 
+# CoFi's soft deterministic value of a kept gate, sigmoid(SOFT_VALUE_SCALE * log_alpha / temperature).
+SOFT_VALUE_SCALE = 0.8
+
 
 class HardConcreteGate(nn.Module):
     """A tensor of hard concrete gates, one entry per structure (head, neuron, hidden dimension, sublayer).
@@ -20,10 +23,12 @@ class HardConcreteGate(nn.Module):
       gate tensor (CoFi), or exactly ``keep_per_row`` entries in every row when that is set (Sheared-LLaMA's
       target architectures);
     * the ``k`` entries with the largest ``log_alpha`` survive with the paper's deterministic value
-      ``clamp(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1)``; all others are 0. A surviving entry whose
-      value is 0 is pruned as well. Survivors take the value 1 instead with ``binary=True`` (hidden dimensions,
-      whose scale cannot be folded into tied embeddings) and with ``keep_per_row`` (a uniform target must keep
-      exactly its count, so no survivor may fall to 0).
+      ``clamp(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1)``, raised to CoFi's soft value
+      ``sigmoid(0.8 * log_alpha / beta)`` where the paper's value is lower (it reaches 0 at ``log_alpha = -2.4``,
+      the soft value never does); all others are 0. So the deterministic count is the rounded expected L0 norm, which
+      the sparsity controller can track. A surviving entry whose value underflows to 0 is pruned as well.
+      Survivors take the value 1 instead with ``binary=True`` (hidden dimensions, whose scale cannot be folded into
+      tied embeddings) and with ``keep_per_row`` (a uniform target must keep exactly its count).
     """
 
     def __init__(
@@ -97,7 +102,11 @@ class HardConcreteGate(nn.Module):
             if self.binary or self.keep_per_row is not None:
                 return keep.to(self.log_alpha.dtype)
             value = torch.sigmoid(self.log_alpha) * (self.limit_right - self.limit_left) + self.limit_left
-            return value.clamp(0.0, 1.0) * keep
+            # A kept entry never falls to 0: below the paper's value it takes CoFi's soft value, which is positive.
+            # Otherwise gates crowding at the paper's zero crossing (log_alpha = -2.4, P(z != 0) = 0.31) would all be
+            # pruned at once beyond the count, and the deterministic sparsity would jump away from the expected one.
+            soft = torch.sigmoid(self.log_alpha * (SOFT_VALUE_SCALE / self.temperature))
+            return torch.maximum(value.clamp(0.0, 1.0), soft) * keep
 
     def forward(self) -> torch.Tensor:
         return self.sample() if self.training else self.deterministic()

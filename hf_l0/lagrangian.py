@@ -28,11 +28,29 @@ from torch import nn
 from .patch import get_gates
 
 
+MULTIPLIER_UPDATES = ("pi", "ascent")
+
+
 class LagrangianController(nn.Module):
-    """Target schedule, the two Lagrange multipliers (gradient ascent built in), the penalty term and its state."""
+    """Target schedule, the Lagrange multipliers and their update, the penalty term, calibration and final snap.
+
+    ``multiplier_update="pi"`` (default) updates ``lambda_1`` itself, once per optimizer step in :meth:`on_step`, with
+    a proportional-integral rule on the measured constraint violation ``e = s - t`` (Sohrabi et al., 2024, "On PI
+    controllers for updating Lagrange multipliers"): ``lambda_1 = kp * e + I`` with ``I += ki * e``. The proportional
+    term brakes as soon as the sparsity crosses the schedule, where plain gradient ascent keeps pushing until the
+    multiplier has wound back down (the overshoot-and-revive cycles of CoFi's controller at short budgets). ``e``
+    is measured on the sparsity the run will deliver, the *deterministic* one (what :func:`hf_l0.prune_model`
+    keeps), while the gradient reaches the gates through the differentiable *expected* sparsity: the proxy-Lagrangian
+    split of constrained learning with non-differentiable constraints (Cotter et al., 2019). The multipliers get no
+    gradient and need no optimizer.
+
+    ``multiplier_update="ascent"`` is CoFi's controller: both multipliers are parameters updated by the training
+    optimizer by gradient ascent (a hook negates their gradient), kept for comparison and old checkpoints.
+    """
 
     def __init__(self, target_sparsity: float, warmup_steps: int = 0, start_sparsity: float = 0.0,
-                 calibration_rate: float = 0.0) -> None:
+                 calibration_rate: float = 0.0, *, multiplier_update: str = "pi", proportional_gain: float = 200.0,
+                 integral_gain: float = 20.0, final_phase_ratio: float = 0.0, error_signal: str = "deterministic") -> None:
         super().__init__()
         if not 0.0 < target_sparsity < 1.0:
             raise ValueError(f"target_sparsity={target_sparsity} is impossible: it is the fraction of the prunable "
@@ -43,22 +61,40 @@ class LagrangianController(nn.Module):
             raise ValueError(f"warmup_steps={warmup_steps} must be >= 0.")
         if calibration_rate < 0:
             raise ValueError(f"calibration_rate={calibration_rate} must be >= 0 (0 turns calibration off).")
+        if multiplier_update not in MULTIPLIER_UPDATES:
+            raise ValueError(f"multiplier_update={multiplier_update!r}: choose one of {', '.join(MULTIPLIER_UPDATES)}.")
+        if proportional_gain < 0 or integral_gain < 0:
+            raise ValueError(f"proportional_gain={proportional_gain} and integral_gain={integral_gain} must be >= 0.")
+        if not 0.0 <= final_phase_ratio < 1.0:
+            raise ValueError(f"final_phase_ratio={final_phase_ratio} must lie in [0, 1).")
+        if error_signal not in ("deterministic", "expected"):
+            raise ValueError(f"error_signal={error_signal!r}: choose deterministic or expected.")
         self.calibration_rate = float(calibration_rate)
         self.target_sparsity = float(target_sparsity)
         self.start_sparsity = float(start_sparsity)
         self.warmup_steps = int(warmup_steps)
-        self.lambda_1 = nn.Parameter(torch.zeros(()))
-        self.lambda_2 = nn.Parameter(torch.zeros(()))
-        for multiplier in (self.lambda_1, self.lambda_2):
-            multiplier.register_hook(torch.neg)  # gradient ascent under any minimizing optimizer (see module doc)
+        self.multiplier_update = multiplier_update
+        self.proportional_gain = float(proportional_gain)
+        self.integral_gain = float(integral_gain)
+        self.final_phase_ratio = float(final_phase_ratio)
+        self.error_signal = error_signal
+        ascent = multiplier_update == "ascent"
+        self.lambda_1 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
+        self.lambda_2 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
+        if ascent:
+            for multiplier in (self.lambda_1, self.lambda_2):
+                multiplier.register_hook(torch.neg)  # gradient ascent under any minimizing optimizer (see module doc)
         # Optimizer steps taken so far: the warmup position, saved with the multipliers.
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
         # Shift of the expected-sparsity target learned by calibrate() (see there), saved with the multipliers.
         self.register_buffer("target_offset", torch.zeros((), dtype=torch.float64))
+        # The PI rule's integral term and the step it last ran at (so a repeated call for one step is a no-op).
+        self.register_buffer("integral", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("updated_step", torch.full((), -1, dtype=torch.int64))
 
     def extra_repr(self) -> str:
         return (f"target_sparsity={self.target_sparsity}, warmup_steps={self.warmup_steps}, "
-                f"start_sparsity={self.start_sparsity}")
+                f"start_sparsity={self.start_sparsity}, multiplier_update={self.multiplier_update!r}")
 
     def target(self, step: int | None = None) -> float:
         """The warmed-up target at ``step`` (default: the controller's own step count)."""
@@ -71,6 +107,47 @@ class LagrangianController(nn.Module):
     def effective_target(self, step: int | None = None) -> float:
         """The target the penalty pulls the *expected* sparsity to: the schedule plus the calibration offset."""
         return min(max(self.target(step) + float(self.target_offset), 0.0), 0.999)
+
+    def in_final_phase(self, step: int, max_steps: int) -> bool:
+        """Whether ``step`` lies in the final phase, where the deterministic sparsity is pinned to the target."""
+        ratio = self.final_phase_ratio
+        return ratio > 0 and step >= self.warmup_steps and step >= (1.0 - ratio) * max_steps
+
+    @torch.no_grad()
+    def on_step(self, model: nn.Module, step: int, max_steps: int | None = None) -> dict[str, float]:
+        """Everything that happens once per optimizer step, before its forward: the schedule position, the multiplier
+        update (PI), calibration and, in the final phase, the snap to the target. Returns the measured sparsities.
+
+        :class:`hf_l0.L0Trainer` calls it at the first micro-batch of every step; a custom loop calls it at the top
+        of each step (``max_steps`` is needed only with a final phase). Calling it again for the same step is a no-op.
+        """
+        from .size import expected_sparsity  # local: size imports patch, which this module also uses
+
+        self.set_step(step)
+        deterministic = float(expected_sparsity(model, deterministic=True))
+        expected = float(expected_sparsity(model))
+        if int(self.updated_step) != step:
+            self.updated_step.fill_(step)
+            if self.multiplier_update == "pi":
+                measured = deterministic if self.error_signal == "deterministic" else expected
+                error = measured - self.target(step)
+                self.integral += self.integral_gain * error
+                self.lambda_1.fill_(self.proportional_gain * error + float(self.integral))
+            self.calibrate(deterministic, step)
+            if max_steps is not None and self.in_final_phase(step, max_steps):
+                deterministic = snap_to_target(model, self.target_sparsity)
+                expected = float(expected_sparsity(model))
+        return {"expected_sparsity": expected, "deterministic_sparsity": deterministic}
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module) -> float:
+        """After the last optimizer step: pin the deterministic sparsity once more when there is a final phase (the
+        last step moved the gates). Returns the deterministic sparsity."""
+        from .size import expected_sparsity
+
+        if self.final_phase_ratio > 0:
+            return snap_to_target(model, self.target_sparsity)
+        return float(expected_sparsity(model, deterministic=True))
 
     @torch.no_grad()
     def calibrate(self, deterministic_sparsity: float, step: int | None = None) -> None:
@@ -114,7 +191,10 @@ class LagrangianController(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         return {"target_sparsity": self.target_sparsity, "warmup_steps": self.warmup_steps,
-                "start_sparsity": self.start_sparsity, "calibration_rate": self.calibration_rate}
+                "start_sparsity": self.start_sparsity, "calibration_rate": self.calibration_rate,
+                "multiplier_update": self.multiplier_update, "proportional_gain": self.proportional_gain,
+                "integral_gain": self.integral_gain, "final_phase_ratio": self.final_phase_ratio,
+                "error_signal": self.error_signal}
 
 
 class GateClamp:
@@ -143,13 +223,22 @@ def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def l0_param_groups(model: nn.Module, controller: LagrangianController, lr: float, gate_lr: float,
-                    lagrangian_lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
-    """Optimizer param groups for a plain loop: model weights, gates (no decay) and multipliers (no decay)."""
+                    lagrangian_lr: float = 0.0, weight_decay: float = 0.0,
+                    gate_betas: tuple[float, float] | None = (0.0, 0.999)) -> list[dict[str, Any]]:
+    """Optimizer param groups for a plain loop: model weights, gates (no decay) and multipliers (no decay).
+
+    The gates get Adam ``betas`` without momentum by default (``gate_betas``; ``None`` leaves the optimizer's): with
+    momentum they keep closing after the controller has braked. The multipliers' group matters only for the
+    ``ascent`` controller; the ``pi`` controller updates them itself.
+    """
     gate_ids = {id(p) for p in gate_parameters(model)}
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
+    gates: dict[str, Any] = {"params": gate_parameters(model), "lr": gate_lr, "weight_decay": 0.0}
+    if gate_betas is not None:
+        gates["betas"] = gate_betas
     return [
         {"params": weights, "lr": lr, "weight_decay": weight_decay},
-        {"params": gate_parameters(model), "lr": gate_lr, "weight_decay": 0.0},
+        gates,
         {"params": list(controller.parameters()), "lr": lagrangian_lr, "weight_decay": 0.0},
     ]
 

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from . import hub
 from .config import CONFIG_NAME, STRUCTURES, L0Config
 from .distill import LayerwiseDistiller, check_teacher, logit_kl
-from .lagrangian import GateClamp, LagrangianController, gate_parameters, snap_to_target
+from .lagrangian import GateClamp, LagrangianController, gate_parameters
 from .patch import get_gates, is_patched, patch_model, transformers_model
 from .prune import prune_model
 from .size import expected_sparsity
@@ -68,9 +68,28 @@ class L0TrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Keep the gates' learning rate constant instead of following the weights' schedule."},
     )
+    sparsity_controller: str = field(
+        default="pi",
+        metadata={"help": "How the Lagrange multiplier follows the sparsity schedule: pi (proportional-integral "
+                  "update on the deterministic sparsity, once per step; stays on the schedule) or ascent (CoFi's "
+                  "gradient ascent by the optimizer, which overshoots at short budgets).", "choices": ["pi", "ascent"]},
+    )
+    controller_proportional_gain: float = field(
+        default=200.0,
+        metadata={"help": "pi controller: lambda_1 per unit of sparsity error (the brake when the schedule is crossed)."},
+    )
+    controller_integral_gain: float = field(
+        default=20.0,
+        metadata={"help": "pi controller: lambda_1 added per step per unit of sparsity error (removes the lag)."},
+    )
+    controller_error_signal: str = field(
+        default="deterministic",
+        metadata={"help": "pi controller: which sparsity is compared with the schedule.",
+                  "choices": ["deterministic", "expected"]},
+    )
     lagrangian_learning_rate: float = field(
         default=0.5,
-        metadata={"help": "Learning rate of the Lagrange multipliers lambda_1, lambda_2 (gradient ascent)."},
+        metadata={"help": "ascent controller: learning rate of lambda_1, lambda_2 (gradient ascent)."},
     )
     l0_structures: str = field(
         default="heads,ffn,layers",
@@ -218,9 +237,11 @@ class L0Trainer(Trainer):
             config = l0_config if l0_config is not None else args.resolved_l0_config()
             patch_model(model, config)  # raises a clear error for a model type without an adapter
         self.l0_config = config
-        self.controller = LagrangianController(args.target_sparsity, warmup_steps=args.sparsity_warmup_steps,
-                                               calibration_rate=args.sparsity_calibration_rate)
-        self._calibrated_step = -1
+        self.controller = LagrangianController(
+            args.target_sparsity, warmup_steps=args.sparsity_warmup_steps, calibration_rate=args.sparsity_calibration_rate,
+            multiplier_update=args.sparsity_controller, proportional_gain=args.controller_proportional_gain,
+            integral_gain=args.controller_integral_gain, final_phase_ratio=args.sparsity_final_phase_ratio,
+            error_signal=args.controller_error_signal)
 
         if teacher_model is None and args.teacher_model_name_or_path:
             teacher_model = type(model).from_pretrained(args.teacher_model_name_or_path)
@@ -313,26 +334,16 @@ class L0Trainer(Trainer):
             loss, outputs = self._distillation_loss(model, inputs)
         gated = self._gated_model()
         step = self.state.global_step
-        self.controller.set_step(step)
-        if self._calibrated_step != step:  # once per optimizer step, not per micro-batch
-            self.controller.calibrate(float(expected_sparsity(gated, deterministic=True)), step)
-            if self._in_final_phase(step):
-                snap_to_target(gated, self.args.target_sparsity)
-            self._calibrated_step = step
+        self.controller.on_step(gated, step, self.state.max_steps)  # once per optimizer step (no-op when repeated)
         sparsity = expected_sparsity(gated)
         penalty = self.controller.penalty(sparsity, step)
         self._accumulate(self.controller.stats(sparsity.detach(), step))
         loss = loss + penalty.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
-    def _in_final_phase(self, step: int) -> bool:
-        ratio = self.args.sparsity_final_phase_ratio
-        return ratio > 0 and step >= self.controller.warmup_steps and step >= (1.0 - ratio) * self.state.max_steps
-
     def train(self, *args: Any, **kwargs: Any):
         output = super().train(*args, **kwargs)
-        if self.args.sparsity_final_phase_ratio > 0:  # the last optimizer step moved the gates once more
-            snap_to_target(self._gated_model(), self.args.target_sparsity)
+        self.controller.finish(self._gated_model())  # the last optimizer step moved the gates once more
         return output
 
     def _distillation_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:

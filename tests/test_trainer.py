@@ -85,7 +85,7 @@ def test_layerwise_distillation_needs_a_teacher(tmp_path):
 # -- the controller -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sparsity, direction", [(0.1, -1.0), (0.9, 1.0)])
 def test_lambda_ascends_against_the_gap(sparsity, direction):
-    controller = LagrangianController(0.5)
+    controller = LagrangianController(0.5, multiplier_update="ascent")
     optimizer = torch.optim.SGD(controller.parameters(), lr=0.1)  # a minimizing optimizer: the hook makes it ascend
     for _ in range(3):
         controller(torch.tensor(sparsity)).backward()

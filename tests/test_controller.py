@@ -1,0 +1,132 @@
+"""The sparsity controller on its own (no final snap, no calibration): it keeps the deterministic sparsity on the
+warm-up schedule and lands on the target, in L0Trainer and in a plain loop alike."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+from datasets import Dataset
+from transformers import TrainerCallback
+
+import hf_l0
+from hf_l0.lagrangian import LagrangianController, l0_param_groups
+from hf_l0.trainer import L0Trainer, L0TrainingArguments
+
+VOCAB = 101
+STEPS = 150
+BAND = 0.03  # |deterministic sparsity - scheduled target| allowed after the first 10% of the steps
+
+
+def _model() -> tf.BertForSequenceClassification:
+    # 4 layers x 8 heads x 256 neurons: one head is 1% of the prunable parameters, so a 0.03 band is a real bound
+    torch.manual_seed(0)
+    config = tf.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=8,
+                           intermediate_size=256, max_position_embeddings=32, num_labels=3)
+    return tf.BertForSequenceClassification(config)
+
+
+def _dataset(n: int = 512) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, VOCAB, (n, 12), generator=g)
+    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
+                              "labels": (ids[:, 0] % 3).tolist()})
+
+
+class _Trajectory(TrainerCallback):
+    """(step, scheduled target, deterministic sparsity) every 10 steps, as the trainer logs them."""
+
+    def __init__(self) -> None:
+        self.trainer: L0Trainer | None = None
+        self.points: list[tuple[int, float, float]] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % 10 == 0:
+            model = self.trainer._gated_model()
+            deterministic = float(hf_l0.expected_sparsity(model, deterministic=True))
+            self.points.append((state.global_step, self.trainer.controller.target(state.global_step), deterministic))
+
+
+def _train(output_dir, target: float, controller: str) -> tuple[L0Trainer, list[tuple[int, float, float]]]:
+    torch.set_num_threads(1)
+    args = L0TrainingArguments(
+        output_dir=str(output_dir), target_sparsity=target, l0_structures="heads,ffn", max_steps=STEPS,
+        per_device_train_batch_size=16, learning_rate=1e-3, save_strategy="no", report_to="none", disable_tqdm=True,
+        seed=0, use_cpu=True, sparsity_controller=controller, sparsity_final_phase_ratio=0.0,
+        sparsity_calibration_rate=0.0)
+    trajectory = _Trajectory()
+    trainer = L0Trainer(model=_model(), args=args, train_dataset=_dataset(), callbacks=[trajectory])
+    trajectory.trainer = trainer
+    trainer.train()
+    return trainer, trajectory.points
+
+
+def _worst_gap(points: list[tuple[int, float, float]]) -> float:
+    return max(abs(deterministic - target) for step, target, deterministic in points if step >= 0.1 * STEPS)
+
+
+_RUNS: dict[float, tuple[L0Trainer, list[tuple[int, float, float]]]] = {}
+
+
+def _pi_run(tmp_path_factory, target: float) -> tuple[L0Trainer, list[tuple[int, float, float]]]:
+    if target not in _RUNS:  # the custom-loop comparison reuses the 0.5 run
+        _RUNS[target] = _train(tmp_path_factory.mktemp("pi"), target, "pi")
+    return _RUNS[target]
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_pi_controller_tracks_the_schedule_and_lands_on_the_target(tmp_path_factory, target):
+    trainer, points = _pi_run(tmp_path_factory, target)
+    assert _worst_gap(points) <= BAND, points
+    final = float(hf_l0.expected_sparsity(trainer._gated_model(), deterministic=True))
+    assert abs(final - target) <= 0.02, final
+
+
+def test_gradient_ascent_controller_leaves_the_schedule(tmp_path):
+    # CoFi's multiplier update (today's ``ascent``) on the same run: the band test above must be able to fail
+    _, points = _train(tmp_path, 0.5, "ascent")
+    assert _worst_gap(points) > BAND, points
+
+
+def test_custom_loop_and_trainer_share_the_controller(tmp_path_factory):
+    target = 0.5
+    trainer, _ = _pi_run(tmp_path_factory, target)
+    torch.manual_seed(0)
+    model = _model()
+    hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True))
+    model.train()
+    controller = LagrangianController(target, warmup_steps=trainer.controller.warmup_steps)
+    optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=1e-3, gate_lr=0.1, lagrangian_lr=0.0))
+    loader = torch.utils.data.DataLoader(_dataset().with_format("torch"), batch_size=16, shuffle=True)
+    step = 0
+    while step < STEPS:
+        for batch in loader:
+            controller.on_step(model, step, STEPS)
+            loss = model(**batch).loss + controller(hf_l0.expected_sparsity(model))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            if step == STEPS:
+                break
+    reached = controller.finish(model)
+    assert abs(reached - target) <= 0.02
+    assert abs(reached - float(hf_l0.expected_sparsity(trainer._gated_model(), deterministic=True))) <= 0.02
+
+
+def test_on_step_updates_the_multiplier_once_per_step_and_state_round_trips():
+    model = _model()
+    hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True))
+    controller = LagrangianController(0.5, warmup_steps=10)
+    controller.on_step(model, 5)  # dense model, target 0.25: sparsity below the schedule -> lambda_1 < 0
+    first = controller.lambda_1.item()
+    assert first < 0
+    controller.on_step(model, 5)  # the same step again (another micro-batch): no second update
+    assert controller.lambda_1.item() == first
+    controller.on_step(model, 6)
+    assert controller.lambda_1.item() < first  # the integral keeps pulling while the gap stays
+    restored = LagrangianController(0.5, warmup_steps=10)
+    restored.load_state_dict(controller.state_dict())
+    assert restored.lambda_1.item() == controller.lambda_1.item()
+    assert float(restored.integral) == float(controller.integral) and int(restored.updated_step) == 6
+    assert not any(p.requires_grad for p in controller.parameters())  # pi: no optimizer touches the multipliers
