@@ -13,6 +13,8 @@
 
 Both kinds load with :func:`from_pretrained` here without executing code from the directory, from safetensors only,
 strictly. Saving is atomic: everything is written to a temporary sibling directory that then replaces the target.
+A compact model's own ``save_pretrained`` / ``push_to_hub`` (and so ``Trainer.save_model``) come here too
+(:mod:`hf_l0.own_methods`).
 """
 
 from __future__ import annotations
