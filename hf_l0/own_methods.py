@@ -41,7 +41,10 @@ class CompactMethod:
 
     @property
     def __self__(self) -> nn.Module:
-        return self._model()
+        model = self._model()
+        if model is None:
+            raise ReferenceError(f"the model of this {self.__name__} method was deleted.")
+        return model
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.__func__(self.__self__, *args, **kwargs)
