@@ -13,6 +13,8 @@
 
 Both kinds load with :func:`from_pretrained` here without executing code from the directory, from safetensors only,
 strictly. Saving is atomic: everything is written to a temporary sibling directory that then replaces the target.
+A compact model's own ``save_pretrained`` / ``push_to_hub`` (and so ``Trainer.save_model``) come here too
+(:mod:`hf_l0.own_methods`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from transformers.utils import PushToHubMixin
 from . import compact
 from .arch import get_adapter
 from .arch.base import MODEL_TYPE_PREFIX, base_model_type
+from .own_methods import bind_compact_methods
 from .prune import build_compact_model
 from .surgery import STRUCTURE_KEY
 
@@ -337,7 +340,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, tokeniz
         if max_shard_size is not None:
             kwargs["max_shard_size"] = max_shard_size
         with _without_gguf_quantizer(model):
-            model.save_pretrained(tmp, **kwargs)
+            # the stock method: the instance's own save_pretrained of a compact model routes back here
+            type(model).save_pretrained(model, tmp, **kwargs)
         config_path = tmp / "config.json"
         data = json.loads(config_path.read_text())
         data.pop("auto_map", None)
@@ -504,6 +508,8 @@ def from_pretrained(directory: str | os.PathLike, model_class: type | None = Non
     if isinstance(dtype, torch.dtype):
         model.to(dtype)
     load_weights_strictly(model, directory)
+    if getattr(config, STRUCTURE_KEY, None):
+        bind_compact_methods(model)  # its own save_pretrained / push_to_hub write this format again
     if (directory / "generation_config.json").is_file() and getattr(model, "can_generate", lambda: False)():
         model.generation_config = transformers.GenerationConfig.from_pretrained(directory)
     return model.eval()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .arch import Sublayer, get_adapter
+from .own_methods import bind_compact_methods
 from .patch import get_gates, transformers_model, unpatch_model
 from .slicing import scale_linear
 from .surgery import STRUCTURE_KEY, PruningPlan, SublayerPlan, apply_plan, apply_structure, structure_of
@@ -34,6 +35,8 @@ def prune_model(model: nn.Module) -> nn.Module:
     Returns ``model`` itself, now compact, of the same class, without gates or hooks. Its eval output equals the
     gated model's eval output. Sublayers with no unit left are replaced by stand-ins that return the (kept) output
     bias. ``model.config.l0_structure`` records the per-layer shapes; :func:`build_compact_model` rebuilds from it.
+    The returned model's own ``save_pretrained`` and ``push_to_hub`` write :func:`hf_l0.save_pretrained`'s export
+    (see :mod:`hf_l0.own_methods`).
 
     A peft model's adapters are merged first (``merge_and_unload``): the result is a plain transformers model, so use
     the returned object.
@@ -56,7 +59,9 @@ def prune_model(model: nn.Module) -> nn.Module:
             steps.append(_fold(sublayer, unit_values, layer_value))
     apply_plan(model, plan)
     setattr(model.config, STRUCTURE_KEY, structure_of(adapter, plan))
-    return model
+    # model.save_pretrained / push_to_hub (and so Trainer.save_model) must not write a stock config that
+    # would load a dense or randomly filled model: they write hf_l0.save_pretrained's export instead.
+    return bind_compact_methods(model)
 
 
 def build_compact_model(model_class: type, config: Any) -> nn.Module:

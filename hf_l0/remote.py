@@ -7,11 +7,44 @@ shapes with hf-l0's own code where hf-l0 is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
+
+from transformers import AutoModel
 
 from .compact import checkpoint_files
 from .surgery import STRUCTURE_KEY, apply_structure
+
+
+@contextlib.contextmanager
+def stock_inner_model(config: Any) -> Iterator[None]:
+    """While a head class is built, ``AutoModel.from_config(config)`` builds the family's stock base model.
+
+    Llama-family sequence / token classification and QA heads build their inner model with
+    ``AutoModel.from_config(config)``. For a compact model's config (its ``auto_map`` names remote code) that call
+    would ask for ``trust_remote_code`` and then build a second compact base model whose structure the head applies
+    again. Mapping the config class to the stock base model for the duration of ``__init__`` builds the dense inner
+    model once; the head then shrinks itself, inner model included, to the structure exactly once.
+    """
+    mapping = AutoModel._model_mapping
+    key = type(config)
+    stock = next((klass for klass in key.__mro__[1:] if klass in mapping), None)
+    if stock is None:  # not a subclass of a stock config (or a stock config itself): nothing to redirect
+        yield
+        return
+    extra = mapping._extra_content  # transformers keeps registered (custom) classes here
+    missing = object()
+    previous = extra.get(key, missing)
+    extra[key] = mapping[stock]
+    try:
+        yield
+    finally:
+        if previous is missing:
+            extra.pop(key, None)
+        else:
+            extra[key] = previous
 
 
 class CompactModelMixin:
@@ -19,7 +52,8 @@ class CompactModelMixin:
     ``__init__`` and loads strictly (a missing or mis-shaped tensor is an error, never a random initialisation)."""
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(config, *args, **kwargs)
+        with stock_inner_model(config):
+            super().__init__(config, *args, **kwargs)
         structure = getattr(config, STRUCTURE_KEY, None)
         if not structure:
             raise ValueError(f"config.json has no {STRUCTURE_KEY}: it is not an hf-l0 compact model.")

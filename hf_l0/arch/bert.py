@@ -16,7 +16,7 @@ from .base import ArchAdapter, Projection, ResidualStream, Sublayer, register_ad
 _SEQUENCE_OUTPUT_HEADS = {
     "Model": (),
     "ForSequenceClassification": ("classifier.dense",),
-    "ForMultipleChoice": (),
+    "ForMultipleChoice": ("sequence_summary.summary",),  # ELECTRA; BERT's classifier reads the pooler
     "ForTokenClassification": ("classifier",),
     "ForQuestionAnswering": ("qa_outputs",),
 }
@@ -84,9 +84,12 @@ class BertAdapter(ArchAdapter):
         modules = []
         for path in _SEQUENCE_OUTPUT_HEADS[suffix]:
             try:
-                modules.append(self.model.get_submodule(path))
+                module = self.model.get_submodule(path)
             except AttributeError:
                 continue  # e.g. BertForSequenceClassification: its classifier reads the pooler
+            if isinstance(module, nn.Identity):  # ELECTRA's summary without projection: the classifier reads it
+                module = self.model.classifier
+            modules.append(module)
         return modules
 
     def residual_stream(self) -> ResidualStream:

@@ -1,0 +1,126 @@
+"""A compact model's own ``save_pretrained`` and ``push_to_hub`` write what :func:`hf_l0.save_pretrained` writes.
+
+transformers' ``PreTrainedModel.save_pretrained`` knows nothing of ``config.l0_structure``: it writes the stock
+config, which stock ``from_pretrained`` loads into the *dense* class (a size mismatch, or, when only sublayers were
+removed, the missing sublayers rebuilt with random weights). :func:`hf_l0.prune_model` and :func:`hf_l0.from_pretrained`
+therefore bind the two functions below onto the compact model *instance* (its class stays the stock one), so every
+path that ends in ``model.save_pretrained`` (user code, ``Trainer.save_model`` and its checkpoints, transformers'
+``PushToHubMixin.push_to_hub``) writes hf-l0's export: a stock config only where it builds exactly the compact shapes
+(native), otherwise a directory that transformers loads with its own custom-code mechanism (``auto_map`` and the
+modeling files, ``trust_remote_code=True``).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import os
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+
+class CompactMethod:
+    """``model.<name>`` of a compact model: calls ``func(model, ...)``.
+
+    Like a bound method, but it holds the model through a weak reference (a bound method stored on its own instance
+    is a reference cycle: a deleted model's memory would wait for the cyclic garbage collector), and it follows the
+    model through ``copy.deepcopy`` and pickling.
+    """
+
+    def __init__(self, func: Callable[..., Any], model: nn.Module) -> None:
+        functools.update_wrapper(self, func)
+        self.__func__ = func
+        self._model = weakref.ref(model)
+        parameters = list(inspect.signature(func).parameters.values())[1:]
+        self.__signature__ = inspect.Signature(parameters)
+
+    @property
+    def __self__(self) -> nn.Module:
+        model = self._model()
+        if model is None:
+            raise ReferenceError(f"the model of this {self.__name__} method was deleted.")
+        return model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__(self.__self__, *args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> CompactMethod:
+        return CompactMethod(self.__func__, copy.deepcopy(self.__self__, memo))  # the copy of the model (memo)
+
+    def __reduce__(self):
+        return CompactMethod, (self.__func__, self.__self__)
+
+
+def bind_compact_methods(model: nn.Module) -> nn.Module:
+    """Route ``model.save_pretrained`` and ``model.push_to_hub`` to hf-l0's export; returns ``model``.
+
+    ``type(model).save_pretrained(model, ...)`` still reaches the stock method (hf_l0.save_pretrained itself writes
+    the weights that way).
+    """
+    model.save_pretrained = CompactMethod(save_pretrained, model)
+    model.push_to_hub = CompactMethod(push_to_hub, model)
+    return model
+
+
+def has_compact_methods(model: nn.Module) -> bool:
+    """Whether :func:`bind_compact_methods` routed this instance's saves."""
+    return getattr(model.__dict__.get("save_pretrained"), "__func__", None) is save_pretrained
+
+
+def save_pretrained(self: nn.Module, save_directory: str | os.PathLike, is_main_process: bool = True,
+                    state_dict: dict | None = None, push_to_hub: bool = False, *, tokenizer: Any = None,
+                    model_card: bool | None = None, **kwargs: Any) -> Path | None:
+    """``PreTrainedModel.save_pretrained`` of a compact model: :func:`hf_l0.save_pretrained` (atomic, safetensors,
+    native or remote code), so the directory loads exactly, with or without hf-l0.
+
+    Accepts the stock arguments (``is_main_process``, ``state_dict``, ``push_to_hub`` with ``repo_id`` /
+    ``commit_message`` / ``create_pr`` / ``private`` / ``token``, ``max_shard_size``, ...) and those of
+    :func:`hf_l0.save_pretrained` (``tokenizer``, ``native``, ``metrics``, ...). Like the stock method it writes a
+    model card only when pushing, unless ``model_card`` says otherwise. Processes other than the main one write
+    nothing (the main process replaces the directory atomically; a second writer would race it).
+    """
+    from . import hub
+
+    if not is_main_process:
+        return None
+    upload: dict[str, Any] = {}
+    if push_to_hub:
+        upload = {"repo_id": kwargs.pop("repo_id", Path(save_directory).absolute().name),
+                  "commit_message": kwargs.pop("commit_message", None) or "Upload compact model (hf-l0)",
+                  "create_pr": kwargs.pop("create_pr", False), "token": kwargs.pop("token", None),
+                  "private": kwargs.pop("private", None)}
+        kwargs.setdefault("repo_id", upload["repo_id"])  # the model card's usage snippet
+    if state_dict is not None:
+        kwargs["state_dict"] = state_dict
+    model_card = push_to_hub if model_card is None else model_card
+    out = hub.save_pretrained(self, save_directory, tokenizer, model_card=model_card, **kwargs)
+    if upload:
+        from transformers.utils import hub as hf_hub
+
+        repo_id = hf_hub.hf_api().create_repo(upload["repo_id"], private=upload["private"], token=upload["token"],
+                                              exist_ok=True).repo_id
+        hub.CompactModelUpload(self)._upload_modified_files(out, repo_id, files_timestamps={},
+                                                            commit_message=upload["commit_message"],
+                                                            token=upload["token"], create_pr=upload["create_pr"])
+    return out
+
+
+def push_to_hub(self: nn.Module, repo_id: str, *, commit_message: str | None = None,
+                commit_description: str | None = None, private: bool | None = None, token: bool | str | None = None,
+                revision: str | None = None, create_pr: bool = False, max_shard_size: int | str | None = "5GB",
+                tags: list[str] | None = None, tokenizer: Any = None, **save_kwargs: Any) -> Any:
+    """``PushToHubMixin.push_to_hub`` of a compact model: uploads the folder :func:`hf_l0.save_pretrained` writes
+    (with hf-l0's model card and structure heatmap) through transformers' own upload. ``save_kwargs`` are those of
+    :func:`hf_l0.save_pretrained` (``metrics``, ``base_model``, ...). ``tags`` is accepted for compatibility; the
+    card carries hf-l0's own tags."""
+    from . import hub
+
+    upload = hub.CompactModelUpload(self, tokenizer, **save_kwargs)
+    return upload.push_to_hub(repo_id, commit_message=commit_message, commit_description=commit_description,
+                              private=private, token=token, revision=revision, create_pr=create_pr,
+                              max_shard_size=max_shard_size)
