@@ -26,7 +26,7 @@ from .arch import Sublayer, get_adapter
 from .config import L0Config
 from .patch import get_gates, is_patched, patch_model, transformers_model, unpatch_model
 from .prune import prune_model
-from .slicing import base_layer, linear_axes, unit_rows
+from .slicing import base_layer, linear_axes
 
 SCORED = ("heads", "ffn")  # the gate names a score dict holds
 LossFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
@@ -37,10 +37,10 @@ def unit_weight_norms(sublayer: Sublayer) -> torch.Tensor:
     squares = torch.zeros(sublayer.num_units)
     for projection in sublayer.inputs:
         weight = base_layer(projection.module).weight.detach()
-        out_axis = linear_axes(projection.module)[0]
-        for unit in range(sublayer.num_units):
-            rows = unit_rows(projection.blocks, torch.tensor([unit]))
-            squares[unit] += weight.index_select(out_axis, rows.to(weight.device)).pow(2).sum().item()
+        rows = weight if linear_axes(projection.module)[0] == 0 else weight.t()  # [out features, in features]
+        for offset, width in projection.blocks:  # unit u owns rows offset + u * width ... + width - 1 (unit_rows)
+            block = rows[offset: offset + sublayer.num_units * width].float()
+            squares += block.pow(2).reshape(sublayer.num_units, -1).sum(-1).cpu()
     weight = base_layer(sublayer.output).weight.detach()
     in_axis = linear_axes(sublayer.output)[1]
     per_feature = weight.pow(2).sum(dim=1 - in_axis)
