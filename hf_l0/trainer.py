@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from . import hub
 from .config import CONFIG_NAME, STRUCTURES, L0Config
 from .distill import LayerwiseDistiller, check_teacher, logit_kl
+from .gate_init import GATE_INITS, gate_init_callback
 from .lagrangian import GateClamp, LagrangianController, gate_parameters, snap_to_target
 from .patch import get_gates, is_patched, patch_model, transformers_model
 from .prune import prune_model
@@ -162,8 +163,6 @@ class L0TrainingArguments(TrainingArguments):
             raise ValueError(f"distill_alpha={self.distill_alpha} must lie in [0, 1] (weight of the logit KL).")
         if self.distill_layer_weight < 0:
             raise ValueError(f"distill_layer_weight={self.distill_layer_weight} must be >= 0.")
-        from .gate_init import GATE_INITS
-
         if self.gate_init not in GATE_INITS:
             raise ValueError(f"gate_init={self.gate_init!r}: choose one of {', '.join(GATE_INITS)}.")
         if self.gate_init_batches < 1 or self.gate_init_scale < 0:
@@ -268,9 +267,7 @@ class L0Trainer(Trainer):
             self.teacher.to(self.args.device)
         if self.distiller is not None:
             self.distiller.to(self.args.device)
-        if args.gate_init != "uniform":
-            from .gate_init import gate_init_callback
-
+        if args.gate_init != "uniform":  # scores the first training batches when training begins
             self.add_callback(gate_init_callback(self))
 
     # -- optimizer and schedule -----------------------------------------------------------------------------------
