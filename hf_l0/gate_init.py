@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .baselines import LossFn, activation_scores, fisher_scores, magnitude_scores
+from .distill import logit_kl
 from .patch import get_gates, transformers_model
 
 GATE_INITS = ("uniform", "fisher", "taylor", "activation", "magnitude")  # "taylor" is another name for "fisher"
@@ -127,7 +128,6 @@ def gate_init_callback(trainer: Any) -> Any:
 
 def _trainer_loss(trainer: Any) -> LossFn:
     """The task loss of the batches; without labels (e.g. pure distillation), the logit KL to the trainer's teacher."""
-    from .distill import logit_kl
 
     def loss_fn(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         outputs = model(**batch)
