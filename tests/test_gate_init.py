@@ -116,18 +116,35 @@ def test_trainer_initializes_gates_from_its_first_batches(tmp_path, method):
         torch.testing.assert_close(got, hf_l0.get_gates(expected).state_dict()[f"{name}.log_alpha"])
 
 
-def test_gate_init_leaves_the_training_batches_unchanged(tmp_path):
-    seen = {}
+def _record_batches(trainer) -> torch.Tensor:
+    """Train and return the input_ids of every training batch, in order."""
+    batches, compute_loss = [], trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        batches.append(inputs["input_ids"])
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = recording
+    trainer.train()
+    return torch.cat(batches)
+
+
+class _RngRecorder(tf.TrainerCallback):
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.state = torch.random.get_rng_state()
+
+
+def test_gate_init_leaves_the_training_batches_and_the_rng_unchanged(tmp_path):
+    seen, rng = {}, {}
     for method in ("uniform", "fisher"):
         trainer = L0Trainer(model=make_model("bert", "AutoModelForSequenceClassification"),
                             args=_args(tmp_path / method, gate_init=method), train_dataset=_dataset())
-        batches = []
-        compute_loss = trainer.compute_loss
-        trainer.compute_loss = lambda model, inputs, *a, **k: batches.append(inputs["input_ids"]) or compute_loss(
-            model, inputs, *a, **k)
-        trainer.train()
-        seen[method] = torch.cat(batches)
+        recorder = _RngRecorder()
+        trainer.add_callback(recorder)  # after the gate init callback
+        seen[method] = _record_batches(trainer)
+        rng[method] = recorder.state
     assert torch.equal(seen["uniform"], seen["fisher"])
+    assert torch.equal(rng["uniform"], rng["fisher"])  # dropout etc. draw the same numbers as without gate_init
 
 
 def test_gate_init_arguments_are_checked(tmp_path):
