@@ -4,6 +4,7 @@ and access to the example scripts' helpers (imported from ``scripts/``, not copi
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -168,6 +169,46 @@ class DistillationTrainer(Trainer):
         loss = self.alpha * logit_kl(outputs.logits, teacher_logits, self.temperature, mask)
         loss = loss + (1.0 - self.alpha) * outputs.loss
         return (loss, outputs) if return_outputs else loss
+
+
+BASELINES = ("magnitude", "fisher", "activation")  # one-shot importance pruning (hf_l0.baselines) + recovery
+METHODS = ("hf-l0", *BASELINES)
+
+
+def parse_methods(text: str) -> list[str]:
+    """``--methods`` (comma-separated, e.g. ``hf-l0,magnitude,fisher,activation``) as a list in that order."""
+    names = [name.strip().replace("hf_l0", "hf-l0") for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown or not names:
+        raise SystemExit(f"--methods {text!r}: unknown or no methods {unknown}; choose from {', '.join(METHODS)}.")
+    return list(dict.fromkeys(names))
+
+
+def baseline_prune(method: str, dense: torch.nn.Module, sparsity: float, batches: list[dict[str, Any]]
+                   ) -> tuple[torch.nn.Module, float]:
+    """A trainable copy of ``dense`` pruned one-shot by ``method``'s importance scores (calibration ``batches`` for
+    fisher / activation) down to ``sparsity`` of the attention + FFN parameters, and the seconds scoring took."""
+    model = copy.deepcopy(dense).train().requires_grad_(True)
+    start = time.perf_counter()
+    if method == "magnitude":
+        scores = hf_l0.magnitude_scores(model)
+    elif method == "fisher":
+        scores = hf_l0.fisher_scores(model, batches)
+    elif method == "activation":
+        scores = hf_l0.activation_scores(model, batches)
+    else:
+        raise ValueError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}.")
+    seconds = time.perf_counter() - start
+    return hf_l0.importance_prune(model, scores, sparsity).train(), seconds
+
+
+def recover(model: torch.nn.Module, teacher: torch.nn.Module, train_dataset: Any, collator: Any,
+            args: dict[str, Any], alpha: float, temperature: float) -> torch.nn.Module:
+    """The recovery every baseline gets: hf-l0's budget (``args``: same steps, batch, learning rate, schedule, seed)
+    and loss (distillation from the same teacher, :class:`DistillationTrainer`). Returns the model in eval mode."""
+    DistillationTrainer(model=model, args=transformers.TrainingArguments(**args), teacher=teacher, alpha=alpha,
+                        temperature=temperature, train_dataset=train_dataset, data_collator=collator).train()
+    return model.eval()
 
 
 def finite_numbers(data: Any) -> bool:

@@ -1,7 +1,9 @@
 """hf-l0: structured L0 pruning (hard concrete gates, CoFi / Sheared-LLaMA) for stock transformers models."""
 
 from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
+from .baselines import activation_scores, fisher_scores, importance_prune, magnitude_prune, magnitude_scores
 from .config import L0Config
+from .gate_init import init_gates_from_scores
 from .gates import HardConcreteGate
 from .lagrangian import LagrangianController
 from .hub import export_plan, from_pretrained, push_to_hub, save_pretrained
@@ -20,16 +22,22 @@ __all__ = [
     "L0TrainingArguments",
     "LagrangianController",
     "SizeReport",
+    "activation_scores",
     "build_compact_model",
     "deterministic_size",
     "expected_size",
     "expected_sparsity",
     "export_plan",
+    "fisher_scores",
     "from_pretrained",
     "full_size",
     "get_adapter",
     "get_gates",
+    "importance_prune",
+    "init_gates_from_scores",
     "is_patched",
+    "magnitude_prune",
+    "magnitude_scores",
     "patch_model",
     "prune_model",
     "push_to_hub",

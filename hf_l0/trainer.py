@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from . import hub
 from .config import CONFIG_NAME, STRUCTURES, L0Config
 from .distill import LayerwiseDistiller, check_teacher, logit_kl
+from .gate_init import GATE_INITS, gate_init_callback
 from .lagrangian import GateClamp, LagrangianController, gate_parameters
 from .patch import get_gates, is_patched, patch_model, transformers_model
 from .prune import prune_model
@@ -134,6 +135,17 @@ class L0TrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "trainer.save_model() writes the compact pruned model (checkpoints stay gated)."},
     )
+    gate_init: str = field(
+        default="uniform",
+        metadata={"help": "How the gates start: 'uniform' (all alike, near open) or ordered by an importance score "
+                  "of each head / neuron on the first --gate_init_batches training batches: 'fisher' (= 'taylor'), "
+                  "'activation', 'magnitude' (no batches). The expected size at init is the same for all "
+                  "(see hf_l0.init_gates_from_scores)."},
+    )
+    gate_init_batches: int = field(default=16, metadata={"help": "Calibration batches for --gate_init."})
+    gate_init_scale: float = field(
+        default=1.0, metadata={"help": "log_alpha spread per standard deviation of the importance rank (gate_init)."}
+    )
 
     def __post_init__(self) -> None:
         self.l0_config = _l0_config_dict(self.l0_config)
@@ -170,6 +182,11 @@ class L0TrainingArguments(TrainingArguments):
             raise ValueError(f"distill_alpha={self.distill_alpha} must lie in [0, 1] (weight of the logit KL).")
         if self.distill_layer_weight < 0:
             raise ValueError(f"distill_layer_weight={self.distill_layer_weight} must be >= 0.")
+        if self.gate_init not in GATE_INITS:
+            raise ValueError(f"gate_init={self.gate_init!r}: choose one of {', '.join(GATE_INITS)}.")
+        if self.gate_init_batches < 1 or self.gate_init_scale < 0:
+            raise ValueError(f"gate_init_batches={self.gate_init_batches} must be >= 1 and gate_init_scale="
+                             f"{self.gate_init_scale} >= 0.")
         super().__post_init__()
 
     def resolved_l0_config(self) -> L0Config:
@@ -271,6 +288,8 @@ class L0Trainer(Trainer):
             self.teacher.to(self.args.device)
         if self.distiller is not None:
             self.distiller.to(self.args.device)
+        if args.gate_init != "uniform":  # scores the first training batches when training begins
+            self.add_callback(gate_init_callback(self))
 
     # -- optimizer and schedule -----------------------------------------------------------------------------------
     def _gated_model(self) -> nn.Module:

@@ -37,10 +37,14 @@ def out(tmp_path_factory) -> Path:
 def test_accuracy_sparsity_quick(out):
     accuracy_sparsity.main(["--quick", "--output_dir", str(out)])
     data = _check_outputs(out, "accuracy_sparsity")
-    assert {r["method"] for r in data["runs"]} == {"hf_l0", "magnitude"}
+    assert [r["method"] for r in data["runs"]] == ["hf_l0", "magnitude", "fisher", "activation"]
+    assert data["methods"] == ["hf-l0", "magnitude", "fisher", "activation"]
     for r in data["runs"]:
         assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 < r["sparsity"] < 1.0
         assert r["parameters"] < data["dense"]["parameters"]
+    l0 = data["runs"][0]
+    for r in data["runs"][1:]:  # every baseline is cut to the size hf-l0 reached
+        assert abs(r["sparsity"] - l0["sparsity"]) < 0.01 and 0.0 <= r["one_shot_validation_accuracy"] <= 1.0
     assert list((out / "models").glob("hf_l0-*/config.json")), "the compact model for speed.py was not saved"
 
 
@@ -57,8 +61,10 @@ def test_speed_quick(out):
 def test_llm_quick(out):
     llm.main(["--quick", "--output_dir", str(out)])
     data = _check_outputs(out, "llm")
-    assert set(data["models"]) == {"dense", "hf-l0", "magnitude"}
-    assert all(m["perplexity"] > 1.0 and m["tokens_per_second"] > 0 for m in data["models"].values())
+    assert list(data["models"]) == ["dense", "hf-l0", "magnitude", "fisher", "activation"]
+    assert all(m["perplexity"] > 1.0 and m["selection_perplexity"] > 1.0 and m["tokens_per_second"] > 0
+               for m in data["models"].values())
+    assert data["best_baseline"] in ("magnitude", "fisher", "activation") and data["best_baseline_ratio"] > 0
     assert data["budget"]["train_tokens"] > 0
 
 
