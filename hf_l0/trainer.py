@@ -283,10 +283,20 @@ class L0Trainer(Trainer):
         if "betas" in optimizer_kwargs:  # Adam family: the gates get their own beta1 (see gate_adam_beta1)
             groups[2]["betas"] = (self.args.gate_adam_beta1, optimizer_kwargs["betas"][1])
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        # The Trainer zeroes the model's gradients only. The multipliers and layer maps live outside the model: without
+        # this their gradients would add up over all steps (lambda climbing on the sum of past gaps), and a resumed
+        # run, which starts with none, would drift from the uninterrupted one.
+        self.optimizer.register_step_post_hook(self._zero_outside_grads)
         if self.args.log_alpha_clamp is not None:
             c = self.args.log_alpha_clamp
             self.optimizer.register_step_post_hook(GateClamp(self._gated_model(), -c, c))
         return self.optimizer
+
+    def _zero_outside_grads(self, *_args: Any) -> None:
+        modules = [self.controller] + ([self.distiller] if self.distiller is not None else [])
+        for module in modules:
+            for param in module.parameters():
+                param.grad = None
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The Trainer's schedule for weights and gates (a decaying gate rate lets the gates settle on the target);
