@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
+from conftest import make_inputs, make_model, model_output
 from safetensors.torch import load_file, save_file
+from test_hub import compact_model
 
 import hf_l0
-
-from conftest import make_inputs, make_model, model_output
-from test_hub import compact_model
 
 MARKER = "directory_code_ran.txt"
 # Planted in every directory: importing it would leave a marker file next to the weights.
@@ -79,7 +78,7 @@ def first_shard_tensor(d: Path) -> tuple[str, str]:
 
 
 def move_shard_out(d: Path, how: str) -> None:
-    tensor, shard = first_shard_tensor(d)
+    _, shard = first_shard_tensor(d)
     outside = d.parent / f"outside_{d.name}.safetensors"
     shutil.copy(d / shard, outside)
     if how == "relative":
