@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Fill the README's benchmark section (between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->``) from
 the committed results: a headline table built from ``benchmarks/results/*.json``, the plots, and links to the full
-tables (``*.md``). Nothing in the section is typed by hand.
+tables (``*.md``); and the main job's table (between ``<!-- main-job:start -->`` and ``<!-- main-job:end -->``) from
+``benchmarks/results/main_job/summary.json``, the ``summary.json`` that ``scripts/prune_classification.py`` writes
+(copy it there after a run). Nothing in either section is typed by hand.
 
     python benchmarks/update_readme.py             # rewrites README.md in place
     python benchmarks/update_readme.py --check     # exit 1 if README.md is out of date
@@ -23,6 +25,8 @@ from benchmarks.llm import PERPLEXITY_GOAL  # noqa: E402
 from benchmarks.speed import MEMORY_GOAL, SPEEDUP_GOAL, STEP_GOAL  # noqa: E402
 
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+MAIN_START, MAIN_END = "<!-- main-job:start -->", "<!-- main-job:end -->"
+MAIN_JOB_SUMMARY = Path("main_job") / "summary.json"  # under the results directory
 TITLES = {"accuracy_sparsity": "accuracy vs sparsity", "speed": "speed", "llm": "LLM"}
 
 
@@ -99,12 +103,35 @@ def render(results_dir: Path = RESULTS_DIR, link_prefix: str = "benchmarks/resul
     return "\n".join(parts).rstrip()
 
 
-def update(readme_text: str, body: str) -> str:
-    if START not in readme_text or END not in readme_text:
-        raise ValueError(f"README has no {START} ... {END} markers.")
-    head, rest = readme_text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{body}\n{END}{tail}"
+def render_main_job(results_dir: Path = RESULTS_DIR) -> str:
+    """The main job's dense vs pruned table and its run time, from the committed ``summary.json``."""
+    path = results_dir / MAIN_JOB_SUMMARY
+    if not path.is_file():
+        return (f"No committed main-job summary yet: run the command above, copy `outputs/minilm-rotten-tomatoes/"
+                f"summary.json` to `benchmarks/results/{MAIN_JOB_SUMMARY.as_posix()}`, then run "
+                "`python benchmarks/update_readme.py`.")
+    s = json.loads(path.read_text())
+    dense, pruned = s["dense"], s["pruned"]
+    examples = f" ({s['num_examples']:,} reviews)" if "num_examples" in s else ""
+    batch = f"batch {s['latency_batch'][0]} × {s['latency_batch'][1]} tokens, " if "latency_batch" in s else ""
+    rows = [[f"{s['split']} accuracy{examples}", f"{dense['accuracy']:.3f}", f"{pruned['accuracy']:.3f}"],
+            [f"{s['split']} F1", f"{dense['f1']:.3f}", f"{pruned['f1']:.3f}"],
+            ["parameters", f"{s['dense_parameters']:,}", f"{s['pruned_parameters']:,}"],
+            [f"attention + FFN sparsity (target {s['target_sparsity']:.3f})", "0", f"{s['reached_sparsity']:.4f}"],
+            [f"CPU latency, {batch}{s['latency_threads']} threads", f"{s['dense_latency_ms']:.1f} ms",
+             f"{s['pruned_latency_ms']:.1f} ms ({s['speedup']:.2f}×)"]]
+    table = markdown_table(["", "dense", "pruned"], rows)
+    dense_min = (s.get("dense_finetune_seconds") or 0.0) / 60
+    return (f"{table}\n\nThat run took {s['wall_seconds'] / 60:.1f} min (dense stage {dense_min:.1f}, pruning "
+            f"{s['prune_seconds'] / 60:.1f}); numbers from `benchmarks/results/{MAIN_JOB_SUMMARY.as_posix()}`.")
+
+
+def update(readme_text: str, body: str, start: str = START, end: str = END) -> str:
+    if start not in readme_text or end not in readme_text:
+        raise ValueError(f"README has no {start} ... {end} markers.")
+    head, rest = readme_text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         results_dir.resolve().is_relative_to(readme.resolve().parent) else f"{results_dir.resolve().as_posix()}/"
     text = readme.read_text()
     new = update(text, render(results_dir, prefix))
+    if MAIN_START in new:  # the project README has it; a README with only the benchmark section is fine too
+        new = update(new, render_main_job(results_dir), MAIN_START, MAIN_END)
     if args.check:
         if new != text:
             print(f"{readme} is out of date: run python benchmarks/update_readme.py", file=sys.stderr)

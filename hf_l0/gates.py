@@ -64,9 +64,16 @@ class HardConcreteGate(nn.Module):
     def extra_repr(self) -> str:
         return f"shape={tuple(self.log_alpha.shape)}, temperature={self.temperature:.4g}, binary={self.binary}"
 
-    def prob_nonzero(self) -> torch.Tensor:
+    def prob_nonzero(self, log_alpha: torch.Tensor | None = None) -> torch.Tensor:
         """P(z != 0) per entry: the differentiable expected L0 norm contribution."""
-        return torch.sigmoid(self.log_alpha - self.temperature * math.log(-self.limit_left / self.limit_right))
+        log_alpha = self.log_alpha if log_alpha is None else log_alpha
+        return torch.sigmoid(log_alpha - self.temperature * math.log(-self.limit_left / self.limit_right))
+
+    def whole_log_alpha(self) -> torch.Tensor:
+        """``log_alpha`` with every entry: FSDP2 keeps parameters sharded (DTensor) between steps, and the deterministic
+        rule ranks all entries of a gate (gathering is a collective: every rank calls it at the same point)."""
+        log_alpha = self.log_alpha
+        return log_alpha.full_tensor() if hasattr(log_alpha, "full_tensor") else log_alpha
 
     def expected_l0(self) -> torch.Tensor:
         """Expected number of non-zero entries, differentiable in ``log_alpha``."""
@@ -80,7 +87,7 @@ class HardConcreteGate(nn.Module):
     @torch.no_grad()
     def keep_mask(self) -> torch.Tensor:
         """Boolean mask of the entries that survive under the deterministic rule (before the value test)."""
-        log_alpha = self.log_alpha.detach()
+        log_alpha = self.whole_log_alpha().detach()
         if self.keep_per_row is not None:
             rows = log_alpha.reshape(-1, log_alpha.shape[-1])
             k = min(self.keep_per_row, rows.shape[-1])
@@ -89,7 +96,7 @@ class HardConcreteGate(nn.Module):
                 mask.scatter_(-1, rows.topk(k, dim=-1).indices, True)
             return mask.reshape(log_alpha.shape)
         flat = log_alpha.flatten()
-        k = int(torch.round(self.prob_nonzero().detach().sum()).item())
+        k = int(torch.round(self.prob_nonzero(log_alpha).sum()).item())
         mask = torch.zeros_like(flat, dtype=torch.bool)
         if k > 0:
             mask[flat.topk(k).indices] = True
@@ -101,11 +108,12 @@ class HardConcreteGate(nn.Module):
             keep = self.keep_mask()
             if self.binary or self.keep_per_row is not None:
                 return keep.to(self.log_alpha.dtype)
-            value = torch.sigmoid(self.log_alpha) * (self.limit_right - self.limit_left) + self.limit_left
+            log_alpha = self.whole_log_alpha()
+            value = torch.sigmoid(log_alpha) * (self.limit_right - self.limit_left) + self.limit_left
             # A kept entry never falls to 0: below the paper's value it takes CoFi's soft value, which is positive.
             # Otherwise gates crowding at the paper's zero crossing (log_alpha = -2.4, P(z != 0) = 0.31) would all be
             # pruned at once beyond the count, and the deterministic sparsity would jump away from the expected one.
-            soft = torch.sigmoid(self.log_alpha * (SOFT_VALUE_SCALE / self.temperature))
+            soft = torch.sigmoid(log_alpha * (SOFT_VALUE_SCALE / self.temperature))
             return torch.maximum(value.clamp(0.0, 1.0), soft) * keep
 
     def forward(self) -> torch.Tensor:

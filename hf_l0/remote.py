@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import AutoModel
 
-from .compact import checkpoint_files
+from .compact import check_weights, checkpoint_files
 from .surgery import STRUCTURE_KEY, apply_structure
 
 
@@ -49,7 +49,8 @@ def stock_inner_model(config: Any) -> Iterator[None]:
 
 class CompactModelMixin:
     """Mix into a stock transformers model class: builds the compact shapes of ``config.l0_structure`` at
-    ``__init__`` and loads strictly (a missing or mis-shaped tensor is an error, never a random initialisation)."""
+    ``__init__`` and loads strictly (a missing, mis-shaped or wrongly typed tensor is an error, never a random
+    initialisation or a silent cast), with the same checks as ``hf_l0.from_pretrained``."""
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         with stock_inner_model(config):
@@ -62,24 +63,20 @@ class CompactModelMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         path = str(pretrained_model_name_or_path)
-        subfolder = kwargs.get("subfolder") or ""
-        if os.path.isdir(os.path.join(path, subfolder)):
-            checkpoint_files(os.path.join(path, subfolder))
+        where = os.path.join(path, kwargs.get("subfolder") or "")
+        local = os.path.isdir(where)
+        if local:
+            checkpoint_files(where)  # complete safetensors inside the directory, before transformers reads them
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                               **kwargs)
-        where = os.path.join(path, subfolder)
-        prefix = model.base_model_prefix
-        architectures = getattr(model.config, "architectures", None) or []
-        loads_base_of_head = cls.__name__ not in architectures and not hasattr(model, prefix)
-        unexpected = sorted(k for k in info.get("unexpected_keys", ())
-                            if not (loads_base_of_head and not k.startswith(prefix + ".")))
-        problems = [f"missing tensor {k!r}" for k in sorted(info.get("missing_keys", ()))]
-        problems += [f"tensor {k[0]!r}: file {tuple(k[1])} vs model {tuple(k[2])}"
-                     for k in sorted(info.get("mismatched_keys", ()))]
-        problems += [f"unexpected tensor {k!r}" for k in unexpected]
-        problems += [str(m) for m in info.get("error_msgs", ())]
-        if problems:
-            raise ValueError(f"{where}: the weights do not match the structure in config.json "
-                             f"({STRUCTURE_KEY}): " + "; ".join(problems))
+        if local:
+            check_weights(model, where)
+        else:  # a Hub repo: transformers' own report (the files live in its cache)
+            problems = [f"missing tensor {k!r}" for k in sorted(info.get("missing_keys", ()))]
+            problems += [f"tensor {k[0]!r}: file {tuple(k[1])} vs model {tuple(k[2])}"
+                         for k in sorted(info.get("mismatched_keys", ()))]
+            if problems:
+                raise ValueError(f"{where}: the weights do not match the structure in config.json "
+                                 f"({STRUCTURE_KEY}): " + "; ".join(problems))
         return (model, info) if want_info else model

@@ -9,6 +9,7 @@ constant, gradient ascent) and, with layerwise distillation, the learned layer m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -283,6 +284,10 @@ class L0Trainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         # The penalty is added per micro-batch as a batch mean: let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
+        self._pending_shift: list[torch.Tensor] | None = None
+        self._fsdp2 = self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 2
+        if self._fsdp2:
+            self.accelerator.prepare = _keep_outside_params(self.accelerator.prepare, self._outside_params)
         self.controller.to(self.args.device)
         if self.teacher is not None:
             self.teacher.to(self.args.device)
@@ -323,10 +328,26 @@ class L0Trainer(Trainer):
         if "betas" in optimizer_kwargs:  # Adam family: the gates get their own beta1 (see gate_adam_beta1)
             groups[2]["betas"] = (self.args.gate_adam_beta1, optimizer_kwargs["betas"][1])
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        # The Trainer zeroes the model's gradients only. The multipliers and layer maps live outside the model: without
+        # this their gradients would add up over all steps (lambda climbing on the sum of past gaps), and a resumed
+        # run, which starts with none, would drift from the uninterrupted one.
+        self.optimizer.register_step_post_hook(self._zero_outside_grads)
+        self.optimizer.register_step_post_hook(self._apply_pending_shift)
         if self.args.log_alpha_clamp is not None:
             c = self.args.log_alpha_clamp
             self.optimizer.register_step_post_hook(GateClamp(self._gated_model(), -c, c))
         return self.optimizer
+
+    def _outside_params(self) -> set[int]:
+        """ids of the optimized parameters that live outside the model: the multipliers and the layer maps."""
+        modules = [self.controller] + ([self.distiller] if self.distiller is not None else [])
+        return {id(p) for module in modules for p in module.parameters()}
+
+    def _zero_outside_grads(self, *_args: Any) -> None:
+        modules = [self.controller] + ([self.distiller] if self.distiller is not None else [])
+        for module in modules:
+            for param in module.parameters():
+                param.grad = None
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The Trainer's schedule for weights and gates (a decaying gate rate lets the gates settle on the target);
@@ -353,12 +374,37 @@ class L0Trainer(Trainer):
             loss, outputs = self._distillation_loss(model, inputs)
         gated = self._gated_model()
         step = self.state.global_step
-        self.controller.on_step(gated, step, self.state.max_steps)  # once per optimizer step (no-op when repeated)
+        self._step_controller(gated, step)
         sparsity = expected_sparsity(gated)
         penalty = self.controller.penalty(sparsity, step)
         self._accumulate(self.controller.stats(sparsity.detach(), step))
         loss = loss + penalty.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    def _step_controller(self, gated: nn.Module, step: int) -> None:
+        """The controller's once-per-step work (multiplier update, calibration, final-phase snap)."""
+        params = gate_parameters(gated)
+        before = [p.detach().clone() for p in params] if self._fsdp2 else None
+        self.controller.on_step(gated, step, self.state.max_steps)  # a no-op when repeated within the step
+        if before is not None and not any(hasattr(p, "full_tensor") for p in params):
+            # FSDP2: inside the step these are gathered copies, dropped at reshard; add the snap's shift to the shards
+            # after the optimizer step (Adam's update does not depend on the value, so the result is the same)
+            shift = [p.detach() - b for p, b in zip(params, before)]
+            if any(bool(s.any()) for s in shift):
+                self._pending_shift = shift
+
+    def _apply_pending_shift(self, *_args: Any) -> None:
+        if not self._pending_shift:
+            return
+        from torch.distributed.tensor import distribute_tensor
+
+        with torch.no_grad():
+            for param, shift in zip(gate_parameters(self._gated_model()), self._pending_shift):
+                if hasattr(param, "full_tensor"):
+                    param.to_local().add_(distribute_tensor(shift, param.device_mesh, param.placements).to_local())
+                else:
+                    param.add_(shift)
+        self._pending_shift = None
 
     def train(self, *args: Any, **kwargs: Any):
         output = super().train(*args, **kwargs)
@@ -418,10 +464,59 @@ class L0Trainer(Trainer):
         if self.distiller is not None:
             state.update({f"distiller.{k}": v.detach().cpu().contiguous()
                           for k, v in self.distiller.state_dict().items()})
+        if self._fsdp2 and self.optimizer is not None:  # not in FSDP2's sharded optimizer checkpoint
+            optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+            for name, param in self._outside_named_params().items():
+                for key, value in optimizer.state.get(param, {}).items():
+                    if torch.is_tensor(value):
+                        state[f"optimizer.{name}.{key}"] = value.detach().cpu().contiguous()
         return state
 
+    def _outside_named_params(self) -> dict[str, nn.Parameter]:
+        named = {f"controller.{n}": p for n, p in self.controller.named_parameters()}
+        if self.distiller is not None:
+            named.update({f"distiller.{n}": p for n, p in self.distiller.named_parameters()})
+        return named
+
+    @contextlib.contextmanager
+    def _optimizer_without_outside_params(self, restore_state: dict[str, torch.Tensor] | None = None):
+        """FSDP2's sharded optimizer checkpoint (torch.distributed.checkpoint) names every optimized parameter by its
+        place in the model and fails on the multipliers and layer maps: leave them out of it while it is written or
+        read (their optimizer state goes into ``l0_trainer_state.safetensors``, see ``_l0_state``)."""
+        if not self._fsdp2 or self.optimizer is None:
+            yield
+            return
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        ids = self._outside_params()
+        groups = [group["params"] for group in optimizer.param_groups]
+        state = {p: optimizer.state.pop(p) for params in groups for p in params if id(p) in ids and p in optimizer.state}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        try:
+            yield
+        finally:
+            for group, params in zip(optimizer.param_groups, groups):  # by position: loading makes new group dicts
+                kept = iter(group["params"])
+                group["params"] = [p if id(p) in ids else next(kept) for p in params]
+            if restore_state is not None:
+                state = {}
+                for name, param in self._outside_named_params().items():
+                    entries = {k.rsplit(".", 1)[1]: v.to(param.device) for k, v in restore_state.items()
+                               if k.startswith(f"optimizer.{name}.")}
+                    if entries:
+                        state[param] = entries
+            for param, entries in state.items():
+                optimizer.state[param] = entries
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        path = os.path.join(checkpoint, L0_STATE_NAME) if checkpoint else None
+        restore = load_file(path) if self._fsdp2 and path and os.path.isfile(path) else None
+        with self._optimizer_without_outside_params(restore):
+            super()._load_optimizer_and_scheduler(checkpoint)
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
+        with self._optimizer_without_outside_params():
+            super()._save_checkpoint(model, trial)
         if not self.args.should_save:
             return
         folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
@@ -459,11 +554,12 @@ class L0Trainer(Trainer):
             from peft import get_peft_model
 
             model = get_peft_model(model, copy.deepcopy(gated.peft_config[gated.active_adapter]))
-        weights = {k: v for k, v in gated.state_dict().items() if "l0_gates." not in k}
+        # FSDP2 holds sharded DTensors: gather them (a collective: every rank calls save_model / compact_model)
+        weights = {k: _whole(v) for k, v in gated.state_dict().items() if "l0_gates." not in k}
         model.load_state_dict(weights)
-        model.to(device=param.device, dtype=param.dtype)
+        model.to(device=_whole(param).device, dtype=param.dtype)
         patch_model(model, copy.deepcopy(self.l0_config))
-        get_gates(model).load_state_dict(get_gates(gated).state_dict())
+        get_gates(model).load_state_dict({k: _whole(v) for k, v in get_gates(gated).state_dict().items()})
         compact = prune_model(model.eval())
         if self._inference_use_cache is not None:
             compact.config.use_cache = self._inference_use_cache
@@ -479,6 +575,36 @@ class L0Trainer(Trainer):
         if self.args.should_save:
             hub.save_pretrained(compact, output_dir, tokenizer=self.processing_class)
             self.l0_config.save_pretrained(output_dir)  # provenance: how it was gated
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _keep_outside_params(prepare: Any, outside: Any) -> Any:
+    """``accelerator.prepare`` for FSDP2: accelerate swaps every optimizer parameter for the model's sharded one, found
+    by name in the model, and fails on the multipliers (and layer maps), which are not in the model. They stay plain
+    replicated tensors (every rank computes the same expected sparsity from the gathered gates, hence the same
+    gradient): take them out of the optimizer while the model is sharded and put them back."""
+
+    def wrapped(*objects: Any, **kwargs: Any) -> Any:
+        ids = outside()
+        stashed: dict[int, list[list[Any]]] = {}  # position in objects -> each group's original params
+        for i, obj in enumerate(objects):
+            if isinstance(obj, torch.optim.Optimizer):
+                stashed[i] = [group["params"] for group in obj.param_groups]
+                for group in obj.param_groups:
+                    group["params"] = [p for p in group["params"] if id(p) not in ids]
+        result = prepare(*objects, **kwargs)
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        for i, groups in stashed.items():
+            # the prepared optimizer may hold new group dicts (accelerate reloads its state): restore by position
+            for group, params in zip(getattr(outputs[i], "optimizer", outputs[i]).param_groups, groups):
+                kept = iter(group["params"])  # the sharded replacements, in order
+                group["params"] = [p if id(p) in ids else next(kept) for p in params]
+        return result
+
+    return wrapped
 
 
 def _check_gates_in_checkpoint(checkpoint: str) -> None:

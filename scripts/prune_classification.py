@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     latency = compare_latency(teacher, compact, dict(batch), model_args.latency_repeats, model_args.latency_threads)
     dense_params, pruned_params = count_parameters(teacher), count_parameters(compact)
     summary = {
-        "split": final_split, "dense": dense_metrics, "pruned": pruned_metrics, "gated": gated_metrics,
+        "split": final_split, "num_examples": len(tokenized[final_split]),
+        "latency_batch": [len(rows), data_args.max_seq_length], "dense": dense_metrics, "pruned": pruned_metrics, "gated": gated_metrics,
         "target_sparsity": args.target_sparsity, "reached_sparsity": reached,
         "dense_parameters": dense_params, "pruned_parameters": pruned_params, **latency,
         "saved_to": os.path.abspath(args.output_dir) if args.prune_at_end else None,

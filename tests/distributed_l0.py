@@ -8,6 +8,7 @@ difference seen and the final gates are written to OUT_DIR (rank 0).
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,18 @@ import hf_l0
 from hf_l0.trainer import L0Trainer, L0TrainingArguments
 
 GLOBAL_BATCH, STEPS, SEQ = 8, 12, 16
+SAVE_STEPS = int(os.environ.get("L0_SAVE_STEPS", "0"))  # checkpoints (sharded under FSDP) every N steps
+RESUME = os.environ.get("L0_RESUME")  # a checkpoint to resume from
+# FSDP2 (fully_shard per decoder layer + the root) when L0_FSDP=1 is set by the test.
+FSDP_ARGS = dict(fsdp="full_shard auto_wrap", fsdp_config={
+    "version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "reshard_after_forward": True,
+    "state_dict_type": "SHARDED_STATE_DICT"}) if os.environ.get("L0_FSDP") == "1" else {}
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every rank (an FSDP2-sharded DTensor is gathered: a collective, call it on all ranks)."""
+    tensor = tensor.detach()
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 class RankAgreement(TrainerCallback):
@@ -30,7 +43,7 @@ class RankAgreement(TrainerCallback):
 
     def state_vector(self) -> torch.Tensor:
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        gates = [gate.log_alpha.detach().flatten() for gate in hf_l0.get_gates(model).gates().values()]
+        gates = [full(gate.log_alpha).flatten() for gate in hf_l0.get_gates(model).gates().values()]
         multipliers = [p.detach().flatten() for p in self.trainer.controller.parameters()]
         return torch.cat(gates + multipliers).float()
 
@@ -43,7 +56,26 @@ class RankAgreement(TrainerCallback):
             self.max_rank_diff = max(self.max_rank_diff, diff)
 
 
+def allow_fsdp_on_cpu() -> None:
+    """accelerate (1.15) turns FSDP on only for accelerator devices: with processes on the CPU (MULTI_CPU) it drops the
+    plugin and silently runs DDP. Test-only: keep the plugin, so FSDP2 (``fully_shard``) runs over gloo on the CPU."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+
+    AcceleratorState.__init__ = init
+
+
 def main() -> None:
+    if FSDP_ARGS and os.environ.get("L0_FSDP_FORCE") == "1":
+        allow_fsdp_on_cpu()
     out_dir, per_device_batch = Path(sys.argv[1]), int(sys.argv[2])
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -56,22 +88,24 @@ def main() -> None:
     args = L0TrainingArguments(
         output_dir=str(out_dir / "run"), per_device_train_batch_size=per_device_batch, max_steps=STEPS,
         learning_rate=1e-3, target_sparsity=0.5, sparsity_warmup_steps=6, gate_learning_rate=0.2,
-        use_cpu=True, report_to=[], save_strategy="no", logging_steps=100, seed=0, data_seed=0,
-        dataloader_drop_last=True, disable_tqdm=True,
+        use_cpu=True, report_to=[], logging_steps=100, seed=0, data_seed=0,
+        save_strategy="steps" if SAVE_STEPS else "no", save_steps=SAVE_STEPS or 500,
+        dataloader_drop_last=True, disable_tqdm=True, **FSDP_ARGS,
     )
     callback = RankAgreement()
     trainer = L0Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
     callback.trainer = trainer
-    trainer.train()
+    trainer.train(resume_from_checkpoint=RESUME)
+    trainer.save_model(str(out_dir / "compact"))  # the compact model (gathered from the shards under FSDP)
+    gates = {name: full(gate.log_alpha).contiguous()
+             for name, gate in hf_l0.get_gates(trainer.accelerator.unwrap_model(trainer.model)).gates().items()}
     if trainer.accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        gates = {name: gate.log_alpha.detach().contiguous()
-                 for name, gate in hf_l0.get_gates(trainer.accelerator.unwrap_model(trainer.model)).gates().items()}
         gates.update({name: p.detach().reshape(1) for name, p in trainer.controller.named_parameters()})
         save_file(gates, out_dir / "final_gates.safetensors")
         (out_dir / "result.json").write_text(json.dumps({
             "world_size": trainer.accelerator.num_processes, "max_rank_diff": callback.max_rank_diff,
-            "steps": trainer.state.global_step}))
+            "steps": trainer.state.global_step, "fsdp": trainer.is_fsdp_enabled}))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,12 @@ def test_prune_classification_end_to_end(tmp_path, tiny_bert_dir, review_files):
     assert set(summary["dense"]) == {"accuracy", "f1"} and 0.0 <= summary["pruned"]["accuracy"] <= 1.0
     assert (out / "dense" / "config.json").is_file()  # the dense stage ran: the head was new
     assert json.loads((out / "summary.json").read_text())["target_sparsity"] == 0.4
+    # the README's main-job table renders from exactly this file (benchmarks/update_readme.py)
+    (tmp_path / "results" / "main_job").mkdir(parents=True)
+    (tmp_path / "results" / "main_job" / "summary.json").write_bytes((out / "summary.json").read_bytes())
+    from benchmarks.update_readme import render_main_job
+
+    assert f"| {summary['pruned']['accuracy']:.3f} |" in render_main_job(tmp_path / "results")
 
 
 def test_prune_classification_missing_column_fails_before_training(tmp_path, tiny_bert_dir, review_files):

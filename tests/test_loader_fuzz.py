@@ -1,0 +1,241 @@
+"""The strict loader against corrupted and hostile directories: every one is refused with an error that names the
+problem (file and tensor, or config field), and no code from the directory runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from conftest import make_inputs, make_model, model_output
+from safetensors.torch import load_file, save_file
+from test_hub import compact_model
+
+import hf_l0
+
+MARKER = "directory_code_ran.txt"
+# Planted in every directory: importing it would leave a marker file next to the weights.
+PLANTED = f"open(__file__.rsplit('/', 1)[0] + '/{MARKER}', 'w').write('ran')\n"
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    llama = compact_model("llama", "AutoModelForCausalLM")
+    gpt2 = make_model("gpt2")
+    dirs = {"compact": hf_l0.save_pretrained(llama, root / "compact", model_card=False),
+            "sharded": hf_l0.save_pretrained(llama, root / "sharded", model_card=False, max_shard_size="20KB"),
+            "dense": hf_l0.save_pretrained(gpt2, root / "dense", model_card=False)}
+    return dirs, {"compact": llama, "sharded": llama, "dense": gpt2}
+
+
+def weights(d: Path) -> Path:
+    return d / "model.safetensors"
+
+
+def edit_config(d: Path, **changes) -> None:
+    path = d / "config.json"
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        data[key] = value
+    path.write_text(json.dumps(data))
+
+
+def edit_structure(d: Path, change) -> None:
+    path = d / "config.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def edit_tensor(d: Path, name: str, change) -> None:
+    state = load_file(weights(d))
+    state[name] = change(state[name])
+    save_file(state, weights(d), metadata={"format": "pt"})
+
+
+def edit_state(d: Path, change) -> None:
+    state = load_file(weights(d))
+    change(state)
+    save_file(state, weights(d), metadata={"format": "pt"})
+
+
+def edit_index(d: Path, change) -> None:
+    path = d / "model.safetensors.index.json"
+    data = json.loads(path.read_text())
+    change(data["weight_map"])
+    path.write_text(json.dumps(data))
+
+
+def first_shard_tensor(d: Path) -> tuple[str, str]:
+    weight_map = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    return next(iter(weight_map.items()))
+
+
+def move_shard_out(d: Path, how: str) -> None:
+    _, shard = first_shard_tensor(d)
+    outside = d.parent / f"outside_{d.name}.safetensors"
+    shutil.copy(d / shard, outside)
+    if how == "relative":
+        edit_index(d, lambda m: m.update({k: f"../{outside.name}" for k, v in m.items() if v == shard}))
+    elif how == "absolute":
+        edit_index(d, lambda m: m.update({k: str(outside) for k, v in m.items() if v == shard}))
+    else:  # a symbolic link inside the directory that leads out
+        (d / shard).unlink()
+        os.symlink(outside, d / shard)
+
+
+def corrupt_header(d: Path, change) -> None:
+    data = weights(d).read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    change(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    weights(d).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length:])
+
+
+def pickle_only(d: Path) -> None:
+    weights(d).unlink()
+    torch.save({"weights": torch.zeros(2)}, d / "pytorch_model.bin")
+
+
+K = "model.layers.1.self_attn.k_proj.weight"
+UP = "model.embed_tokens.weight"
+W = r".*model\.safetensors"
+# (id, source directory, corruption, expected error type, regex the message must match)
+CASES = [
+    ("truncated-tail", "compact", lambda d: weights(d).write_bytes(weights(d).read_bytes()[:-100]), ValueError,
+     rf"{W}: truncated safetensors file: tensor '.*'"),
+    ("truncated-header", "compact", lambda d: weights(d).write_bytes(weights(d).read_bytes()[:5]), ValueError,
+     rf"{W}: truncated safetensors file \(5 bytes"),
+    ("header-not-json", "compact",
+     lambda d: weights(d).write_bytes(struct.pack("<Q", 4) + b"{{{{" + b"\0" * 16), ValueError,
+     rf"{W}: corrupt safetensors header"),
+    ("header-offsets-lie", "compact", lambda d: corrupt_header(d, lambda h: h[K].update(shape=[1])), ValueError,
+     rf"{W}: corrupt safetensors header: tensor '{K}' .* do not hold its bytes"),
+    ("header-unknown-dtype", "compact", lambda d: corrupt_header(d, lambda h: h[K].update(dtype="PICKLE")),
+     ValueError, rf"{W}: corrupt safetensors header: tensor '{K}'"),
+    ("int8-where-fp32", "compact", lambda d: edit_tensor(d, K, lambda t: t.to(torch.int8)), ValueError,
+     rf"tensor '{K}' in {W} has dtype I8 but .*config\.json declares F32"),
+    ("fp16-where-fp32", "compact", lambda d: edit_tensor(d, UP, lambda t: t.half()), ValueError,
+     rf"tensor '{UP}' in {W} has dtype F16 but .*config\.json declares F32"),
+    ("wrong-shape", "compact", lambda d: edit_tensor(d, K, lambda t: t[:, :-1].contiguous()), ValueError,
+     rf"tensor '{K}' in {W} has shape .* but .*config\.json .* builds"),
+    ("extra-tensor", "compact", lambda d: edit_state(d, lambda s: s.update({"model.evil.weight": torch.zeros(3)})),
+     ValueError, rf"unexpected tensor 'model\.evil\.weight' in {W}"),
+    ("missing-tensor", "compact", lambda d: edit_state(d, lambda s: s.pop(K)), ValueError,
+     rf"missing tensor '{K}' \(expected in {W}\)"),
+    ("index-traversal", "sharded", lambda d: move_shard_out(d, "relative"), ValueError,
+     r"index\.json \(tensor '.*'\) names weights file '\.\./outside_.*', which is outside"),
+    ("index-absolute", "sharded", lambda d: move_shard_out(d, "absolute"), ValueError,
+     r"index\.json \(tensor '.*'\) names weights file '/.*outside_.*', which is outside"),
+    ("symlink-out", "sharded", lambda d: move_shard_out(d, "symlink"), ValueError,
+     r"model-.*\.safetensors \(from .*index\.json.*\) is a symbolic link to .*outside_.*: refused"),
+    ("index-wrong-shard", "sharded",
+     lambda d: edit_index(d, lambda m: m.update({next(iter(m)): sorted(set(m.values()))[-1]})), ValueError,
+     r"lists tensor '.*' in .*model-.*\.safetensors, which does not contain it"),
+    ("negative-heads", "dense", lambda d: edit_config(d, n_head=-4), ValueError,
+     r"config\.json: (n_head|num_attention_heads)=-4 must be a positive int"),
+    ("huge-layers", "compact", lambda d: edit_config(d, num_hidden_layers=10**9), ValueError,
+     r"config\.json: num_hidden_layers=1000000000 must be a positive int of at most \d+"),
+    ("huge-hidden", "dense", lambda d: edit_config(d, n_embd=2**40), ValueError,
+     r"config\.json: (n_embd|hidden_size)=1099511627776 must be a positive int"),
+    ("string-heads", "compact", lambda d: edit_config(d, num_key_value_heads="2"), ValueError,
+     r"config\.json: .*num_key_value_heads"),
+    ("layers-wrong-length", "compact", lambda d: edit_structure(d, lambda c: c["l0_structure"]["layers"].pop()),
+     ValueError, r"config\.l0_structure describes 2 layers but the config builds 3"),
+    ("structure-not-dict", "compact", lambda d: edit_config(d, l0_structure=[1, 2, 3]), ValueError,
+     r"config\.json: l0_structure must be an object, got list"),
+    ("structure-too-wide", "compact",
+     lambda d: edit_structure(d, lambda c: c["l0_structure"]["layers"][0].update(intermediate_size=10**6)),
+     ValueError, r"l0_structure\.layers\[0\]\.intermediate_size=1000000 must be an int in \[0, 37\]"),
+    ("architectures-trainer", "dense", lambda d: edit_config(d, architectures=["Trainer"]), ValueError,
+     r"config\.json: architectures names 'Trainer', which is not a transformers model class of the 'gpt2' family"),
+    ("architectures-other-family", "dense", lambda d: edit_config(d, architectures=["BertModel"]), ValueError,
+     r"architectures names 'BertModel', which is not a transformers model class of the 'gpt2' family"),
+    ("base-architectures-trainer", "compact",
+     lambda d: edit_structure(d, lambda c: c["l0_export"].update(base_architectures=["Trainer"])), ValueError,
+     r"architectures names 'Trainer', which is not a transformers model class of the 'llama' family"),
+    ("architectures-not-list", "dense", lambda d: edit_config(d, architectures="GPT2LMHeadModel"), ValueError,
+     r"architectures='GPT2LMHeadModel' must be a list of class names"),
+    ("pickle-bin-only", "dense", pickle_only, FileNotFoundError, r"pickled weights are never loaded"),
+    ("config-not-json", "dense", lambda d: (d / "config.json").write_text("{'model_type': 'gpt2'"), ValueError,
+     r"config\.json: not valid JSON"),
+    ("unknown-model-type", "dense", lambda d: edit_config(d, model_type="evil"), ValueError,
+     r"model_type 'evil' is not a transformers model type"),
+    ("dtype-not-float", "dense", lambda d: edit_config(d, dtype="int8"), ValueError,
+     r"config\.json: dtype 'int8' is not a floating-point torch dtype"),
+]
+
+
+@pytest.mark.parametrize("name, source, corrupt, error, message", CASES, ids=[c[0] for c in CASES])
+def test_corrupted_directory_is_refused_and_runs_nothing(tmp_path, sources, name, source, corrupt, error, message):
+    d = tmp_path / name
+    shutil.copytree(sources[0][source], d, symlinks=True)
+    for planted in ("modeling_hf_l0.py", "hf_l0_remote.py", "hf_l0_compact.py", "__init__.py"):
+        (d / planted).write_text(PLANTED)
+    corrupt(d)
+    with pytest.raises(error, match=message):
+        hf_l0.from_pretrained(d)
+    assert not (d / MARKER).exists()
+
+
+def test_fuzz_cases_cover_the_list():
+    assert len(CASES) >= 20 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("source", ["compact", "dense"])
+def test_pristine_copies_load(tmp_path, sources, source):
+    """The corruptions above are the only reason for the refusals: untouched copies load and compute the same."""
+    d = tmp_path / source
+    shutil.copytree(sources[0][source], d)
+    inputs = make_inputs()
+    reference = model_output(sources[1][source], inputs)
+    assert torch.allclose(model_output(hf_l0.from_pretrained(d), inputs), reference, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_transformers_without_trust_remote_code_runs_nothing(tmp_path, sources, monkeypatch):
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+    d = tmp_path / "planted"
+    shutil.copytree(sources[0]["compact"], d)
+    (d / "modeling_hf_l0.py").write_text(PLANTED)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        tf.AutoModelForCausalLM.from_pretrained(d)
+    assert not (d / MARKER).exists()
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name", ["int8-where-fp32", "index-traversal", "missing-tensor", "extra-tensor"])
+def test_remote_code_classes_refuse_the_same(tmp_path, sources, monkeypatch, name):
+    """With trust_remote_code the written classes run the same checks (hf_l0.compact.check_weights)."""
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+    _, source, corrupt, error, message = next(c for c in CASES if c[0] == name)
+    d = tmp_path / name
+    shutil.copytree(sources[0][source], d)
+    corrupt(d)
+    with pytest.raises(error, match=message):
+        tf.AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True)
+
+
+def test_explicit_dtype_still_checks_the_file(tmp_path, sources):
+    d = tmp_path / "d"
+    shutil.copytree(sources[0]["dense"], d)
+    assert hf_l0.from_pretrained(d, dtype=torch.bfloat16).transformer.wte.weight.dtype == torch.bfloat16
+    edit_tensor(d, "transformer.wte.weight", lambda t: t.to(torch.int8))
+    with pytest.raises(ValueError, match=r"'transformer\.wte\.weight' .* has dtype I8"):
+        hf_l0.from_pretrained(d, dtype=torch.bfloat16)
+
+
+def test_family_check_accepts_every_head_of_the_family():
+    config = make_model("gpt2").config
+    for cls in (tf.GPT2LMHeadModel, tf.GPT2Model, tf.GPT2ForSequenceClassification):
+        config.architectures = [cls.__name__]
+        assert hf_l0.hub._model_class(config, None) is cls
+    assert hf_l0.hub._model_class(config, tf.AutoModel) is tf.GPT2Model
