@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-
 from helpers import randomize_
 
 VOCAB = 101

@@ -13,11 +13,10 @@ import random
 import time
 
 import torch
+from conftest import TASK_MODELS, make_inputs, make_model
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
-
-from conftest import TASK_MODELS, make_inputs, make_model
 
 TOL = 1e-5
 STRUCTURE_SETS = [dict(zip(("heads", "ffn", "hidden", "layers"), flags))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_inputs, make_model
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
-
-from conftest import make_inputs, make_model
 
 INNER = {"bert": ("AutoModelForSequenceClassification", "bert"), "gpt2": ("AutoModelForCausalLM", "transformer"),
          "llama": ("AutoModelForCausalLM", "model")}
@@ -66,7 +65,7 @@ def test_one_forward_draws_one_sample_for_all_layers(family):
     seen.clear()
     getattr(model, inner)(**inputs)  # a direct call to the inner model draws its own single sample
     assert calls[0] == 2 and len(set(seen)) == 1
-    with pytest.raises(Exception):
+    with pytest.raises(IndexError):
         model(input_ids=torch.full((1, 3), 10_000))  # an error inside the forward must not leave the guard set
     model(**inputs)
     assert calls[0] == 4  # the failed call drew one, this one draws one: the guard was released
@@ -76,10 +75,10 @@ def test_one_forward_draws_one_sample_for_all_layers(family):
 @pytest.mark.parametrize("family, auto_class", [("bert", "AutoModelForSequenceClassification"),
                                                 ("gpt2", "AutoModelForCausalLM"), ("llama", "AutoModelForCausalLM"),
                                                 ("qwen2", "AutoModelForCausalLM")])
-@pytest.mark.parametrize("structures", [dict(heads=False, layers=False), dict(ffn=False, layers=False),
-                                        dict(heads=False, ffn=False, layers=False, hidden=True),
-                                        dict(layers=False, target_heads=1, target_intermediate_size=5),
-                                        dict(heads=True, ffn=True, layers=True)],
+@pytest.mark.parametrize("structures", [{"heads": False, "layers": False}, {"ffn": False, "layers": False},
+                                        {"heads": False, "ffn": False, "layers": False, "hidden": True},
+                                        {"layers": False, "target_heads": 1, "target_intermediate_size": 5},
+                                        {"heads": True, "ffn": True, "layers": True}],
                          ids=["ffn-only", "heads-only", "hidden-only", "uniform", "layers"])
 def test_max_reachable_sparsity_is_what_all_gates_shut_prunes_to(family, auto_class, structures):
     model = make_model(family, auto_class)
