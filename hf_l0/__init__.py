@@ -10,6 +10,7 @@ from .hub import export_plan, from_pretrained, push_to_hub, save_pretrained
 from .patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
 from .prune import build_compact_model, prune_model
 from .size import SizeReport, deterministic_size, expected_size, expected_sparsity, full_size
+from .size import check_target_reachable, max_reachable_sparsity
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "SizeReport",
     "activation_scores",
     "build_compact_model",
+    "check_target_reachable",
     "deterministic_size",
     "expected_size",
     "expected_sparsity",
@@ -38,6 +40,7 @@ __all__ = [
     "is_patched",
     "magnitude_prune",
     "magnitude_scores",
+    "max_reachable_sparsity",
     "patch_model",
     "prune_model",
     "push_to_hub",

@@ -42,6 +42,7 @@ class L0Gates(nn.Module):
             self.hidden = HardConcreteGate(hidden_size, binary=True, **kwargs)
             self.hidden.keep_per_row = config.target_hidden_size
         self._values: dict[str, torch.Tensor] = {}
+        self._depth = 0  # patched forwards running now (the outermost draws the sample, see _refresh_gates)
 
     def gates(self) -> dict[str, HardConcreteGate]:
         return {name: module for name, module in self.named_children() if isinstance(module, HardConcreteGate)}
@@ -166,17 +167,26 @@ def _hidden_norm(gates: L0Gates) -> Callable:
     return hook
 
 
-def _refresh_gates(gates: L0Gates, hooked: dict[str, nn.Module]) -> Callable:
+def _refresh_gates(gates: L0Gates, root: nn.Module, hooked: dict[str, nn.Module]) -> tuple[Callable, Callable]:
+    """Hooks for every module a user may call directly (the task model and the base model inside it): the outermost
+    one that runs draws the gate sample (or the eval-mode values) for its whole forward; nested ones reuse it. So a
+    direct ``model.model(...)`` in eval mode never sees the last training sample, and one forward is one sample."""
     def pre_hook(module, args):
+        gates._depth += 1
+        if gates._depth > 1:
+            return
         for path, hooked_module in hooked.items():
-            if module.get_submodule(path) is not hooked_module:
+            if root.get_submodule(path) is not hooked_module:
                 raise RuntimeError(
                     f"{path} was replaced after hf_l0.patch_model (e.g. by peft.get_peft_model), so the L0 gates no "
                     "longer see its whole output. Call patch_model after get_peft_model, on the peft model."
                 )
         gates.refresh()
 
-    return pre_hook
+    def hook(module, args, output):  # registered with always_call: runs after an error too (pre-hook's included)
+        gates._depth = max(gates._depth - 1, 0)
+
+    return pre_hook, hook
 
 
 def _register(adapter: ArchAdapter, gates: L0Gates, config: L0Config) -> list:
@@ -203,7 +213,10 @@ def _register(adapter: ArchAdapter, gates: L0Gates, config: L0Config) -> list:
     hooked_ids = {handle.id for handle in handles}
     hooked = {path: module for path, module in adapter.model.named_modules()
               if hooked_ids & (set(module._forward_hooks) | set(module._forward_pre_hooks))}
-    handles.append(adapter.model.register_forward_pre_hook(_refresh_gates(gates, hooked)))
+    pre_hook, hook = _refresh_gates(gates, adapter.model, hooked)
+    for entry in dict.fromkeys((adapter.model, adapter.base)):  # the base model is the task model itself for AutoModel
+        handles.append(entry.register_forward_pre_hook(pre_hook))
+        handles.append(entry.register_forward_hook(hook, always_call=True))
     return handles
 
 

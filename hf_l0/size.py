@@ -45,6 +45,14 @@ def _probabilities(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
         return {}
     if mode == "expected":
         return {name: gate.prob_nonzero().double() for name, gate in gates.gates().items()}
+    if mode == "minimum":  # every gate shut, except the entries a uniform target (keep_per_row) must keep
+        minimum = {}
+        for name, gate in gates.gates().items():
+            value = torch.zeros_like(gate.log_alpha, dtype=torch.float64)
+            if gate.keep_per_row is not None:
+                value[..., :min(gate.keep_per_row, value.shape[-1])] = 1.0
+            minimum[name] = value.detach()
+        return minimum
     return {name: (value != 0).double() for name, value in gates.deterministic().items()}
 
 
@@ -115,3 +123,30 @@ def expected_sparsity(model: nn.Module, deterministic: bool = False) -> torch.Te
     """1 - remaining / full size of the attention + FFN blocks (differentiable unless ``deterministic``)."""
     size = deterministic_size(model) if deterministic else expected_size(model)
     return 1.0 - size.prunable / full_size(model).prunable
+
+
+def max_reachable_sparsity(model: nn.Module) -> float:
+    """The largest sparsity (of the attention + FFN blocks) that the model's gates can reach with every gate shut.
+
+    Layer gates can remove everything (1.0). Without them some parameters always stay: heads-only gates keep the FFN,
+    FFN-only gates keep attention, hidden-only gates keep the input projections' biases, and uniform targets
+    (``target_heads`` ...) keep their counts. Sizes only grow with each gate, so all-shut is the minimum.
+    """
+    return float(1.0 - _size(model, "minimum").prunable / full_size(model).prunable)
+
+
+def check_target_reachable(model: nn.Module, target_sparsity: float) -> None:
+    """Raise a ``ValueError`` before training when the gated structures cannot remove ``target_sparsity`` of the
+    attention + FFN parameters (the Lagrangian would otherwise end far below the target without a word).
+
+    :class:`hf_l0.L0Trainer` calls it after patching; call it in a custom loop right after :func:`hf_l0.patch_model`.
+    """
+    maximum = max_reachable_sparsity(model)
+    if target_sparsity > maximum + 1e-12:
+        structures = ", ".join(get_gates(model).gates())
+        raise ValueError(
+            f"target_sparsity={target_sparsity} cannot be reached: with gates on {structures} this model can lose at "
+            f"most {maximum:.4f} of its attention + FFN parameters (every gate shut). Gate more structures (layers "
+            f"or hidden remove what heads / FFN gates cannot; drop uniform targets like target_heads) or lower "
+            f"target_sparsity to at most {maximum:.4f}."
+        )

@@ -31,7 +31,7 @@ from .gate_init import GATE_INITS, gate_init_callback
 from .lagrangian import GateClamp, LagrangianController, gate_parameters
 from .patch import get_gates, is_patched, patch_model, transformers_model
 from .prune import prune_model
-from .size import expected_sparsity
+from .size import check_target_reachable, expected_sparsity
 
 L0_STATE_NAME = "l0_trainer_state.safetensors"
 STAT_KEYS = ("expected_sparsity", "target_sparsity", "lambda_1", "lambda_2", "lagrangian_loss", "target_offset")
@@ -254,6 +254,7 @@ class L0Trainer(Trainer):
         else:
             config = l0_config if l0_config is not None else args.resolved_l0_config()
             patch_model(model, config)  # raises a clear error for a model type without an adapter
+        check_target_reachable(model, args.target_sparsity)  # before any training step: say what is reachable
         self.l0_config = config
         self.controller = LagrangianController(
             args.target_sparsity, warmup_steps=args.sparsity_warmup_steps, calibration_rate=args.sparsity_calibration_rate,

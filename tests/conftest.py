@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
+from helpers import randomize_
 
 VOCAB = 101
 
@@ -48,13 +49,17 @@ TASK_MODELS = [
 ]
 
 
-def make_model(family: str, auto_class: str = "AutoModelForCausalLM", attn: str = "eager", seed: int = 0):
+def make_model(family: str, auto_class: str = "AutoModelForCausalLM", attn: str = "eager", seed: int = 0,
+               randomize: bool = True):
+    """A tiny random model in eval mode; ``randomize`` gives it random biases, norm parameters and embeddings."""
     torch.manual_seed(seed)
     config = CONFIGS[family]()
     config._attn_implementation = attn
     if auto_class in ("AutoModelForSequenceClassification", "AutoModelForTokenClassification"):
         config.num_labels = 3
     model = getattr(tf, auto_class).from_config(config)
+    if randomize:
+        randomize_(model, seed)
     return model.eval()
 
 

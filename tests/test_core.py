@@ -9,7 +9,7 @@ from hf_l0 import L0Config, patch_model, prune_model, unpatch_model
 
 from conftest import DECODERS, ENCODERS, TASK_MODELS, make_inputs, make_model, model_output
 
-TOL = 1e-4
+TOL = 1e-5
 
 
 def randomize_gates(model, seed: int = 0, closed_attention_layer: int = 0, closed_ffn_layer: int = 1) -> None:

@@ -1,0 +1,36 @@
+"""Test helpers that make tiny random models sensitive to the mistakes a default init hides."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every bias, norm weight / bias and embedding of ``model`` random values, in place.
+
+    The default init of the tiny test models has zero biases and unit norm weights: with those, a missing bias
+    correction or a wrong norm slice changes the output by ~1e-7 and slips under any tolerance. Random values make
+    such a mistake cost ~1e-1 while the exact computations stay ~1e-6 apart in fp32.
+    """
+    generator = torch.Generator().manual_seed(seed)
+
+    def normal(tensor: torch.Tensor, mean: float, std: float) -> None:
+        tensor.copy_(mean + std * torch.randn(tensor.shape, generator=generator, dtype=torch.float32))
+
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen or "log_alpha" in name:
+            continue
+        seen.add(id(param))
+        leaf = name.rsplit(".", 1)[-1]
+        owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        is_norm = "norm" in type(owner).__name__.lower() or "LayerNorm" in name or ".ln_" in f".{name}"
+        if leaf == "bias":
+            normal(param, 0.0, 0.5 if is_norm else 0.2)
+        elif is_norm and leaf == "weight":
+            normal(param, 1.0, 0.3)
+        elif isinstance(owner, nn.Embedding):
+            normal(param, 0.0, 0.5)
+    return model
