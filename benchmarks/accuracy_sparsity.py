@@ -56,10 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=1e-4, help="weights' rate in pruning and baseline runs")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_length", type=int, default=64)
-    p.add_argument("--gate_learning_rate", type=float, default=0.5,
-                   help="hf-l0 gates' log_alpha rate. 0.5, not the library's 0.1: with 100 steps the gates must move "
-                   "5x faster to rank the structures before the final phase (chosen on validation accuracy, "
-                   "benchmarks/results/diagnostics)")
+    p.add_argument("--gate_learning_rate", type=float, default=None,
+                   help="hf-l0 gates' log_alpha rate (default: the library's, 25 / sparsity warm-up steps)")
     p.add_argument("--sparsity_warmup_ratio", type=float, default=0.5, help="see L0TrainingArguments")
     p.add_argument("--sparsity_final_phase_ratio", type=float, default=0.1, help="see L0TrainingArguments")
     p.add_argument("--distill_layerwise", action="store_true", help="hf-l0 adds CoFi's layerwise loss")
@@ -166,8 +164,8 @@ def table(results: dict[str, Any]) -> str:
             f"reviews); dense fine-tuning: {budget['dense_steps'] or 'reused'} steps, then "
             f"{budget['prune_steps']} steps per pruning / baseline run (batch {budget['batch_size']}, max length "
             f"{budget['max_length']}, learning rate {budget['learning_rate']}, gate learning rate "
-            f"{budget.get('gate_learning_rate', 0.1)}). Baselines: one-shot importance pruning to hf-l0's size, then "
-            "the same distillation and steps.\n\n")
+            f"{budget.get('gate_learning_rate') or 'the default'}). Baselines: one-shot importance pruning to hf-l0's "
+            "size, then the same distillation and steps.\n\n")
     names = {"hf_l0": "hf-l0", "magnitude": "magnitude", "fisher": "Fisher", "activation": "activation"}
     return head + markdown_table(["target", "reached sparsity", *(f"{names[m]} acc" for m in methods), "params",
                                   "hf-l0 / dense", "hf-l0 > best baseline (by validation)"], rows)

@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--block_size", type=int, default=128)
     p.add_argument("--learning_rate", type=float, default=1e-4)
-    p.add_argument("--gate_learning_rate", type=float, default=0.1, help="hf-l0 gates' log_alpha rate")
+    p.add_argument("--gate_learning_rate", type=float, default=None,
+                   help="hf-l0 gates' log_alpha rate (default: the library's, 25 / sparsity warm-up steps)")
     p.add_argument("--distill_alpha", type=float, default=0.5)
     p.add_argument("--distill_temperature", type=float, default=1.0)
     p.add_argument("--eval_blocks", type=int, default=64, help="validation blocks for perplexity")

@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 import hf_l0
 from hf_l0 import assets
 from hf_l0.hub import save_pretrained
-from hf_l0.lagrangian import GateClamp, LagrangianController, l0_param_groups
+from hf_l0.lagrangian import LagrangianController, l0_param_groups
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default=str(assets.minilm_dir()))
@@ -37,29 +37,30 @@ loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=DataCollatorWi
 
 model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
 hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True, layers=True))  # gates: model.l0_gates
-controller = LagrangianController(args.target_sparsity, warmup_steps=args.steps // 2)
-optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=5e-5, gate_lr=0.1, lagrangian_lr=0.1))
-clamp = GateClamp(model)
-model, controller, optimizer, loader = accelerator.prepare(model, controller, optimizer, loader)
+hf_l0.check_target_reachable(model, args.target_sparsity)  # refuses a target the gated structures cannot reach
+# The same controller L0Trainer runs: PI multiplier update, warm-up schedule, final-phase snap (last 10% of steps).
+controller = LagrangianController(args.target_sparsity, warmup_steps=args.steps // 2, final_phase_ratio=0.1)
+optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=5e-5, gate_lr=0.1))
+model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
 step = 0
 while step < args.steps:
     for batch in loader:
+        measured = controller.on_step(accelerator.unwrap_model(model), step, args.steps)  # once per optimizer step
         sparsity = hf_l0.expected_sparsity(accelerator.unwrap_model(model))
         loss = model(**batch).loss + controller(sparsity)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()
-        clamp()
-        accelerator.unwrap_model(controller).step()
         step += 1
         if step % 50 == 0 or step == args.steps:
-            accelerator.print(f"step {step}: loss {loss.item():.3f}, expected sparsity {sparsity.item():.3f}")
+            accelerator.print(f"step {step}: loss {loss.item():.3f}, target {controller.target(step):.3f}, "
+                              f"deterministic sparsity {measured['deterministic_sparsity']:.3f}")
         if step == args.steps:
             break
 
 model = accelerator.unwrap_model(model).eval()
-reached = hf_l0.expected_sparsity(model, deterministic=True).item()
+reached = controller.finish(model)  # pins the deterministic sparsity once more after the last step
 dense_params = model.num_parameters() - sum(p.numel() for p in hf_l0.get_gates(model).parameters())
 compact = hf_l0.prune_model(model)
 accelerator.print(f"sparsity {reached:.3f} (target {args.target_sparsity}); "

@@ -36,7 +36,9 @@ class LagrangianController(nn.Module):
 
     ``multiplier_update="pi"`` (default) updates ``lambda_1`` itself, once per optimizer step in :meth:`on_step`, with
     a proportional-integral rule on the measured constraint violation ``e = s - t`` (Sohrabi et al., 2024, "On PI
-    controllers for updating Lagrange multipliers"): ``lambda_1 = kp * e + I`` with ``I += ki * e``. The proportional
+    controllers for updating Lagrange multipliers"): ``lambda_1 = (kp * e + I) / gate_lr`` with ``I += ki * e``. The
+    gains are divided by the gates' learning rate because the gates' response to the multiplier grows with it: one
+    pair of gains then serves short runs (fast gates) and long ones (slow gates) alike. The proportional
     term brakes as soon as the sparsity crosses the schedule, where plain gradient ascent keeps pushing until the
     multiplier has wound back down (the overshoot-and-revive cycles of CoFi's controller at short budgets). ``e``
     is measured on the sparsity the run will deliver, the *deterministic* one (what :func:`hf_l0.prune_model`
@@ -49,8 +51,9 @@ class LagrangianController(nn.Module):
     """
 
     def __init__(self, target_sparsity: float, warmup_steps: int = 0, start_sparsity: float = 0.0,
-                 calibration_rate: float = 0.0, *, multiplier_update: str = "pi", proportional_gain: float = 200.0,
-                 integral_gain: float = 20.0, final_phase_ratio: float = 0.0, error_signal: str = "deterministic") -> None:
+                 calibration_rate: float = 0.0, *, multiplier_update: str = "pi", proportional_gain: float = 20.0,
+                 integral_gain: float = 2.0, gate_learning_rate: float = 0.1, final_phase_ratio: float = 0.0,
+                 error_signal: str = "deterministic") -> None:
         super().__init__()
         if not 0.0 < target_sparsity < 1.0:
             raise ValueError(f"target_sparsity={target_sparsity} is impossible: it is the fraction of the prunable "
@@ -65,6 +68,8 @@ class LagrangianController(nn.Module):
             raise ValueError(f"multiplier_update={multiplier_update!r}: choose one of {', '.join(MULTIPLIER_UPDATES)}.")
         if proportional_gain < 0 or integral_gain < 0:
             raise ValueError(f"proportional_gain={proportional_gain} and integral_gain={integral_gain} must be >= 0.")
+        if gate_learning_rate <= 0:
+            raise ValueError(f"gate_learning_rate={gate_learning_rate} must be > 0 (the gates' optimizer rate).")
         if not 0.0 <= final_phase_ratio < 1.0:
             raise ValueError(f"final_phase_ratio={final_phase_ratio} must lie in [0, 1).")
         if error_signal not in ("deterministic", "expected"):
@@ -76,6 +81,7 @@ class LagrangianController(nn.Module):
         self.multiplier_update = multiplier_update
         self.proportional_gain = float(proportional_gain)
         self.integral_gain = float(integral_gain)
+        self.gate_learning_rate = float(gate_learning_rate)
         self.final_phase_ratio = float(final_phase_ratio)
         self.error_signal = error_signal
         ascent = multiplier_update == "ascent"
@@ -132,8 +138,9 @@ class LagrangianController(nn.Module):
                 measured = deterministic if self.error_signal == "deterministic" else expected
                 error = measured - self.target(step)
                 self.integral += self.integral_gain * error
-                self.lambda_1.fill_(self.proportional_gain * error + float(self.integral))
-            self.calibrate(deterministic, step)
+                self.lambda_1.fill_((self.proportional_gain * error + float(self.integral)) / self.gate_learning_rate)
+            if self.multiplier_update == "ascent":  # pi measures the deterministic sparsity itself
+                self.calibrate(deterministic, step)
             if max_steps is not None and self.in_final_phase(step, max_steps):
                 deterministic = snap_to_target(model, self.target_sparsity)
                 expected = float(expected_sparsity(model))
@@ -193,7 +200,8 @@ class LagrangianController(nn.Module):
         return {"target_sparsity": self.target_sparsity, "warmup_steps": self.warmup_steps,
                 "start_sparsity": self.start_sparsity, "calibration_rate": self.calibration_rate,
                 "multiplier_update": self.multiplier_update, "proportional_gain": self.proportional_gain,
-                "integral_gain": self.integral_gain, "final_phase_ratio": self.final_phase_ratio,
+                "integral_gain": self.integral_gain, "gate_learning_rate": self.gate_learning_rate,
+                "final_phase_ratio": self.final_phase_ratio,
                 "error_signal": self.error_signal}
 
 

@@ -34,6 +34,9 @@ from .prune import prune_model
 from .size import check_target_reachable, expected_sparsity
 
 L0_STATE_NAME = "l0_trainer_state.safetensors"
+# Default gate learning rate: this many log_alpha units over the sparsity warm-up, clipped to GATE_LR_RANGE.
+GATE_LR_PER_WARMUP_STEPS = 25.0
+GATE_LR_RANGE = (0.05, 1.0)
 STAT_KEYS = ("expected_sparsity", "target_sparsity", "lambda_1", "lambda_2", "lagrangian_loss", "target_offset")
 
 
@@ -56,10 +59,12 @@ class L0TrainingArguments(TrainingArguments):
         metadata={"help": "Fraction of the training steps over which the target rises from 0, when "
                   "--sparsity_warmup_steps is 0. The remaining steps hold the target so the gates settle on it."},
     )
-    gate_learning_rate: float = field(
-        default=0.1,
-        metadata={"help": "Learning rate of the gates' log_alpha (own param group, no weight decay). Short runs need "
-                  "more: at 100 steps or fewer, 0.5 ranked structures far better (benchmarks/results/diagnostics)."}
+    gate_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the gates' log_alpha (own param group, no weight decay). Default: "
+                  f"{GATE_LR_PER_WARMUP_STEPS:g} / sparsity warm-up steps, within [{GATE_LR_RANGE[0]}, "
+                  f"{GATE_LR_RANGE[1]}]: the gates must cross from open to closed within the warm-up, so short runs "
+                  "need a higher rate (0.5 at 50 warm-up steps, 0.17 at 150)."}
     )
     gate_adam_beta1: float = field(
         default=0.0,
@@ -77,12 +82,14 @@ class L0TrainingArguments(TrainingArguments):
                   "gradient ascent by the optimizer, which overshoots at short budgets).", "choices": ["pi", "ascent"]},
     )
     controller_proportional_gain: float = field(
-        default=200.0,
-        metadata={"help": "pi controller: lambda_1 per unit of sparsity error (the brake when the schedule is crossed)."},
+        default=20.0,
+        metadata={"help": "pi controller: lambda_1 x gate learning rate per unit of sparsity error (the brake when "
+                  "the schedule is crossed)."},
     )
     controller_integral_gain: float = field(
-        default=20.0,
-        metadata={"help": "pi controller: lambda_1 added per step per unit of sparsity error (removes the lag)."},
+        default=2.0,
+        metadata={"help": "pi controller: lambda_1 x gate learning rate added per step per unit of sparsity error "
+                  "(removes the lag)."},
     )
     controller_error_signal: str = field(
         default="deterministic",
@@ -104,8 +111,9 @@ class L0TrainingArguments(TrainingArguments):
     )
     sparsity_calibration_rate: float = field(
         default=0.05,
-        metadata={"help": "After the warmup, shift the expected-sparsity target by this rate x (target - "
-                  "deterministic sparsity) per step, so the pruned model lands on the target (0 = off)."},
+        metadata={"help": "ascent controller: after the warmup, shift the expected-sparsity target by this rate x "
+                  "(target - deterministic sparsity) per step, so the pruned model lands on the target (0 = off). The "
+                  "pi controller measures the deterministic sparsity itself and ignores it."},
     )
     sparsity_final_phase_ratio: float = field(
         default=0.1,
@@ -169,7 +177,7 @@ class L0TrainingArguments(TrainingArguments):
         if not 0.0 <= self.sparsity_warmup_ratio <= 1.0:
             raise ValueError(f"sparsity_warmup_ratio={self.sparsity_warmup_ratio} must lie in [0, 1].")
         for name in ("gate_learning_rate", "lagrangian_learning_rate", "distill_temperature"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0.")
         if not 0.0 <= self.sparsity_final_phase_ratio < 1.0:
             raise ValueError(f"sparsity_final_phase_ratio={self.sparsity_final_phase_ratio} must lie in [0, 1).")
@@ -313,7 +321,7 @@ class L0Trainer(Trainer):
         groups = [
             {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
             {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
-            {"params": gates, "lr": self.args.gate_learning_rate, "weight_decay": 0.0},
+            {"params": gates, "lr": self._resolve_gate_learning_rate(self.state.max_steps), "weight_decay": 0.0},
             {"params": list(self.controller.parameters()), "lr": self.args.lagrangian_learning_rate,
              "weight_decay": 0.0},
         ]
@@ -350,11 +358,22 @@ class L0Trainer(Trainer):
             for param in module.parameters():
                 param.grad = None
 
+    def _resolve_gate_learning_rate(self, num_training_steps: int) -> float:
+        """Fix the warm-up length (from the ratio unless given in steps) and the gates' learning rate (from the
+        warm-up unless given); the PI controller's gains are relative to that rate."""
+        if not self.args.sparsity_warmup_steps:
+            self.controller.warmup_steps = math.ceil(self.args.sparsity_warmup_ratio * max(num_training_steps, 1))
+        rate = self.args.gate_learning_rate
+        if rate is None:
+            low, high = GATE_LR_RANGE
+            rate = min(high, max(low, GATE_LR_PER_WARMUP_STEPS / max(self.controller.warmup_steps, 1)))
+        self.controller.gate_learning_rate = float(rate)
+        return float(rate)
+
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The Trainer's schedule for weights and gates (a decaying gate rate lets the gates settle on the target);
         the multipliers keep a constant rate so the constraint holds to the last step."""
-        if not self.args.sparsity_warmup_steps:
-            self.controller.warmup_steps = math.ceil(self.args.sparsity_warmup_ratio * num_training_steps)
+        self._resolve_gate_learning_rate(num_training_steps)
         created = self.lr_scheduler is None
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if created and isinstance(scheduler, LambdaLR):

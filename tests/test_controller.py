@@ -16,6 +16,9 @@ from hf_l0.trainer import L0Trainer, L0TrainingArguments
 VOCAB = 101
 STEPS = 150
 BAND = 0.03  # |deterministic sparsity - scheduled target| allowed after the first 10% of the steps
+# This random task leaves most units useless, so the gates crowd and move together: the default rate for a 75-step
+# warm-up (0.33) makes them cross a whole head's share per step; 0.1 lets the band measure the controller.
+GATE_LR = 0.1
 
 
 def _model() -> tf.BertForSequenceClassification:
@@ -53,7 +56,7 @@ def _train(output_dir, target: float, controller: str) -> tuple[L0Trainer, list[
         output_dir=str(output_dir), target_sparsity=target, l0_structures="heads,ffn", max_steps=STEPS,
         per_device_train_batch_size=16, learning_rate=1e-3, save_strategy="no", report_to="none", disable_tqdm=True,
         seed=0, use_cpu=True, sparsity_controller=controller, sparsity_final_phase_ratio=0.0,
-        sparsity_calibration_rate=0.0)
+        sparsity_calibration_rate=0.0, gate_learning_rate=GATE_LR)
     trajectory = _Trajectory()
     trainer = L0Trainer(model=_model(), args=args, train_dataset=_dataset(), callbacks=[trajectory])
     trajectory.trainer = trainer
@@ -95,8 +98,8 @@ def test_custom_loop_and_trainer_share_the_controller(tmp_path_factory):
     model = _model()
     hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True))
     model.train()
-    controller = LagrangianController(target, warmup_steps=trainer.controller.warmup_steps)
-    optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=1e-3, gate_lr=0.1, lagrangian_lr=0.0))
+    controller = LagrangianController(target, warmup_steps=trainer.controller.warmup_steps, gate_learning_rate=GATE_LR)
+    optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=1e-3, gate_lr=GATE_LR))
     loader = torch.utils.data.DataLoader(_dataset().with_format("torch"), batch_size=16, shuffle=True)
     step = 0
     while step < STEPS:
