@@ -32,6 +32,7 @@ from .lagrangian import GateClamp, LagrangianController, gate_parameters
 from .patch import get_gates, is_patched, patch_model, transformers_model
 from .prune import prune_model
 from .size import check_target_reachable, expected_sparsity
+from .trajectory import trajectory_from_log_history, write_sparsity_trajectory
 
 L0_STATE_NAME = "l0_trainer_state.safetensors"
 # Default gate learning rate: this many log_alpha units over the sparsity warm-up, clipped to GATE_LR_RANGE.
@@ -429,6 +430,10 @@ class L0Trainer(Trainer):
     def train(self, *args: Any, **kwargs: Any):
         output = super().train(*args, **kwargs)
         self.controller.finish(self._gated_model())  # the last optimizer step moved the gates once more
+        rows = trajectory_from_log_history(self.state.log_history)
+        if rows and self.args.should_save:
+            title = f"target {self.args.target_sparsity}, {self.args.sparsity_controller} controller"
+            write_sparsity_trajectory(rows, self.args.output_dir, self.state.max_steps, title=title)
         return output
 
     def _distillation_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:

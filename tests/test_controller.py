@@ -3,6 +3,9 @@ warm-up schedule and lands on the target, in L0Trainer and in a plain loop alike
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import transformers as tf
@@ -54,7 +57,7 @@ def _train(output_dir, target: float, controller: str) -> tuple[L0Trainer, list[
     torch.set_num_threads(1)
     args = L0TrainingArguments(
         output_dir=str(output_dir), target_sparsity=target, l0_structures="heads,ffn", max_steps=STEPS,
-        per_device_train_batch_size=16, learning_rate=1e-3, save_strategy="no", report_to="none", disable_tqdm=True,
+        per_device_train_batch_size=16, learning_rate=1e-3, logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True,
         seed=0, use_cpu=True, sparsity_controller=controller, sparsity_final_phase_ratio=0.0,
         sparsity_calibration_rate=0.0, gate_learning_rate=GATE_LR)
     trajectory = _Trajectory()
@@ -133,3 +136,15 @@ def test_on_step_updates_the_multiplier_once_per_step_and_state_round_trips():
     assert restored.lambda_1.item() == controller.lambda_1.item()
     assert float(restored.integral) == float(controller.integral) and int(restored.updated_step) == 6
     assert not any(p.requires_grad for p in controller.parameters())  # pi: no optimizer touches the multipliers
+
+
+def test_trainer_writes_the_sparsity_trajectory(tmp_path_factory):
+    trainer, points = _pi_run(tmp_path_factory, 0.5)
+    out = Path(trainer.args.output_dir)
+    summary = json.loads((out / "sparsity_trajectory.json").read_text())
+    assert [row["step"] for row in summary["rows"]] == [step for step, _, _ in points]  # one row per log, every 10
+    for row, (step, target, deterministic) in zip(summary["rows"], points):
+        assert row["target_sparsity"] == pytest.approx(target) and row["deterministic_sparsity"] == pytest.approx(
+            deterministic)
+    assert summary["max_gap_after_10_percent"] == pytest.approx(_worst_gap(points))
+    assert (out / "sparsity_trajectory.png").stat().st_size > 10_000
