@@ -54,7 +54,7 @@ def __getattr__(name: str):
 
         return export_onnx
     if name == "export_gguf":
-        from .deploy.gguf import export_gguf
+        from .deploy.gguf_export import export_gguf
 
         return export_gguf
     raise AttributeError(f"module 'hf_l0' has no attribute {name!r}")
