@@ -73,3 +73,21 @@ def test_failed_check_writes_nothing(tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())
     torch.testing.assert_close(compact(input_ids=torch.tensor([[3, 4]])).last_hidden_state.shape[-1],
                                compact.config.l0_structure["hidden_size"])
+
+
+def test_onnx_speed_benchmark_quick(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import common, onnx_speed
+
+    onnx_speed.main(["--quick", "--threads", "1", "--output_dir", str(tmp_path)])
+    data = json.loads((tmp_path / "onnx_speed.json").read_text())
+    assert data["quick"] is True and common.finite_numbers(data) and "QUICK" in (tmp_path / "onnx_speed.md").read_text()
+    assert {row["batch_size"] for row in data["latency"]} == {1, 32}
+    for row in data["latency"]:
+        assert row["max_abs_diff_dense"] <= TOL and row["max_abs_diff_compact"] <= TOL
+        assert row["dense_ms"] > 0 and row["compact_ms"] > 0 and row["flops_speedup"] > 1
+    assert data["parameters"]["compact"] < data["parameters"]["dense"]
