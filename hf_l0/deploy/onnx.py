@@ -168,7 +168,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_names: Seque
                 batch, sequence = Dim("batch"), Dim("sequence")
                 torch.onnx.export(forward, tuple(traced.values()), str(tmp), dynamo=True, opset_version=max(opset, 18),
                                   input_names=names, output_names=[output_name],
-                                  dynamic_shapes=tuple({0: batch, 1: sequence} for _ in names))
+                                  dynamic_shapes=(tuple({0: batch, 1: sequence} for _ in names),))  # *tensors
             else:
                 dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in names}
                 dynamic_axes[output_name] = output_axes
