@@ -121,11 +121,13 @@ def test_gguf_reads_back_and_computes_the_compact_model(tmp_path, family):
     # Tensor values: layout and rotary permutation undone give back the compact weights.
     attn = compact.model.layers[1].self_attn
     assert w["blk.1.attn_q.weight"].shape == tuple(attn.q_proj.weight.shape)
-    np.testing.assert_array_equal(unpermute(w["blk.1.attn_q.weight"], expected_heads[1]), attn.q_proj.weight.detach().numpy())
-    np.testing.assert_array_equal(unpermute(w["blk.1.attn_k.weight"], meta["deci.attention.head_count_kv"][1]),
-                                  attn.k_proj.weight.detach().numpy())
+    kv_heads = meta["deci.attention.head_count_kv"][1]
+    np.testing.assert_array_equal(unpermute(w["blk.1.attn_q.weight"], expected_heads[1]),
+                                  attn.q_proj.weight.detach().numpy())
+    np.testing.assert_array_equal(unpermute(w["blk.1.attn_k.weight"], kv_heads), attn.k_proj.weight.detach().numpy())
     if attn.q_proj.bias is not None:  # qwen2
-        np.testing.assert_array_equal(unpermute(w["blk.1.attn_q.bias"], expected_heads[1]), attn.q_proj.bias.detach().numpy())
+        np.testing.assert_array_equal(unpermute(w["blk.1.attn_q.bias"], expected_heads[1]),
+                                      attn.q_proj.bias.detach().numpy())
     np.testing.assert_array_equal(w["token_embd.weight"], compact.model.embed_tokens.weight.detach().numpy())
     assert ("output.weight" in w) == (not compact.config.tie_word_embeddings)
     # The model computed from the file by llama.cpp's rules equals transformers.

@@ -12,9 +12,9 @@ from __future__ import annotations
 import inspect
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -39,7 +39,8 @@ class _Forward(nn.Module):
 
     def __init__(self, model: nn.Module, input_names: Sequence[str], output_name: str, use_cache: bool | None):
         super().__init__()
-        self.model, self.input_names, self.output_name, self.use_cache = model, list(input_names), output_name, use_cache
+        self.model, self.input_names = model, list(input_names)
+        self.output_name, self.use_cache = output_name, use_cache
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         kwargs = dict(zip(self.input_names, tensors))
