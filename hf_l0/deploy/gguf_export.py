@@ -190,10 +190,11 @@ def read_gguf_metadata(path: str | os.PathLike, prefix: str = "") -> dict[str, t
 
 
 def _tokenizer_fields(source: str | os.PathLike, vocab_size: int) -> list[tuple[str, Any, Any, Any]]:
-    """``(key, value, type, item type)`` of every ``tokenizer.*`` field of a GGUF file."""
+    """``(key, value, type, item type)`` of every ``tokenizer.*`` field of a GGUF file, and ``general.name``."""
     import gguf
 
-    metadata = read_gguf_metadata(source, prefix="tokenizer.")
+    metadata = read_gguf_metadata(source)
+    metadata = {k: v for k, v in metadata.items() if k.startswith("tokenizer.") or k == "general.name"}
     tokens = metadata.get("tokenizer.ggml.tokens")
     if tokens is None:
         raise ValueError(f"{source} has no tokenizer.ggml.tokens: it carries no tokenizer to copy.")
@@ -261,7 +262,9 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, *, dtype: str = "f32"
     try:
         writer = gguf.GGUFWriter(tmp, arch=ARCH)
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(name or getattr(config, "name_or_path", "") or f"hf-l0 compact {config.model_type}")
+        source_name = next((v for k, v, _, _ in tokenizer_fields or () if k == "general.name"), None)
+        default_name = f"{source_name} (hf-l0 compact)" if source_name else f"hf-l0 compact {config.model_type}"
+        writer.add_name(name or default_name)
         writer.add_block_count(len(layers))
         writer.add_context_length(context)
         writer.add_embedding_length(hidden)
@@ -282,7 +285,8 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, *, dtype: str = "f32"
             _placeholder_tokenizer(writer, config)
         else:
             for key, value, vtype, sub_type in tokenizer_fields:
-                writer.add_key_value(key, value, vtype, sub_type)
+                if key.startswith("tokenizer."):
+                    writer.add_key_value(key, value, vtype, sub_type)
 
         def add(tensor_name: str, value: torch.Tensor | np.ndarray, is_matrix: bool) -> None:
             array = value if isinstance(value, np.ndarray) else _array(value, np.float32)
