@@ -244,4 +244,5 @@ def test_llama_cpp_runs_the_export_like_transformers(tmp_path, closed_attention_
     with torch.no_grad():
         reference = compact(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(got - reference).max() <= tol
-    assert (got.argmax(-1) == reference.argmax(-1)).all()
+    if dtype == "f32":  # f16 rounding may flip near-ties of a random model's logits
+        assert (got.argmax(-1) == reference.argmax(-1)).all()
