@@ -4,6 +4,7 @@ model computed from the file the way llama.cpp's deci graph computes it equals t
 import numpy as np
 import pytest
 import torch
+import transformers as tf
 
 import hf_l0
 from hf_l0.deploy.gguf_export import export_gguf, read_gguf_metadata
@@ -14,10 +15,24 @@ from test_core import randomize_gates
 gguf = pytest.importorskip("gguf", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
 
 
+def llama_with_biases(seed: int = 0):
+    """A tiny Llama with attention and MLP biases (random, not zeros), so removed sublayers keep output biases."""
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(vocab_size=101, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+                            num_key_value_heads=2, intermediate_size=37, attention_bias=True, mlp_bias=True)
+    config._attn_implementation = "eager"
+    model = tf.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0.0, 0.5)
+    return model.eval()
+
+
 def compact_model(family: str = "llama", seed: int = 0, closed_attention_layer: int = 0):
     """Non-uniform compact decoder with hidden pruning and removed sublayers (attention of ``closed_attention_layer``,
     FFN of layer 1, which keeps its attention)."""
-    model = make_model(family, seed=seed)
+    model = llama_with_biases(seed) if family == "llama-biases" else make_model(family, seed=seed)
     hf_l0.patch_model(model, hf_l0.L0Config(hidden=True))
     randomize_gates(model, seed=seed, closed_attention_layer=closed_attention_layer)
     compact = hf_l0.prune_model(model).eval()
@@ -99,7 +114,7 @@ def deci_forward(path, token_ids: list[int]) -> np.ndarray:
     return rms_norm(x, w["output_norm.weight"], eps) @ out.T
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "llama-biases"])
 def test_gguf_reads_back_and_computes_the_compact_model(tmp_path, family):
     compact = compact_model(family)
     structure = compact.config.l0_structure
@@ -109,15 +124,26 @@ def test_gguf_reads_back_and_computes_the_compact_model(tmp_path, family):
     assert meta["general.architecture"] == "deci" and meta["general.file_type"] == 0
     assert meta["deci.embedding_length"] == structure["hidden_size"] < compact.config.hidden_size
     # Per-layer arrays: the compact shapes, with the zero stand-ins the module docstring describes.
-    expected_heads = [layer["attention_heads"] for layer in structure["layers"]]
-    expected_heads[0] = 1  # layer 0 lost its attention: one zero head (llama.cpp takes the head size from layer 0)
+    # A removed attention in layer 0 (llama.cpp takes the head size from layer 0) or with a kept output bias: one
+    # zero head; any other removed attention: no heads.
+    has_bias = getattr(compact.config, "attention_bias", False)
+    zero_head = [layer["attention_heads"] == 0 and (i == 0 or (has_bias and layer["attention_output_bias"]))
+                 for i, layer in enumerate(structure["layers"])]
+    expected_heads = [1 if zero else layer["attention_heads"] for zero, layer in zip(zero_head, structure["layers"])]
     expected_ffn = [layer["intermediate_size"] or 1 for layer in structure["layers"]]  # never 0: see deci.cpp
     assert meta["deci.attention.head_count"] == expected_heads
     assert meta["deci.attention.head_count_kv"] == [
-        1 if i == 0 else layer["key_value_heads"] for i, layer in enumerate(structure["layers"])]
+        1 if zero else layer["key_value_heads"] for zero, layer in zip(zero_head, structure["layers"])]
     assert meta["deci.feed_forward_length"] == expected_ffn
     assert len(set(zip(expected_heads, expected_ffn))) > 1  # non-uniform
     assert not np.any(w["blk.0.attn_output.weight"]) and not np.any(w["blk.1.ffn_down.weight"])
+    kept_biases = 0
+    for i, layer in enumerate(compact.model.layers):  # a removed attention's kept output bias rides on its zero head
+        bias = layer.self_attn.o_proj.bias
+        if structure["layers"][i]["attention_heads"] == 0 and bias is not None:
+            np.testing.assert_array_equal(w[f"blk.{i}.attn_output.bias"], bias.detach().numpy())
+            kept_biases += 1
+    assert kept_biases == (family == "llama-biases")
     # Tensor values: layout and rotary permutation undone give back the compact weights.
     attn = compact.model.layers[1].self_attn
     assert w["blk.1.attn_q.weight"].shape == tuple(attn.q_proj.weight.shape)
