@@ -35,6 +35,11 @@ def compact_model(family: str = "llama", seed: int = 0, closed_attention_layer: 
     model = llama_with_biases(seed) if family == "llama-biases" else make_model(family, seed=seed)
     hf_l0.patch_model(model, hf_l0.L0Config(hidden=True))
     randomize_gates(model, seed=seed, closed_attention_layer=closed_attention_layer)
+    if closed_attention_layer != 0:  # layer 0 keeps attention: the removed one is written with no heads at all
+        gates = hf_l0.get_gates(model)
+        with torch.no_grad():
+            gates.heads.log_alpha[0] = 10.0
+            gates.attention_layers.log_alpha[0] = 10.0
     compact = hf_l0.prune_model(model).eval()
     layers = compact.config.l0_structure["layers"]
     assert layers[closed_attention_layer]["attention_heads"] == 0
