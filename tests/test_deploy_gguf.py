@@ -269,7 +269,9 @@ def test_llama_cpp_runs_the_export_like_transformers(tmp_path, closed_attention_
     compact = compact_model("llama", closed_attention_layer=closed_attention_layer)
     path = export_gguf(compact, tmp_path / "model.gguf", dtype=dtype).path
     ids = [5, 17, 99, 3, 42, 8, 64, 23, 77, 11, 2, 60, 31, 95, 14, 50]
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, n_batch=32, n_threads=1, logits_all=True, verbose=False)
+    f32 = llama_cpp.GGML_TYPE_F32  # an f32 KV cache: llama.cpp's default f16 cache would blur the f32 comparison
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, n_batch=32, n_threads=1, logits_all=True, verbose=False,
+                          type_k=f32, type_v=f32)
     llm.eval(ids)
     got = np.array(llm.scores[:len(ids)])
     with torch.no_grad():
