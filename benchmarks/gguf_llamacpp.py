@@ -9,7 +9,8 @@ exported to f32 GGUF (tokenizer copied from the source GGUF) and run in llama.cp
 * parity: top-1 token agreement and max |Δ logits| between llama.cpp (f32 weights and f32 KV cache) and
   transformers (compact model) on every position of one ``--positions``-token text;
 * decode: greedy tokens/s at batch 1 after a 32-token prompt (llama.cpp's default f16 KV cache), dense and compact
-  taking turns round by round (medians), against the ratio of their weight bytes (decode on CPU is bound by reading the weights).
+  taking turns round by round (medians), against the ratio of their weight bytes (decode on CPU is bound by reading
+  the weights).
 
 Needs llama-cpp-python (opt-in, it compiles llama.cpp: README, Deployment).
 
@@ -160,8 +161,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "Parity with f32 weights and an f32 KV cache (llama.cpp's default f16 cache alone moves logits by ~0.1). "
         f"Compact shapes per layer: query heads {heads}; FFN {ffn}. Weights {sizes['compact'] / 2**20:.0f} MB vs "
         f"{sizes['dense'] / 2**20:.0f} MB. Decode: batch 1, {args.new_tokens} greedy tokens after a {PROMPT_TOKENS}-"
-        f"token prompt, f16 KV cache, {threads} thread(s), models taking turns, median of {args.rounds} rounds. Goals: top-1 on all "
-        f"positions, max |Δ logits| ≤ {LOGIT_GOAL}, speedup ≥ {SPEED_GOAL} × the weight-bytes ratio.",
+        f"token prompt, f16 KV cache, {threads} thread(s), models taking turns, median of {args.rounds} rounds. "
+        f"Goals: top-1 on all positions, max |Δ logits| ≤ {LOGIT_GOAL}, speedup ≥ {SPEED_GOAL} × the weight-bytes "
+        "ratio.",
     ])
     return run.write(results, markdown)
 
