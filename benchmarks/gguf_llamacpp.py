@@ -58,7 +58,7 @@ def load(args: argparse.Namespace) -> tuple[tf.PreTrainedModel, list[int], Path 
     """The dense model, ``--positions`` token ids of real text, and the GGUF its tokenizer comes from."""
     torch.manual_seed(args.seed)
     if args.quick:
-        config = tf.LlamaConfig(vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=6,
+        config = tf.LlamaConfig(vocab_size=512, hidden_size=96, num_hidden_layers=3, num_attention_heads=6,
                                 num_key_value_heads=3, intermediate_size=96, max_position_embeddings=512,
                                 tie_word_embeddings=True)
         ids = torch.randint(0, config.vocab_size, (args.positions,), generator=torch.Generator().manual_seed(0))
