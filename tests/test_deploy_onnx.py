@@ -1,7 +1,6 @@
 """ONNX export of compact models: ONNX Runtime equals PyTorch on other batch sizes and lengths than exported."""
 
 import pytest
-import torch
 
 import hf_l0
 from hf_l0.deploy.onnx import check_onnx, example_inputs, export_onnx
@@ -71,8 +70,10 @@ def test_failed_check_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="differs from PyTorch"):
         export_onnx(compact, tmp_path / "model.onnx")
     assert not any(tmp_path.iterdir())
-    torch.testing.assert_close(compact(input_ids=torch.tensor([[3, 4]])).last_hidden_state.shape[-1],
-                               compact.config.l0_structure["hidden_size"])
+    assert not compact.training  # the model's mode is restored on failure too
+    compact.train()
+    export_onnx(compact, tmp_path / "model.onnx", check=False)
+    assert compact.training and (tmp_path / "model.onnx").is_file()
 
 
 def test_onnx_speed_benchmark_quick(tmp_path):
