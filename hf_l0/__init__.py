@@ -29,6 +29,8 @@ __all__ = [
     "deterministic_size",
     "expected_size",
     "expected_sparsity",
+    "export_gguf",
+    "export_onnx",
     "export_plan",
     "fisher_scores",
     "from_pretrained",
@@ -57,4 +59,13 @@ def __getattr__(name: str):
         from . import trainer
 
         return getattr(trainer, name)
+    # Deployment exports import onnx / gguf only when used (the deploy extra).
+    if name == "export_onnx":
+        from .deploy.onnx import export_onnx
+
+        return export_onnx
+    if name == "export_gguf":
+        from .deploy.gguf_export import export_gguf
+
+        return export_gguf
     raise AttributeError(f"module 'hf_l0' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Deployment exports of compact models: ONNX for ONNX Runtime, GGUF for llama.cpp."""

@@ -1,0 +1,281 @@
+"""GGUF export for llama.cpp (architecture deci): metadata and tensors read back with the gguf package, and the
+model computed from the file the way llama.cpp's deci graph computes it equals the compact transformers model."""
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+
+import hf_l0
+from hf_l0.deploy.gguf_export import export_gguf, read_gguf_metadata
+
+from conftest import make_model
+from test_core import randomize_gates
+
+gguf = pytest.importorskip("gguf", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
+
+
+def llama_with_biases(seed: int = 0):
+    """A tiny Llama with attention and MLP biases (random, not zeros), so removed sublayers keep output biases."""
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(vocab_size=101, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+                            num_key_value_heads=2, intermediate_size=37, attention_bias=True, mlp_bias=True)
+    config._attn_implementation = "eager"
+    model = tf.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def compact_model(family: str = "llama", seed: int = 0, closed_attention_layer: int = 0):
+    """Non-uniform compact decoder with hidden pruning and removed sublayers (attention of ``closed_attention_layer``,
+    FFN of layer 1, which keeps its attention)."""
+    model = llama_with_biases(seed) if family == "llama-biases" else make_model(family, seed=seed)
+    hf_l0.patch_model(model, hf_l0.L0Config(hidden=True))
+    randomize_gates(model, seed=seed, closed_attention_layer=closed_attention_layer)
+    if closed_attention_layer != 0:  # layer 0 keeps attention: the removed one is written with no heads at all
+        gates = hf_l0.get_gates(model)
+        with torch.no_grad():
+            gates.heads.log_alpha[0] = 10.0
+            gates.attention_layers.log_alpha[0] = 10.0
+    compact = hf_l0.prune_model(model).eval()
+    layers = compact.config.l0_structure["layers"]
+    assert layers[closed_attention_layer]["attention_heads"] == 0
+    assert layers[1]["intermediate_size"] == 0 and layers[1]["attention_heads"] > 0
+    return compact
+
+
+def fields(reader) -> dict:
+    return {name: field.contents() for name, field in reader.fields.items()}
+
+
+def tensors(reader) -> dict[str, np.ndarray]:
+    """Tensors in torch layout (GGUF lists dimensions innermost first; ``data`` is already row-major)."""
+    return {t.name: np.asarray(t.data) for t in reader.tensors}
+
+
+def unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Inverse of the export's rotary permutation (GGML interleaved pairs -> HF half split)."""
+    return weight.reshape(heads, weight.shape[0] // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+        weight.shape)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
+
+
+def rope_interleaved(x: np.ndarray, base: float) -> np.ndarray:
+    """GGML's normal RoPE: adjacent pairs (2i, 2i+1) rotate by pos * base^(-2i/d). x: [tokens, heads, d]."""
+    d = x.shape[-1]
+    angles = np.arange(x.shape[0])[:, None] * base ** (-np.arange(0, d, 2) / d)[None, :]
+    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2], out[..., 1::2] = even * cos - odd * sin, even * sin + odd * cos
+    return out
+
+
+def deci_forward(path, token_ids: list[int]) -> np.ndarray:
+    """Logits of one sequence as llama.cpp's ``src/models/deci.cpp`` graph computes them, read from the GGUF file
+    alone (including its rule that a layer with n_ff == 0 skips the residual add of its attention)."""
+    reader = gguf.GGUFReader(str(path))
+    meta, w = fields(reader), {k: v.astype(np.float64) for k, v in tensors(reader).items()}
+    eps, base, hd = meta["deci.attention.layer_norm_rms_epsilon"], meta["deci.rope.freq_base"], \
+        meta["deci.attention.key_length"]
+    x = w["token_embd.weight"][token_ids]
+    n = len(token_ids)
+    causal = np.triu(np.full((n, n), -np.inf), 1)
+    for il in range(meta["deci.block_count"]):
+        n_head, n_kv, n_ff = (meta[k][il] for k in ("deci.attention.head_count", "deci.attention.head_count_kv",
+                                                      "deci.feed_forward_length"))
+        p = f"blk.{il}."
+        inp_sa = x
+        if n_head == 0:
+            cur = x
+        else:
+            h = rms_norm(x, w[p + "attn_norm.weight"], eps)
+            q = (h @ w[p + "attn_q.weight"].T + w.get(p + "attn_q.bias", 0)).reshape(n, n_head, hd)
+            k = (h @ w[p + "attn_k.weight"].T + w.get(p + "attn_k.bias", 0)).reshape(n, n_kv, hd)
+            v = (h @ w[p + "attn_v.weight"].T + w.get(p + "attn_v.bias", 0)).reshape(n, n_kv, hd)
+            q, k = rope_interleaved(q, base), rope_interleaved(k, base)
+            group = n_head // n_kv
+            heads = []
+            for head in range(n_head):
+                scores = q[:, head] @ k[:, head // group].T / np.sqrt(hd) + causal
+                probs = np.exp(scores - scores.max(-1, keepdims=True))
+                heads.append((probs / probs.sum(-1, keepdims=True)) @ v[:, head // group])
+            cur = np.concatenate(heads, -1) @ w[p + "attn_output.weight"].T + w.get(p + "attn_output.bias", 0)
+        if n_ff == 0:
+            continue  # deci.cpp: `if (n_ff == 0) { continue; }` -- the attention output is dropped
+        ffn_inp = cur + inp_sa if n_head > 0 else cur
+        h = rms_norm(ffn_inp, w[p + "ffn_norm.weight"], eps)
+        gate = h @ w[p + "ffn_gate.weight"].T + w.get(p + "ffn_gate.bias", 0)
+        up = h @ w[p + "ffn_up.weight"].T + w.get(p + "ffn_up.bias", 0)
+        ffn = (gate / (1 + np.exp(-gate)) * up) @ w[p + "ffn_down.weight"].T + w.get(p + "ffn_down.bias", 0)
+        x = ffn + ffn_inp
+    out = w.get("output.weight", w["token_embd.weight"])
+    return rms_norm(x, w["output_norm.weight"], eps) @ out.T
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "llama-biases"])
+def test_gguf_reads_back_and_computes_the_compact_model(tmp_path, family):
+    compact = compact_model(family)
+    structure = compact.config.l0_structure
+    result = export_gguf(compact, tmp_path / "model.gguf")
+    reader = gguf.GGUFReader(str(result.path))
+    meta, w = fields(reader), tensors(reader)
+    assert meta["general.architecture"] == "deci" and meta["general.file_type"] == 0
+    assert meta["deci.embedding_length"] == structure["hidden_size"] < compact.config.hidden_size
+    # Per-layer arrays: the compact shapes, with the zero stand-ins the module docstring describes.
+    # A removed attention in layer 0 (llama.cpp takes the head size from layer 0) or with a kept output bias: one
+    # zero head; any other removed attention: no heads.
+    has_bias = getattr(compact.config, "attention_bias", False)
+    zero_head = [layer["attention_heads"] == 0 and (i == 0 or (has_bias and layer["attention_output_bias"]))
+                 for i, layer in enumerate(structure["layers"])]
+    expected_heads = [1 if zero else layer["attention_heads"] for zero, layer in zip(zero_head, structure["layers"])]
+    expected_ffn = [layer["intermediate_size"] or 1 for layer in structure["layers"]]  # never 0: see deci.cpp
+    assert meta["deci.attention.head_count"] == expected_heads
+    assert meta["deci.attention.head_count_kv"] == [
+        1 if zero else layer["key_value_heads"] for zero, layer in zip(zero_head, structure["layers"])]
+    assert meta["deci.feed_forward_length"] == expected_ffn
+    assert len(set(zip(expected_heads, expected_ffn))) > 1  # non-uniform
+    assert not np.any(w["blk.0.attn_output.weight"]) and not np.any(w["blk.1.ffn_down.weight"])
+    kept_biases = 0
+    for i, layer in enumerate(compact.model.layers):  # a removed attention's kept output bias rides on its zero head
+        bias = layer.self_attn.o_proj.bias
+        if structure["layers"][i]["attention_heads"] == 0 and bias is not None:
+            np.testing.assert_array_equal(w[f"blk.{i}.attn_output.bias"], bias.detach().numpy())
+            kept_biases += 1
+    assert kept_biases == (family == "llama-biases")
+    # Tensor values: layout and rotary permutation undone give back the compact weights.
+    attn = compact.model.layers[1].self_attn
+    assert w["blk.1.attn_q.weight"].shape == tuple(attn.q_proj.weight.shape)
+    kv_heads = meta["deci.attention.head_count_kv"][1]
+    np.testing.assert_array_equal(unpermute(w["blk.1.attn_q.weight"], expected_heads[1]),
+                                  attn.q_proj.weight.detach().numpy())
+    np.testing.assert_array_equal(unpermute(w["blk.1.attn_k.weight"], kv_heads), attn.k_proj.weight.detach().numpy())
+    if attn.q_proj.bias is not None:  # qwen2
+        np.testing.assert_array_equal(unpermute(w["blk.1.attn_q.bias"], expected_heads[1]),
+                                      attn.q_proj.bias.detach().numpy())
+    np.testing.assert_array_equal(w["token_embd.weight"], compact.model.embed_tokens.weight.detach().numpy())
+    assert ("output.weight" in w) == (not compact.config.tie_word_embeddings)
+    # The model computed from the file by llama.cpp's rules equals transformers.
+    ids = [5, 17, 99, 3, 42, 8, 64, 23, 77, 11, 2]
+    with torch.no_grad():
+        reference = compact(torch.tensor([ids])).logits[0].double().numpy()
+    assert np.abs(deci_forward(result.path, ids) - reference).max() <= 1e-4
+
+
+def test_f16_export_rounds_matrices_only(tmp_path):
+    compact = compact_model("llama", closed_attention_layer=2)  # layer 2 loses attention: n_head 0, no tensors
+    result = export_gguf(compact, tmp_path / "model-f16.gguf", dtype="f16")
+    reader = gguf.GGUFReader(str(result.path))
+    meta, types = fields(reader), {t.name: t.tensor_type for t in reader.tensors}
+    assert meta["general.file_type"] == 1 and meta["deci.attention.head_count"][2] == 0
+    assert not any(name.startswith("blk.2.attn") for name in types)
+    assert types["blk.1.attn_v.weight"] == gguf.GGMLQuantizationType.F16
+    assert types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
+    w = tensors(reader)
+    np.testing.assert_array_equal(w["blk.2.ffn_up.weight"],
+                                  compact.model.layers[2].mlp.up_proj.weight.detach().half().numpy())
+    ids = [4, 9, 16, 25, 36, 49, 64, 81]
+    with torch.no_grad():
+        reference = compact(torch.tensor([ids])).logits[0].double().numpy()
+    assert np.abs(deci_forward(result.path, ids) - reference).max() <= 5e-2  # f16 weights
+
+
+def test_attention_without_ffn_would_be_dropped_by_width_zero(tmp_path):
+    """Why a removed FFN is written with width 1: deci's graph, given n_ff == 0, drops that layer's attention."""
+    compact = compact_model("llama")
+    path = tmp_path / "model.gguf"
+    export_gguf(compact, path)
+    reader = gguf.GGUFReader(str(path))
+    writer = gguf.GGUFWriter(str(tmp_path / "width0.gguf"), arch="deci")
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        value = field.contents()
+        if name == "deci.feed_forward_length":
+            value[1] = 0  # layer 1 keeps attention and lost its FFN
+        writer.add_key_value(name, value, field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for t in reader.tensors:
+        if not t.name.startswith("blk.1.ffn"):
+            writer.add_tensor(t.name, np.asarray(t.data))
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    ids = [7, 1, 30, 2, 90]
+    with torch.no_grad():
+        reference = compact(torch.tensor([ids])).logits[0].double().numpy()
+    assert np.abs(deci_forward(path, ids) - reference).max() <= 1e-4
+    assert np.abs(deci_forward(tmp_path / "width0.gguf", ids) - reference).max() > 1e-2
+
+
+def write_tokenizer_source(path, vocab: int) -> None:
+    """A small GGUF carrying a byte-level BPE tokenizer's metadata (what llama.cpp's converter writes)."""
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list([f"tok{i}" for i in range(vocab)])
+    writer.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (vocab - 3))
+    writer.add_token_merges(["t o", "to k", "Ġ t"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+
+
+def test_tokenizer_is_copied_from_the_source_gguf(tmp_path):
+    source = tmp_path / "source.gguf"
+    write_tokenizer_source(source, vocab=101)
+    result = export_gguf(compact_model("llama"), tmp_path / "model.gguf", tokenizer_gguf=source)
+    assert result.tokenizer == str(source)
+    copied, original = fields(gguf.GGUFReader(str(result.path))), fields(gguf.GGUFReader(str(source)))
+    keys = sorted(k for k in original if k.startswith("tokenizer."))
+    assert len(keys) == 9 and sorted(k for k in copied if k.startswith("tokenizer.")) == keys
+    assert all(copied[k] == original[k] for k in keys)
+    # the export's own metadata reader agrees with the gguf package's
+    assert {k: v for k, (v, _, _) in read_gguf_metadata(source).items()} == {
+        k: v for k, v in original.items() if not k.startswith("GGUF.")}
+    write_tokenizer_source(source, vocab=50)
+    with pytest.raises(ValueError, match="50 tokens but the model's vocabulary has 101"):
+        export_gguf(make_model("llama"), tmp_path / "bad.gguf", tokenizer_gguf=source)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "source.gguf"]
+
+
+def test_unsupported_models_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="Llama family"):
+        export_gguf(make_model("gpt2"), tmp_path / "m.gguf")
+    with pytest.raises(ValueError, match="f16"):
+        export_gguf(make_model("llama"), tmp_path / "m.gguf", dtype="q4")
+    model = make_model("llama")
+    hf_l0.patch_model(model, hf_l0.L0Config())
+    with pytest.raises(ValueError, match="prune_model"):
+        export_gguf(model, tmp_path / "m.gguf")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("closed_attention_layer, dtype, tol", [(0, "f32", 1e-4), (2, "f32", 1e-4), (0, "f16", 1e-2)],
+                         ids=["layer0-zero-head", "layer2-no-heads", "f16"])
+def test_llama_cpp_runs_the_export_like_transformers(tmp_path, closed_attention_layer, dtype, tol):
+    """Opt-in: needs llama-cpp-python, which compiles llama.cpp (README, Deployment); skipped with the reason when
+    it is not installed (the numpy model of the deci graph above still checks the file)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (opt-in: pip install llama-cpp-python); the llama.cpp "
+                    "parity check did not run")
+    compact = compact_model("llama", closed_attention_layer=closed_attention_layer)
+    path = export_gguf(compact, tmp_path / "model.gguf", dtype=dtype).path
+    ids = [5, 17, 99, 3, 42, 8, 64, 23, 77, 11, 2, 60, 31, 95, 14, 50]
+    f32 = llama_cpp.GGML_TYPE_F32  # an f32 KV cache: llama.cpp's default f16 cache would blur the f32 comparison
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, n_batch=32, n_threads=1, logits_all=True, verbose=False,
+                          type_k=f32, type_v=f32)
+    llm.eval(ids)
+    got = np.array(llm.scores[:len(ids)])
+    with torch.no_grad():
+        reference = compact(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - reference).max() <= tol
+    if dtype == "f32":  # f16 rounding may flip near-ties of a random model's logits
+        assert (got.argmax(-1) == reference.argmax(-1)).all()
