@@ -35,7 +35,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 import hf_l0  # noqa: E402
 from benchmarks.common import (BASELINES, Run, baseline_prune, benchmark_parser, goal, load_script,  # noqa: E402
-                               markdown_table, parse_methods, recover, set_threads, training_arguments)
+                               markdown_table, parse_methods, record_trajectory, recover, set_threads,
+                               training_arguments)
 from hf_l0 import assets, data  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             trainer.save_model(str(models_dir / f"hf_l0-{target:g}"))  # the compact model (prune_at_end)
             results["runs"].append({"method": "hf_l0", "target": target, "sparsity": sparsity,
                                     "parameters": compact.num_parameters(), **accuracies(compact, splits, collator),
-                                    "train_seconds": time.perf_counter() - start})
+                                    "train_seconds": time.perf_counter() - start,
+                                    **record_trajectory(trainer, args.output_dir, f"hf_l0-{target:g}")})
             print(results["runs"][-1], flush=True)
 
         # Each baseline starts from the same dense model and is cut to the sparsity hf-l0 reached (same size), then

@@ -144,9 +144,10 @@ def goal(met: bool) -> str:
 
 
 def training_arguments(output_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
-    """Trainer settings every benchmark run shares (CPU, no checkpoints, no reporters)."""
+    """Trainer settings every benchmark run shares (CPU, no checkpoints, no reporters; a log every 10 steps, the
+    resolution of the sparsity trajectory)."""
     return {"output_dir": str(output_dir), "report_to": "none", "save_strategy": "no", "eval_strategy": "no",
-            "use_cpu": True, "disable_tqdm": True, "logging_steps": 25, "dataloader_num_workers": 0, **overrides}
+            "use_cpu": True, "disable_tqdm": True, "logging_steps": 10, "dataloader_num_workers": 0, **overrides}
 
 
 class DistillationTrainer(Trainer):
@@ -220,3 +221,15 @@ def finite_numbers(data: Any) -> bool:
     if isinstance(data, float):
         return math.isfinite(data)
     return True
+
+
+def record_trajectory(trainer: Any, output_dir: str | os.PathLike, name: str) -> dict[str, Any]:
+    """The sparsity trajectory of an `L0Trainer` run, written as ``trajectories/<name>/sparsity_trajectory.{json,png}``
+    under the benchmark's output directory; returns what the run's JSON records (largest gap to the schedule after
+    the first 10% of the steps, and the rows)."""
+    from hf_l0.trajectory import trajectory_from_log_history, write_sparsity_trajectory
+
+    rows = trajectory_from_log_history(trainer.state.log_history)
+    summary = write_sparsity_trajectory(rows, Path(output_dir) / "trajectories" / name, trainer.state.max_steps,
+                                        title=name)
+    return {"trajectory_max_gap": summary["max_gap_after_10_percent"], "trajectory": rows}

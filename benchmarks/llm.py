@@ -34,7 +34,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_colla
 
 import hf_l0  # noqa: E402
 from benchmarks.common import (BASELINES, Run, baseline_prune, benchmark_parser, goal, load_script,  # noqa: E402
-                               markdown_table, parse_methods, recover, set_threads, training_arguments)
+                               markdown_table, parse_methods, record_trajectory, recover, set_threads,
+                               training_arguments)
 from hf_l0 import assets, data  # noqa: E402
 from hf_l0.scripting import drop_gguf_quantizer, resolve_model_path  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sparsity = float(hf_l0.expected_sparsity(trainer.model, deterministic=True))
         compact["hf-l0"] = trainer.compact_model().eval()
         results["models"]["hf-l0"] = {"sparsity": sparsity, "parameters": compact["hf-l0"].num_parameters(),
-                                      **perplexities(compact["hf-l0"]), "train_seconds": time.perf_counter() - start}
+                                      **perplexities(compact["hf-l0"]), "train_seconds": time.perf_counter() - start,
+                                      **record_trajectory(trainer, args.output_dir, "hf-l0")}
         print("hf-l0:", results["models"]["hf-l0"], flush=True)
         del trainer  # frees the gated copy and its optimizer state before the baselines train
 

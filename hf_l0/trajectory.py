@@ -24,7 +24,8 @@ def trajectory_from_log_history(log_history: Iterable[Mapping[str, Any]]) -> lis
 def tracking_gap(rows: Iterable[Mapping[str, float]], max_steps: int, skip_fraction: float = 0.1) -> float | None:
     """Largest |deterministic sparsity - scheduled target| over the rows after the first ``skip_fraction`` of the
     steps (None when there is no such row)."""
-    gaps = [abs(r["deterministic_sparsity"] - r["target_sparsity"]) for r in rows if r["step"] >= skip_fraction * max_steps]
+    gaps = [abs(r["deterministic_sparsity"] - r["target_sparsity"])
+            for r in rows if r["step"] >= skip_fraction * max_steps]
     return max(gaps) if gaps else None
 
 

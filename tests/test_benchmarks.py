@@ -53,6 +53,8 @@ def test_accuracy_sparsity_quick(out):
         removed = data["dense"]["parameters"] - r["parameters"]
         assert removed == pytest.approx(r["sparsity"] * prunable, abs=0.5), r
     assert abs(runs["hf_l0"]["sparsity"] - runs["hf_l0"]["target"]) <= 0.05  # 2 steps: no final phase to pin it
+    trajectory = out / "trajectories" / f"hf_l0-{runs['hf_l0']['target']:g}" / "sparsity_trajectory.json"
+    assert json.loads(trajectory.read_text())["rows"] == runs["hf_l0"]["trajectory"]  # the run records its trajectory
     for name in ("magnitude", "fisher", "activation"):  # every baseline is cut to the size hf-l0 reached
         assert abs(runs[name]["sparsity"] - runs["hf_l0"]["sparsity"]) <= 0.03, name
     assert list((out / "models").glob("hf_l0-*/config.json")), "the compact model for speed.py was not saved"

@@ -38,9 +38,9 @@ def single(tmp_path_factory):
     return out
 
 
-def test_two_processes_keep_ranks_identical_and_match_one_process(tmp_path, single):
-    double = tmp_path / "double"
-    launch_two(double)
+def test_two_processes_keep_ranks_identical_match_one_process_and_resume(tmp_path, single):
+    double, resumed = tmp_path / "double", tmp_path / "resumed"
+    launch_two(double, L0_SAVE_STEPS="6")
     result = json.loads((double / "result.json").read_text())
     assert result["world_size"] == 2 and result["steps"] == 12
     assert result["max_rank_diff"] <= 1e-6  # gates and multipliers agree on every rank after every step
@@ -49,6 +49,11 @@ def test_two_processes_keep_ranks_identical_and_match_one_process(tmp_path, sing
     for name in one:
         assert torch.allclose(one[name], two[name], atol=1e-4), (name, (one[name] - two[name]).abs().max())
     assert one["lambda_1"].abs().item() > 0  # training really moved the multipliers
+    # killed after checkpoint-6 and resumed under DDP: the run ends where the uninterrupted one ended
+    launch_two(resumed, L0_RESUME=str(double / "run" / "checkpoint-6"))
+    three = load_file(resumed / "final_gates.safetensors")
+    for name in two:
+        assert torch.allclose(two[name], three[name], atol=1e-6, rtol=0), (name, (two[name] - three[name]).abs().max())
 
 
 @pytest.mark.slow
