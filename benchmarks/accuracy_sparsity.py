@@ -40,7 +40,7 @@ from benchmarks.common import (BASELINES, Run, baseline_prune, benchmark_parser,
 from hf_l0 import assets, data  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
-GOALS = {0.6: 0.99, 0.75: 0.97, 0.9: 0.94}  # fraction of dense test accuracy to keep (issue 7)
+GOALS = {0.6: 0.99, 0.75: 0.97, 0.9: 0.94}  # fraction of dense test accuracy to keep
 LABELS = {"hf_l0": "hf-l0 (L0 + distillation)", "magnitude": "structured magnitude + distillation",
           "fisher": "Fisher importance + distillation", "activation": "activation importance + distillation"}
 

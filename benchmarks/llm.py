@@ -40,7 +40,7 @@ from hf_l0 import assets, data  # noqa: E402
 from hf_l0.scripting import drop_gguf_quantizer, resolve_model_path  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
-PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the baseline's (issue 7)
+PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the baseline's
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -36,7 +36,7 @@ def _load(results_dir: Path, name: str) -> dict[str, Any] | None:
 
 
 def headline_rows(results_dir: Path) -> list[list[Any]]:
-    """One row per goal of issue 7: (what, measured, goal, met)."""
+    """One row per benchmark goal: (what, measured, goal, met)."""
     rows: list[list[Any]] = []
     acc = _load(results_dir, "accuracy_sparsity")
     if acc:

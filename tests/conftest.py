@@ -1,4 +1,4 @@
-"""Tiny random models of every supported family, and the real packaged assets (see shared/ASSETS.md)."""
+"""Tiny random models of every supported family, and the real packaged assets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Saving / loading compact models as ordinary Hub models (issue 5): remote code, safe loading, native export,
+"""Saving / loading compact models as ordinary Hub models: remote code, safe loading, native export,
 model card + push_to_hub, atomic saves and strict loading."""
 
 import copy

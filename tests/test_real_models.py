@@ -1,4 +1,4 @@
-"""Integration tests on the real packaged models (shared/ASSETS.md): loaded with from_pretrained from a path."""
+"""Integration tests on the real packaged models: loaded with from_pretrained from a path."""
 
 import csv
 
