@@ -34,9 +34,9 @@ import transformers as tf  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 
 import hf_l0  # noqa: E402
-from benchmarks.common import (BASELINES, Run, baseline_prune, benchmark_parser, goal, load_script,  # noqa: E402
-                               markdown_table, parse_methods, record_trajectory, recover, set_threads,
-                               training_arguments)
+from benchmarks.common import (  # noqa: E402
+    BASELINES, Run, add_method_arguments, baseline_prune, benchmark_parser, goal, load_script, markdown_table,
+    parse_methods, record_trajectory, recover, set_threads, training_arguments)
 from hf_l0 import assets, data  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
@@ -64,11 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--distill_layerwise", action="store_true", help="hf-l0 adds CoFi's layerwise loss")
     p.add_argument("--distill_alpha", type=float, default=0.9)
     p.add_argument("--distill_temperature", type=float, default=2.0)
-    p.add_argument("--methods", default="hf-l0,magnitude,fisher,activation",
-                   help="comma-separated, from hf-l0, magnitude, fisher, activation")
-    p.add_argument("--gate_init", default="uniform", help="hf-l0's gate start (see L0TrainingArguments.gate_init)")
-    p.add_argument("--gate_init_batches", type=int, default=16)
-    p.add_argument("--gate_init_scale", type=float, default=1.0)
+    add_method_arguments(p)
     p.add_argument("--calibration_examples", type=int, default=512,
                    help="training examples the fisher / activation baselines score on")
     p.add_argument("--calibration_batch_size", type=int, default=8)

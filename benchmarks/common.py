@@ -143,6 +143,15 @@ def goal(met: bool) -> str:
     return "✅" if met else "❌"
 
 
+def add_method_arguments(p: argparse.ArgumentParser) -> None:
+    """The options both quality benchmarks share: which methods run and how hf-l0's gates start."""
+    p.add_argument("--methods", default="hf-l0,magnitude,fisher,activation",
+                   help="comma-separated, from hf-l0, magnitude, fisher, activation")
+    p.add_argument("--gate_init", default="uniform", help="hf-l0's gate start (see L0TrainingArguments.gate_init)")
+    p.add_argument("--gate_init_batches", type=int, default=16)
+    p.add_argument("--gate_init_scale", type=float, default=1.0)
+
+
 def training_arguments(output_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
     """Trainer settings every benchmark run shares (CPU, no checkpoints, no reporters; a log every 10 steps, the
     resolution of the sparsity trajectory)."""

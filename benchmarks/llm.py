@@ -33,9 +33,9 @@ import transformers as tf  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator  # noqa: E402
 
 import hf_l0  # noqa: E402
-from benchmarks.common import (BASELINES, Run, baseline_prune, benchmark_parser, goal, load_script,  # noqa: E402
-                               markdown_table, parse_methods, record_trajectory, recover, set_threads,
-                               training_arguments)
+from benchmarks.common import (  # noqa: E402
+    BASELINES, Run, add_method_arguments, baseline_prune, benchmark_parser, goal, load_script, markdown_table,
+    parse_methods, record_trajectory, recover, set_threads, training_arguments)
 from hf_l0 import assets, data  # noqa: E402
 from hf_l0.scripting import drop_gguf_quantizer, resolve_model_path  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
@@ -58,11 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval_blocks", type=int, default=64, help="validation blocks for perplexity")
     p.add_argument("--new_tokens", type=int, default=64, help="tokens generated per generate() call")
     p.add_argument("--generate_repeats", type=int, default=5, help="alternating rounds of generate() per model")
-    p.add_argument("--methods", default="hf-l0,magnitude,fisher,activation",
-                   help="comma-separated, from hf-l0, magnitude, fisher, activation")
-    p.add_argument("--gate_init", default="uniform", help="hf-l0's gate start (see L0TrainingArguments.gate_init)")
-    p.add_argument("--gate_init_batches", type=int, default=16)
-    p.add_argument("--gate_init_scale", type=float, default=1.0)
+    add_method_arguments(p)
     p.add_argument("--calibration_batches", type=int, default=16,
                    help="first training batches the fisher / activation baselines score on")
     p.add_argument("--selection_blocks", type=int, default=None, help="selection blocks (default: --eval_blocks)")

@@ -266,8 +266,8 @@ class L0Trainer(Trainer):
         check_target_reachable(model, args.target_sparsity)  # before any training step: say what is reachable
         self.l0_config = config
         self.controller = LagrangianController(
-            args.target_sparsity, warmup_steps=args.sparsity_warmup_steps, calibration_rate=args.sparsity_calibration_rate,
-            multiplier_update=args.sparsity_controller, proportional_gain=args.controller_proportional_gain,
+            args.target_sparsity, warmup_steps=args.sparsity_warmup_steps,
+            calibration_rate=args.sparsity_calibration_rate, multiplier_update=args.sparsity_controller, proportional_gain=args.controller_proportional_gain,
             integral_gain=args.controller_integral_gain, final_phase_ratio=args.sparsity_final_phase_ratio,
             error_signal=args.controller_error_signal)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import torch
 from torch import nn
 
@@ -34,3 +36,22 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
         elif isinstance(owner, nn.Embedding):
             normal(param, 0.0, 0.5)
     return model
+
+
+# The first lines of a script run in a fresh process where hf_l0 cannot be imported (even if the venv has it): what a
+# user without hf-l0 sees when loading a compact model through transformers alone.
+NO_HF_L0_PRELUDE = textwrap.dedent('''
+    import importlib.abc, json, sys, tempfile
+
+    class NoHfL0(importlib.abc.MetaPathFinder):  # hf_l0 is "not installed" here, even if the venv has it
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_l0" or name.startswith("hf_l0."):
+                raise ImportError("No module named " + repr(name))
+
+    sys.meta_path.insert(0, NoHfL0())
+    try:
+        import hf_l0  # noqa: F401
+        raise SystemExit("hf_l0 is importable")
+    except ImportError:
+        pass
+''')

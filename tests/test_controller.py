@@ -57,8 +57,8 @@ def _train(output_dir, target: float, controller: str) -> tuple[L0Trainer, list[
     torch.set_num_threads(1)
     args = L0TrainingArguments(
         output_dir=str(output_dir), target_sparsity=target, l0_structures="heads,ffn", max_steps=STEPS,
-        per_device_train_batch_size=16, learning_rate=1e-3, logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True,
-        seed=0, use_cpu=True, sparsity_controller=controller, sparsity_final_phase_ratio=0.0,
+        per_device_train_batch_size=16, learning_rate=1e-3, logging_steps=10, save_strategy="no", report_to="none",
+        disable_tqdm=True, seed=0, use_cpu=True, sparsity_controller=controller, sparsity_final_phase_ratio=0.0,
         sparsity_calibration_rate=0.0, gate_learning_rate=GATE_LR)
     trajectory = _Trajectory()
     trainer = L0Trainer(model=_model(), args=args, train_dataset=_dataset(), callbacks=[trajectory])

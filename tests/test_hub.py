@@ -22,6 +22,7 @@ from hf_l0.assets import smollm2_gguf
 from hf_l0 import L0Config, patch_model, prune_model
 
 from conftest import TASK_MODELS, make_inputs, make_model, model_output
+from helpers import NO_HF_L0_PRELUDE
 from test_core import randomize_gates
 
 TOL = 1e-5
@@ -204,20 +205,7 @@ def test_patched_model_is_not_saved(tmp_path):
 
 # -- a fresh Python process without hf_l0 --------------------------------------------------------------------------
 
-FRESH_SCRIPT = textwrap.dedent('''
-    import importlib.abc, json, sys
-
-    class NoHfL0(importlib.abc.MetaPathFinder):  # hf_l0 is "not installed" here, even if the venv has it
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_l0" or name.startswith("hf_l0."):
-                raise ImportError("No module named " + repr(name))
-
-    sys.meta_path.insert(0, NoHfL0())
-    try:
-        import hf_l0  # noqa: F401
-        raise SystemExit("hf_l0 is importable")
-    except ImportError:
-        pass
+FRESH_SCRIPT = NO_HF_L0_PRELUDE + textwrap.dedent('''
     import torch
     import transformers as tf
     from safetensors.torch import load_file

@@ -26,6 +26,7 @@ from hf_l0 import L0Config, patch_model, prune_model
 from hf_l0.own_methods import has_compact_methods
 
 from conftest import CONFIGS, ENCODERS, VOCAB, make_inputs, make_model
+from helpers import NO_HF_L0_PRELUDE
 from test_core import randomize_gates
 
 TOL = 1e-5
@@ -117,20 +118,7 @@ def outputs(model, inputs):
     return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
 
-FRESH_SCRIPT = textwrap.dedent('''
-    import importlib.abc, json, sys, tempfile
-
-    class NoHfL0(importlib.abc.MetaPathFinder):  # hf_l0 is "not installed" here, even if the venv has it
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_l0" or name.startswith("hf_l0."):
-                raise ImportError("No module named " + repr(name))
-
-    sys.meta_path.insert(0, NoHfL0())
-    try:
-        import hf_l0  # noqa: F401
-        raise SystemExit("hf_l0 is importable")
-    except ImportError:
-        pass
+FRESH_SCRIPT = NO_HF_L0_PRELUDE + textwrap.dedent('''
     import torch
     import transformers as tf
     from safetensors.torch import load_file
@@ -219,7 +207,8 @@ class FakeHubApi:
 def _write_case(cases, refs, root, name, model, head, *, native=False, **flags):
     inputs = head_inputs(head)
     refs[name] = (model, inputs)
-    tensors = {**{f"in.{k}": v for k, v in inputs.items()}, **{f"out.{k}": v for k, v in outputs(model, inputs).items()}}
+    tensors = {**{f"in.{k}": v for k, v in inputs.items()},
+               **{f"out.{k}": v for k, v in outputs(model, inputs).items()}}
     save_file({k: v.contiguous() for k, v in tensors.items()}, root / f"{name}.ref.safetensors")
     cases.append({"name": name, "dir": str(root / name), "auto_class": head, "native": native,
                   "reference": str(root / f"{name}.ref.safetensors"), **flags})
