@@ -268,8 +268,8 @@ class L0Trainer(Trainer):
         self.controller = LagrangianController(
             args.target_sparsity, warmup_steps=args.sparsity_warmup_steps,
             calibration_rate=args.sparsity_calibration_rate, multiplier_update=args.sparsity_controller,
-            proportional_gain=args.controller_proportional_gain, integral_gain=args.controller_integral_gain, final_phase_ratio=args.sparsity_final_phase_ratio,
-            error_signal=args.controller_error_signal)
+            proportional_gain=args.controller_proportional_gain, integral_gain=args.controller_integral_gain,
+            final_phase_ratio=args.sparsity_final_phase_ratio, error_signal=args.controller_error_signal)
 
         if teacher_model is None and args.teacher_model_name_or_path:
             teacher_model = type(model).from_pretrained(args.teacher_model_name_or_path)
