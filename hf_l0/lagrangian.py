@@ -1,20 +1,22 @@
-"""The Lagrangian controller that drives the expected sparsity to a target (CoFi / Sheared-LLaMA).
+"""The controller that drives the sparsity along its warm-up schedule to a target (CoFi / Sheared-LLaMA).
 
-Framework-free: it is an ``nn.Module`` holding the two multipliers, usable from a plain PyTorch or accelerate loop,
-and :class:`hf_l0.L0Trainer` uses this very object::
+Framework-free: it is an ``nn.Module`` holding the multipliers and the schedule, usable from a plain PyTorch or
+accelerate loop, and :class:`hf_l0.L0Trainer` uses this very object::
 
-    controller = LagrangianController(target_sparsity=0.6, warmup_steps=1000)
-    optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=2e-5, gate_lr=0.05, lagrangian_lr=0.05))
-    clamp = GateClamp(model)  # optional: CoFi's log_alpha range, applied after each step
-    for batch in loader:
+    controller = LagrangianController(0.6, warmup_steps=1000, gate_learning_rate=0.05, final_phase_ratio=0.1)
+    optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=2e-5, gate_lr=0.05))
+    for step, batch in enumerate(loader):
+        controller.on_step(model, step, max_steps)  # multiplier update, final-phase snap
         loss = model(**batch).loss + controller(hf_l0.expected_sparsity(model))
-        loss.backward(); optimizer.step(); optimizer.zero_grad(); clamp(); controller.step()
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+    controller.finish(model)
 
 The penalty is ``lambda_1 * (s - t) + lambda_2 * (s - t) ** 2`` with ``s`` the expected sparsity and ``t`` the target
 at the current step (rising linearly from ``start_sparsity`` to ``target_sparsity`` over ``warmup_steps``, then held).
-The model and gates *minimize* it while the multipliers *maximize* it. Torch optimizers reject a negative learning
-rate, so the ascent is done by a gradient hook on each multiplier that negates its gradient: any optimizer that
-minimizes (SGD, Adam, ...) then climbs on lambda. Give the multipliers their own param group with no weight decay.
+The model and gates *minimize* it; the multipliers follow the constraint, by the PI rule of :meth:`on_step` (default)
+or, with ``multiplier_update="ascent"``, by gradient ascent in the training optimizer: torch optimizers reject a
+negative learning rate, so a gradient hook on each multiplier negates its gradient and any minimizing optimizer then
+climbs on lambda (give them their own param group with no weight decay).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class LagrangianController(nn.Module):
     gradient and need no optimizer.
 
     ``multiplier_update="ascent"`` is CoFi's controller: both multipliers are parameters updated by the training
-    optimizer by gradient ascent (a hook negates their gradient), kept for comparison and old checkpoints.
+    optimizer by gradient ascent (a hook negates their gradient), kept for comparison.
     """
 
     def __init__(self, target_sparsity: float, warmup_steps: int = 0, start_sparsity: float = 0.0,
@@ -97,6 +99,7 @@ class LagrangianController(nn.Module):
         # The PI rule's integral term and the step it last ran at (so a repeated call for one step is a no-op).
         self.register_buffer("integral", torch.zeros((), dtype=torch.float64))
         self.register_buffer("updated_step", torch.full((), -1, dtype=torch.int64))
+        self._measured: dict[str, float] | None = None  # what on_step measured for updated_step
 
     def extra_repr(self) -> str:
         return (f"target_sparsity={self.target_sparsity}, warmup_steps={self.warmup_steps}, "
@@ -130,6 +133,8 @@ class LagrangianController(nn.Module):
         from .size import expected_sparsity  # local: size imports patch, which this module also uses
 
         self.set_step(step)
+        if int(self.updated_step) == step and self._measured is not None:
+            return self._measured  # another micro-batch of the same step
         deterministic = float(expected_sparsity(model, deterministic=True))
         expected = float(expected_sparsity(model))
         if int(self.updated_step) != step:
@@ -144,7 +149,8 @@ class LagrangianController(nn.Module):
             if max_steps is not None and self.in_final_phase(step, max_steps):
                 deterministic = snap_to_target(model, self.target_sparsity)
                 expected = float(expected_sparsity(model))
-        return {"expected_sparsity": expected, "deterministic_sparsity": deterministic}
+        self._measured = {"expected_sparsity": expected, "deterministic_sparsity": deterministic}
+        return self._measured
 
     @torch.no_grad()
     def finish(self, model: nn.Module) -> float:
