@@ -105,3 +105,19 @@ def test_gate_scaling_gradients_equal_plain_multiplication():
     assert torch.allclose(x_grad, x.grad)
     assert torch.allclose(scale.grad[scale != 0], reference.grad[scale != 0])
     assert (scale.grad[scale == 0] == 0).all()
+
+
+def test_kept_gates_never_fall_to_zero_so_the_count_is_the_rounded_expected_l0():
+    # a crowd below the paper's zero crossing (log_alpha = -2.4): P(z != 0) is about 0.28 each, so about 28 of 100 are
+    # kept; the paper's value alone is 0 for all of them and would prune every one
+    gate = HardConcreteGate(100)
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.linspace(-2.6, -2.5, 100))
+    gate.eval()
+    values = gate()
+    paper = (torch.sigmoid(gate.log_alpha) * (gate.limit_right - gate.limit_left) + gate.limit_left).clamp(0, 1)
+    assert not paper.any()
+    expected_count = round(gate.prob_nonzero().sum().item())
+    assert expected_count > 0
+    assert int((values != 0).sum()) == expected_count
+    assert values[values != 0].min() > 0.04  # CoFi's soft value sigmoid(0.8 * log_alpha / beta) at -2.5: 0.047
