@@ -11,6 +11,12 @@ from torch import nn
 SOFT_VALUE_SCALE = 0.8
 
 
+def whole_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a possibly sharded one: FSDP2 keeps parameters as sharded DTensors between steps
+    (gathering is a collective: every rank calls it at the same point)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 class HardConcreteGate(nn.Module):
     """A tensor of hard concrete gates, one entry per structure (head, neuron, hidden dimension, sublayer).
 
@@ -70,10 +76,8 @@ class HardConcreteGate(nn.Module):
         return torch.sigmoid(log_alpha - self.temperature * math.log(-self.limit_left / self.limit_right))
 
     def whole_log_alpha(self) -> torch.Tensor:
-        """``log_alpha`` with every entry: FSDP2 keeps parameters sharded (DTensor) between steps, and the deterministic
-        rule ranks all entries of a gate (gathering is a collective: every rank calls it at the same point)."""
-        log_alpha = self.log_alpha
-        return log_alpha.full_tensor() if hasattr(log_alpha, "full_tensor") else log_alpha
+        """``log_alpha`` with every entry: the deterministic rule ranks all entries of a gate (see whole_tensor)."""
+        return whole_tensor(self.log_alpha)
 
     def expected_l0(self) -> torch.Tensor:
         """Expected number of non-zero entries, differentiable in ``log_alpha``."""

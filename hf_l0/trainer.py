@@ -28,6 +28,7 @@ from . import hub
 from .config import CONFIG_NAME, STRUCTURES, L0Config
 from .distill import LayerwiseDistiller, check_teacher, logit_kl
 from .gate_init import GATE_INITS, gate_init_callback
+from .gates import whole_tensor
 from .lagrangian import GateClamp, LagrangianController, gate_parameters
 from .patch import get_gates, is_patched, patch_model, transformers_model
 from .prune import prune_model
@@ -348,16 +349,19 @@ class L0Trainer(Trainer):
             self.optimizer.register_step_post_hook(GateClamp(self._gated_model(), -c, c))
         return self.optimizer
 
+    def _outside_named_params(self) -> dict[str, nn.Parameter]:
+        """The optimized parameters that live outside the model, by name: the multipliers and the layer maps."""
+        named = {f"controller.{n}": p for n, p in self.controller.named_parameters()}
+        if self.distiller is not None:
+            named.update({f"distiller.{n}": p for n, p in self.distiller.named_parameters()})
+        return named
+
     def _outside_params(self) -> set[int]:
-        """ids of the optimized parameters that live outside the model: the multipliers and the layer maps."""
-        modules = [self.controller] + ([self.distiller] if self.distiller is not None else [])
-        return {id(p) for module in modules for p in module.parameters()}
+        return {id(p) for p in self._outside_named_params().values()}
 
     def _zero_outside_grads(self, *_args: Any) -> None:
-        modules = [self.controller] + ([self.distiller] if self.distiller is not None else [])
-        for module in modules:
-            for param in module.parameters():
-                param.grad = None
+        for param in self._outside_named_params().values():
+            param.grad = None
 
     def _resolve_gate_learning_rate(self, num_training_steps: int) -> float:
         """Fix the warm-up length (from the ratio unless given in steps) and the gates' learning rate (from the
@@ -497,12 +501,6 @@ class L0Trainer(Trainer):
                         state[f"optimizer.{name}.{key}"] = value.detach().cpu().contiguous()
         return state
 
-    def _outside_named_params(self) -> dict[str, nn.Parameter]:
-        named = {f"controller.{n}": p for n, p in self.controller.named_parameters()}
-        if self.distiller is not None:
-            named.update({f"distiller.{n}": p for n, p in self.distiller.named_parameters()})
-        return named
-
     @contextlib.contextmanager
     def _optimizer_without_outside_params(self, restore_state: dict[str, torch.Tensor] | None = None):
         """FSDP2's sharded optimizer checkpoint (torch.distributed.checkpoint) names every optimized parameter by its
@@ -580,11 +578,11 @@ class L0Trainer(Trainer):
 
             model = get_peft_model(model, copy.deepcopy(gated.peft_config[gated.active_adapter]))
         # FSDP2 holds sharded DTensors: gather them (a collective: every rank calls save_model / compact_model)
-        weights = {k: _whole(v) for k, v in gated.state_dict().items() if "l0_gates." not in k}
+        weights = {k: whole_tensor(v) for k, v in gated.state_dict().items() if "l0_gates." not in k}
         model.load_state_dict(weights)
-        model.to(device=_whole(param).device, dtype=param.dtype)
+        model.to(device=whole_tensor(param).device, dtype=param.dtype)
         patch_model(model, copy.deepcopy(self.l0_config))
-        get_gates(model).load_state_dict({k: _whole(v) for k, v in get_gates(gated).state_dict().items()})
+        get_gates(model).load_state_dict({k: whole_tensor(v) for k, v in get_gates(gated).state_dict().items()})
         compact = prune_model(model.eval())
         if self._inference_use_cache is not None:
             compact.config.use_cache = self._inference_use_cache
@@ -600,10 +598,6 @@ class L0Trainer(Trainer):
         if self.args.should_save:
             hub.save_pretrained(compact, output_dir, tokenizer=self.processing_class)
             self.l0_config.save_pretrained(output_dir)  # provenance: how it was gated
-
-
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def _keep_outside_params(prepare: Any, outside: Any) -> Any:
