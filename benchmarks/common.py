@@ -28,7 +28,7 @@ import transformers  # noqa: E402
 from transformers import Trainer  # noqa: E402
 
 import hf_l0  # noqa: E402
-from hf_l0.distill import logit_kl  # noqa: E402
+from hf_l0.distill import DistillationLoss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -160,24 +160,20 @@ def training_arguments(output_dir: str | os.PathLike, **overrides: Any) -> dict[
 
 
 class DistillationTrainer(Trainer):
-    """Fine-tunes an (already pruned) model with the same loss as `hf_l0.L0Trainer`'s distillation: ``alpha`` x
-    logit KL to the frozen teacher + (1 - alpha) x task loss, so the baseline gets the same training signal."""
+    """Fine-tunes an (already pruned) model with `hf_l0.L0Trainer`'s distillation loss (:class:`DistillationLoss`:
+    ``alpha`` x logit KL to the frozen teacher + (1 - alpha) x task loss), so the baseline gets the same signal."""
 
     def __init__(self, *args: Any, teacher: torch.nn.Module, alpha: float = 0.9, temperature: float = 2.0,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.teacher, self.alpha, self.temperature = teacher.eval().requires_grad_(False), alpha, temperature
+        self.distillation_loss = DistillationLoss(teacher, alpha, temperature)
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None):
-        outputs = model(**inputs)
         if not model.training:
+            outputs = model(**inputs)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
-        with torch.no_grad():
-            teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-        mask = inputs.get("attention_mask") if outputs.logits.dim() == 3 else None
-        loss = self.alpha * logit_kl(outputs.logits, teacher_logits, self.temperature, mask)
-        loss = loss + (1.0 - self.alpha) * outputs.loss
+        loss, outputs = self.distillation_loss(model, inputs)
         return (loss, outputs) if return_outputs else loss
 
 

@@ -54,11 +54,15 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The trainer pulls in transformers.Trainer (and accelerate): import it only when asked for.
-    if name in ("L0Trainer", "L0TrainingArguments"):
-        from . import trainer
+    # The trainer and its arguments pull in transformers.Trainer / TrainingArguments (and accelerate): import it only when asked for.
+    if name == "L0Trainer":
+        from .trainer import L0Trainer
 
-        return getattr(trainer, name)
+        return L0Trainer
+    if name == "L0TrainingArguments":
+        from .training_args import L0TrainingArguments
+
+        return L0TrainingArguments
     # Deployment exports import onnx / gguf only when used (the deploy extra).
     if name == "export_onnx":
         from .deploy.onnx import export_onnx

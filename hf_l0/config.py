@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+import warnings
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from typing import Any
 
 STRUCTURES = ("heads", "ffn", "hidden", "layers")
@@ -29,10 +30,10 @@ class L0Config:
         default=True,
         metadata={"help": "Gate whole sublayers: one gate per attention block and one per FFN block."},
     )
-    target_sparsity: float | None = field(
-        default=None,
-        metadata={"help": "Fraction of the prunable parameters (attention + FFN) to remove, in (0, 1)."},
-    )
+    # Deprecated (one release): the target belongs to training (L0TrainingArguments / LagrangianController), not to
+    # the structure. Accepted with a FutureWarning, kept as ``config.target_sparsity`` (not saved) and used as the
+    # training target when the training arguments set none.
+    target_sparsity: InitVar[float | None] = None
     droprate_init: float = field(
         default=0.01, metadata={"help": "Initial probability that a gate is zero; small means 'start all open'."}
     )
@@ -50,7 +51,15 @@ class L0Config:
         default=None, metadata={"help": "Uniform target: keep exactly this many hidden dimensions."}
     )
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, target_sparsity: float | None = None) -> None:
+        self.target_sparsity = target_sparsity
+        if target_sparsity is not None:
+            from .lagrangian import check_target_sparsity  # local: lagrangian imports patch, which imports this
+
+            warnings.warn(f"L0Config(target_sparsity=...) is deprecated and will be removed in the next release: set "
+                          f"target_sparsity={target_sparsity} on L0TrainingArguments (or LagrangianController).",
+                          FutureWarning, stacklevel=3)
+            self.target_sparsity = check_target_sparsity(target_sparsity)
         self.validate()
 
     @property
@@ -60,11 +69,6 @@ class L0Config:
     def validate(self) -> None:
         if not self.structures:
             raise ValueError(f"L0Config gates nothing: set at least one of {', '.join(STRUCTURES)} to True.")
-        if self.target_sparsity is not None and not 0.0 < self.target_sparsity < 1.0:
-            raise ValueError(
-                f"target_sparsity={self.target_sparsity} is impossible: it is the fraction of prunable parameters "
-                "to remove and must lie strictly between 0 and 1 (e.g. 0.6)."
-            )
         if not 0.0 < self.droprate_init < 1.0:
             raise ValueError(f"droprate_init={self.droprate_init} must lie strictly between 0 and 1.")
         if self.temperature <= 0:
@@ -93,7 +97,10 @@ class L0Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> L0Config:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        data = dict(data)
+        if data.get("target_sparsity", 0) is None:  # written by hf-l0 0.1.0 (deprecated field, unset)
+            del data["target_sparsity"]
+        unknown = sorted(set(data) - known - {"target_sparsity"})
         if unknown:
             raise ValueError(f"unknown L0Config fields {unknown}; known fields are {sorted(known)}.")
         return cls(**data)

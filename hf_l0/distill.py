@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,3 +83,43 @@ def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
         raise ValueError(f"teacher shape (hidden {t.hidden_size}, {t.num_hidden_layers} layers) differs from the "
                          f"student's (hidden {s.hidden_size}, {s.num_hidden_layers} layers): the student must be the "
                          "gated copy of the dense teacher.")
+
+
+class DistillationLoss:
+    """CoFi's training loss against a frozen teacher: ``alpha`` x logit KL (temperature ``T``) + (1 - ``alpha``) x the
+    model's task loss [+ ``layer_weight`` x the :class:`LayerwiseDistiller` loss].
+
+    :class:`hf_l0.L0Trainer` computes its distillation loss with it, and a baseline that fine-tunes an already pruned
+    model can use the very same loss (``benchmarks/`` do), so both get the same training signal. The teacher is put
+    in eval mode without gradients here; ``layerwise`` (trainable layer maps) belongs in the caller's optimizer.
+    """
+
+    def __init__(self, teacher: nn.Module, alpha: float = 0.9, temperature: float = 2.0,
+                 layerwise: LayerwiseDistiller | None = None, layer_weight: float = 1.0) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"distill alpha={alpha} must lie in [0, 1] (weight of the logit KL).")
+        if temperature <= 0:
+            raise ValueError(f"distill temperature={temperature} must be > 0.")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.alpha, self.temperature = alpha, temperature
+        self.layerwise, self.layer_weight = layerwise, layer_weight
+
+    def __call__(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """The loss of one batch and the student's outputs (``inputs`` may carry labels; the teacher never sees them)."""
+        layerwise = self.layerwise is not None
+        outputs = model(**inputs, output_hidden_states=layerwise)
+        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad():
+            teacher_outputs = self.teacher(**teacher_inputs, output_hidden_states=layerwise)
+        mask = inputs.get("attention_mask") if outputs.logits.dim() == 3 else None
+        loss = self.alpha * logit_kl(outputs.logits, teacher_outputs.logits, self.temperature, mask)
+        if self.alpha < 1.0:
+            if outputs.get("loss") is None:
+                raise ValueError("distill_alpha < 1 mixes in the task loss, but the model returned none: the batches "
+                                 "need labels (or set --distill_alpha 1).")
+            loss = loss + (1.0 - self.alpha) * outputs.loss
+        if layerwise:
+            layer_loss = self.layerwise(outputs.hidden_states, teacher_outputs.hidden_states,
+                                        inputs.get("attention_mask"))
+            loss = loss + self.layer_weight * layer_loss
+        return loss, outputs

@@ -33,6 +33,15 @@ from .patch import get_gates
 MULTIPLIER_UPDATES = ("pi", "ascent")
 
 
+def check_target_sparsity(target_sparsity: float) -> float:
+    """The one check of a sparsity target (training arguments, controller, the deprecated ``L0Config`` field)."""
+    if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)) \
+            or not 0.0 < target_sparsity < 1.0:
+        raise ValueError(f"target_sparsity={target_sparsity!r} is impossible: it is the fraction of the prunable "
+                         "(attention + FFN) parameters to remove and must lie strictly between 0 and 1 (e.g. 0.6).")
+    return float(target_sparsity)
+
+
 class LagrangianController(nn.Module):
     """Target schedule, the Lagrange multipliers and their update, the penalty term, calibration and final snap.
 
@@ -57,9 +66,7 @@ class LagrangianController(nn.Module):
                  integral_gain: float = 2.0, gate_learning_rate: float = 0.1, final_phase_ratio: float = 0.0,
                  error_signal: str = "deterministic") -> None:
         super().__init__()
-        if not 0.0 < target_sparsity < 1.0:
-            raise ValueError(f"target_sparsity={target_sparsity} is impossible: it is the fraction of the prunable "
-                             "(attention + FFN) parameters to remove and must lie strictly between 0 and 1.")
+        check_target_sparsity(target_sparsity)
         if not 0.0 <= start_sparsity <= target_sparsity:
             raise ValueError(f"start_sparsity={start_sparsity} must lie in [0, target_sparsity={target_sparsity}].")
         if warmup_steps < 0:

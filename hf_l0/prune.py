@@ -6,14 +6,17 @@ This module reads the gates and folds their values into the weights; the shape s
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 from .arch import Sublayer, get_adapter
+from .config import L0Config
+from .gates import whole_tensor
 from .own_methods import bind_compact_methods
-from .patch import get_gates, transformers_model, unpatch_model
+from .patch import GATES_ATTR, get_gates, patch_model, transformers_model, unpatch_model
 from .slicing import scale_linear
 from .surgery import STRUCTURE_KEY, PruningPlan, SublayerPlan, apply_plan, apply_structure, structure_of
 
@@ -62,6 +65,31 @@ def prune_model(model: nn.Module) -> nn.Module:
     # model.save_pretrained / push_to_hub (and so Trainer.save_model) must not write a stock config that
     # would load a dense or randomly filled model: they write hf_l0.save_pretrained's export instead.
     return bind_compact_methods(model)
+
+
+def pruned_copy(model: nn.Module, config: L0Config | None = None) -> nn.Module:
+    """A pruned copy of a gated model: :func:`prune_model` on a copy, so ``model`` stays gated and trainable.
+
+    ``config`` is the model's ``L0Config`` (default: the one :func:`hf_l0.patch_model` attached). Works on peft
+    models (the copy gets the same adapters, which pruning merges) and on FSDP2-sharded models, whose shards are
+    gathered: a collective, so every rank must call it.
+    """
+    gated_base = transformers_model(model)
+    config = copy.deepcopy(gated_base.l0_config if config is None else config)
+    param = next(model.parameters())
+    # A fresh instance instead of deepcopy: the gating hooks are closures over the original's gates.
+    copied = type(gated_base)(copy.deepcopy(gated_base.config))
+    if gated_base is not model:  # a peft model: the same adapters on the copy; prune_model merges them
+        from peft import get_peft_model
+
+        copied = get_peft_model(copied, copy.deepcopy(model.peft_config[model.active_adapter]))
+    gates_prefix = f"{GATES_ATTR}."
+    weights = {k: whole_tensor(v) for k, v in model.state_dict().items() if gates_prefix not in k}
+    copied.load_state_dict(weights)
+    copied.to(device=whole_tensor(param).device, dtype=param.dtype)
+    patch_model(copied, config)
+    get_gates(copied).load_state_dict({k: whole_tensor(v) for k, v in get_gates(model).state_dict().items()})
+    return prune_model(copied.eval())
 
 
 def build_compact_model(model_class: type, config: Any) -> nn.Module:

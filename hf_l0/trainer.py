@@ -1,4 +1,4 @@
-"""`L0TrainingArguments` and `L0Trainer`: fine-tune while the L0 term drives the model to a chosen size.
+"""`L0Trainer`: fine-tune while the L0 term drives the model to a chosen size (arguments: :mod:`hf_l0.training_args`).
 
 The loss is ``task (or distillation) loss + lambda_1 (s - t) + lambda_2 (s - t)^2`` (:mod:`hf_l0.lagrangian`), with
 ``s`` the expected sparsity of the attention + FFN parameters and ``t`` the warmed-up target. One optimizer holds
@@ -10,11 +10,9 @@ constant, gradient ascent) and, with layerwise distillation, the learned layer m
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,214 +20,22 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer
 
 from . import hub
-from .config import CONFIG_NAME, STRUCTURES, L0Config
-from .distill import LayerwiseDistiller, check_teacher, logit_kl
-from .gate_init import GATE_INITS, gate_init_callback
-from .gates import whole_tensor
+from .config import L0Config
+from .distill import DistillationLoss, LayerwiseDistiller, check_teacher
+from .gate_init import gate_init_callback
 from .lagrangian import GateClamp, LagrangianController, gate_parameters
-from .patch import get_gates, is_patched, patch_model, transformers_model
-from .prune import prune_model
+from .patch import is_patched, patch_model, transformers_model
+from .prune import pruned_copy
 from .size import check_target_reachable, expected_sparsity
+from .training_args import GATE_LR_PER_WARMUP_STEPS, GATE_LR_RANGE, L0TrainingArguments
 from .trajectory import trajectory_from_log_history, write_sparsity_trajectory
 
 L0_STATE_NAME = "l0_trainer_state.safetensors"
-# Default gate learning rate: this many log_alpha units over the sparsity warm-up, clipped to GATE_LR_RANGE.
-GATE_LR_PER_WARMUP_STEPS = 25.0
-GATE_LR_RANGE = (0.05, 1.0)
+__all__ = ["L0Trainer", "L0TrainingArguments"]  # the arguments live in hf_l0.training_args; importable from here too
 STAT_KEYS = ("expected_sparsity", "target_sparsity", "lambda_1", "lambda_2", "lagrangian_loss", "target_offset")
-
-
-@dataclass
-class L0TrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the L0 pruning, Lagrangian and distillation settings (all available on the CLI)."""
-
-    target_sparsity: float | None = field(
-        default=None,
-        metadata={"help": "Fraction of the attention + FFN parameters to remove, strictly between 0 and 1 "
-                  "(e.g. 0.6). Required."},
-    )
-    sparsity_warmup_steps: int = field(
-        default=0,
-        metadata={"help": "Optimizer steps over which the target rises linearly from 0 (CoFi). Overrides "
-                  "--sparsity_warmup_ratio when > 0."},
-    )
-    sparsity_warmup_ratio: float = field(
-        default=0.5,
-        metadata={"help": "Fraction of the training steps over which the target rises from 0, when "
-                  "--sparsity_warmup_steps is 0. The remaining steps hold the target so the gates settle on it."},
-    )
-    gate_learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "Learning rate of the gates' log_alpha (own param group, no weight decay). Default: "
-                  f"{GATE_LR_PER_WARMUP_STEPS:g} / sparsity warm-up steps, within [{GATE_LR_RANGE[0]}, "
-                  f"{GATE_LR_RANGE[1]}]: the gates must cross from open to closed within the warm-up, so short runs "
-                  "need a higher rate (0.5 at 50 warm-up steps, 0.17 at 150)."}
-    )
-    gate_adam_beta1: float = field(
-        default=0.0,
-        metadata={"help": "Adam beta1 of the gates' param group. 0 (no momentum) by default: with momentum the gates "
-                  "keep closing after the constraint is met and the sparsity overshoots the target."},
-    )
-    gate_lr_constant: bool = field(
-        default=False,
-        metadata={"help": "Keep the gates' learning rate constant instead of following the weights' schedule."},
-    )
-    sparsity_controller: str = field(
-        default="pi",
-        metadata={"help": "How the Lagrange multiplier follows the sparsity schedule: pi (proportional-integral "
-                  "update on the deterministic sparsity, once per step; stays on the schedule) or ascent (CoFi's "
-                  "gradient ascent by the optimizer, which overshoots at short budgets).", "choices": ["pi", "ascent"]},
-    )
-    controller_proportional_gain: float = field(
-        default=20.0,
-        metadata={"help": "pi controller: lambda_1 x gate learning rate per unit of sparsity error (the brake when "
-                  "the schedule is crossed)."},
-    )
-    controller_integral_gain: float = field(
-        default=2.0,
-        metadata={"help": "pi controller: lambda_1 x gate learning rate added per step per unit of sparsity error "
-                  "(removes the lag)."},
-    )
-    controller_error_signal: str = field(
-        default="deterministic",
-        metadata={"help": "pi controller: which sparsity is compared with the schedule.",
-                  "choices": ["deterministic", "expected"]},
-    )
-    lagrangian_learning_rate: float = field(
-        default=0.5,
-        metadata={"help": "ascent controller: learning rate of lambda_1, lambda_2 (gradient ascent)."},
-    )
-    l0_structures: str = field(
-        default="heads,ffn,layers",
-        metadata={"help": f"Comma-separated structures to gate, from {', '.join(STRUCTURES)}. Ignored when "
-                  "--l0_config is given."},
-    )
-    l0_config: dict | str | None = field(
-        default=None,
-        metadata={"help": "A full L0Config: a JSON string, a path to l0_config.json, or a directory holding one."},
-    )
-    sparsity_calibration_rate: float = field(
-        default=0.05,
-        metadata={"help": "ascent controller: after the warmup, shift the expected-sparsity target by this rate x "
-                  "(target - deterministic sparsity) per step, so the pruned model lands on the target (0 = off). The "
-                  "pi controller measures the deterministic sparsity itself and ignores it."},
-    )
-    sparsity_final_phase_ratio: float = field(
-        default=0.1,
-        metadata={"help": "Final fraction of the training steps during which the deterministic sparsity is pinned to "
-                  "the target before every step (one common log_alpha shift, see hf_l0.lagrangian.snap_to_target), "
-                  "so the weights adapt to the pruned shape and the run ends on the target. 0 = off."},
-    )
-    log_alpha_clamp: float | None = field(
-        default=None,
-        metadata={"help": "Clamp every log_alpha into [-c, c] after each step (CoFi uses log(100) = 4.6). Off by "
-                  "default: a tight lower bound keeps closed gates' P(z != 0) above 0 and biases the size."},
-    )
-    teacher_model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Dense fine-tuned teacher to distill from (frozen, eval mode, no grad)."},
-    )
-    distill_alpha: float = field(
-        default=0.9,
-        metadata={"help": "Weight of the logit KL in [0, 1]; the task loss gets 1 - alpha. Needs a teacher."},
-    )
-    distill_temperature: float = field(default=2.0, metadata={"help": "Distillation temperature T (KL x T^2)."})
-    distill_layerwise: bool = field(
-        default=False,
-        metadata={"help": "Add CoFi's layerwise hidden-state loss (learned linear map per matched layer)."},
-    )
-    distill_layer_weight: float = field(default=1.0, metadata={"help": "Weight of the layerwise loss."})
-    prune_at_end: bool = field(
-        default=True,
-        metadata={"help": "trainer.save_model() writes the compact pruned model (checkpoints stay gated)."},
-    )
-    gate_init: str = field(
-        default="uniform",
-        metadata={"help": "How the gates start: 'uniform' (all alike, near open) or ordered by an importance score "
-                  "of each head / neuron on the first --gate_init_batches training batches: 'fisher' (= 'taylor'), "
-                  "'activation', 'magnitude' (no batches). The expected size at init is the same for all "
-                  "(see hf_l0.init_gates_from_scores)."},
-    )
-    gate_init_batches: int = field(default=16, metadata={"help": "Calibration batches for --gate_init."})
-    gate_init_scale: float = field(
-        default=1.0, metadata={"help": "log_alpha spread per standard deviation of the importance rank (gate_init)."}
-    )
-
-    def __post_init__(self) -> None:
-        self.l0_config = _l0_config_dict(self.l0_config)
-        self.resolved_l0_config()  # validates structures / config
-        target = self.target_sparsity
-        if target is None and self.l0_config is not None:
-            target = self.target_sparsity = self.l0_config.get("target_sparsity")
-        if target is None:
-            raise ValueError("target_sparsity is required: the fraction of attention + FFN parameters to remove, "
-                             "e.g. --target_sparsity 0.6.")
-        if not 0.0 < target < 1.0:
-            raise ValueError(f"target_sparsity={target} is impossible: it must lie strictly between 0 and 1 "
-                             "(0.6 removes 60% of the attention + FFN parameters).")
-        cfg_target = (self.l0_config or {}).get("target_sparsity")
-        if cfg_target is not None and cfg_target != target:
-            raise ValueError(f"target_sparsity={target} conflicts with l0_config target_sparsity={cfg_target}; "
-                             "set it in one place.")
-        if self.sparsity_warmup_steps < 0:
-            raise ValueError(f"sparsity_warmup_steps={self.sparsity_warmup_steps} must be >= 0.")
-        if not 0.0 <= self.sparsity_warmup_ratio <= 1.0:
-            raise ValueError(f"sparsity_warmup_ratio={self.sparsity_warmup_ratio} must lie in [0, 1].")
-        for name in ("gate_learning_rate", "lagrangian_learning_rate", "distill_temperature"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be > 0.")
-        if not 0.0 <= self.sparsity_final_phase_ratio < 1.0:
-            raise ValueError(f"sparsity_final_phase_ratio={self.sparsity_final_phase_ratio} must lie in [0, 1).")
-        if self.sparsity_calibration_rate < 0:
-            raise ValueError(f"sparsity_calibration_rate={self.sparsity_calibration_rate} must be >= 0.")
-        if self.log_alpha_clamp is not None and self.log_alpha_clamp <= 0:
-            raise ValueError(f"log_alpha_clamp={self.log_alpha_clamp} must be > 0 (the range is [-c, c]).")
-        if not 0.0 <= self.gate_adam_beta1 < 1.0:
-            raise ValueError(f"gate_adam_beta1={self.gate_adam_beta1} must lie in [0, 1).")
-        if not 0.0 <= self.distill_alpha <= 1.0:
-            raise ValueError(f"distill_alpha={self.distill_alpha} must lie in [0, 1] (weight of the logit KL).")
-        if self.distill_layer_weight < 0:
-            raise ValueError(f"distill_layer_weight={self.distill_layer_weight} must be >= 0.")
-        if self.gate_init not in GATE_INITS:
-            raise ValueError(f"gate_init={self.gate_init!r}: choose one of {', '.join(GATE_INITS)}.")
-        if self.gate_init_batches < 1 or self.gate_init_scale < 0:
-            raise ValueError(f"gate_init_batches={self.gate_init_batches} must be >= 1 and gate_init_scale="
-                             f"{self.gate_init_scale} >= 0.")
-        super().__post_init__()
-
-    def resolved_l0_config(self) -> L0Config:
-        """The `L0Config` these arguments describe (``l0_config`` if given, else ``l0_structures``)."""
-        if self.l0_config is not None:
-            data = dict(self.l0_config)
-            data.setdefault("target_sparsity", self.target_sparsity)
-            return L0Config.from_dict(data)
-        names = [s.strip() for s in self.l0_structures.split(",") if s.strip()]
-        unknown = sorted(set(names) - set(STRUCTURES))
-        if unknown or not names:
-            raise ValueError(f"l0_structures={self.l0_structures!r}: unknown or no structures {unknown}; choose "
-                             f"from {', '.join(STRUCTURES)} (comma-separated).")
-        return L0Config(**{s: s in names for s in STRUCTURES}, target_sparsity=self.target_sparsity)
-
-
-def _l0_config_dict(value: dict | str | L0Config | None) -> dict | None:
-    if value is None or isinstance(value, dict):
-        return value
-    if isinstance(value, L0Config):
-        return value.to_dict()
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("{"):
-            return json.loads(text)
-        path = os.path.join(text, CONFIG_NAME) if os.path.isdir(text) else text
-        if not os.path.isfile(path):
-            raise ValueError(f"l0_config={value!r} is neither a JSON object nor an existing file or directory "
-                             f"holding {CONFIG_NAME}.")
-        with open(path) as f:
-            return json.load(f)
-    raise TypeError(f"l0_config must be an L0Config, a dict, a JSON string or a path, got {type(value).__name__}.")
 
 
 def _constant_lr(_step: int) -> float:
@@ -286,6 +92,8 @@ class L0Trainer(Trainer):
         self.distiller = None
         if args.distill_layerwise:
             self.distiller = LayerwiseDistiller(model.config.hidden_size, model.config.num_hidden_layers)
+        self.distillation_loss = None if teacher_model is None else DistillationLoss(
+            teacher_model, args.distill_alpha, args.distill_temperature, self.distiller, args.distill_layer_weight)
         self._l0_sums: dict[str, float] = {}
         self._l0_count = 0
         self._compact: tuple[int, nn.Module] | None = None
@@ -396,7 +204,7 @@ class L0Trainer(Trainer):
         if self.teacher is None:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
         else:
-            loss, outputs = self._distillation_loss(model, inputs)
+            loss, outputs = self.distillation_loss(model, inputs)
         gated = self._gated_model()
         step = self.state.global_step
         self._step_controller(gated, step)
@@ -439,26 +247,6 @@ class L0Trainer(Trainer):
             title = f"target {self.args.target_sparsity}, {self.args.sparsity_controller} controller"
             write_sparsity_trajectory(rows, self.args.output_dir, self.state.max_steps, title=title)
         return output
-
-    def _distillation_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-        layerwise = self.distiller is not None
-        outputs = model(**inputs, output_hidden_states=layerwise)
-        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        with torch.no_grad():
-            teacher_outputs = self.teacher(**teacher_inputs, output_hidden_states=layerwise)
-        mask = inputs.get("attention_mask") if outputs.logits.dim() == 3 else None
-        alpha = self.args.distill_alpha
-        loss = alpha * logit_kl(outputs.logits, teacher_outputs.logits, self.args.distill_temperature, mask)
-        if alpha < 1.0:
-            if outputs.get("loss") is None:
-                raise ValueError("distill_alpha < 1 mixes in the task loss, but the model returned none: the batches "
-                                 "need labels (or set --distill_alpha 1).")
-            loss = loss + (1.0 - alpha) * outputs.loss
-        if layerwise:
-            layer_loss = self.distiller(outputs.hidden_states, teacher_outputs.hidden_states,
-                                        inputs.get("attention_mask"))
-            loss = loss + self.args.distill_layer_weight * layer_loss
-        return loss, outputs
 
     # -- logging and evaluation -----------------------------------------------------------------------------------
     def _accumulate(self, stats: dict[str, float]) -> None:
@@ -568,22 +356,7 @@ class L0Trainer(Trainer):
         """A pruned copy of the current gated model (the trainer's model stays gated and trainable)."""
         if self._compact is not None and self._compact[0] == self.state.global_step:
             return self._compact[1]
-        gated = self._gated_model()
-        param = next(gated.parameters())
-        # A fresh instance instead of deepcopy: the gating hooks are closures over the original's gates.
-        base = transformers_model(gated)
-        model = type(base)(copy.deepcopy(base.config))
-        if base is not gated:  # a peft model: the same adapters on the copy; prune_model merges them
-            from peft import get_peft_model
-
-            model = get_peft_model(model, copy.deepcopy(gated.peft_config[gated.active_adapter]))
-        # FSDP2 holds sharded DTensors: gather them (a collective: every rank calls save_model / compact_model)
-        weights = {k: whole_tensor(v) for k, v in gated.state_dict().items() if "l0_gates." not in k}
-        model.load_state_dict(weights)
-        model.to(device=whole_tensor(param).device, dtype=param.dtype)
-        patch_model(model, copy.deepcopy(self.l0_config))
-        get_gates(model).load_state_dict({k: whole_tensor(v) for k, v in get_gates(gated).state_dict().items()})
-        compact = prune_model(model.eval())
+        compact = pruned_copy(self._gated_model(), self.l0_config)
         if self._inference_use_cache is not None:
             compact.config.use_cache = self._inference_use_cache
         self._compact = (self.state.global_step, compact)

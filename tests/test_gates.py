@@ -65,8 +65,6 @@ def test_keep_per_row_and_binary():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(heads=False, ffn=False, hidden=False, layers=False), "gates nothing"),
-    (dict(target_sparsity=1.0), "strictly between 0 and 1"),
-    (dict(target_sparsity=0.0), "strictly between 0 and 1"),
     (dict(droprate_init=0.0), "droprate_init"),
     (dict(temperature=-1.0), "temperature"),
     (dict(limit_left=0.1), "limit_left < 0"),
@@ -79,12 +77,29 @@ def test_config_validation(kwargs, message):
 
 
 def test_config_roundtrip(tmp_path):
-    config = L0Config(hidden=True, target_sparsity=0.6, droprate_init=0.2)
+    config = L0Config(hidden=True, droprate_init=0.2)
     config.save_pretrained(tmp_path)
     assert L0Config.from_pretrained(tmp_path) == config
     assert L0Config.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown L0Config fields"):
         L0Config.from_dict({"hiden": True})
+
+
+def test_config_target_sparsity_is_deprecated_but_still_the_training_target(tmp_path):
+    """The target belongs to training: L0Config(target_sparsity=...) warns, is not saved with the structure, and is
+    the training target when the arguments set none; its bad values get the one message every target gets."""
+    from hf_l0.training_args import L0TrainingArguments
+
+    with pytest.warns(FutureWarning, match="deprecated.*L0TrainingArguments"):
+        config = L0Config(hidden=True, target_sparsity=0.6)
+    assert config.target_sparsity == 0.6 and "target_sparsity" not in config.to_dict()
+    assert L0Config.from_dict(config.to_dict()) == config
+    with pytest.warns(FutureWarning, match="set --target_sparsity 0.6 on the training arguments"):
+        args = L0TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], l0_config=config)
+    assert args.target_sparsity == 0.6 and args.resolved_l0_config() == config
+    for target in (0.0, 1.0):
+        with pytest.warns(FutureWarning), pytest.raises(ValueError, match="must lie strictly between 0 and 1"):
+            L0Config(target_sparsity=target)
 
 
 def test_gate_scaling_gradients_equal_plain_multiplication():
