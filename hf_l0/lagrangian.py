@@ -22,6 +22,7 @@ climbs on lambda (give them their own param group with no weight decay).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -243,25 +244,50 @@ def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [gate.log_alpha for gate in get_gates(model).gates().values()]
 
 
-def l0_param_groups(model: nn.Module, controller: LagrangianController, lr: float, gate_lr: float,
-                    lagrangian_lr: float = 0.0, weight_decay: float = 0.0,
-                    gate_betas: tuple[float, float] | None = (0.0, 0.999)) -> list[dict[str, Any]]:
-    """Optimizer param groups for a plain loop: model weights, gates (no decay) and multipliers (no decay).
+# The optimizer's param groups, by name (a group dict's "name" key), in the order they are built.
+PARAM_GROUPS = ("weights", "weights_no_decay", "gates", "multipliers", "layer_maps")
 
-    The gates get Adam ``betas`` without momentum by default (``gate_betas``; ``None`` leaves the optimizer's): with
-    momentum they keep closing after the controller has braked. The multipliers' group matters only for the
-    ``ascent`` controller; the ``pi`` controller updates them itself.
+
+def l0_param_groups(model: nn.Module, controller: LagrangianController, lr: float | None, gate_lr: float,
+                    lagrangian_lr: float = 0.0, weight_decay: float = 0.0,
+                    gate_betas: tuple[float, float] | None = (0.0, 0.999), *, decay: Collection[str] | None = None,
+                    layer_maps: nn.Module | None = None, gated_model: nn.Module | None = None) -> list[dict[str, Any]]:
+    """The optimizer param groups of L0 training, each named by its ``"name"`` key (see :data:`PARAM_GROUPS`).
+
+    ``weights`` (``lr``, ``weight_decay``) and ``weights_no_decay``: the model's trainable parameters except the
+    gates, split by ``decay`` (names as ``model.named_parameters()`` gives them; ``None``: all decay). ``gates``:
+    every ``log_alpha`` (``gate_lr``, no decay) with Adam ``betas`` without momentum by default (``gate_betas``;
+    ``None`` leaves the optimizer's): with momentum they keep closing after the controller has braked.
+    ``multipliers``: the controller's (``lagrangian_lr``, no decay); it matters only for the ``ascent`` controller,
+    the ``pi`` controller updates them itself. ``layer_maps`` (optional): the layerwise distiller's maps.
+    ``lr=None`` leaves a group's rate to the optimizer's default. ``gated_model`` is the patched model when ``model``
+    wraps it (DDP, accelerate). :class:`hf_l0.L0Trainer` builds its optimizer with this function too.
     """
-    gate_ids = {id(p) for p in gate_parameters(model)}
-    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
-    gates: dict[str, Any] = {"params": gate_parameters(model), "lr": gate_lr, "weight_decay": 0.0}
+    gates = gate_parameters(model if gated_model is None else gated_model)
+    gate_ids = {id(p) for p in gates}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in gate_ids]
+    decayed = {n for n, _ in named} if decay is None else set(decay)
+    rate = {} if lr is None else {"lr": lr}
+    gate_group: dict[str, Any] = {"name": "gates", "params": gates, "lr": gate_lr, "weight_decay": 0.0}
     if gate_betas is not None:
-        gates["betas"] = gate_betas
-    return [
-        {"params": weights, "lr": lr, "weight_decay": weight_decay},
-        gates,
-        {"params": list(controller.parameters()), "lr": lagrangian_lr, "weight_decay": 0.0},
+        gate_group["betas"] = tuple(gate_betas)
+    groups = [
+        {"name": "weights", "params": [p for n, p in named if n in decayed], **rate, "weight_decay": weight_decay},
+        {"name": "weights_no_decay", "params": [p for n, p in named if n not in decayed], **rate, "weight_decay": 0.0},
+        gate_group,
+        {"name": "multipliers", "params": list(controller.parameters()), "lr": lagrangian_lr, "weight_decay": 0.0},
     ]
+    if layer_maps is not None:
+        groups.append({"name": "layer_maps", "params": list(layer_maps.parameters()), **rate, "weight_decay": 0.0})
+    return groups
+
+
+def param_group_indices(optimizer: torch.optim.Optimizer, *names: str) -> list[int]:
+    """Positions of the named groups (see :func:`l0_param_groups`) in ``optimizer.param_groups``."""
+    unknown = sorted(set(names) - set(PARAM_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown param group names {unknown}; the groups are {', '.join(PARAM_GROUPS)}.")
+    return [i for i, group in enumerate(optimizer.param_groups) if group.get("name") in names]
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from . import hub
 from .config import L0Config
 from .distill import DistillationLoss, LayerwiseDistiller, check_teacher
 from .gate_init import gate_init_callback
-from .lagrangian import GateClamp, LagrangianController, gate_parameters
+from .lagrangian import GateClamp, LagrangianController, gate_parameters, l0_param_groups, param_group_indices
 from .patch import is_patched, patch_model, transformers_model
 from .prune import pruned_copy
 from .size import check_target_reachable, expected_sparsity
@@ -124,19 +124,6 @@ class L0Trainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         model = self.model if model is None else model
-        gates = gate_parameters(self._gated_model())
-        gate_ids = {id(p) for p in gates}
-        decay = set(self.get_decay_parameter_names(model))
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in gate_ids]
-        groups = [
-            {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
-            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
-            {"params": gates, "lr": self._resolve_gate_learning_rate(self.state.max_steps), "weight_decay": 0.0},
-            {"params": list(self.controller.parameters()), "lr": self.args.lagrangian_learning_rate,
-             "weight_decay": 0.0},
-        ]
-        if self.distiller is not None:
-            groups.append({"params": list(self.distiller.parameters()), "weight_decay": 0.0})
         if self.optimizer_cls_and_kwargs is not None:
             optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
         else:
@@ -144,8 +131,13 @@ class L0Trainer(Trainer):
         if not isinstance(optimizer_cls, type) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
             raise ValueError(f"optim={self.args.optim!r} builds its own parameter groups; L0Trainer needs a standard "
                              "torch optimizer (e.g. adamw_torch) for its gate and multiplier groups.")
-        if "betas" in optimizer_kwargs:  # Adam family: the gates get their own beta1 (see gate_adam_beta1)
-            groups[2]["betas"] = (self.args.gate_adam_beta1, optimizer_kwargs["betas"][1])
+        # Adam family: the gates get their own beta1 (see gate_adam_beta1); other optimizers keep their settings
+        betas = optimizer_kwargs.get("betas")
+        groups = l0_param_groups(
+            model, self.controller, lr=None, gate_lr=self._resolve_gate_learning_rate(self.state.max_steps),
+            lagrangian_lr=self.args.lagrangian_learning_rate, weight_decay=self.args.weight_decay,
+            gate_betas=None if betas is None else (self.args.gate_adam_beta1, betas[1]),
+            decay=self.get_decay_parameter_names(model), layer_maps=self.distiller, gated_model=self._gated_model())
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         # The Trainer zeroes the model's gradients only. The multipliers and layer maps live outside the model: without
         # this their gradients would add up over all steps (lambda climbing on the sum of past gaps), and a resumed
@@ -190,7 +182,8 @@ class L0Trainer(Trainer):
         created = self.lr_scheduler is None
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if created and isinstance(scheduler, LambdaLR):
-            for i in (2, 3) if self.args.gate_lr_constant else (3,):  # gates (optionally), multipliers
+            constant = ("gates", "multipliers") if self.args.gate_lr_constant else ("multipliers",)
+            for i in param_group_indices(scheduler.optimizer, *constant):
                 scheduler.lr_lambdas[i] = _constant_lr
                 scheduler.optimizer.param_groups[i]["lr"] = scheduler.base_lrs[i]
                 scheduler._last_lr[i] = scheduler.base_lrs[i]
@@ -322,8 +315,13 @@ class L0Trainer(Trainer):
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         path = os.path.join(checkpoint, L0_STATE_NAME) if checkpoint else None
         restore = load_file(path) if self._fsdp2 and path and os.path.isfile(path) else None
+        names = [group.get("name") for group in self.optimizer.param_groups] if self.optimizer is not None else []
         with self._optimizer_without_outside_params(restore):
             super()._load_optimizer_and_scheduler(checkpoint)
+        # Loading replaces the group dicts with the saved ones: checkpoints of hf-l0 0.1.0 carry no group names
+        if self.optimizer is not None:
+            for group, name in zip(self.optimizer.param_groups, names):
+                group.setdefault("name", name)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         with self._optimizer_without_outside_params():

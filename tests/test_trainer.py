@@ -14,7 +14,7 @@ import hf_l0
 from hf_l0 import get_gates
 from hf_l0 import hub
 from hf_l0.distill import LayerwiseDistiller, logit_kl
-from hf_l0.lagrangian import LagrangianController
+from hf_l0.lagrangian import LagrangianController, l0_param_groups
 from hf_l0.trainer import L0_STATE_NAME, L0Trainer, L0TrainingArguments
 
 
@@ -190,19 +190,30 @@ def test_save_model_writes_loadable_compact_model(tmp_path):
     assert (tmp_path / "out" / "l0_config.json").is_file()
 
 
-def test_param_groups_and_constant_multiplier_rate(tmp_path):
-    trainer = L0Trainer(model=_wide_bert(), args=_args(tmp_path, max_steps=4, weight_decay=0.1),
-                        train_dataset=_dataset())
+@pytest.mark.parametrize("gate_lr_constant", [False, True])
+def test_param_groups_are_named_and_built_as_for_a_custom_loop(tmp_path, gate_lr_constant):
+    trainer = L0Trainer(model=_wide_bert(), args=_args(tmp_path, max_steps=4, weight_decay=0.1,
+                                                       gate_lr_constant=gate_lr_constant), train_dataset=_dataset())
     trainer.create_optimizer_and_scheduler(4)
-    groups = trainer.optimizer.param_groups
+    groups = {group["name"]: group for group in trainer.optimizer.param_groups}
+    assert list(groups) == ["weights", "weights_no_decay", "gates", "multipliers"]
     gate_ids = {id(g.log_alpha) for g in get_gates(trainer.model).gates().values()}
-    assert {id(p) for p in groups[2]["params"]} == gate_ids and groups[2]["weight_decay"] == 0.0
-    assert groups[3]["params"] == list(trainer.controller.parameters()) and groups[3]["weight_decay"] == 0.0
+    assert {id(p) for p in groups["gates"]["params"]} == gate_ids and groups["gates"]["weight_decay"] == 0.0
+    assert groups["gates"]["betas"][0] == trainer.args.gate_adam_beta1
+    assert groups["multipliers"]["params"] == list(trainer.controller.parameters())
+    assert groups["weights"]["weight_decay"] == 0.1 and groups["weights_no_decay"]["weight_decay"] == 0.0
+    # the custom-loop helper builds the same groups (same parameters, in the same order)
+    loop = l0_param_groups(trainer.model, trainer.controller, lr=1e-3, gate_lr=0.1,
+                           decay=trainer.get_decay_parameter_names(trainer.model))
+    assert [g["name"] for g in loop] == list(groups)
+    assert all([id(p) for p in g["params"]] == [id(p) for p in groups[g["name"]]["params"]] for g in loop)
+    gate_lr = groups["gates"]["lr"]
     for _ in range(3):
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
-    assert groups[3]["lr"] == trainer.args.lagrangian_learning_rate  # constant: the constraint holds to the end
-    assert groups[0]["lr"] < trainer.args.learning_rate  # the weights follow the linear schedule
+    assert groups["multipliers"]["lr"] == trainer.args.lagrangian_learning_rate  # constant: holds to the end
+    assert groups["weights"]["lr"] < trainer.args.learning_rate  # the weights follow the linear schedule
+    assert (groups["gates"]["lr"] == gate_lr) == gate_lr_constant
 
 
 def test_snap_to_target_lands_within_one_head_of_the_target_even_with_layer_gates():
