@@ -24,11 +24,12 @@ from torch import nn
 
 from .arch import Sublayer, get_adapter
 from .config import L0Config
+from .gates import GATE_KIND, GATE_KINDS
 from .patch import get_gates, is_patched, patch_model, transformers_model, unpatch_model
 from .prune import prune_model
 from .slicing import base_layer, linear_axes
 
-SCORED = ("heads", "ffn")  # the gate names a score dict holds
+SCORED = tuple(kind.name for kind in GATE_KINDS if kind.level == "unit")  # the gate names a score dict holds
 LossFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
 
 
@@ -50,8 +51,8 @@ def unit_weight_norms(sublayer: Sublayer) -> torch.Tensor:
 
 def _sublayers(model: nn.Module) -> dict[str, list[Sublayer]]:
     adapter = get_adapter(transformers_model(model))
-    sublayers = {"heads": [adapter.attention(i) for i in range(adapter.num_layers)],
-                 "ffn": [adapter.ffn(i) for i in range(adapter.num_layers)]}
+    sublayers = {name: [getattr(adapter, GATE_KIND[name].sublayer)(i) for i in range(adapter.num_layers)]
+                 for name in SCORED}
     if any(s is None for group in sublayers.values() for s in group):
         raise ValueError(f"{type(model).__name__} is already pruned (a sublayer was removed); score the dense model.")
     return sublayers
@@ -78,7 +79,7 @@ def unit_masks(model: nn.Module, requires_grad: bool = False) -> Iterator[dict[s
     if patched_here:
         patch_model(model, L0Config(heads=True, ffn=True, layers=False, hidden=False))
     gates = get_gates(model)
-    ones = {name: torch.ones_like(gate.log_alpha.detach()) for name, gate in gates.gates().items()}
+    ones = {name: torch.ones_like(gate.log_alpha.detach()) for name, gate in gates.named_gates().items()}
     masks = {name: ones[name].clone().requires_grad_(requires_grad) for name in SCORED if name in ones}
 
     def override(module: nn.Module, args: Any) -> None:

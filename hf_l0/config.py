@@ -8,6 +8,8 @@ import warnings
 from dataclasses import InitVar, asdict, dataclass, field, fields
 from typing import Any
 
+from .gates import GATE_KINDS
+
 STRUCTURES = ("heads", "ffn", "hidden", "layers")
 CONFIG_NAME = "l0_config.json"
 
@@ -78,8 +80,10 @@ class L0Config:
                 f"hard concrete stretch ({self.limit_left}, {self.limit_right}) must satisfy limit_left < 0 and "
                 "limit_right > 1 (the paper uses -0.1 and 1.1)."
             )
-        for name, gated_by in (("target_heads", "heads"), ("target_intermediate_size", "ffn"),
-                               ("target_hidden_size", "hidden")):
+        for kind in GATE_KINDS:
+            if kind.keep_per_row is None:
+                continue
+            name, gated_by = kind.keep_per_row, kind.switch
             value = getattr(self, name)
             if value is None:
                 continue

@@ -105,7 +105,7 @@ class DistillationLoss:
         self.layerwise, self.layer_weight = layerwise, layer_weight
 
     def __call__(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-        """The loss of one batch and the student's outputs (``inputs`` may carry labels; the teacher never sees them)."""
+        """The loss of one batch and the student's outputs (``inputs`` may hold labels; the teacher never sees them)."""
         layerwise = self.layerwise is not None
         outputs = model(**inputs, output_hidden_states=layerwise)
         teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}

@@ -64,7 +64,7 @@ def init_gates_from_scores(model: nn.Module, scores: Mapping[str, torch.Tensor],
     if scale < 0 or not math.isfinite(scale):
         raise ValueError(f"scale={scale} must be a finite number >= 0 (0 gives the uniform start).")
     gates = get_gates(model)
-    named = gates.gates()
+    named = gates.named_gates()
     droprate_init = transformers_model(model).l0_config.droprate_init
     for name, score in scores.items():
         gate = named.get(name)

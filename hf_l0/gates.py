@@ -3,12 +3,57 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 # CoFi's soft deterministic value of a kept gate, sigmoid(SOFT_VALUE_SCALE * log_alpha / temperature).
 SOFT_VALUE_SCALE = 0.8
+
+SublayerKind = Literal["attention", "ffn"]
+GateLevel = Literal["unit", "sublayer", "hidden"]
+SUBLAYER_KINDS: tuple[SublayerKind, ...] = ("attention", "ffn")
+
+
+@dataclass(frozen=True)
+class GateKind:
+    """One kind of gate of a patched model (an attribute of :class:`hf_l0.patch.L0Gates`) and what it covers.
+
+    ``level`` fixes its shape and meaning: ``"unit"`` gates are [layers, units] of one ``sublayer`` kind (heads or KV
+    groups, FFN neurons), ``"sublayer"`` gates are [layers], one per whole sublayer, ``"hidden"`` gates are
+    [hidden_size], shared by the residual stream. ``switch`` is the :class:`hf_l0.L0Config` flag that turns the gate
+    on and ``keep_per_row`` the config field of its uniform target, if it has one.
+    """
+
+    name: str
+    switch: str
+    level: GateLevel
+    sublayer: SublayerKind | None = None
+    keep_per_row: str | None = None
+    binary: bool = False  # survivors take the value 1 (see HardConcreteGate)
+
+
+# The one table of gate kinds: patching, sizes, pruning, the controller and the trainer read it. A new structure type
+# is one entry here plus the hook that applies it (hf_l0.patch). The order is the order gates are created in (their
+# random init and the checkpoint's key order).
+GATE_KINDS: tuple[GateKind, ...] = (
+    GateKind("heads", "heads", "unit", "attention", keep_per_row="target_heads"),
+    GateKind("ffn", "ffn", "unit", "ffn", keep_per_row="target_intermediate_size"),
+    GateKind("attention_layers", "layers", "sublayer", "attention"),
+    GateKind("ffn_layers", "layers", "sublayer", "ffn"),
+    GateKind("hidden", "hidden", "hidden", keep_per_row="target_hidden_size", binary=True),
+)
+GATE_KIND = {kind.name: kind for kind in GATE_KINDS}
+HIDDEN_GATE = next(kind.name for kind in GATE_KINDS if kind.level == "hidden")
+
+
+def sublayer_gate_names(sublayer: SublayerKind) -> tuple[str, str]:
+    """The names of the unit gate and of the whole-sublayer gate of a sublayer kind (``"attention"`` or ``"ffn"``)."""
+    unit = next(k.name for k in GATE_KINDS if k.level == "unit" and k.sublayer == sublayer)
+    whole = next(k.name for k in GATE_KINDS if k.level == "sublayer" and k.sublayer == sublayer)
+    return unit, whole
 
 
 def whole_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .gates import GATE_KIND
 from .patch import get_gates
 
 
@@ -230,7 +231,7 @@ class GateClamp:
     def __init__(self, model: nn.Module, low: float = -math.log(100.0), high: float = math.log(100.0)) -> None:
         if not low < high:
             raise ValueError(f"log_alpha clamp range ({low}, {high}) is empty.")
-        self.params = [gate.log_alpha for gate in get_gates(model).gates().values()]
+        self.params = [gate.log_alpha for gate in get_gates(model).named_gates().values()]
         self.low, self.high = low, high
 
     @torch.no_grad()
@@ -241,7 +242,7 @@ class GateClamp:
 
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The ``log_alpha`` of every gate of a patched model."""
-    return [gate.log_alpha for gate in get_gates(model).gates().values()]
+    return [gate.log_alpha for gate in get_gates(model).named_gates().values()]
 
 
 # The optimizer's param groups, by name (a group dict's "name" key), in the order they are built.
@@ -303,9 +304,9 @@ def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0
     :class:`hf_l0.L0Trainer` applies it in the final phase of training (``sparsity_final_phase_ratio``) so the
     weights adapt to the pinned gates.
     """
-    gates = get_gates(model).gates()
+    gates = get_gates(model).named_gates()
     reached = _bisect_shift(model, [g.log_alpha for g in gates.values()], target_sparsity, bound, iterations)
-    fine = [gate.log_alpha for name, gate in gates.items() if not name.endswith("_layers")]
+    fine = [gate.log_alpha for name, gate in gates.items() if GATE_KIND[name].level != "sublayer"]
     if fine and len(fine) < len(gates):
         reached = _bisect_shift(model, fine, target_sparsity, bound, iterations)
     return reached

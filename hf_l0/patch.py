@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -9,7 +10,8 @@ from torch import nn
 
 from .arch import ArchAdapter, get_adapter
 from .config import L0Config
-from .gates import HardConcreteGate
+from .gates import GATE_KINDS, HIDDEN_GATE, SUBLAYER_KINDS, HardConcreteGate, sublayer_gate_names
+from .layout import SizeLayout, layout_of
 from .slicing import base_layer, norm_on_subset
 
 GATES_ATTR = "l0_gates"
@@ -25,30 +27,39 @@ class L0Gates(nn.Module):
     hooks of that forward, so gradient checkpointing recomputes with the same gate values.
     """
 
-    def __init__(self, config: L0Config, num_layers: int, attention_units: int, ffn_units: int, hidden_size: int):
+    def __init__(self, config: L0Config, num_layers: int, attention_units: int, ffn_units: int, hidden_size: int,
+                 size_layout: SizeLayout | None = None):
         super().__init__()
         kwargs = dict(droprate_init=config.droprate_init, temperature=config.temperature,
                       limit_left=config.limit_left, limit_right=config.limit_right)
-        if config.heads:
-            self.heads = HardConcreteGate((num_layers, attention_units), **kwargs)
-            self.heads.keep_per_row = config.target_heads
-        if config.ffn:
-            self.ffn = HardConcreteGate((num_layers, ffn_units), **kwargs)
-            self.ffn.keep_per_row = config.target_intermediate_size
-        if config.layers:
-            self.attention_layers = HardConcreteGate(num_layers, **kwargs)
-            self.ffn_layers = HardConcreteGate(num_layers, **kwargs)
-        if config.hidden:
-            self.hidden = HardConcreteGate(hidden_size, binary=True, **kwargs)
-            self.hidden.keep_per_row = config.target_hidden_size
+        units = {"attention": attention_units, "ffn": ffn_units}
+        for kind in GATE_KINDS:
+            if not getattr(config, kind.switch):
+                continue
+            if kind.level == "unit":
+                shape = (num_layers, units[kind.sublayer])
+            else:
+                shape = (num_layers,) if kind.level == "sublayer" else (hidden_size,)
+            gate = HardConcreteGate(shape, binary=kind.binary, **kwargs)
+            gate.keep_per_row = getattr(config, kind.keep_per_row) if kind.keep_per_row else None
+            self.add_module(kind.name, gate)
+        # The dense model's parameter counts the sizes are computed from (hf_l0.size), read once by patch_model.
+        self.size_layout = size_layout
         self._values: dict[str, torch.Tensor] = {}
         self._depth = 0  # patched forwards running now (the outermost draws the sample, see _refresh_gates)
 
-    def gates(self) -> dict[str, HardConcreteGate]:
+    def named_gates(self) -> dict[str, HardConcreteGate]:
+        """The gates by name (see :data:`hf_l0.gates.GATE_KINDS`), in creation order."""
         return {name: module for name, module in self.named_children() if isinstance(module, HardConcreteGate)}
 
+    def gates(self) -> dict[str, HardConcreteGate]:
+        """Deprecated alias of :meth:`named_gates`."""
+        warnings.warn("L0Gates.gates() is deprecated and will be removed in the next release; use named_gates().",
+                      DeprecationWarning, stacklevel=2)
+        return self.named_gates()
+
     def refresh(self) -> None:
-        self._values = {name: gate() for name, gate in self.gates().items()}
+        self._values = {name: gate() for name, gate in self.named_gates().items()}
 
     def value(self, name: str) -> torch.Tensor | None:
         if name not in self._values and hasattr(self, name):
@@ -57,7 +68,7 @@ class L0Gates(nn.Module):
 
     @torch.no_grad()
     def deterministic(self) -> dict[str, torch.Tensor]:
-        return {name: gate.deterministic() for name, gate in self.gates().items()}
+        return {name: gate.deterministic() for name, gate in self.named_gates().items()}
 
 
 def transformers_model(model: nn.Module) -> nn.Module:
@@ -139,7 +150,7 @@ def _bias_corrector(gates: L0Gates, layer_gate: str, layer_idx: int) -> Callable
 def _output_scaler(gates: L0Gates, layer_gate: str | None, layer_idx: int) -> Callable:
     """Scales the sublayer output by its layer gate and the hidden gates (used when hidden dims are gated)."""
     def hook(module, args, output):
-        layer, hidden = gates.value(layer_gate) if layer_gate else None, gates.value("hidden")
+        layer, hidden = gates.value(layer_gate) if layer_gate else None, gates.value(HIDDEN_GATE)
         scale = hidden if layer is None else layer[layer_idx] * hidden
         return output * scale.to(output.dtype)
 
@@ -148,7 +159,7 @@ def _output_scaler(gates: L0Gates, layer_gate: str | None, layer_idx: int) -> Ca
 
 def _hidden_scaler(gates: L0Gates) -> Callable:
     def hook(module, args, output):
-        return output * gates.value("hidden").to(output.dtype)
+        return output * gates.value(HIDDEN_GATE).to(output.dtype)
 
     return hook
 
@@ -157,7 +168,7 @@ def _hidden_norm(gates: L0Gates) -> Callable:
     # Norm statistics over the surviving hidden dimensions only (CoFi), and zeros elsewhere so the norm's bias does
     # not refill pruned dimensions: exactly what the compact model with fewer dimensions computes.
     def hook(module, args, output):
-        keep = gates.value("hidden") != 0
+        keep = gates.value(HIDDEN_GATE) != 0
         if bool(keep.all()):
             return output
         index = keep.nonzero().squeeze(-1)
@@ -192,8 +203,8 @@ def _refresh_gates(gates: L0Gates, root: nn.Module, hooked: dict[str, nn.Module]
 def _register(adapter: ArchAdapter, gates: L0Gates, config: L0Config) -> list:
     handles = []
     for i in range(adapter.num_layers):
-        for sublayer, unit_gate, layer_gate in ((adapter.attention(i), "heads", "attention_layers"),
-                                                (adapter.ffn(i), "ffn", "ffn_layers")):
+        for kind in SUBLAYER_KINDS:
+            sublayer, (unit_gate, layer_gate) = getattr(adapter, kind)(i), sublayer_gate_names(kind)
             unit_gate = unit_gate if hasattr(gates, unit_gate) else None
             layer_gate = layer_gate if hasattr(gates, layer_gate) else None
             # Hidden gates scale the sublayer output per dimension anyway, so the layer gate joins them there;
@@ -256,7 +267,7 @@ def patch_model(model: nn.Module, config: L0Config) -> nn.Module:
         if value is not None and value > limit:
             raise ValueError(f"{name}={value} exceeds what the model has ({limit}); a target must not grow it.")
     param = next(target.parameters())
-    gates = L0Gates(config, adapter.num_layers, attention_units, ffn_units, adapter.hidden_size)
+    gates = L0Gates(config, adapter.num_layers, attention_units, ffn_units, adapter.hidden_size, layout_of(adapter))
     gates.to(device=param.device)
     gates.train(target.training)  # a model patched after .eval() must stay deterministic
     target.add_module(GATES_ATTR, gates)

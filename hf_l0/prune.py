@@ -14,7 +14,7 @@ from torch import nn
 
 from .arch import Sublayer, get_adapter
 from .config import L0Config
-from .gates import whole_tensor
+from .gates import HIDDEN_GATE, SUBLAYER_KINDS, sublayer_gate_names, whole_tensor
 from .own_methods import bind_compact_methods
 from .patch import GATES_ATTR, get_gates, patch_model, transformers_model, unpatch_model
 from .slicing import scale_linear
@@ -50,13 +50,12 @@ def prune_model(model: nn.Module) -> nn.Module:
     if transformers_model(model) is not model:
         model = model.merge_and_unload()
     adapter = get_adapter(model)
-    hidden = values.get("hidden")
+    hidden = values.get(HIDDEN_GATE)
     plan = PruningPlan(hidden=None if hidden is None or bool(hidden.all()) else hidden.nonzero().squeeze(-1))
     for i in range(adapter.num_layers):
-        for sublayer, unit_gate, layer_gate, steps in (
-            (adapter.attention(i), "heads", "attention_layers", plan.attention),
-            (adapter.ffn(i), "ffn", "ffn_layers", plan.ffn),
-        ):
+        for kind in SUBLAYER_KINDS:
+            sublayer, (unit_gate, layer_gate) = getattr(adapter, kind)(i), sublayer_gate_names(kind)
+            steps = getattr(plan, kind)  # plan.attention / plan.ffn
             unit_values = values[unit_gate][i] if unit_gate in values else None
             layer_value = values[layer_gate][i] if layer_gate in values else None
             steps.append(_fold(sublayer, unit_values, layer_value))

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .arch import ArchAdapter, get_adapter
+from .arch import get_adapter
+from .gates import HIDDEN_GATE, SUBLAYER_KINDS, sublayer_gate_names
+from .layout import SizeLayout, layout_of
 from .patch import get_gates, transformers_model
-from .slicing import out_features
 
 
 @dataclass
@@ -44,10 +45,10 @@ def _probabilities(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
     if mode == "full":
         return {}
     if mode == "expected":
-        return {name: gate.prob_nonzero().double() for name, gate in gates.gates().items()}
+        return {name: gate.prob_nonzero().double() for name, gate in gates.named_gates().items()}
     if mode == "minimum":  # every gate shut, except the entries a uniform target (keep_per_row) must keep
         minimum = {}
-        for name, gate in gates.gates().items():
+        for name, gate in gates.named_gates().items():
             value = torch.zeros_like(gate.log_alpha, dtype=torch.float64)
             if gate.keep_per_row is not None:
                 value[..., :min(gate.keep_per_row, value.shape[-1])] = 1.0
@@ -56,35 +57,11 @@ def _probabilities(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
     return {name: (value != 0).double() for name, value in gates.deterministic().items()}
 
 
-def _residual_params_per_dim(adapter: ArchAdapter) -> int:
-    stream = adapter.residual_stream()
-    embedding_weights = {id(e.weight) for e in stream.embeddings}
-    count = sum(e.num_embeddings for e in stream.embeddings)
-    count += sum(sum(p.numel() for p in norm.parameters(recurse=False)) // adapter.hidden_size for norm in stream.norms)
-    count += sum(out_features(c) for c in stream.consumers if id(c.weight) not in embedding_weights)  # tied: once
-    return count
-
-
-_LAYOUT_ATTR = "_size_layout"
-
-
-def _layout(model: nn.Module) -> dict:
-    """Per-layer counts of the sublayers (units, weights and biases per unit, output bias) and of the residual stream.
-
-    They describe the dense model the gates were attached to, which patching never changes, so they are read from the
-    adapter once and kept on the gates module: the trainer asks for the size at every step.
-    """
+def _layout(model: nn.Module) -> SizeLayout:
     gates = get_gates(model)
-    layout = gates.__dict__.get(_LAYOUT_ATTR)
-    if layout is None:
-        adapter = get_adapter(transformers_model(model))
-        layout = {"hidden_size": adapter.hidden_size, "residual_per_dim": _residual_params_per_dim(adapter)}
-        for kind in ("attention", "ffn"):
-            sublayers = [getattr(adapter, kind)(i) for i in range(adapter.num_layers)]
-            layout[kind] = [[s.num_units for s in sublayers], [s.weights_per_unit() for s in sublayers],
-                            [s.biases_per_unit() for s in sublayers], [s.output_bias() for s in sublayers]]
-        gates.__dict__[_LAYOUT_ATTR] = layout
-    return layout
+    if gates.size_layout is None:  # gates built by hand instead of by patch_model
+        gates.size_layout = layout_of(get_adapter(transformers_model(model)))
+    return gates.size_layout
 
 
 def _size(model: nn.Module, mode: str) -> SizeReport:
@@ -92,16 +69,18 @@ def _size(model: nn.Module, mode: str) -> SizeReport:
     probs = _probabilities(model, mode)
     device = next(get_gates(model).parameters()).device
     one = torch.ones((), dtype=torch.float64, device=device)
-    hidden = probs["hidden"].sum() if "hidden" in probs else one * layout["hidden_size"]
+    hidden = probs[HIDDEN_GATE].sum() if HIDDEN_GATE in probs else one * layout.hidden_size
     totals = {}
-    for kind, unit_gate, layer_gate in (("attention", "heads", "attention_layers"), ("ffn", "ffn", "ffn_layers")):
-        num_units, weights, biases, output_bias = torch.tensor(layout[kind], dtype=torch.float64, device=device)
+    for kind in SUBLAYER_KINDS:
+        unit_gate, layer_gate = sublayer_gate_names(kind)
+        counts = layout.sublayers[kind].rows()
+        num_units, weights, biases, output_bias = torch.tensor(counts, dtype=torch.float64, device=device)
         units = probs[unit_gate].sum(-1) if unit_gate in probs else num_units
         size = units * (weights * hidden + biases) + output_bias * hidden
         if layer_gate in probs:
             size = size * probs[layer_gate]
         totals[kind] = size.sum()
-    return SizeReport(totals["attention"], totals["ffn"], layout["residual_per_dim"] * hidden)
+    return SizeReport(totals["attention"], totals["ffn"], layout.residual_per_dim * hidden)
 
 
 def expected_size(model: nn.Module) -> SizeReport:
@@ -143,7 +122,7 @@ def check_target_reachable(model: nn.Module, target_sparsity: float) -> None:
     """
     maximum = max_reachable_sparsity(model)
     if target_sparsity > maximum + 1e-12:
-        structures = ", ".join(get_gates(model).gates())
+        structures = ", ".join(get_gates(model).named_gates())
         raise ValueError(
             f"target_sparsity={target_sparsity} cannot be reached: with gates on {structures} this model can lose at "
             f"most {maximum:.4f} of its attention + FFN parameters (every gate shut). Gate more structures (layers "

@@ -27,7 +27,7 @@ from .config import L0Config
 from .distill import DistillationLoss, LayerwiseDistiller, check_teacher
 from .gate_init import gate_init_callback
 from .lagrangian import GateClamp, LagrangianController, gate_parameters, l0_param_groups, param_group_indices
-from .patch import is_patched, patch_model, transformers_model
+from .patch import GATES_ATTR, is_patched, patch_model, transformers_model
 from .prune import pruned_copy
 from .size import check_target_reachable, expected_sparsity
 from .training_args import GATE_LR_PER_WARMUP_STEPS, GATE_LR_RANGE, L0TrainingArguments
@@ -408,6 +408,6 @@ def _check_gates_in_checkpoint(checkpoint: str) -> None:
             keys = list(json.load(f)["weight_map"])
     else:
         return  # let the Trainer report the missing weights
-    if not any(k.startswith("l0_gates.") for k in keys):
-        raise ValueError(f"{checkpoint} holds no L0 gates (no l0_gates.* tensors): it is not an L0Trainer "
+    if not any(k.startswith(f"{GATES_ATTR}.") for k in keys):
+        raise ValueError(f"{checkpoint} holds no L0 gates (no {GATES_ATTR}.* tensors): it is not an L0Trainer "
                          "checkpoint; start a new run instead of resuming from it.")

@@ -61,7 +61,8 @@ class L0TrainingArguments(TrainingArguments):
         default="pi",
         metadata={"help": "How the Lagrange multiplier follows the sparsity schedule: pi (proportional-integral "
                   "update on the deterministic sparsity, once per step; stays on the schedule) or ascent (CoFi's "
-                  "gradient ascent by the optimizer, which overshoots at short budgets).", "choices": list(MULTIPLIER_UPDATES)},
+                  "gradient ascent by the optimizer, which overshoots at short budgets).",
+                  "choices": list(MULTIPLIER_UPDATES)},
     )
     controller_proportional_gain: float = field(
         default=20.0,

@@ -43,7 +43,7 @@ class RankAgreement(TrainerCallback):
 
     def state_vector(self) -> torch.Tensor:
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        gates = [full(gate.log_alpha).flatten() for gate in hf_l0.get_gates(model).gates().values()]
+        gates = [full(gate.log_alpha).flatten() for gate in hf_l0.get_gates(model).named_gates().values()]
         multipliers = [p.detach().flatten() for p in self.trainer.controller.parameters()]
         return torch.cat(gates + multipliers).float()
 
@@ -98,7 +98,7 @@ def main() -> None:
     trainer.train(resume_from_checkpoint=RESUME)
     trainer.save_model(str(out_dir / "compact"))  # the compact model (gathered from the shards under FSDP)
     gates = {name: full(gate.log_alpha).contiguous()
-             for name, gate in hf_l0.get_gates(trainer.accelerator.unwrap_model(trainer.model)).gates().items()}
+             for name, gate in hf_l0.get_gates(trainer.accelerator.unwrap_model(trainer.model)).named_gates().items()}
     if trainer.accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         gates.update({name: p.detach().reshape(1) for name, p in trainer.controller.named_parameters()})

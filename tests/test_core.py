@@ -18,7 +18,7 @@ def randomize_gates(model, seed: int = 0, closed_attention_layer: int = 0, close
     gates = hf_l0.get_gates(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for gate in gates.gates().values():
+        for gate in gates.named_gates().values():
             gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=generator) * 3.0)
         if hasattr(gates, "heads"):
             gates.heads.log_alpha[closed_attention_layer] = -10.0
@@ -83,7 +83,7 @@ def test_all_gates_open_prunes_to_the_original(family, auto_class):
     dense_params = params(model)
     patch_model(model, L0Config(hidden=True))
     with torch.no_grad():
-        for gate in hf_l0.get_gates(model).gates().values():
+        for gate in hf_l0.get_gates(model).named_gates().values():
             gate.log_alpha.fill_(10.0)
     prune_model(model.eval())
     assert params(model) == dense_params
@@ -176,7 +176,7 @@ def test_expected_size_is_differentiable_and_bounded():
     assert 0 < expected.total.item() < full.total.item()
     sparsity = hf_l0.expected_sparsity(model)
     sparsity.backward()
-    for gate in hf_l0.get_gates(model).gates().values():
+    for gate in hf_l0.get_gates(model).named_gates().values():
         assert gate.log_alpha.grad is not None and (gate.log_alpha.grad <= 0).all()
     assert 0.0 < sparsity.item() < 0.2  # gates start nearly open (droprate_init=0.01)
 
@@ -223,7 +223,7 @@ def test_training_mode_samples_and_backprop_reaches_gates():
     for _ in range(4):  # a gate clamped at exactly 0 or 1 in one sample passes no gradient in that sample
         out = model(**inputs, labels=inputs["input_ids"])
         out.loss.backward()
-    for gate in hf_l0.get_gates(model).gates().values():
+    for gate in hf_l0.get_gates(model).named_gates().values():
         assert gate.log_alpha.grad is not None and gate.log_alpha.grad.abs().sum() > 0
 
 

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+import hf_l0
 from hf_l0 import HardConcreteGate, L0Config
 
 
@@ -136,3 +137,26 @@ def test_kept_gates_never_fall_to_zero_so_the_count_is_the_rounded_expected_l0()
     assert expected_count > 0
     assert int((values != 0).sum()) == expected_count
     assert values[values != 0].min() > 0.04  # CoFi's soft value sigmoid(0.8 * log_alpha / beta) at -2.5: 0.047
+
+
+def test_one_gate_table_drives_the_gates_a_config_creates():
+    """Every gate of a patched model is one GATE_KINDS entry switched on by its L0Config flag, in table order; the
+    sizes' per-layer counts are a declared attribute computed at patch time (not a hidden cache)."""
+    from conftest import make_model
+
+    from hf_l0.config import STRUCTURES
+    from hf_l0.gates import GATE_KINDS, sublayer_gate_names
+    from hf_l0.layout import SizeLayout
+
+    assert {kind.switch for kind in GATE_KINDS} == set(STRUCTURES)
+    assert sublayer_gate_names("attention") == ("heads", "attention_layers")
+    assert sublayer_gate_names("ffn") == ("ffn", "ffn_layers")
+    for config in (L0Config(hidden=True), L0Config(heads=False, layers=False), L0Config(ffn=False, hidden=True)):
+        model = hf_l0.patch_model(make_model("bert"), config)
+        gates = hf_l0.get_gates(model)
+        assert list(gates.named_gates()) == [k.name for k in GATE_KINDS if getattr(config, k.switch)]
+        assert isinstance(gates.size_layout, SizeLayout)
+        hf_l0.expected_sparsity(model)
+        assert "_size_layout" not in vars(gates)
+        with pytest.warns(DeprecationWarning, match="named_gates"):
+            assert gates.gates() == gates.named_gates()
