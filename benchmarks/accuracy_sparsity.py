@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 train_dataset=splits["train"], data_collator=collator, processing_class=tokenizer)
             trainer.train()
             compact = trainer.compact_model()
-            sparsity = float(hf_l0.expected_sparsity(trainer.model, deterministic=True))
+            sparsity = float(hf_l0.deterministic_sparsity(trainer.model))
             trainer.save_model(str(models_dir / f"hf_l0-{target:g}"))  # the compact model (prune_at_end)
             results["runs"].append({"method": "hf_l0", "target": target, "sparsity": sparsity,
                                     "parameters": compact.num_parameters(), **accuracies(compact, splits, collator),

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer = L0Trainer(model=trainable_copy(dense), args=l0_args, teacher_model=dense,
                             train_dataset=blocks["train"], data_collator=default_data_collator)
         trainer.train()
-        sparsity = float(hf_l0.expected_sparsity(trainer.model, deterministic=True))
+        sparsity = float(hf_l0.deterministic_sparsity(trainer.model))
         compact["hf-l0"] = trainer.compact_model().eval()
         results["models"]["hf-l0"] = {"sparsity": sparsity, "parameters": compact["hf-l0"].num_parameters(),
                                       **perplexities(compact["hf-l0"]), "train_seconds": time.perf_counter() - start,

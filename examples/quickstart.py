@@ -35,7 +35,7 @@ def main() -> None:
             gate.log_alpha.copy_(torch.randn_like(gate.log_alpha) * 3 - 1.6)
     with torch.inference_mode():
         gated_logits = model(**batch).logits
-    print(f"expected sparsity of attention+FFN under the gates: {hf_l0.expected_sparsity(model, True).item():.3f}")
+    print(f"sparsity of attention+FFN under the eval-mode gates: {hf_l0.deterministic_sparsity(model).item():.3f}")
 
     hf_l0.prune_model(model)
     with torch.inference_mode():

@@ -9,7 +9,7 @@ from .lagrangian import LagrangianController
 from .hub import export_plan, from_pretrained, push_to_hub, save_pretrained
 from .patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
 from .prune import build_compact_model, prune_model
-from .size import SizeReport, deterministic_size, expected_size, expected_sparsity, full_size
+from .size import SizeReport, deterministic_size, deterministic_sparsity, expected_size, expected_sparsity, full_size
 from .size import check_target_reachable, max_reachable_sparsity
 
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ __all__ = [
     "build_compact_model",
     "check_target_reachable",
     "deterministic_size",
+    "deterministic_sparsity",
     "expected_size",
     "expected_sparsity",
     "export_gguf",

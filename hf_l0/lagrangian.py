@@ -139,12 +139,12 @@ class LagrangianController(nn.Module):
         :class:`hf_l0.L0Trainer` calls it at the first micro-batch of every step; a custom loop calls it at the top
         of each step (``max_steps`` is needed only with a final phase). Calling it again for the same step is a no-op.
         """
-        from .size import expected_sparsity  # local: size imports patch, which this module also uses
+        from .size import deterministic_sparsity, expected_sparsity  # local: size imports patch, as this does
 
         self.set_step(step)
         if int(self.updated_step) == step and self._measured is not None:
             return self._measured  # another micro-batch of the same step
-        deterministic = float(expected_sparsity(model, deterministic=True))
+        deterministic = float(deterministic_sparsity(model))
         expected = float(expected_sparsity(model))
         if int(self.updated_step) != step:
             self.updated_step.fill_(step)
@@ -165,11 +165,11 @@ class LagrangianController(nn.Module):
     def finish(self, model: nn.Module) -> float:
         """After the last optimizer step: pin the deterministic sparsity once more when there is a final phase (the
         last step moved the gates). Returns the deterministic sparsity."""
-        from .size import expected_sparsity
+        from .size import deterministic_sparsity
 
         if self.final_phase_ratio > 0:
             return snap_to_target(model, self.target_sparsity)
-        return float(expected_sparsity(model, deterministic=True))
+        return float(deterministic_sparsity(model))
 
     @torch.no_grad()
     def calibrate(self, deterministic_sparsity: float, step: int | None = None) -> None:
@@ -314,14 +314,14 @@ def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0
 
 @torch.no_grad()
 def _bisect_shift(model: nn.Module, params: list[nn.Parameter], target: float, bound: float, iterations: int) -> float:
-    from .size import expected_sparsity  # local: size imports patch, which this module also uses
+    from .size import deterministic_sparsity  # local: size imports patch, which this module also uses
 
     original = [p.detach().clone() for p in params]
 
     def sparsity_at(shift: float) -> float:
         for p, o in zip(params, original):
             p.copy_(o + shift)
-        return float(expected_sparsity(model, deterministic=True))
+        return float(deterministic_sparsity(model))
 
     best_shift, best_error = 0.0, abs(sparsity_at(0.0) - target)
     low, high = -bound, bound  # sparsity(low) is high, sparsity(high) is low

@@ -11,6 +11,7 @@ equals the parameters of the model that :func:`hf_l0.prune_model` returns.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -98,10 +99,24 @@ def full_size(model: nn.Module) -> SizeReport:
     return _size(model, "full")
 
 
-def expected_sparsity(model: nn.Module, deterministic: bool = False) -> torch.Tensor:
-    """1 - remaining / full size of the attention + FFN blocks (differentiable unless ``deterministic``)."""
-    size = deterministic_size(model) if deterministic else expected_size(model)
-    return 1.0 - size.prunable / full_size(model).prunable
+def expected_sparsity(model: nn.Module, deterministic: bool | None = None) -> torch.Tensor:
+    """1 - expected remaining / full size of the attention + FFN blocks, differentiable in every ``log_alpha``.
+
+    ``deterministic=True`` is deprecated: use :func:`deterministic_sparsity`.
+    """
+    if deterministic is not None:
+        warnings.warn("expected_sparsity(model, deterministic=...) is deprecated and will be removed in the next "
+                      "release; use deterministic_sparsity(model) for the eval-mode gates.", DeprecationWarning,
+                      stacklevel=2)
+        if deterministic:
+            return deterministic_sparsity(model)
+    return 1.0 - expected_size(model).prunable / full_size(model).prunable
+
+
+def deterministic_sparsity(model: nn.Module) -> torch.Tensor:
+    """1 - remaining / full size of the attention + FFN blocks under the eval-mode gates: the sparsity of the model
+    :func:`hf_l0.prune_model` returns (no gradient)."""
+    return 1.0 - deterministic_size(model).prunable / full_size(model).prunable
 
 
 def max_reachable_sparsity(model: nn.Module) -> float:

@@ -29,7 +29,7 @@ from .gate_init import gate_init_callback
 from .lagrangian import GateClamp, LagrangianController, gate_parameters, l0_param_groups, param_group_indices
 from .patch import GATES_ATTR, is_patched, patch_model, transformers_model
 from .prune import pruned_copy
-from .size import check_target_reachable, expected_sparsity
+from .size import check_target_reachable, deterministic_sparsity, expected_sparsity
 from .training_args import GATE_LR_PER_WARMUP_STEPS, GATE_LR_RANGE, L0TrainingArguments
 from .trajectory import trajectory_from_log_history, write_sparsity_trajectory
 
@@ -255,7 +255,7 @@ class L0Trainer(Trainer):
             logs["target_sparsity"] = self.controller.target(self.state.global_step)
             logs["lambda_1"], logs["lambda_2"] = self.controller.lambda_1.item(), self.controller.lambda_2.item()
             logs["target_offset"] = float(self.controller.target_offset)
-            logs["deterministic_sparsity"] = float(expected_sparsity(self._gated_model(), deterministic=True))
+            logs["deterministic_sparsity"] = float(deterministic_sparsity(self._gated_model()))
             self._l0_sums, self._l0_count = {}, 0
         super().log(logs, start_time)
 
@@ -263,7 +263,7 @@ class L0Trainer(Trainer):
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         model = self._gated_model()
-        output.metrics[f"{prefix}_deterministic_sparsity"] = float(expected_sparsity(model, deterministic=True))
+        output.metrics[f"{prefix}_deterministic_sparsity"] = float(deterministic_sparsity(model))
         output.metrics[f"{prefix}_expected_sparsity"] = float(expected_sparsity(model).detach())
         output.metrics[f"{prefix}_target_sparsity"] = self.controller.target(self.state.global_step)
         return output

@@ -49,7 +49,7 @@ class _Trajectory(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % 10 == 0:
             model = self.trainer._gated_model()
-            deterministic = float(hf_l0.expected_sparsity(model, deterministic=True))
+            deterministic = float(hf_l0.deterministic_sparsity(model))
             self.points.append((state.global_step, self.trainer.controller.target(state.global_step), deterministic))
 
 
@@ -84,7 +84,7 @@ def _pi_run(tmp_path_factory, target: float) -> tuple[L0Trainer, list[tuple[int,
 def test_pi_controller_tracks_the_schedule_and_lands_on_the_target(tmp_path_factory, target):
     trainer, points = _pi_run(tmp_path_factory, target)
     assert _worst_gap(points) <= BAND, points
-    final = float(hf_l0.expected_sparsity(trainer._gated_model(), deterministic=True))
+    final = float(hf_l0.deterministic_sparsity(trainer._gated_model()))
     assert abs(final - target) <= 0.02, final
 
 
@@ -117,7 +117,7 @@ def test_custom_loop_and_trainer_share_the_controller(tmp_path_factory):
                 break
     reached = controller.finish(model)
     assert abs(reached - target) <= 0.02
-    assert abs(reached - float(hf_l0.expected_sparsity(trainer._gated_model(), deterministic=True))) <= 0.02
+    assert abs(reached - float(hf_l0.deterministic_sparsity(trainer._gated_model()))) <= 0.02
 
 
 def test_on_step_updates_the_multiplier_once_per_step_and_state_round_trips():

@@ -160,3 +160,17 @@ def test_one_gate_table_drives_the_gates_a_config_creates():
         assert "_size_layout" not in vars(gates)
         with pytest.warns(DeprecationWarning, match="named_gates"):
             assert gates.gates() == gates.named_gates()
+
+
+def test_deterministic_sparsity_replaces_the_deterministic_keyword():
+    from conftest import make_model
+
+    model = hf_l0.patch_model(make_model("llama"), L0Config())
+    with torch.no_grad():
+        for gate in hf_l0.get_gates(model).named_gates().values():
+            gate.log_alpha.normal_(0.0, 3.0)
+    reached = hf_l0.deterministic_sparsity(model)
+    assert 0.0 < reached.item() < 1.0 and not reached.requires_grad
+    with pytest.warns(DeprecationWarning, match="deterministic_sparsity"):
+        assert torch.equal(hf_l0.expected_sparsity(model, deterministic=True), reached)
+    assert hf_l0.expected_sparsity(model).requires_grad

@@ -77,7 +77,7 @@ def _check_one(base, config: L0Config, rng: random.Random, inputs) -> float:
     _draw_gates(model, rng)
     gated = _outputs(model, inputs)
     full, kept = hf_l0.full_size(model).total.item(), hf_l0.deterministic_size(model).total.item()
-    sparsity = hf_l0.expected_sparsity(model, deterministic=True).item()
+    sparsity = hf_l0.deterministic_sparsity(model).item()
     hidden = hf_l0.get_gates(model).deterministic().get("hidden")
     keep = hidden != 0 if hidden is not None else None
     prune_model(model)
