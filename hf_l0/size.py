@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -41,7 +42,10 @@ class SizeReport:
         return self.prunable + self.residual
 
 
-def _probabilities(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
+SizeMode = Literal["expected", "deterministic", "full", "minimum"]
+
+
+def _probabilities(model: nn.Module, mode: SizeMode) -> dict[str, torch.Tensor]:
     gates = get_gates(model)
     if mode == "full":
         return {}
@@ -65,7 +69,7 @@ def _layout(model: nn.Module) -> SizeLayout:
     return gates.size_layout
 
 
-def _size(model: nn.Module, mode: str) -> SizeReport:
+def _size(model: nn.Module, mode: SizeMode) -> SizeReport:
     layout = _layout(model)
     probs = _probabilities(model, mode)
     device = next(get_gates(model).parameters()).device

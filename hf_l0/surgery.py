@@ -18,7 +18,7 @@ was removed whole and is replaced by a stand-in that returns its (kept) output b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -28,6 +28,25 @@ from .slicing import slice_embedding, slice_linear, slice_norm, unit_rows
 
 STRUCTURE_KEY = "l0_structure"
 STRUCTURE_FORMAT = 1
+
+
+class LayerStructure(TypedDict):
+    """One layer of ``config.l0_structure`` (see the module docstring)."""
+
+    attention_heads: int  # query heads: key_value_heads x query heads per KV group
+    key_value_heads: int  # attention units (heads, or KV groups on GQA models); 0: the attention was removed
+    attention_output_bias: bool
+    intermediate_size: int  # FFN neurons; 0: the FFN was removed
+    ffn_output_bias: bool
+
+
+class L0Structure(TypedDict):
+    """``config.l0_structure``, the persisted description of a compact model's shapes (format 1)."""
+
+    format: int
+    hidden_size: int
+    head_dim: int
+    layers: list[LayerStructure]
 
 
 @dataclass
@@ -79,10 +98,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     return model
 
 
-def structure_of(adapter: ArchAdapter, plan: PruningPlan) -> dict[str, Any]:
+def structure_of(adapter: ArchAdapter, plan: PruningPlan) -> L0Structure:
     """The per-layer structure recorded in ``config.l0_structure`` (enough to rebuild the compact model)."""
     heads_per_unit = adapter.query_heads_per_unit()
-    layers = []
+    layers: list[LayerStructure] = []
     for attention, ffn in zip(plan.attention, plan.ffn):
         units = len(attention.units)
         layers.append({
@@ -128,7 +147,7 @@ def validate_structure(structure: Any, adapter: ArchAdapter) -> None:
                 raise ValueError(f"{where}.layers[{i}].{key}={layer.get(key)!r} must be true or false.")
 
 
-def plan_from_structure(structure: dict[str, Any], adapter: ArchAdapter) -> PruningPlan:
+def plan_from_structure(structure: L0Structure, adapter: ArchAdapter) -> PruningPlan:
     """The plan that reproduces a recorded structure on a freshly built dense model.
 
     It keeps the *first* units and dimensions: their values are placeholders that loading the compact weights
@@ -143,6 +162,6 @@ def plan_from_structure(structure: dict[str, Any], adapter: ArchAdapter) -> Prun
     return plan
 
 
-def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+def apply_structure(model: nn.Module, structure: L0Structure) -> nn.Module:
     """Shrink a freshly built stock ``model`` (dense shapes, any weights, meta device allowed) to ``structure``."""
     return apply_plan(model, plan_from_structure(structure, get_adapter(model)))

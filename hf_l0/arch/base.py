@@ -6,12 +6,20 @@ Like every module the adapters use, it imports only torch, transformers and thos
 
 from __future__ import annotations
 
+import inspect
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import nn
 
-from ..slicing import base_layer, in_features
+from ..modules import ConstantProjection, RemovedAttention, RemovedMLP
+from ..slicing import base_layer, in_features, out_features
+
+if TYPE_CHECKING:
+    from ..surgery import L0Structure
+
+SublayerKind = Literal["attention", "ffn"]
 
 
 @dataclass
@@ -34,7 +42,7 @@ class Projection:
 class Sublayer:
     """An attention or FFN block: unit-owning input projections and one output projection back to the residual."""
 
-    kind: str  # "attention" or "ffn"
+    kind: SublayerKind
     layer_idx: int
     inputs: list[Projection]
     output: nn.Module
@@ -61,10 +69,12 @@ class ResidualStream:
     consumers: list[nn.Module] = field(default_factory=list)  # linear-like modules reading it (pooler, task heads)
 
 
-class ArchAdapter:
+class ArchAdapter(ABC):
     """Maps one model family onto sublayers, projections and the residual stream.
 
-    Subclasses set ``model_types`` and implement the abstract methods; registering a family is one file.
+    Subclasses set ``model_types`` and implement the abstract methods (an adapter that misses one fails when it is
+    registered or built, not in the middle of pruning); registering a family is one file. Decoders whose families
+    differ only in attribute names derive from :class:`DecoderAdapter`.
     """
 
     model_types: ClassVar[tuple[str, ...]] = ()
@@ -79,22 +89,25 @@ class ArchAdapter:
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
+    @abstractmethod
     def layers(self) -> list[nn.Module]:
-        raise NotImplementedError
+        """The transformer layers, in order."""
 
     @property
     def num_layers(self) -> int:
         return len(self.layers())
 
+    @abstractmethod
     def attention(self, layer_idx: int) -> Sublayer | None:
         """The attention sublayer, or None when pruning already removed it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def ffn(self, layer_idx: int) -> Sublayer | None:
-        raise NotImplementedError
+        """The FFN sublayer, or None when pruning already removed it."""
 
+    @abstractmethod
     def residual_stream(self) -> ResidualStream:
-        raise NotImplementedError
+        """Embeddings, norms and linear heads along the hidden dimension."""
 
     def query_heads_per_unit(self) -> int:
         """Query heads covered by one attention gate (1 for MHA, the KV group size for GQA)."""
@@ -107,7 +120,7 @@ class ArchAdapter:
         """FFN neurons per layer of the dense model, as the config describes it."""
         return self.config.intermediate_size
 
-    def native_config_fields(self, structure: dict[str, Any]) -> dict[str, Any]:
+    def native_config_fields(self, structure: L0Structure) -> dict[str, Any]:
         """Stock config fields that describe ``structure`` when all its layers share one shape (native export)."""
         layer = structure["layers"][0]
         return {"hidden_size": structure["hidden_size"], "num_attention_heads": layer["attention_heads"],
@@ -117,11 +130,13 @@ class ArchAdapter:
     def set_attention_units(self, layer_idx: int, num_units: int) -> None:
         """Update the attention module's own attributes after its projections were sliced to ``num_units``."""
 
+    @abstractmethod
     def remove_attention(self, layer_idx: int, keep_bias: bool) -> None:
-        raise NotImplementedError
+        """Replace a whole attention sublayer by a stand-in returning its output bias (``keep_bias``) or zeros."""
 
+    @abstractmethod
     def remove_ffn(self, layer_idx: int, keep_bias: bool) -> None:
-        raise NotImplementedError
+        """Replace a whole FFN sublayer by a stand-in returning its output bias (``keep_bias``) or zeros."""
 
     # -- checks ------------------------------------------------------------------------------------------------------
     def check_supported(self, gate_hidden: bool) -> None:
@@ -137,6 +152,55 @@ class ArchAdapter:
         ]
 
 
+class DecoderAdapter(ArchAdapter):
+    """A pre-norm decoder whose family differs from the others only in attribute names (GPT-2, Llama, ...).
+
+    Subclasses name the attributes and describe their sublayers (:meth:`attention`, :meth:`ffn`: the projections and
+    their unit blocks are the family's own); removal and the residual stream follow from the names. A removed
+    sublayer becomes a :class:`RemovedAttention` / :class:`RemovedMLP` stand-in holding the output projection's bias.
+    """
+
+    layers_attr: ClassVar[str]  # on the base model: the ModuleList of layers
+    attention_attr: ClassVar[str]  # on a layer: the attention module ...
+    attention_output_attr: ClassVar[str]  # ... and on it, its output projection
+    ffn_attr: ClassVar[str]
+    ffn_output_attr: ClassVar[str]
+    layer_norm_attrs: ClassVar[tuple[str, ...]]  # on a layer: the residual norms, in order
+    final_norm_attr: ClassVar[str]  # on the base model
+    embedding_attrs: ClassVar[tuple[str, ...]]  # on the base model: embeddings whose outputs enter the stream
+
+    def layers(self) -> list[nn.Module]:
+        return list(getattr(self.base, self.layers_attr))
+
+    def attention_module(self, layer_idx: int) -> nn.Module | None:
+        """The layer's attention module, or None when pruning removed it."""
+        module = getattr(self.layers()[layer_idx], self.attention_attr)
+        return None if isinstance(module, RemovedAttention) else module
+
+    def ffn_module(self, layer_idx: int) -> nn.Module | None:
+        module = getattr(self.layers()[layer_idx], self.ffn_attr)
+        return None if isinstance(module, RemovedMLP) else module
+
+    def remove_attention(self, layer_idx: int, keep_bias: bool) -> None:
+        layer = self.layers()[layer_idx]
+        attention = getattr(layer, self.attention_attr)
+        proj = getattr(attention, self.attention_output_attr)
+        output = ConstantProjection(out_features(proj), proj.bias if keep_bias else None)
+        setattr(layer, self.attention_attr, RemovedAttention(self.attention_output_attr, output, attention.layer_idx))
+
+    def remove_ffn(self, layer_idx: int, keep_bias: bool) -> None:
+        layer = self.layers()[layer_idx]
+        proj = getattr(getattr(layer, self.ffn_attr), self.ffn_output_attr)
+        output = ConstantProjection(out_features(proj), proj.bias if keep_bias else None)
+        setattr(layer, self.ffn_attr, RemovedMLP(self.ffn_output_attr, output))
+
+    def residual_stream(self) -> ResidualStream:
+        norms = [getattr(layer, name) for layer in self.layers() for name in self.layer_norm_attrs]
+        norms.append(getattr(self.base, self.final_norm_attr))
+        embeddings = [getattr(self.base, name) for name in self.embedding_attrs]
+        return ResidualStream(embeddings, norms, self.top_level_consumers())
+
+
 ADAPTERS: dict[str, type[ArchAdapter]] = {}
 # Remote-code directories rename ``model_type`` so that stock transformers refuses them instead of building the dense
 # model: ``hf_l0_llama`` is a compact ``llama``.
@@ -150,6 +214,11 @@ def base_model_type(config: Any) -> str:
 
 
 def register_adapter(cls: type[ArchAdapter]) -> type[ArchAdapter]:
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise TypeError(f"{cls.__name__} cannot be registered: it does not implement {missing} (see ArchAdapter).")
+    if not cls.model_types:
+        raise TypeError(f"{cls.__name__} cannot be registered: it names no model_types.")
     for model_type in cls.model_types:
         ADAPTERS[model_type] = cls
     return cls

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from ..modules import EmptySelfAttention
 from ..slicing import out_features
 from .base import ArchAdapter, Projection, ResidualStream, Sublayer, register_adapter
+
+if TYPE_CHECKING:
+    from ..surgery import L0Structure
 
 # Task heads whose input is the sequence output (so hidden-dimension pruning slices their input), by class suffix.
 # Sequence classification reads either the pooler (BERT) or the first token through ``classifier.dense``
@@ -53,7 +56,7 @@ class BertAdapter(ArchAdapter):
         return Sublayer("ffn", layer_idx, [Projection(layer.intermediate.dense, ((0, 1),))], layer.output.dense, 1,
                         neurons)
 
-    def native_config_fields(self, structure: dict[str, Any]) -> dict[str, Any]:
+    def native_config_fields(self, structure: L0Structure) -> dict[str, Any]:
         fields = super().native_config_fields(structure)
         if getattr(self.config, "embedding_size", None) == self.config.hidden_size:  # ELECTRA without a projection
             fields["embedding_size"] = structure["hidden_size"]

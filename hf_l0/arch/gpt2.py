@@ -2,40 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from ..modules import ConstantProjection, RemovedAttention, RemovedMLP
 from ..slicing import out_features
-from .base import ArchAdapter, Projection, ResidualStream, Sublayer, register_adapter
+from .base import DecoderAdapter, Projection, Sublayer, register_adapter
+
+if TYPE_CHECKING:
+    from ..surgery import L0Structure
 
 
 @register_adapter
-class GPT2Adapter(ArchAdapter):
+class GPT2Adapter(DecoderAdapter):
     model_types = ("gpt2",)
-
-    def layers(self) -> list[nn.Module]:
-        return list(self.base.h)
+    layers_attr, attention_attr, attention_output_attr = "h", "attn", "c_proj"
+    ffn_attr, ffn_output_attr = "mlp", "c_proj"
+    layer_norm_attrs, final_norm_attr, embedding_attrs = ("ln_1", "ln_2"), "ln_f", ("wte", "wpe")
 
     def attention(self, layer_idx: int) -> Sublayer | None:
-        attn = self.layers()[layer_idx].attn
-        if isinstance(attn, RemovedAttention):
+        attn = self.attention_module(layer_idx)
+        if attn is None:
             return None
         hd, width = attn.head_dim, attn.split_size  # c_attn's output is [q | k | v], each num_heads * head_dim
         return Sublayer("attention", layer_idx, [Projection(attn.c_attn, ((0, hd), (width, hd), (2 * width, hd)))],
                         attn.c_proj, hd, attn.num_heads)
 
     def ffn(self, layer_idx: int) -> Sublayer | None:
-        mlp = self.layers()[layer_idx].mlp
-        if isinstance(mlp, RemovedMLP):
+        mlp = self.ffn_module(layer_idx)
+        if mlp is None:
             return None
         return Sublayer("ffn", layer_idx, [Projection(mlp.c_fc, ((0, 1),))], mlp.c_proj, 1, out_features(mlp.c_fc))
 
     def dense_intermediate_size(self) -> int:
         return self.config.n_inner if self.config.n_inner is not None else 4 * self.config.hidden_size
 
-    def native_config_fields(self, structure: dict[str, Any]) -> dict[str, Any]:
+    def native_config_fields(self, structure: L0Structure) -> dict[str, Any]:
         layer = structure["layers"][0]
         return {"n_embd": structure["hidden_size"], "n_head": layer["attention_heads"],
                 "n_inner": layer["intermediate_size"]}
@@ -44,24 +44,6 @@ class GPT2Adapter(ArchAdapter):
         attn = self.layers()[layer_idx].attn
         attn.num_heads = num_units
         attn.split_size = num_units * attn.head_dim
-
-    def remove_attention(self, layer_idx: int, keep_bias: bool) -> None:
-        layer = self.layers()[layer_idx]
-        proj = layer.attn.c_proj
-        output = ConstantProjection(out_features(proj), proj.bias if keep_bias else None)
-        layer.attn = RemovedAttention("c_proj", output, layer.attn.layer_idx)
-
-    def remove_ffn(self, layer_idx: int, keep_bias: bool) -> None:
-        layer = self.layers()[layer_idx]
-        proj = layer.mlp.c_proj
-        layer.mlp = RemovedMLP("c_proj", ConstantProjection(out_features(proj), proj.bias if keep_bias else None))
-
-    def residual_stream(self) -> ResidualStream:
-        norms = []
-        for layer in self.layers():
-            norms += [layer.ln_1, layer.ln_2]
-        norms.append(self.base.ln_f)
-        return ResidualStream([self.base.wte, self.base.wpe], norms, self.top_level_consumers())
 
     def check_supported(self, gate_hidden: bool) -> None:
         if getattr(self.config, "add_cross_attention", False):

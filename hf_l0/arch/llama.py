@@ -7,21 +7,22 @@ keeps exactly ``num_key_value_groups`` queries and the stock grouping stays exac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from ..modules import ConstantProjection, RemovedAttention, RemovedMLP
 from ..slicing import out_features
-from .base import ArchAdapter, Projection, ResidualStream, Sublayer, register_adapter
+from .base import DecoderAdapter, Projection, Sublayer, register_adapter
+
+if TYPE_CHECKING:
+    from ..surgery import L0Structure
 
 
 @register_adapter
-class LlamaAdapter(ArchAdapter):
+class LlamaAdapter(DecoderAdapter):
     model_types = ("llama", "mistral", "qwen2")
-
-    def layers(self) -> list[nn.Module]:
-        return list(self.base.layers)
+    layers_attr, attention_attr, attention_output_attr = "layers", "self_attn", "o_proj"
+    ffn_attr, ffn_output_attr = "mlp", "down_proj"
+    layer_norm_attrs = ("input_layernorm", "post_attention_layernorm")
+    final_norm_attr, embedding_attrs = "norm", ("embed_tokens",)
 
     def head_dim(self) -> int:
         return getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
@@ -29,14 +30,14 @@ class LlamaAdapter(ArchAdapter):
     def query_heads_per_unit(self) -> int:
         return self.config.num_attention_heads // self.config.num_key_value_heads
 
-    def native_config_fields(self, structure: dict[str, Any]) -> dict[str, Any]:
+    def native_config_fields(self, structure: L0Structure) -> dict[str, Any]:
         # head_dim is a config field here (not hidden_size / heads), so any kept width is expressible.
         return {**super().native_config_fields(structure),
                 "num_key_value_heads": structure["layers"][0]["key_value_heads"], "head_dim": structure["head_dim"]}
 
     def attention(self, layer_idx: int) -> Sublayer | None:
-        attn = self.layers()[layer_idx].self_attn
-        if isinstance(attn, RemovedAttention):
+        attn = self.attention_module(layer_idx)
+        if attn is None:
             return None
         hd, group = attn.head_dim, attn.num_key_value_groups
         return Sublayer(
@@ -50,26 +51,8 @@ class LlamaAdapter(ArchAdapter):
         )
 
     def ffn(self, layer_idx: int) -> Sublayer | None:
-        mlp = self.layers()[layer_idx].mlp
-        if isinstance(mlp, RemovedMLP):
+        mlp = self.ffn_module(layer_idx)
+        if mlp is None:
             return None
         return Sublayer("ffn", layer_idx, [Projection(mlp.gate_proj, ((0, 1),)), Projection(mlp.up_proj, ((0, 1),))],
                         mlp.down_proj, 1, out_features(mlp.up_proj))
-
-    def remove_attention(self, layer_idx: int, keep_bias: bool) -> None:
-        layer = self.layers()[layer_idx]
-        proj = layer.self_attn.o_proj
-        output = ConstantProjection(out_features(proj), proj.bias if keep_bias else None)
-        layer.self_attn = RemovedAttention("o_proj", output, layer.self_attn.layer_idx)
-
-    def remove_ffn(self, layer_idx: int, keep_bias: bool) -> None:
-        layer = self.layers()[layer_idx]
-        proj = layer.mlp.down_proj
-        layer.mlp = RemovedMLP("down_proj", ConstantProjection(out_features(proj), proj.bias if keep_bias else None))
-
-    def residual_stream(self) -> ResidualStream:
-        norms = []
-        for layer in self.layers():
-            norms += [layer.input_layernorm, layer.post_attention_layernorm]
-        norms.append(self.base.norm)
-        return ResidualStream([self.base.embed_tokens], norms, self.top_level_consumers())
