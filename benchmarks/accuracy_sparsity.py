@@ -35,8 +35,20 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 import hf_l0  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    BASELINES, Run, add_method_arguments, baseline_prune, benchmark_parser, goal, load_script, markdown_table,
-    parse_methods, record_trajectory, recover, set_threads, training_arguments)
+    BASELINES,
+    Run,
+    add_method_arguments,
+    baseline_prune,
+    benchmark_parser,
+    goal,
+    load_script,
+    markdown_table,
+    parse_methods,
+    record_trajectory,
+    recover,
+    set_threads,
+    training_arguments,
+)
 from hf_l0 import assets, data  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 

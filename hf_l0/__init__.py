@@ -5,12 +5,20 @@ from .baselines import activation_scores, fisher_scores, importance_prune, magni
 from .config import L0Config
 from .gate_init import init_gates_from_scores
 from .gates import HardConcreteGate
-from .lagrangian import LagrangianController
 from .hub import export_plan, from_pretrained, push_to_hub, save_pretrained
+from .lagrangian import LagrangianController
 from .patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
 from .prune import build_compact_model, prune_model
-from .size import SizeReport, deterministic_size, deterministic_sparsity, expected_size, expected_sparsity, full_size
-from .size import check_target_reachable, max_reachable_sparsity
+from .size import (
+    SizeReport,
+    check_target_reachable,
+    deterministic_size,
+    deterministic_sparsity,
+    expected_size,
+    expected_sparsity,
+    full_size,
+    max_reachable_sparsity,
+)
 
 __version__ = "0.1.0"
 
@@ -55,7 +63,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The trainer and its arguments pull in transformers.Trainer / TrainingArguments (and accelerate): import it only when asked for.
+    # The trainer and its arguments pull in transformers.Trainer (and accelerate): import them only when asked for.
     if name == "L0Trainer":
         from .trainer import L0Trainer
 

@@ -31,7 +31,6 @@ from torch import nn
 from .gates import GATE_KIND
 from .patch import get_gates
 
-
 MULTIPLIER_UPDATES = ("pi", "ascent")
 
 

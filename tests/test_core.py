@@ -3,11 +3,10 @@ import copy
 import pytest
 import torch
 import transformers as tf
+from conftest import DECODERS, ENCODERS, TASK_MODELS, make_inputs, make_model, model_output
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model, unpatch_model
-
-from conftest import DECODERS, ENCODERS, TASK_MODELS, make_inputs, make_model, model_output
 
 TOL = 1e-5
 

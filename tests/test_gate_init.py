@@ -8,9 +8,9 @@ import itertools
 import pytest
 import torch
 import transformers as tf
+from conftest import VOCAB, make_model
 from datasets import Dataset
 
-from conftest import VOCAB, make_model
 import hf_l0
 from hf_l0.trainer import L0Trainer, L0TrainingArguments
 

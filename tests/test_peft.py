@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from conftest import make_inputs, make_model, model_output
 from peft import LoraConfig, get_peft_model
+from test_core import randomize_gates
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
-
-from conftest import make_inputs, make_model, model_output
-from test_core import randomize_gates
 
 LORA_TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],

@@ -7,12 +7,11 @@ import copy
 import pytest
 import torch
 import transformers as tf
+from conftest import VOCAB, make_model
 from datasets import Dataset
 
-from conftest import VOCAB, make_model
 import hf_l0
-from hf_l0 import get_gates
-from hf_l0 import hub
+from hf_l0 import get_gates, hub
 from hf_l0.distill import LayerwiseDistiller, logit_kl
 from hf_l0.lagrangian import LagrangianController, l0_param_groups
 from hf_l0.trainer import L0_STATE_NAME, L0Trainer, L0TrainingArguments

@@ -6,11 +6,20 @@ Every module of this package is imported here, and importing it registers its ad
 import importlib
 import pkgutil
 
-from .base import ADAPTERS, ArchAdapter, Projection, ResidualStream, Sublayer, get_adapter, register_adapter, \
-    supported_model_types
+from .base import (
+    ADAPTERS,
+    ArchAdapter,
+    DecoderAdapter,
+    Projection,
+    ResidualStream,
+    Sublayer,
+    get_adapter,
+    register_adapter,
+    supported_model_types,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["ADAPTERS", "ArchAdapter", "Projection", "ResidualStream", "Sublayer", "get_adapter", "register_adapter",
-           "supported_model_types"]
+__all__ = ["ADAPTERS", "ArchAdapter", "DecoderAdapter", "Projection", "ResidualStream", "Sublayer", "get_adapter",
+           "register_adapter", "supported_model_types"]

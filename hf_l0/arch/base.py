@@ -127,7 +127,7 @@ class ArchAdapter(ABC):
                 "intermediate_size": layer["intermediate_size"]}
 
     # -- surgery -----------------------------------------------------------------------------------------------------
-    def set_attention_units(self, layer_idx: int, num_units: int) -> None:
+    def set_attention_units(self, layer_idx: int, num_units: int) -> None:  # noqa: B027 (optional hook)
         """Update the attention module's own attributes after its projections were sliced to ``num_units``."""
 
     @abstractmethod
@@ -139,7 +139,7 @@ class ArchAdapter(ABC):
         """Replace a whole FFN sublayer by a stand-in returning its output bias (``keep_bias``) or zeros."""
 
     # -- checks ------------------------------------------------------------------------------------------------------
-    def check_supported(self, gate_hidden: bool) -> None:
+    def check_supported(self, gate_hidden: bool) -> None:  # noqa: B027 (optional hook)
         """Raise a clear error when this particular model can't be gated as asked."""
 
     def top_level_consumers(self) -> list[nn.Module]:
