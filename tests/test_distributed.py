@@ -38,6 +38,7 @@ def single(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_keep_ranks_identical_match_one_process_and_resume(tmp_path, single):
     double, resumed = tmp_path / "double", tmp_path / "resumed"
     launch_two(double, L0_SAVE_STEPS="6")

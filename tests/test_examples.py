@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from hf_l0.hub import from_pretrained
+
+pytestmark = pytest.mark.slow  # subprocesses on the real MiniLM
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -108,7 +108,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(family):
                 module.p = 0.0  # dropout RNG would differ between the two runs, the gates' must not
         patch_model(model, L0Config(hidden=True, droprate_init=0.5))
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         inputs = make_inputs()
         labels = inputs["input_ids"] if family != "bert" else torch.tensor([0, 2])

@@ -2,11 +2,14 @@
 
 import csv
 
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hf_l0
 from hf_l0 import L0Config, assets
+
+pytestmark = pytest.mark.slow  # the real packaged models
 
 
 def review_sentences(n: int = 8) -> list[str]:

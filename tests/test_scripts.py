@@ -110,6 +110,7 @@ def _common(out: Path) -> list[str]:
             "--latency_repeats", "3", "--latency_batch_size", "2"]
 
 
+@pytest.mark.slow
 def test_prune_classification_end_to_end(tmp_path, tiny_bert_dir, sentiment_files):
     script = _load_script("prune_classification")
     out = tmp_path / "out"
@@ -155,6 +156,7 @@ def test_prune_classification_bad_target_fails_at_parse(tmp_path, tiny_bert_dir,
                      *_common(tmp_path / "out")])
 
 
+@pytest.mark.slow
 def test_prune_clm_end_to_end(tmp_path, tokenizer):
     torch.manual_seed(0)
     config = tf.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2,
@@ -180,6 +182,7 @@ def test_prune_clm_end_to_end(tmp_path, tokenizer):
     assert summary["pruned_perplexity"] < 0.1 * tokenizer.vocab_size, summary
 
 
+@pytest.mark.slow
 def test_scripts_have_useful_help():
     import subprocess
 
