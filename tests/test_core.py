@@ -314,3 +314,18 @@ def test_gates_keep_almost_no_extra_activations_for_backward(family, attn):
     tokens, layers = inputs["input_ids"].numel(), config.num_hidden_layers
     gate_bytes = 64 * sum(p.numel() for p in hf_l0.get_gates(model).parameters())  # samples, noise: a few copies
     assert 0 <= extra <= layers * tokens * config.hidden_size * 4 + gate_bytes, (extra, dense)
+
+
+def test_pruned_copy_leaves_the_gated_model_gated_and_equals_pruning_it():
+    from hf_l0.prune import pruned_copy
+
+    model = hf_l0.patch_model(make_model("llama"), hf_l0.L0Config(hidden=True))
+    with torch.no_grad():
+        for gate in hf_l0.get_gates(model).named_gates().values():
+            gate.log_alpha.normal_(0.0, 3.0)
+    reference = hf_l0.prune_model(copy.deepcopy(model).eval())
+    compact = pruned_copy(model)
+    assert hf_l0.is_patched(model) and not hf_l0.is_patched(compact)
+    assert compact.config.l0_structure == reference.config.l0_structure
+    for (name, a), (_, b) in zip(compact.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

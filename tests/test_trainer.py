@@ -141,6 +141,24 @@ def test_resume_mid_warmup_matches_uninterrupted_run(tmp_path):
     assert full.controller.lambda_1.item() != 0.0
 
 
+def test_resume_from_a_checkpoint_whose_param_groups_have_no_names(tmp_path):
+    """Optimizer checkpoints of hf-l0 0.1.0 carry unnamed groups: resuming names them again and stays bitwise."""
+    torch.set_num_threads(1)
+    kw = dict(max_steps=4, sparsity_warmup_steps=2, save_strategy="steps", save_steps=2, gate_learning_rate=0.1)
+    full = L0Trainer(model=_wide_bert(), args=_args(tmp_path / "a", **kw), train_dataset=_dataset())
+    full.train()
+    checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    assert all(group.pop("name") for group in state["param_groups"])
+    torch.save(state, checkpoint / "optimizer.pt")
+    resumed = L0Trainer(model=_wide_bert(seed=1), args=_args(tmp_path / "b", **kw), train_dataset=_dataset())
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    names = [group["name"] for group in resumed.optimizer.param_groups]
+    assert names == ["weights", "weights_no_decay", "gates", "multipliers"]
+    a, b = get_gates(full.model).state_dict(), get_gates(resumed.model).state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
 def test_resume_from_a_checkpoint_without_gates_fails(tmp_path):
     model = _wide_bert()
     model.save_pretrained(tmp_path / "plain")
