@@ -89,8 +89,10 @@ def test_config_roundtrip(tmp_path):
 def test_config_target_sparsity_is_deprecated_but_still_the_training_target(tmp_path):
     """The target belongs to training: L0Config(target_sparsity=...) warns, is not saved with the structure, and is
     the training target when the arguments set none; its bad values get the one message every target gets."""
+    from hf_l0 import trainer
     from hf_l0.training_args import L0TrainingArguments
 
+    assert hf_l0.L0TrainingArguments is trainer.L0TrainingArguments is L0TrainingArguments  # old import paths work
     with pytest.warns(FutureWarning, match="deprecated.*L0TrainingArguments"):
         config = L0Config(hidden=True, target_sparsity=0.6)
     assert config.target_sparsity == 0.6 and "target_sparsity" not in config.to_dict()
