@@ -22,6 +22,7 @@ climbs on lambda (give them their own param group with no weight decay).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -55,7 +56,8 @@ class LagrangianController(nn.Module):
     def __init__(self, target_sparsity: float, warmup_steps: int = 0, start_sparsity: float = 0.0,
                  calibration_rate: float = 0.0, *, multiplier_update: str = "pi", proportional_gain: float = 20.0,
                  integral_gain: float = 2.0, gate_learning_rate: float = 0.1, final_phase_ratio: float = 0.0,
-                 error_signal: str = "deterministic") -> None:
+                 error_signal: str = "deterministic",
+                 metric: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> None:
         super().__init__()
         if not 0.0 < target_sparsity < 1.0:
             raise ValueError(f"target_sparsity={target_sparsity} is impossible: it is the fraction of the prunable "
@@ -86,6 +88,10 @@ class LagrangianController(nn.Module):
         self.gate_learning_rate = float(gate_learning_rate)
         self.final_phase_ratio = float(final_phase_ratio)
         self.error_signal = error_signal
+        # What the target constrains, as a reduction fraction in (0, 1): metric(model, deterministic) is
+        # differentiable in log_alpha when deterministic is False. Parameters by default (the expected sparsity);
+        # a FLOPs or latency cost model plugs in here, and the schedule, PI rule and snap follow it unchanged.
+        self.metric = metric
         ascent = multiplier_update == "ascent"
         self.lambda_1 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
         self.lambda_2 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
@@ -104,6 +110,15 @@ class LagrangianController(nn.Module):
     def extra_repr(self) -> str:
         return (f"target_sparsity={self.target_sparsity}, warmup_steps={self.warmup_steps}, "
                 f"start_sparsity={self.start_sparsity}, multiplier_update={self.multiplier_update!r}")
+
+    def measure(self, model: nn.Module, deterministic: bool = False) -> torch.Tensor:
+        """The constrained quantity of ``model``: its expected reduction (differentiable, what the penalty takes) or,
+        with ``deterministic=True``, the reduction :func:`hf_l0.prune_model` would deliver now."""
+        if self.metric is not None:
+            return self.metric(model, deterministic)
+        from .size import expected_sparsity  # local: size imports patch, which this module also uses
+
+        return expected_sparsity(model, deterministic=deterministic)
 
     def target(self, step: int | None = None) -> float:
         """The warmed-up target at ``step`` (default: the controller's own step count)."""
@@ -130,13 +145,11 @@ class LagrangianController(nn.Module):
         :class:`hf_l0.L0Trainer` calls it at the first micro-batch of every step; a custom loop calls it at the top
         of each step (``max_steps`` is needed only with a final phase). Calling it again for the same step is a no-op.
         """
-        from .size import expected_sparsity  # local: size imports patch, which this module also uses
-
         self.set_step(step)
         if int(self.updated_step) == step and self._measured is not None:
             return self._measured  # another micro-batch of the same step
-        deterministic = float(expected_sparsity(model, deterministic=True))
-        expected = float(expected_sparsity(model))
+        deterministic = float(self.measure(model, deterministic=True))
+        expected = float(self.measure(model))
         if int(self.updated_step) != step:
             self.updated_step.fill_(step)
             if self.multiplier_update == "pi":
@@ -147,8 +160,8 @@ class LagrangianController(nn.Module):
             if self.multiplier_update == "ascent":  # pi measures the deterministic sparsity itself
                 self.calibrate(deterministic, step)
             if max_steps is not None and self.in_final_phase(step, max_steps):
-                deterministic = snap_to_target(model, self.target_sparsity)
-                expected = float(expected_sparsity(model))
+                deterministic = snap_to_target(model, self.target_sparsity, measure=self.metric)
+                expected = float(self.measure(model))
         self._measured = {"expected_sparsity": expected, "deterministic_sparsity": deterministic}
         return self._measured
 
@@ -156,11 +169,9 @@ class LagrangianController(nn.Module):
     def finish(self, model: nn.Module) -> float:
         """After the last optimizer step: pin the deterministic sparsity once more when there is a final phase (the
         last step moved the gates). Returns the deterministic sparsity."""
-        from .size import expected_sparsity
-
         if self.final_phase_ratio > 0:
-            return snap_to_target(model, self.target_sparsity)
-        return float(expected_sparsity(model, deterministic=True))
+            return snap_to_target(model, self.target_sparsity, measure=self.metric)
+        return float(self.measure(model, deterministic=True))
 
     @torch.no_grad()
     def calibrate(self, deterministic_sparsity: float, step: int | None = None) -> None:
@@ -258,7 +269,8 @@ def l0_param_groups(model: nn.Module, controller: LagrangianController, lr: floa
 
 
 @torch.no_grad()
-def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0, iterations: int = 40) -> float:
+def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0, iterations: int = 40,
+                   measure: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> float:
     """Shift ``log_alpha`` by constants so that the *deterministic* sparsity is as close to the target as the
     granularity allows; returns the sparsity reached.
 
@@ -268,26 +280,29 @@ def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0
     target where a sublayer flipping at the crossing would move the sparsity by a whole layer's share. A common shift
     keeps the order of the gates within each tensor, i.e. which structures the training ranked highest.
     :class:`hf_l0.L0Trainer` applies it in the final phase of training (``sparsity_final_phase_ratio``) so the
-    weights adapt to the pinned gates.
+    weights adapt to the pinned gates. ``measure(model, deterministic)`` replaces the parameter sparsity by another
+    reduction fraction that falls as gates open (FLOPs, latency).
     """
     gates = get_gates(model).gates()
-    reached = _bisect_shift(model, [g.log_alpha for g in gates.values()], target_sparsity, bound, iterations)
+    reached = _bisect_shift(model, [g.log_alpha for g in gates.values()], target_sparsity, bound, iterations, measure)
     fine = [gate.log_alpha for name, gate in gates.items() if not name.endswith("_layers")]
     if fine and len(fine) < len(gates):
-        reached = _bisect_shift(model, fine, target_sparsity, bound, iterations)
+        reached = _bisect_shift(model, fine, target_sparsity, bound, iterations, measure)
     return reached
 
 
 @torch.no_grad()
-def _bisect_shift(model: nn.Module, params: list[nn.Parameter], target: float, bound: float, iterations: int) -> float:
+def _bisect_shift(model: nn.Module, params: list[nn.Parameter], target: float, bound: float, iterations: int,
+                  measure: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> float:
     from .size import expected_sparsity  # local: size imports patch, which this module also uses
 
+    measure = measure or (lambda m, deterministic: expected_sparsity(m, deterministic=deterministic))
     original = [p.detach().clone() for p in params]
 
     def sparsity_at(shift: float) -> float:
         for p, o in zip(params, original):
             p.copy_(o + shift)
-        return float(expected_sparsity(model, deterministic=True))
+        return float(measure(model, True))
 
     best_shift, best_error = 0.0, abs(sparsity_at(0.0) - target)
     low, high = -bound, bound  # sparsity(low) is high, sparsity(high) is low
