@@ -47,7 +47,10 @@ class LagrangianController(nn.Module):
     is measured on the sparsity the run will deliver, the *deterministic* one (what :func:`hf_l0.prune_model`
     keeps), while the gradient reaches the gates through the differentiable *expected* sparsity: the proxy-Lagrangian
     split of constrained learning with non-differentiable constraints (Cotter et al., 2019). The multipliers get no
-    gradient and need no optimizer.
+    gradient and need no optimizer. ``anti_windup`` (default) empties the integral once the warm-up is over whenever
+    it pushes against the measured error: on the ramp the integral learns the push that keeps the sparsity moving,
+    and at the end of the ramp that push would carry it past the target, where closed structures barely reopen (the
+    penalty's gradient on a closed gate vanishes), so the overshoot would stay.
 
     ``multiplier_update="ascent"`` is CoFi's controller: both multipliers are parameters updated by the training
     optimizer by gradient ascent (a hook negates their gradient), kept for comparison.
@@ -56,7 +59,8 @@ class LagrangianController(nn.Module):
     def __init__(self, target_sparsity: float, warmup_steps: int = 0, start_sparsity: float = 0.0,
                  calibration_rate: float = 0.0, *, multiplier_update: str = "pi", proportional_gain: float = 20.0,
                  integral_gain: float = 2.0, gate_learning_rate: float = 0.1, final_phase_ratio: float = 0.0,
-                 error_signal: str = "deterministic",
+                 error_signal: str = "deterministic", anti_windup: bool = True,
+                 schedule_lead: float = 0.0,
                  metric: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> None:
         super().__init__()
         if not 0.0 < target_sparsity < 1.0:
@@ -92,6 +96,8 @@ class LagrangianController(nn.Module):
         # differentiable in log_alpha when deterministic is False. Parameters by default (the expected sparsity);
         # a FLOPs or latency cost model plugs in here, and the schedule, PI rule and snap follow it unchanged.
         self.metric = metric
+        self.anti_windup = bool(anti_windup)
+        self.schedule_lead = float(schedule_lead)
         ascent = multiplier_update == "ascent"
         self.lambda_1 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
         self.lambda_2 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
@@ -154,7 +160,12 @@ class LagrangianController(nn.Module):
             self.updated_step.fill_(step)
             if self.multiplier_update == "pi":
                 measured = deterministic if self.error_signal == "deterministic" else expected
-                error = measured - self.target(step)
+                error = measured - self.target(step + round(self.schedule_lead * self.warmup_steps))
+                if self.anti_windup and step >= self.warmup_steps and float(self.integral) * error < 0:
+                    # The integral carries the push that tracked the ramp; once the target holds, that push only
+                    # overshoots, and closed structures hardly reopen (their penalty gradient vanishes): drop it
+                    # as soon as it works against the measured error.
+                    self.integral.zero_()
                 self.integral += self.integral_gain * error
                 self.lambda_1.fill_((self.proportional_gain * error + float(self.integral)) / self.gate_learning_rate)
             if self.multiplier_update == "ascent":  # pi measures the deterministic sparsity itself
@@ -219,7 +230,8 @@ class LagrangianController(nn.Module):
                 "multiplier_update": self.multiplier_update, "proportional_gain": self.proportional_gain,
                 "integral_gain": self.integral_gain, "gate_learning_rate": self.gate_learning_rate,
                 "final_phase_ratio": self.final_phase_ratio,
-                "error_signal": self.error_signal}
+                "error_signal": self.error_signal, "anti_windup": self.anti_windup,
+                "schedule_lead": self.schedule_lead}
 
 
 class GateClamp:
