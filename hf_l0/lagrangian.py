@@ -22,7 +22,7 @@ climbs on lambda (give them their own param group with no weight decay).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -56,7 +56,10 @@ class LagrangianController(nn.Module):
     is measured on the sparsity the run will deliver, the *deterministic* one (what :func:`hf_l0.prune_model`
     keeps), while the gradient reaches the gates through the differentiable *expected* sparsity: the proxy-Lagrangian
     split of constrained learning with non-differentiable constraints (Cotter et al., 2019). The multipliers get no
-    gradient and need no optimizer.
+    gradient and need no optimizer. ``anti_windup`` (default) empties the integral once the warm-up is over whenever
+    it pushes against the measured error: on the ramp the integral learns the push that keeps the sparsity moving,
+    and at the end of the ramp that push would carry it past the target, where closed structures barely reopen (the
+    penalty's gradient on a closed gate vanishes), so the overshoot would stay.
 
     ``multiplier_update="ascent"`` is CoFi's controller: both multipliers are parameters updated by the training
     optimizer by gradient ascent (a hook negates their gradient), kept for comparison.
@@ -65,7 +68,9 @@ class LagrangianController(nn.Module):
     def __init__(self, target_sparsity: float, warmup_steps: int = 0, start_sparsity: float = 0.0,
                  calibration_rate: float = 0.0, *, multiplier_update: str = "pi", proportional_gain: float = 20.0,
                  integral_gain: float = 2.0, gate_learning_rate: float = 0.1, final_phase_ratio: float = 0.0,
-                 error_signal: str = "deterministic") -> None:
+                 error_signal: str = "deterministic", anti_windup: bool = True,
+                 schedule_lead: float = 0.0,
+                 metric: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> None:
         super().__init__()
         check_target_sparsity(target_sparsity)
         if not 0.0 <= start_sparsity <= target_sparsity:
@@ -94,6 +99,12 @@ class LagrangianController(nn.Module):
         self.gate_learning_rate = float(gate_learning_rate)
         self.final_phase_ratio = float(final_phase_ratio)
         self.error_signal = error_signal
+        # What the target constrains, as a reduction fraction in (0, 1): metric(model, deterministic) is
+        # differentiable in log_alpha when deterministic is False. Parameters by default (the expected sparsity);
+        # a FLOPs or latency cost model plugs in here, and the schedule, PI rule and snap follow it unchanged.
+        self.metric = metric
+        self.anti_windup = bool(anti_windup)
+        self.schedule_lead = float(schedule_lead)
         ascent = multiplier_update == "ascent"
         self.lambda_1 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
         self.lambda_2 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
@@ -112,6 +123,15 @@ class LagrangianController(nn.Module):
     def extra_repr(self) -> str:
         return (f"target_sparsity={self.target_sparsity}, warmup_steps={self.warmup_steps}, "
                 f"start_sparsity={self.start_sparsity}, multiplier_update={self.multiplier_update!r}")
+
+    def measure(self, model: nn.Module, deterministic: bool = False) -> torch.Tensor:
+        """The constrained quantity of ``model``: its expected reduction (differentiable, what the penalty takes) or,
+        with ``deterministic=True``, the reduction :func:`hf_l0.prune_model` would deliver now."""
+        if self.metric is not None:
+            return self.metric(model, deterministic)
+        from .size import deterministic_sparsity, expected_sparsity  # local: size imports patch, as this does
+
+        return deterministic_sparsity(model) if deterministic else expected_sparsity(model)
 
     def target(self, step: int | None = None) -> float:
         """The warmed-up target at ``step`` (default: the controller's own step count)."""
@@ -138,25 +158,28 @@ class LagrangianController(nn.Module):
         :class:`hf_l0.L0Trainer` calls it at the first micro-batch of every step; a custom loop calls it at the top
         of each step (``max_steps`` is needed only with a final phase). Calling it again for the same step is a no-op.
         """
-        from .size import deterministic_sparsity, expected_sparsity  # local: size imports patch, as this does
-
         self.set_step(step)
         if int(self.updated_step) == step and self._measured is not None:
             return self._measured  # another micro-batch of the same step
-        deterministic = float(deterministic_sparsity(model))
-        expected = float(expected_sparsity(model))
+        deterministic = float(self.measure(model, deterministic=True))
+        expected = float(self.measure(model))
         if int(self.updated_step) != step:
             self.updated_step.fill_(step)
             if self.multiplier_update == "pi":
                 measured = deterministic if self.error_signal == "deterministic" else expected
-                error = measured - self.target(step)
+                error = measured - self.target(step + round(self.schedule_lead * self.warmup_steps))
+                if self.anti_windup and step >= self.warmup_steps and float(self.integral) * error < 0:
+                    # The integral carries the push that tracked the ramp; once the target holds, that push only
+                    # overshoots, and closed structures hardly reopen (their penalty gradient vanishes): drop it
+                    # as soon as it works against the measured error.
+                    self.integral.zero_()
                 self.integral += self.integral_gain * error
                 self.lambda_1.fill_((self.proportional_gain * error + float(self.integral)) / self.gate_learning_rate)
             if self.multiplier_update == "ascent":  # pi measures the deterministic sparsity itself
                 self.calibrate(deterministic, step)
             if max_steps is not None and self.in_final_phase(step, max_steps):
-                deterministic = snap_to_target(model, self.target_sparsity)
-                expected = float(expected_sparsity(model))
+                deterministic = snap_to_target(model, self.target_sparsity, measure=self.metric)
+                expected = float(self.measure(model))
         self._measured = {"expected_sparsity": expected, "deterministic_sparsity": deterministic}
         return self._measured
 
@@ -164,11 +187,9 @@ class LagrangianController(nn.Module):
     def finish(self, model: nn.Module) -> float:
         """After the last optimizer step: pin the deterministic sparsity once more when there is a final phase (the
         last step moved the gates). Returns the deterministic sparsity."""
-        from .size import deterministic_sparsity
-
         if self.final_phase_ratio > 0:
-            return snap_to_target(model, self.target_sparsity)
-        return float(deterministic_sparsity(model))
+            return snap_to_target(model, self.target_sparsity, measure=self.metric)
+        return float(self.measure(model, deterministic=True))
 
     @torch.no_grad()
     def calibrate(self, deterministic_sparsity: float, step: int | None = None) -> None:
@@ -216,7 +237,8 @@ class LagrangianController(nn.Module):
                 "multiplier_update": self.multiplier_update, "proportional_gain": self.proportional_gain,
                 "integral_gain": self.integral_gain, "gate_learning_rate": self.gate_learning_rate,
                 "final_phase_ratio": self.final_phase_ratio,
-                "error_signal": self.error_signal}
+                "error_signal": self.error_signal, "anti_windup": self.anti_windup,
+                "schedule_lead": self.schedule_lead}
 
 
 class GateClamp:
@@ -291,7 +313,8 @@ def param_group_indices(optimizer: torch.optim.Optimizer, *names: str) -> list[i
 
 
 @torch.no_grad()
-def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0, iterations: int = 40) -> float:
+def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0, iterations: int = 40,
+                   measure: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> float:
     """Shift ``log_alpha`` by constants so that the *deterministic* sparsity is as close to the target as the
     granularity allows; returns the sparsity reached.
 
@@ -301,26 +324,29 @@ def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0
     target where a sublayer flipping at the crossing would move the sparsity by a whole layer's share. A common shift
     keeps the order of the gates within each tensor, i.e. which structures the training ranked highest.
     :class:`hf_l0.L0Trainer` applies it in the final phase of training (``sparsity_final_phase_ratio``) so the
-    weights adapt to the pinned gates.
+    weights adapt to the pinned gates. ``measure(model, deterministic)`` replaces the parameter sparsity by another
+    reduction fraction that falls as gates open (FLOPs, latency).
     """
     gates = get_gates(model).named_gates()
-    reached = _bisect_shift(model, [g.log_alpha for g in gates.values()], target_sparsity, bound, iterations)
+    reached = _bisect_shift(model, [g.log_alpha for g in gates.values()], target_sparsity, bound, iterations, measure)
     fine = [gate.log_alpha for name, gate in gates.items() if GATE_KIND[name].level != "sublayer"]
     if fine and len(fine) < len(gates):
-        reached = _bisect_shift(model, fine, target_sparsity, bound, iterations)
+        reached = _bisect_shift(model, fine, target_sparsity, bound, iterations, measure)
     return reached
 
 
 @torch.no_grad()
-def _bisect_shift(model: nn.Module, params: list[nn.Parameter], target: float, bound: float, iterations: int) -> float:
+def _bisect_shift(model: nn.Module, params: list[nn.Parameter], target: float, bound: float, iterations: int,
+                  measure: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> float:
     from .size import deterministic_sparsity  # local: size imports patch, which this module also uses
 
+    measure = measure or (lambda m, deterministic: deterministic_sparsity(m))  # only deterministic here
     original = [p.detach().clone() for p in params]
 
     def sparsity_at(shift: float) -> float:
         for p, o in zip(params, original):
             p.copy_(o + shift)
-        return float(deterministic_sparsity(model))
+        return float(measure(model, True))
 
     best_shift, best_error = 0.0, abs(sparsity_at(0.0) - target)
     low, high = -bound, bound  # sparsity(low) is high, sparsity(high) is low

@@ -201,7 +201,7 @@ class L0Trainer(Trainer):
         gated = self._gated_model()
         step = self.state.global_step
         self._step_controller(gated, step)
-        sparsity = expected_sparsity(gated)
+        sparsity = self.controller.measure(gated)
         penalty = self.controller.penalty(sparsity, step)
         self._accumulate(self.controller.stats(sparsity.detach(), step))
         loss = loss + penalty.to(loss.dtype)

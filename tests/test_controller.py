@@ -148,3 +148,45 @@ def test_trainer_writes_the_sparsity_trajectory(tmp_path_factory):
             deterministic)
     assert summary["max_gap_after_10_percent"] == pytest.approx(_worst_gap(points))
     assert (out / "sparsity_trajectory.png").stat().st_size > 10_000
+
+
+class _LaggingPlant:
+    """A stand-in for the gates' response, driven through the controller's ``metric`` hook: the sparsity follows the
+    multiplier's push with a lag of a few steps, closing is five times easier than reopening (a closed gate's penalty
+    gradient vanishes), and every further structure is harder to close than the last (it matters more to the task)."""
+
+    def __init__(self) -> None:
+        self.sparsity, self.velocity = 0.0, 0.0
+
+    def measure(self, model: torch.nn.Module | None, deterministic: bool) -> torch.Tensor:
+        return torch.tensor(self.sparsity)
+
+    def respond(self, push: float) -> None:
+        gain = (0.01 if push < 0 else 0.002) / (1.0 + 2.0 * self.sparsity)
+        self.velocity += (-gain * push - self.velocity) / 4.0
+        self.sparsity = min(max(self.sparsity + self.velocity, 0.0), 1.0)
+
+
+def _drive(anti_windup: bool, target: float = 0.5, steps: int = 200, warmup: int = 100) -> tuple[float, float]:
+    """Largest gap to the schedule after the first 10% of the steps, and the largest overshoot after the warm-up."""
+    plant = _LaggingPlant()
+    controller = LagrangianController(target, warmup_steps=warmup, gate_learning_rate=0.1, anti_windup=anti_windup,
+                                      metric=plant.measure)
+    gap = overshoot = 0.0
+    for step in range(steps):
+        controller.on_step(None, step, steps)
+        plant.respond(controller.lambda_1.item() * controller.gate_learning_rate)
+        if step >= 0.1 * steps:
+            gap = max(gap, abs(plant.sparsity - controller.target(step)))
+        if step >= warmup:
+            overshoot = max(overshoot, plant.sparsity - target)
+    return gap, overshoot
+
+
+def test_anti_windup_stops_the_overshoot_after_the_warmup():
+    # The integral that kept the sparsity on the ramp carries it past the target when the ramp ends; emptying it
+    # as soon as it pushes against the error keeps the run in the band.
+    plain_gap, plain_overshoot = _drive(anti_windup=False)
+    gap, overshoot = _drive(anti_windup=True)
+    assert plain_gap > BAND and plain_overshoot > BAND, (plain_gap, plain_overshoot)
+    assert gap <= BAND and overshoot <= BAND / 2, (gap, overshoot)
