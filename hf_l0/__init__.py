@@ -11,8 +11,7 @@ from .patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
 from .prune import build_compact_model, prune_model
 from .size import SizeReport, deterministic_size, expected_size, expected_sparsity, full_size
 from .size import check_target_reachable, max_reachable_sparsity
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "ArchAdapter",

@@ -8,7 +8,7 @@ import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
 
 from conftest import make_inputs, make_model, model_output
-from test_core import randomize_gates
+from helpers import randomize_gates
 
 LORA_TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],

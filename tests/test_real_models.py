@@ -6,7 +6,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hf_l0
-from hf_l0 import L0Config, assets
+from hf_l0 import L0Config
+from hf_l0.demo import assets
 
 
 def review_sentences(n: int = 8) -> list[str]:

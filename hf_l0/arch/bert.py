@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from ..modules import EmptySelfAttention
 from ..slicing import out_features
+from ..stand_ins import EmptySelfAttention
 from .base import ArchAdapter, Projection, ResidualStream, Sublayer, register_adapter
 
 # Task heads whose input is the sequence output (so hidden-dimension pruning slices their input), by class suffix.

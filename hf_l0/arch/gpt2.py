@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from ..modules import ConstantProjection, RemovedAttention, RemovedMLP
 from ..slicing import out_features
+from ..stand_ins import ConstantProjection, RemovedAttention, RemovedMLP
 from .base import ArchAdapter, Projection, ResidualStream, Sublayer, register_adapter
 
 
