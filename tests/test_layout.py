@@ -142,3 +142,13 @@ def test_the_version_is_written_once():
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "hf_l0.version.__version__"}
     assert hf_l0.__version__ is version.__version__
+
+
+def test_hub_package_keeps_the_public_names_of_the_hub_module():
+    names = ("AUTO_CLASSES", "CARD_FILE", "EXPORT_FORMAT", "EXPORT_KEY", "HEATMAP_FILE", "MODELING_FILE",
+             "PIPELINE_TAGS", "REMOTE_CODE_MODULES", "REMOTE_CODE_PREFIX", "CompactModelUpload", "ExportPlan",
+             "auto_class_name", "export_plan", "flat_module_name", "flatten_imports", "from_pretrained",
+             "load_config", "load_weights_strictly", "module_source", "push_to_hub", "remote_code_files",
+             "save_pretrained", "tied_groups")
+    assert [name for name in names if not hasattr(hf_l0.hub, name)] == []
+    assert set(hf_l0.hub.__all__) >= set(names)
