@@ -9,7 +9,7 @@
    (Minitron) on the same examples), down to the parameter count hf-l0 reached (the target without hf-l0), then the
    model fine-tunes with hf-l0's recovery budget: the same distillation loss, teacher, steps, schedule and seed.
 
-Test accuracy (the split of ``hf_l0.data.rotten_tomatoes``, as the main job) is reported; validation accuracy is
+Test accuracy (the split of ``hf_l0.demo.data.rotten_tomatoes``, as the main job) is reported; validation accuracy is
 recorded alongside, and nothing is chosen on the test split.
 
     python benchmarks/accuracy_sparsity.py                    # ~30 min on 2 CPU cores
@@ -35,21 +35,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 import hf_l0  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    BASELINES,
-    Run,
-    add_method_arguments,
-    baseline_prune,
-    benchmark_parser,
-    goal,
-    load_script,
-    markdown_table,
-    parse_methods,
-    record_trajectory,
-    recover,
-    set_threads,
-    training_arguments,
-)
-from hf_l0 import assets, data  # noqa: E402
+    BASELINES, Run, add_method_arguments, baseline_prune, benchmark_parser, goal, markdown_table,
+    parse_methods, record_trajectory, recover, set_threads, training_arguments)
+from hf_l0.demo import assets, data  # noqa: E402
+from hf_l0.demo.evaluation import evaluate_classifier  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
 GOALS = {0.6: 0.99, 0.75: 0.97, 0.9: 0.94}  # fraction of dense test accuracy to keep
@@ -109,8 +98,8 @@ def load_model_and_data(args: argparse.Namespace) -> tuple[tf.PreTrainedModel, A
 
 def accuracies(model: torch.nn.Module, splits: dict, collator: Any,
                names: tuple[str, ...] = ("validation", "test")) -> dict[str, float]:
-    evaluate = load_script("prune_classification").evaluate  # the main job's eval loop
-    return {f"{split}_accuracy": evaluate(model, splits[split], collator)["accuracy"] for split in names}
+    # the main job's eval loop
+    return {f"{split}_accuracy": evaluate_classifier(model, splits[split], collator)["accuracy"] for split in names}
 
 
 def calibration_batches(args: argparse.Namespace, train: Any, collator: Any) -> list[dict[str, torch.Tensor]]:

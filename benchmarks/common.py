@@ -1,11 +1,10 @@
-"""Shared pieces of the benchmarks: run metadata, result files (JSON + markdown), the distilling baseline trainer,
-and access to the example scripts' helpers (imported from ``scripts/``, not copied)."""
+"""Shared pieces of the benchmarks: run metadata, result files (JSON + markdown), the distilling baseline trainer.
+What the benchmarks share with the example scripts (evaluation loops, packaged data) lives in :mod:`hf_l0.demo`."""
 
 from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -16,7 +15,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import matplotlib
@@ -42,17 +40,6 @@ def benchmark_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help=quick_help)
     return p
-
-
-def load_script(name: str) -> ModuleType:
-    """Import ``scripts/<name>.py`` as a module (the scripts are not a package) to reuse its helpers."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve field types through the module
-    spec.loader.exec_module(module)
-    return module
 
 
 def set_threads(threads: int | None) -> None:

@@ -36,10 +36,10 @@ import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 
 from benchmarks.common import Run, benchmark_parser, goal, markdown_table, set_threads  # noqa: E402
-from hf_l0 import assets, data  # noqa: E402
+from hf_l0.demo import assets, data  # noqa: E402
 from hf_l0.baselines import magnitude_prune  # noqa: E402
 from hf_l0.deploy.gguf_export import export_gguf  # noqa: E402
-from hf_l0.scripting import drop_gguf_quantizer  # noqa: E402
+from hf_l0.demo.gguf import drop_gguf_quantizer  # noqa: E402
 
 PROMPT_TOKENS = 32
 LOGIT_GOAL, SPEED_GOAL = 1e-2, 0.9

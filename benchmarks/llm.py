@@ -34,22 +34,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_colla
 
 import hf_l0  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    BASELINES,
-    Run,
-    add_method_arguments,
-    baseline_prune,
-    benchmark_parser,
-    goal,
-    load_script,
-    markdown_table,
-    parse_methods,
-    record_trajectory,
-    recover,
-    set_threads,
-    training_arguments,
-)
-from hf_l0 import assets, data  # noqa: E402
-from hf_l0.scripting import drop_gguf_quantizer, resolve_model_path  # noqa: E402
+    BASELINES, Run, add_method_arguments, baseline_prune, benchmark_parser, goal, markdown_table,
+    parse_methods, record_trajectory, recover, set_threads, training_arguments)
+from hf_l0.demo import assets, data  # noqa: E402
+from hf_l0.demo.evaluation import perplexity  # noqa: E402  (the main job's evaluation)
+from hf_l0.demo.gguf import drop_gguf_quantizer  # noqa: E402
+from hf_l0.demo.scripting import resolve_model_path  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
 PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the baseline's
@@ -178,7 +168,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="hf_l0_bench_llm_"))
     tf.set_seed(args.seed)
     dense, tokenizer, blocks = load(args)
-    perplexity = load_script("prune_clm").perplexity  # the main job's evaluation
 
     def perplexities(model: torch.nn.Module) -> dict[str, float]:
         return {"selection_perplexity": perplexity(model, blocks["selection"]),

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 
 from benchmarks.common import Run, benchmark_parser, markdown_table, set_threads  # noqa: E402
-from hf_l0 import assets  # noqa: E402
+from hf_l0.demo import assets  # noqa: E402
 from hf_l0.baselines import magnitude_prune  # noqa: E402
 from hf_l0.deploy.onnx import check_onnx, example_inputs, export_onnx  # noqa: E402
 from hf_l0.measure import forward_flops  # noqa: E402

@@ -15,9 +15,11 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 import hf_l0
-from hf_l0 import assets
-from hf_l0.hub import save_pretrained
-from hf_l0.lagrangian import LagrangianController, l0_param_groups
+from hf_l0 import LagrangianController, save_pretrained
+from hf_l0.demo import assets
+from hf_l0.lagrangian import l0_param_groups
+from hf_l0.patch import get_gates
+from hf_l0.size import check_target_reachable
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default=str(assets.minilm_dir()))
@@ -37,7 +39,7 @@ loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=DataCollatorWi
 
 model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
 hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True, layers=True))  # gates: model.l0_gates
-hf_l0.check_target_reachable(model, args.target_sparsity)  # refuses a target the gated structures cannot reach
+check_target_reachable(model, args.target_sparsity)  # refuses a target the gated structures cannot reach
 # The same controller L0Trainer runs: PI multiplier update, warm-up schedule, final-phase snap (last 10% of steps).
 controller = LagrangianController(args.target_sparsity, warmup_steps=args.steps // 2, final_phase_ratio=0.1)
 optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=5e-5, gate_lr=0.1))
@@ -61,7 +63,7 @@ while step < args.steps:
 
 model = accelerator.unwrap_model(model).eval()
 reached = controller.finish(model)  # pins the deterministic sparsity once more after the last step
-dense_params = model.num_parameters() - sum(p.numel() for p in hf_l0.get_gates(model).parameters())
+dense_params = model.num_parameters() - sum(p.numel() for p in get_gates(model).parameters())
 compact = hf_l0.prune_model(model)
 accelerator.print(f"sparsity {reached:.3f} (target {args.target_sparsity}); "
                   f"parameters {dense_params:,} -> {compact.num_parameters():,}")

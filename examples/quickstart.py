@@ -11,8 +11,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hf_l0
-from hf_l0 import assets
+from hf_l0.demo import assets
 from hf_l0.measure import latency_speedup
+from hf_l0.patch import get_gates
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     model = AutoModelForSequenceClassification.from_pretrained(assets.minilm_dir(), num_labels=2).eval()
     model.load_state_dict(dense.state_dict())
     hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True, layers=True))
-    gates = hf_l0.get_gates(model)
+    gates = get_gates(model)
     with torch.no_grad():  # stand-in for training: random gates that close about half of the heads and neurons
         for gate in (gates.heads, gates.ffn):
             gate.log_alpha.copy_(torch.randn_like(gate.log_alpha) * 3 - 1.6)

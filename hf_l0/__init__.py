@@ -19,8 +19,7 @@ from .size import (
     full_size,
     max_reachable_sparsity,
 )
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "ArchAdapter",

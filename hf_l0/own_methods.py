@@ -84,7 +84,9 @@ def save_pretrained(self: nn.Module, save_directory: str | os.PathLike, is_main_
     model card only when pushing, unless ``model_card`` says otherwise. Processes other than the main one write
     nothing (the main process replaces the directory atomically; a second writer would race it).
     """
-    from . import hub
+    # local: importing hf_l0.hub runs hub.load, which imports prune, which imports this module
+    from .hub.save import CompactModelUpload
+    from .hub.save import save_pretrained as save_compact
 
     if not is_main_process:
         return None
@@ -98,13 +100,13 @@ def save_pretrained(self: nn.Module, save_directory: str | os.PathLike, is_main_
     if state_dict is not None:
         kwargs["state_dict"] = state_dict
     model_card = push_to_hub if model_card is None else model_card
-    out = hub.save_pretrained(self, save_directory, tokenizer, model_card=model_card, **kwargs)
+    out = save_compact(self, save_directory, tokenizer, model_card=model_card, **kwargs)
     if upload:
         from transformers.utils import hub as hf_hub
 
         repo_id = hf_hub.hf_api().create_repo(upload["repo_id"], private=upload["private"], token=upload["token"],
                                               exist_ok=True).repo_id
-        hub.CompactModelUpload(self)._upload_modified_files(out, repo_id, files_timestamps={},
+        CompactModelUpload(self)._upload_modified_files(out, repo_id, files_timestamps={},
                                                             commit_message=upload["commit_message"],
                                                             token=upload["token"], create_pr=upload["create_pr"])
     return out
@@ -118,9 +120,9 @@ def push_to_hub(self: nn.Module, repo_id: str, *, commit_message: str | None = N
     (with hf-l0's model card and structure heatmap) through transformers' own upload. ``save_kwargs`` are those of
     :func:`hf_l0.save_pretrained` (``metrics``, ``base_model``, ...). ``tags`` is accepted for compatibility; the
     card carries hf-l0's own tags."""
-    from . import hub
+    from .hub.save import CompactModelUpload  # local: see save_pretrained above
 
-    upload = hub.CompactModelUpload(self, tokenizer, **save_kwargs)
+    upload = CompactModelUpload(self, tokenizer, **save_kwargs)
     return upload.push_to_hub(repo_id, commit_message=commit_message, commit_description=commit_description,
                               private=private, token=token, revision=revision, create_pr=create_pr,
                               max_shard_size=max_shard_size)

@@ -1,7 +1,7 @@
 """Physical pruning: turn a gated model into a compact model of the same transformers class.
 
 This module reads the gates and folds their values into the weights; the shape surgery itself is
-:mod:`hf_l0.surgery`, shared with rebuilding a compact model from its config.
+:mod:`hf_l0.structure`, shared with rebuilding a compact model from its config.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .gates import HIDDEN_GATE, SUBLAYER_KINDS, sublayer_gate_names, whole_tenso
 from .own_methods import bind_compact_methods
 from .patch import GATES_ATTR, get_gates, patch_model, transformers_model, unpatch_model
 from .slicing import scale_linear
-from .surgery import STRUCTURE_KEY, PruningPlan, SublayerPlan, apply_plan, apply_structure, structure_of
+from .structure import STRUCTURE_KEY, PruningPlan, SublayerPlan, apply_plan, apply_structure, structure_of
 
 
 def _fold(sublayer: Sublayer, unit_values: torch.Tensor | None, layer_value: torch.Tensor | None) -> SublayerPlan:

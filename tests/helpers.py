@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import torch
 from torch import nn
+
+import hf_l0
+
+# L0Config arguments that prune every layer alike (the native-export case).
+UNIFORM = dict(target_heads=1, target_intermediate_size=20, layers=False)
 
 
 @torch.no_grad()
@@ -36,6 +42,31 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
         elif isinstance(owner, nn.Embedding):
             normal(param, 0.0, 0.5)
     return model
+
+
+def randomize_gates(model, seed: int = 0, closed_attention_layer: int = 0, closed_ffn_layer: int = 1) -> None:
+    """Random log_alpha (a good share of every structure closes) plus whole sublayers forced shut: every unit of
+    attention in ``closed_attention_layer`` and the layer gate of the FFN in ``closed_ffn_layer``."""
+    gates = hf_l0.get_gates(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for gate in gates.named_gates().values():
+            gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=generator) * 3.0)
+        if hasattr(gates, "heads"):
+            gates.heads.log_alpha[closed_attention_layer] = -10.0
+        if hasattr(gates, "ffn_layers"):
+            gates.ffn_layers.log_alpha[closed_ffn_layer] = -10.0
+            gates.attention_layers.log_alpha[closed_ffn_layer] = 10.0
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor, inputs: dict[str, torch.Tensor]) -> float:
+    """Largest |a - b| over the positions the attention mask keeps (padding positions are not compared)."""
+    diff = (a - b).abs()
+    return (diff[inputs["attention_mask"].bool()] if diff.dim() == 3 else diff).max().item()
+
+
+def weights_bytes(directory: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))
 
 
 # The first lines of a script run in a fresh process where hf_l0 cannot be imported (even if the venv has it): what a

@@ -3,27 +3,13 @@ import copy
 import pytest
 import torch
 import transformers as tf
-from conftest import DECODERS, ENCODERS, TASK_MODELS, make_inputs, make_model, model_output
-
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model, unpatch_model
 
+from conftest import DECODERS, ENCODERS, TASK_MODELS, make_inputs, make_model, model_output
+from helpers import randomize_gates
+
 TOL = 1e-5
-
-
-def randomize_gates(model, seed: int = 0, closed_attention_layer: int = 0, closed_ffn_layer: int = 1) -> None:
-    """Random log_alpha (a good share of every structure closes) plus whole sublayers forced shut: every unit of
-    attention in ``closed_attention_layer`` and the layer gate of the FFN in ``closed_ffn_layer``."""
-    gates = hf_l0.get_gates(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for gate in gates.named_gates().values():
-            gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=generator) * 3.0)
-        if hasattr(gates, "heads"):
-            gates.heads.log_alpha[closed_attention_layer] = -10.0
-        if hasattr(gates, "ffn_layers"):
-            gates.ffn_layers.log_alpha[closed_ffn_layer] = -10.0
-            gates.attention_layers.log_alpha[closed_ffn_layer] = 10.0
 
 
 def closed_fraction(model) -> dict[str, float]:

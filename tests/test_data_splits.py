@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_l0 import data
+from hf_l0.demo import data
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ import hf_l0
 from hf_l0.deploy.gguf_export import export_gguf, read_gguf_metadata
 
 from conftest import make_model
-from test_core import randomize_gates
+from helpers import randomize_gates
 
 gguf = pytest.importorskip("gguf", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
 

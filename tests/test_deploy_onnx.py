@@ -6,7 +6,7 @@ import hf_l0
 from hf_l0.deploy.onnx import check_onnx, example_inputs, export_onnx
 
 from conftest import make_model
-from test_core import randomize_gates
+from helpers import randomize_gates
 
 onnx = pytest.importorskip("onnx", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
 pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install -e '.[deploy]'")

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import make_inputs, make_model, model_output
+from conftest import compact_model, make_inputs, make_model, model_output
 from safetensors.torch import load_file, save_file
-from test_hub import compact_model
 
 import hf_l0
 
@@ -178,7 +177,7 @@ CASES = [
 def test_corrupted_directory_is_refused_and_runs_nothing(tmp_path, sources, name, source, corrupt, error, message):
     d = tmp_path / name
     shutil.copytree(sources[0][source], d, symlinks=True)
-    for planted in ("modeling_hf_l0.py", "hf_l0_remote.py", "hf_l0_compact.py", "__init__.py"):
+    for planted in ("modeling_hf_l0.py", "hf_l0_remote.py", "hf_l0_checkpoint.py", "__init__.py"):
         (d / planted).write_text(PLANTED)
     corrupt(d)
     with pytest.raises(error, match=message):
@@ -214,7 +213,7 @@ def test_transformers_without_trust_remote_code_runs_nothing(tmp_path, sources, 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("name", ["int8-where-fp32", "index-traversal", "missing-tensor", "extra-tensor"])
 def test_remote_code_classes_refuse_the_same(tmp_path, sources, monkeypatch, name):
-    """With trust_remote_code the written classes run the same checks (hf_l0.compact.check_weights)."""
+    """With trust_remote_code the written classes run the same checks (hf_l0.checkpoint.check_weights)."""
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
     _, source, corrupt, error, message = next(c for c in CASES if c[0] == name)
     d = tmp_path / name
@@ -237,5 +236,5 @@ def test_family_check_accepts_every_head_of_the_family():
     config = make_model("gpt2").config
     for cls in (tf.GPT2LMHeadModel, tf.GPT2Model, tf.GPT2ForSequenceClassification):
         config.architectures = [cls.__name__]
-        assert hf_l0.hub._model_class(config, None) is cls
-    assert hf_l0.hub._model_class(config, tf.AutoModel) is tf.GPT2Model
+        assert hf_l0.hub.load._model_class(config, None) is cls
+    assert hf_l0.hub.load._model_class(config, tf.AutoModel) is tf.GPT2Model

@@ -27,7 +27,7 @@ from hf_l0.own_methods import has_compact_methods
 
 from conftest import CONFIGS, ENCODERS, VOCAB, make_inputs, make_model
 from helpers import NO_HF_L0_PRELUDE
-from test_core import randomize_gates
+from helpers import randomize_gates
 
 TOL = 1e-5
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import make_inputs, make_model, model_output
 from peft import LoraConfig, get_peft_model
-from test_core import randomize_gates
+from helpers import randomize_gates
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model

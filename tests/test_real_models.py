@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hf_l0
-from hf_l0 import L0Config, assets
+from hf_l0 import L0Config
+from hf_l0.demo import assets
 
 pytestmark = pytest.mark.slow  # the real packaged models
 

@@ -19,7 +19,8 @@ import transformers as tf
 from transformers import AutoTokenizer
 
 import hf_l0
-from hf_l0 import assets, hub
+from hf_l0 import hub
+from hf_l0.demo import assets
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 REVIEWS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés .",

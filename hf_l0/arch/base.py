@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import nn
 
-from ..modules import ConstantProjection, RemovedAttention, RemovedMLP
+from ..stand_ins import ConstantProjection, RemovedAttention, RemovedMLP
 from ..slicing import base_layer, in_features, out_features
 
 if TYPE_CHECKING:
-    from ..surgery import L0Structure
+    from ..structure import L0Structure
 
 SublayerKind = Literal["attention", "ffn"]
 

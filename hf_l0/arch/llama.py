@@ -13,7 +13,7 @@ from ..slicing import out_features
 from .base import DecoderAdapter, Projection, Sublayer, register_adapter
 
 if TYPE_CHECKING:
-    from ..surgery import L0Structure
+    from ..structure import L0Structure
 
 
 @register_adapter

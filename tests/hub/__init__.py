@@ -1,0 +1,1 @@
+"""Saving, loading and exporting compact models (hf_l0.hub)."""

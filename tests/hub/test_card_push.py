@@ -1,0 +1,78 @@
+"""The model card (README.md with Hub metadata, structure heatmap) and push_to_hub through transformers'
+PushToHubMixin."""
+
+import json
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+from conftest import compact_model
+from helpers import UNIFORM
+
+import hf_l0
+from hf_l0 import L0Config
+
+# -- model card and push_to_hub --------------------------------------------------------------------------------------
+
+def test_model_card(tmp_path):
+    model = compact_model("llama", "AutoModelForCausalLM")
+    out = hf_l0.save_pretrained(model, tmp_path / "m", base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                                metrics={"perplexity": 12.5}, speedup=1.8, repo_id="me/tiny-l0")
+    card = (out / "README.md").read_text()
+    header = card.split("---")[1]
+    assert 'base_model: "HuggingFaceTB/SmolLM2-135M-Instruct"' in header
+    assert "library_name: transformers" in header and "pipeline_tag: text-generation" in header
+    assert "- pruning" in header and "- l0-regularization" in header
+    export = json.loads((out / "config.json").read_text())["l0_export"]
+    assert f"| before pruning | {export['dense_parameters']:,} |" in card
+    assert f"| after pruning | {sum(p.numel() for p in model.parameters()):,} |" in card
+    assert "sparsity" in card and "![kept structure per layer](l0_structure.png)" in card
+    for i, layer in enumerate(model.config.l0_structure["layers"]):
+        assert f"| {i} | {layer['attention_heads']}/6 | {layer['key_value_heads']}/2 | " \
+               f"{layer['intermediate_size']}/37 |" in card
+    assert "| perplexity | 12.5 |" in card and "1.80x" in card
+    assert 'AutoModelForCausalLM.from_pretrained("me/tiny-l0", trust_remote_code=True)' in card
+    assert 'hf_l0.from_pretrained("me/tiny-l0")' in card
+    assert (out / "l0_structure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    native = compact_model("llama", "AutoModelForCausalLM", L0Config(**UNIFORM))
+    card = (hf_l0.save_pretrained(native, tmp_path / "n", repo_id="me/native") / "README.md").read_text()
+    assert 'AutoModelForCausalLM.from_pretrained("me/native")  # a stock config' in card
+    assert "trust_remote_code" not in card
+
+
+def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
+    calls = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls["create_repo"] = (repo_id, kwargs)
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            calls["commit"] = (repo_id, kwargs)
+            calls["files"] = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+            return "commit-url"
+
+    import transformers.utils.hub as transformers_hub
+
+    monkeypatch.setattr(transformers_hub, "hf_api", lambda: FakeApi())
+    model = compact_model("gpt2", "AutoModelForCausalLM")
+    assert hf_l0.push_to_hub(model, "me/gpt2-l0", private=True, metrics={"loss": 3.2}) == "commit-url"
+    assert calls["create_repo"] == ("me/gpt2-l0", {"private": True, "token": None, "exist_ok": True})
+    assert {"config.json", "model.safetensors", "modeling_hf_l0.py", "README.md", "l0_structure.png",
+            "generation_config.json"} <= set(calls["files"])
+    card = calls["files"]["README.md"].decode()
+    assert 'from_pretrained("me/gpt2-l0", trust_remote_code=True)' in card and "| loss | 3.2 |" in card
+    assert json.loads(calls["files"]["config.json"])["auto_map"]["AutoModelForCausalLM"].endswith("L0GPT2LMHeadModel")
+
+
+def test_model_card_links_the_project_only_to_a_declared_url(monkeypatch):
+    model = compact_model("gpt2", "AutoModelForCausalLM")
+    card = hf_l0.hub.model_card(model, base_model="openai-community/gpt2")
+    for url in re.findall(r"\]\((https?://[^)\s]*)\)", card):
+        assert urlparse(url).path.strip("/"), f"placeholder link {url}"  # never a bare https://github.com/
+    url = hf_l0.hub.card.project_url()  # [project.urls] of pyproject.toml, through the installed metadata
+    assert ("made with [hf-l0](" + url + ")" if url else "made with hf-l0 — ") in card
+    monkeypatch.setattr(hf_l0.hub.card, "project_url", lambda: "https://example.org/hf-l0")
+    assert "made with [hf-l0](https://example.org/hf-l0) — " in hf_l0.hub.model_card(model)

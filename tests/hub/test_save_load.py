@@ -1,0 +1,175 @@
+"""Saving and loading: dense and tied models, refusal of gated models, atomic saves, strict loading of
+corrupt or contradicting weights."""
+
+import json
+import struct
+
+import pytest
+import torch
+from conftest import compact_model, make_inputs, make_model, model_output
+from helpers import max_diff
+from safetensors.torch import load_file, save_file
+
+import hf_l0
+from hf_l0 import L0Config, patch_model
+
+TOL = 1e-5
+
+
+# -- round trips -------------------------------------------------------------------------------------------------------
+
+def test_tied_embeddings_saved_once_and_loaded_tied(tmp_path):
+    model = compact_model("llama", "AutoModelForCausalLM")
+    hf_l0.save_pretrained(model, tmp_path / "m")
+    names = set(load_file(tmp_path / "m" / "model.safetensors"))
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    loaded = hf_l0.from_pretrained(tmp_path / "m")
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+
+
+def test_dense_model_round_trip(tmp_path):
+    model = make_model("gpt2")
+    hf_l0.save_pretrained(model, tmp_path / "d")
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and "auto_map" not in config and "l0_structure" not in config
+    inputs = make_inputs()
+    assert max_diff(model_output(hf_l0.from_pretrained(tmp_path / "d"), inputs), model_output(model, inputs),
+                    inputs) <= TOL
+
+
+def test_patched_model_is_not_saved(tmp_path):
+    model = make_model("gpt2")
+    patch_model(model, L0Config())
+    with pytest.raises(ValueError, match="prune_model"):
+        hf_l0.save_pretrained(model, tmp_path / "m")
+
+
+# -- atomic saves -----------------------------------------------------------------------------------------------------
+
+def test_interrupted_save_leaves_previous_save_intact(tmp_path):
+    target = tmp_path / "m"
+    first = compact_model("gpt2", "AutoModelForCausalLM", seed=0)
+    hf_l0.save_pretrained(first, target)
+    (target / "trainer_state.json").write_text("{}")  # a file the save does not own
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    class ExplodingTokenizer:
+        def save_pretrained(self, directory):
+            raise KeyboardInterrupt  # interrupted after the weights were written
+
+    second = compact_model("gpt2", "AutoModelForCausalLM", seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        hf_l0.save_pretrained(second, target, ExplodingTokenizer())
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary directory left behind
+    inputs = make_inputs()
+    assert max_diff(model_output(hf_l0.from_pretrained(target), inputs), model_output(first, inputs), inputs) <= TOL
+
+    # a completed save replaces the weights (stale shards go), keeps foreign files
+    hf_l0.save_pretrained(second, target, max_shard_size="20KB")
+    hf_l0.save_pretrained(second, target)
+    names = sorted(p.name for p in target.iterdir())
+    assert "trainer_state.json" in names and "model.safetensors" in names
+    assert not any(n.startswith("model-0") or n.endswith(".index.json") for n in names)
+    assert max_diff(model_output(hf_l0.from_pretrained(target), inputs), model_output(second, inputs), inputs) <= TOL
+
+
+# -- strict loading ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def saved_llama(tmp_path):
+    model = compact_model("llama", "AutoModelForCausalLM")
+    return hf_l0.save_pretrained(model, tmp_path / "m")
+
+
+def test_truncated_weights_name_file_and_tensor(saved_llama):
+    weights = saved_llama / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-100])
+    with pytest.raises(ValueError, match=r"model\.safetensors: truncated safetensors file: tensor '.*'"):
+        hf_l0.from_pretrained(saved_llama)
+    weights.write_bytes(data[:5])
+    with pytest.raises(ValueError, match=r"model\.safetensors: truncated"):
+        hf_l0.from_pretrained(saved_llama)
+
+
+def test_missing_and_unexpected_tensors_are_errors(saved_llama):
+    weights = saved_llama / "model.safetensors"
+    state = load_file(weights)
+    name = "model.layers.1.self_attn.k_proj.weight"
+    full = dict(state)
+    state.pop(name)
+    save_file(state, weights)
+    with pytest.raises(ValueError, match=rf"missing tensor '{name}'"):
+        hf_l0.from_pretrained(saved_llama)
+    full["model.layers.1.extra.weight"] = torch.zeros(2)
+    save_file(full, weights)
+    with pytest.raises(ValueError, match=r"unexpected tensor 'model.layers.1.extra.weight' in .*model.safetensors"):
+        hf_l0.from_pretrained(saved_llama)
+
+
+def test_structure_contradicting_weights_is_an_error(saved_llama):
+    path = saved_llama / "config.json"
+    config = json.loads(path.read_text())
+    layer = next(i for i, layer in enumerate(config["l0_structure"]["layers"]) if layer["intermediate_size"] > 1)
+    config["l0_structure"]["layers"][layer]["intermediate_size"] -= 1
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"tensor 'model.layers.{layer}.mlp.up_proj.weight' in .*model.safetensors "
+                                         r"has shape .* but .*config.json"):
+        hf_l0.from_pretrained(saved_llama)
+    config["l0_structure"]["layers"][layer]["intermediate_size"] = 10_000
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"layers\[{layer}\].intermediate_size=10000 must be an int in \[0, 37\]"):
+        hf_l0.from_pretrained(saved_llama)
+
+
+def test_compact_directory_without_structure_is_refused(saved_llama):
+    path = saved_llama / "config.json"
+    config = json.loads(path.read_text())
+    config.pop("l0_structure")
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no l0_structure"):
+        hf_l0.from_pretrained(saved_llama)
+
+
+def test_sharded_index_problems_are_errors(tmp_path):
+    model = compact_model("gpt2", "AutoModelForCausalLM")
+    out = hf_l0.save_pretrained(model, tmp_path / "m", max_shard_size="20KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[-1]
+    (out / shard).rename(out / "moved.safetensors")
+    with pytest.raises(ValueError, match=rf"lists tensor '.*' in .*{shard}, which is missing"):
+        hf_l0.from_pretrained(out)
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+    model = make_model("gpt2")
+    (tmp_path / "m").mkdir()
+    model.config.save_pretrained(tmp_path / "m")
+    torch.save({}, tmp_path / "m" / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="pickled weights are never loaded"):
+        hf_l0.from_pretrained(tmp_path / "m")
+
+
+def test_safetensors_header_check_names_tensor(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(4), "b": torch.ones(8)}, path)
+    data = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    path.write_bytes(data[: 8 + header_len + 20])
+    with pytest.raises(ValueError, match=r"tensor 'b'"):
+        hf_l0.checkpoint.read_safetensors_header(str(path))
+
+
+def test_one_mismatch_report_for_files_at_hand_and_in_the_hub_cache():
+    """hf_l0's loader and the written classes (which see only transformers' loading info for a Hub repo) report
+    mismatches through the same function, in the same words."""
+    info = {"missing_keys": {"b.weight"}, "unexpected_keys": set(), "mismatched_keys": {("a.weight", (3, 4), (2, 4))}}
+    problems = hf_l0.checkpoint.loading_info_problems(info)
+    assert problems == ["missing tensor 'b.weight'", "tensor 'a.weight' has shape (3, 4) but the model builds (2, 4)"]
+    with pytest.raises(ValueError, match=r"^me/repo: the weights do not match config.json \(l0_structure\): "
+                                         r"missing tensor 'b.weight'; tensor 'a.weight' has shape"):
+        hf_l0.checkpoint.raise_on_mismatch("me/repo", "config.json (l0_structure)", problems)
+    hf_l0.checkpoint.raise_on_mismatch("me/repo", "config.json", [])  # nothing to report: no error
+    with pytest.raises(ValueError, match=r"missing tensor 't19'; \.\.\. 5 more$"):
+        hf_l0.checkpoint.raise_on_mismatch("d", "config.json", [f"missing tensor 't{i}'" for i in range(25)])
