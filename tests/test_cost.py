@@ -1,6 +1,9 @@
 """FLOPs and latency cost models, and pruning to a FLOPs / latency target."""
 
 
+import copy
+import os
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -9,6 +12,8 @@ import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
 from hf_l0.cost import (FlopsTarget, compact_flops, deterministic_flops, expected_flops, flops_reduction, full_flops,
                         make_cost_target)
+from hf_l0.latency import (LatencyTable, LatencyTarget, _model_shape, _table_key, compact_layers, expected_latency,
+                           latency_table, predict_latency)
 from hf_l0.measure import forward_flops
 
 from conftest import make_inputs, make_model
@@ -129,3 +134,119 @@ def test_bad_flops_targets_are_refused_with_the_reason():
     target.check_target(model, maximum * 0.9)
     with pytest.raises(ValueError, match="target_metric='watts'"):
         make_cost_target("watts", model)
+
+
+# -- latency tables ----------------------------------------------------------------------------------------------------
+def synthetic_table(model) -> LatencyTable:
+    """A table with made-up, uneven times (no measuring): the cost model must follow whatever the machine says."""
+    shape = _model_shape(model)
+    units, neurons = shape["attention_units"], shape["intermediate_size"]
+    attention_units = list(range(units + 1))
+    ffn_units = [0, 1, neurons // 3, neurons // 2, neurons]
+    key = _table_key(shape, 1, SEQ_LEN, 1, torch.float32, attention_units, ffn_units, 1, 1)
+    return LatencyTable(key=key, attention_units=attention_units,
+                        attention_s=[0.0] + [1e-3 + 2e-4 * u + 1e-5 * u * u for u in attention_units[1:]],
+                        ffn_units=ffn_units, ffn_s=[0.0, 4e-4, 9e-4, 2.2e-3, 3e-3], fixed_s=2e-3, dense_s=0.02,
+                        layer_s=1e-4)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_expected_latency_gradient_and_deterministic_latency_of_the_compact_model(family):
+    model = make_model(family, "AutoModelForSequenceClassification")
+    table = synthetic_table(model)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    random_gates(model, 1)
+    gates = list(hf_l0.get_gates(model).gates().values())
+    for gate in gates:
+        gate.double()
+
+    def reduction(*log_alphas):
+        originals = [gate.log_alpha for gate in gates]
+        for gate, value in zip(gates, log_alphas):
+            del gate.log_alpha
+            gate.log_alpha = value
+        try:
+            return LatencyTarget(table)(model)
+        finally:
+            for gate, original in zip(gates, originals):
+                del gate.log_alpha
+                gate.log_alpha = original
+
+    inputs = tuple(gate.log_alpha.detach().clone().requires_grad_(True) for gate in gates)
+    assert torch.autograd.gradcheck(reduction, inputs, eps=1e-6, atol=1e-7)
+    model.eval()
+    deterministic = float(expected_latency(model, table, deterministic=True))
+    assert table.fixed_s < deterministic < table.predict_dense()
+    compact = prune_model(copy.deepcopy(model))
+    layers = compact_layers(compact)
+    assert any(u == 0 for u, _ in layers) and any(n == 0 for _, n in layers)  # removed sublayers cost 0
+    assert predict_latency(table, compact) == pytest.approx(deterministic, rel=1e-12)
+
+
+def test_expected_latency_equals_deterministic_latency_when_gates_are_saturated():
+    model = make_model("gpt2")
+    table = synthetic_table(model)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    random_gates(model, 0)
+    with torch.no_grad():
+        for gate in hf_l0.get_gates(model).gates().values():
+            gate.log_alpha.copy_(torch.where(gate.log_alpha > 0, 60.0, -60.0))
+    model.eval()
+    expected = float(expected_latency(model, table).detach())
+    assert expected == pytest.approx(float(expected_latency(model, table, deterministic=True)), rel=1e-12)
+
+
+def test_latency_table_is_cached_by_batch_size_and_threads(tmp_path):
+    model = make_model("bert", "AutoModelForSequenceClassification")
+    settings = {"seq_len": 8, "cache_dir": tmp_path, "attention_grid": [0, 2, 4], "ffn_grid": [0, 18, 37],
+                "repeats": 2, "rounds": 1, "progress": False}
+    first = latency_table(model, batch_size=1, threads=1, **settings)
+    assert not first.loaded and os.path.isfile(first.path)
+    assert first.attention_units == [0, 2, 4] and first.attention_s[0] == 0.0
+    assert all(b >= a for a, b in zip(first.ffn_s, first.ffn_s[1:]))
+    again = latency_table(model, batch_size=1, threads=1, **settings)
+    assert again.loaded and again.path == first.path and again.to_dict() == first.to_dict()
+    other_batch = latency_table(model, batch_size=2, threads=1, **settings)
+    other_threads = latency_table(model, batch_size=1, threads=2, **settings)
+    assert not other_batch.loaded and not other_threads.loaded
+    assert len({first.path, other_batch.path, other_threads.path}) == 3
+    assert latency_table(model, batch_size=2, threads=1, **settings).loaded
+    # a gated model has the same table as its dense original
+    patch_model(model, L0Config())
+    assert latency_table(model, batch_size=1, threads=1, **settings).loaded
+
+
+def test_bad_latency_targets_are_refused_with_the_reason():
+    model = make_model("llama", "AutoModelForSequenceClassification")
+    table = synthetic_table(model)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    target = LatencyTarget(table)
+    share = table.fixed_s / table.predict_dense()
+    with pytest.raises(ValueError, match=f"fixed latency .* is {share:.4f} of the dense latency"):
+        target.check_target(model, 1.0 - share / 2)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        target.check_target(model, 1.0)
+    target.check_target(model, (1.0 - share) * 0.9)
+    heads_only = patch_model(make_model("llama", "AutoModelForSequenceClassification"), L0Config(ffn=False, layers=False))
+    maximum = LatencyTarget(table).max_reduction(heads_only)
+    with pytest.raises(ValueError, match=f"at most {maximum:.4f}"):
+        LatencyTarget(table).check_target(heads_only, (maximum + 1.0 - share) / 2)
+    hidden = patch_model(make_model("llama", "AutoModelForSequenceClassification"), L0Config(hidden=True))
+    with pytest.raises(ValueError, match="hidden-dimension gates"):
+        LatencyTarget(table)(hidden)
+    other = patch_model(make_model("gpt2"), L0Config())
+    with pytest.raises(ValueError, match="another model shape"):
+        LatencyTarget(table)(other)
+
+
+def test_latency_table_command_measures_then_loads(tmp_path, capsys):
+    from hf_l0.__main__ import main
+
+    make_model("bert", "AutoModelForSequenceClassification").save_pretrained(tmp_path / "model")
+    argv = ["latency-table", "--model", str(tmp_path / "model"), "--batch-size", "1", "--seq-len", "8", "--threads",
+            "1", "--repeats", "1", "--rounds", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "BertForSequenceClassification (3 layers), batch 1 x 8 tokens, 1 thread(s)" in first and "saved to" in first
+    assert main(argv) == 0
+    assert "loaded from" in capsys.readouterr().out
