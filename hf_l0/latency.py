@@ -114,13 +114,14 @@ class LatencyTable:
     def summary(self) -> str:
         """The table as text: sublayer times by width, fixed time, predicted vs measured dense time."""
         key = self.key
-        lines = [f"latency table: {key['shape']['class']} ({key['shape']['num_layers']} layers), batch "
-                 f"{key['batch_size']} x {key['seq_len']} tokens, {key['threads']} thread(s), {key['dtype']}, torch "
-                 f"{key['torch']}", f"  fixed (embeddings, norms, head, layer dispatch): {self.fixed_s * 1e3:.3f} ms",
-                 "  attention units -> ms per layer: " + ", ".join(
-                     f"{u}: {s * 1e3:.3f}" for u, s in zip(self.attention_units, self.attention_s)),
-                 "  FFN neurons -> ms per layer: " + ", ".join(
-                     f"{u}: {s * 1e3:.3f}" for u, s in zip(self.ffn_units, self.ffn_s)),
+        attention = ", ".join(f"{u}: {s * 1e3:.3f}" for u, s in zip(self.attention_units, self.attention_s))
+        ffn = ", ".join(f"{u}: {s * 1e3:.3f}" for u, s in zip(self.ffn_units, self.ffn_s))
+        lines = [(f"latency table: {key['shape']['class']} ({key['shape']['num_layers']} layers), batch "
+                  f"{key['batch_size']} x {key['seq_len']} tokens, {key['threads']} thread(s), {key['dtype']}, "
+                  f"torch {key['torch']}"),
+                 f"  fixed (embeddings, norms, head, layer dispatch): {self.fixed_s * 1e3:.3f} ms",
+                 f"  attention units -> ms per layer: {attention}",
+                 f"  FFN neurons -> ms per layer: {ffn}",
                  f"  dense model: predicted {self.predict_dense() * 1e3:.3f} ms, measured {self.dense_s * 1e3:.3f} ms"]
         if self.path:
             lines.append(f"  {'loaded from' if self.loaded else 'saved to'} {self.path}")
@@ -203,12 +204,13 @@ def _layer_call(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[tupl
     return captured["call"]
 
 
-def _inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
-    vocab = int(getattr(model.config, "vocab_size", 100))
+def latency_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+    """Token ids (fixed seed) and a full attention mask: what a latency table and its checks time."""
+    vocab = int(getattr(transformers_model(model).config, "vocab_size", 100))
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(min(5, vocab - 1), vocab, (batch_size, seq_len), generator=generator)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    if getattr(model.config, "use_cache", False):
+    if getattr(transformers_model(model).config, "use_cache", False):
         inputs["use_cache"] = False
     return inputs
 
@@ -254,7 +256,7 @@ def measure_latency_table(model: nn.Module, batch_size: int = 1, seq_len: int = 
     torch.set_num_threads(threads)
     try:
         one_layer = _fresh(target, dtype, num_layers=1)
-        inputs = _inputs(one_layer, batch_size, seq_len)
+        inputs = latency_inputs(one_layer, batch_size, seq_len)
         args, kwargs = _layer_call(one_layer, inputs)
         layers: dict[str, Any] = {}
         for kind, grid in (("attention", attention_grid), ("ffn", ffn_grid)):

@@ -26,13 +26,14 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from . import hub
 from .config import CONFIG_NAME, STRUCTURES, L0Config
+from .cost import CostTargetArguments, cost_target_from_args
 from .distill import LayerwiseDistiller, check_teacher, logit_kl
 from .gate_init import GATE_INITS, gate_init_callback
 from .gates import whole_tensor
 from .lagrangian import GateClamp, LagrangianController, gate_parameters
 from .patch import get_gates, is_patched, patch_model, transformers_model
 from .prune import prune_model
-from .size import check_target_reachable, expected_sparsity
+from .size import expected_sparsity
 from .trajectory import trajectory_from_log_history, write_sparsity_trajectory
 
 L0_STATE_NAME = "l0_trainer_state.safetensors"
@@ -43,7 +44,7 @@ STAT_KEYS = ("expected_sparsity", "target_sparsity", "lambda_1", "lambda_2", "la
 
 
 @dataclass
-class L0TrainingArguments(TrainingArguments):
+class L0TrainingArguments(CostTargetArguments, TrainingArguments):
     """`TrainingArguments` plus the L0 pruning, Lagrangian and distillation settings (all available on the CLI)."""
 
     target_sparsity: float | None = field(
@@ -174,6 +175,7 @@ class L0TrainingArguments(TrainingArguments):
         if cfg_target is not None and cfg_target != target:
             raise ValueError(f"target_sparsity={target} conflicts with l0_config target_sparsity={cfg_target}; "
                              "set it in one place.")
+        self.validate_cost_target()  # target_metric and its settings (hf_l0.cost.CostTargetArguments)
         if self.sparsity_warmup_steps < 0:
             raise ValueError(f"sparsity_warmup_steps={self.sparsity_warmup_steps} must be >= 0.")
         if not 0.0 <= self.sparsity_warmup_ratio <= 1.0:
@@ -264,13 +266,15 @@ class L0Trainer(Trainer):
         else:
             config = l0_config if l0_config is not None else args.resolved_l0_config()
             patch_model(model, config)  # raises a clear error for a model type without an adapter
-        check_target_reachable(model, args.target_sparsity)  # before any training step: say what is reachable
+        # before any training step: say what is reachable. None: the parameter sparsity, else a FLOPs / latency cost
+        self.cost_target = cost_target_from_args(model, args)
         self.l0_config = config
         self.controller = LagrangianController(
             args.target_sparsity, warmup_steps=args.sparsity_warmup_steps,
             calibration_rate=args.sparsity_calibration_rate, multiplier_update=args.sparsity_controller,
             proportional_gain=args.controller_proportional_gain, integral_gain=args.controller_integral_gain,
-            final_phase_ratio=args.sparsity_final_phase_ratio, error_signal=args.controller_error_signal)
+            final_phase_ratio=args.sparsity_final_phase_ratio, error_signal=args.controller_error_signal,
+            metric=self.cost_target)
 
         if teacher_model is None and args.teacher_model_name_or_path:
             teacher_model = type(model).from_pretrained(args.teacher_model_name_or_path)
@@ -437,6 +441,8 @@ class L0Trainer(Trainer):
         rows = trajectory_from_log_history(self.state.log_history)
         if rows and self.args.should_save:
             title = f"target {self.args.target_sparsity}, {self.args.sparsity_controller} controller"
+            if self.cost_target is not None:
+                title = f"{self.cost_target.name} reduction {title}"
             write_sparsity_trajectory(rows, self.args.output_dir, self.state.max_steps, title=title)
         return output
 
@@ -474,7 +480,11 @@ class L0Trainer(Trainer):
             logs["target_sparsity"] = self.controller.target(self.state.global_step)
             logs["lambda_1"], logs["lambda_2"] = self.controller.lambda_1.item(), self.controller.lambda_2.item()
             logs["target_offset"] = float(self.controller.target_offset)
-            logs["deterministic_sparsity"] = float(expected_sparsity(self._gated_model(), deterministic=True))
+            gated = self._gated_model()
+            logs["deterministic_sparsity"] = float(self.controller.measure(gated, deterministic=True))
+            if self.cost_target is not None:  # the *_sparsity keys are the cost reduction; add parameters and cost
+                logs["deterministic_param_sparsity"] = float(expected_sparsity(gated, deterministic=True))
+                logs.update(self.cost_target.log_values(gated))
             self._l0_sums, self._l0_count = {}, 0
         super().log(logs, start_time)
 
@@ -485,6 +495,10 @@ class L0Trainer(Trainer):
         output.metrics[f"{prefix}_deterministic_sparsity"] = float(expected_sparsity(model, deterministic=True))
         output.metrics[f"{prefix}_expected_sparsity"] = float(expected_sparsity(model).detach())
         output.metrics[f"{prefix}_target_sparsity"] = self.controller.target(self.state.global_step)
+        if self.cost_target is not None:
+            name = self.cost_target.name
+            output.metrics[f"{prefix}_deterministic_{name}_reduction"] = float(self.cost_target(model, True))
+            output.metrics.update({f"{prefix}_{k}": v for k, v in self.cost_target.log_values(model).items()})
         return output
 
     # -- checkpoints ------------------------------------------------------------------------------------------------

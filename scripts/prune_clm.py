@@ -25,6 +25,7 @@ from datasets import DatasetDict, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
 
 import hf_l0
+from hf_l0.cost import cost_target_summary
 from hf_l0.data import group_texts
 from hf_l0.scripting import (compare_latency, count_parameters, drop_gguf_quantizer, parse_arguments, report,
                               resolve_model_path)
@@ -144,8 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
                "dense_parameters": dense_params, "pruned_parameters": pruned_params, **latency,
                "saved_to": os.path.abspath(args.output_dir) if args.prune_at_end else None,
                "prune_seconds": prune_seconds, "wall_seconds": time.perf_counter() - wall_start}
-    report(args, summary, [("validation perplexity", dense_ppl, pruned_ppl)], f"{len(rows)} x {data_args.block_size}",
-           title=f"L0 pruning summary ({model_args.model_name_or_path})")
+    # a FLOPs / latency target: the target against the FLOPs counted and the latency measured at its shape
+    cost_fields, cost_rows = cost_target_summary(args, trainer.cost_target, dense, compact, model_args.latency_repeats)
+    summary.update(cost_fields)
+    report(args, summary, [("validation perplexity", dense_ppl, pruned_ppl), *cost_rows],
+           f"{len(rows)} x {data_args.block_size}", title=f"L0 pruning summary ({model_args.model_name_or_path})")
     return summary
 
 

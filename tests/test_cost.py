@@ -16,7 +16,7 @@ from hf_l0.latency import (LatencyTable, LatencyTarget, _model_shape, _table_key
                            latency_table, predict_latency)
 from hf_l0.measure import forward_flops
 
-from conftest import make_inputs, make_model
+from conftest import VOCAB, make_inputs, make_model
 
 SEQ_LEN = 9
 # (family, auto class): FlopCounterMode counts what actually runs, so only heads applied to every token (a BERT pooler
@@ -250,3 +250,47 @@ def test_latency_table_command_measures_then_loads(tmp_path, capsys):
     assert "BertForSequenceClassification (3 layers), batch 1 x 8 tokens, 1 thread(s)" in first and "saved to" in first
     assert main(argv) == 0
     assert "loaded from" in capsys.readouterr().out
+
+
+# -- training to a cost target -----------------------------------------------------------------------------------------
+def test_trainer_prunes_to_a_flops_target(tmp_path):
+    import transformers as tf
+    from datasets import Dataset
+
+    from hf_l0.trainer import L0Trainer, L0TrainingArguments
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = tf.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=8,
+                           intermediate_size=128, max_position_embeddings=32, num_labels=3)
+    model = tf.BertForSequenceClassification(config)
+    dense_flops = compact_flops(model, 16)
+    ids = torch.randint(2, VOCAB, (128, 12), generator=torch.Generator().manual_seed(0))
+    train = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
+                               "labels": (ids[:, 0] % 3).tolist()})
+    target = 0.4
+    args = L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=target, target_metric="flops",
+                               cost_seq_len=16, max_steps=40, per_device_train_batch_size=16, learning_rate=1e-3,
+                               logging_steps=10, report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True,
+                               l0_structures="heads,ffn,layers", seed=0, data_seed=0)
+    trainer = L0Trainer(model=model, args=args, train_dataset=train)
+    assert trainer.controller.metric is trainer.cost_target
+    trainer.train()
+    compact = trainer.compact_model()
+    reached = 1.0 - compact_flops(compact, 16) / dense_flops
+    assert abs(reached - target) <= 0.01, reached
+    logs = [h for h in trainer.state.log_history if "lambda_1" in h]
+    assert logs and {"expected_flops", "deterministic_flops", "deterministic_param_sparsity"} <= set(logs[-1])
+    assert logs[-1]["deterministic_flops"] == pytest.approx(dense_flops * (1 - logs[-1]["deterministic_sparsity"]) * 1e-9)
+
+
+def test_bad_target_metric_arguments_are_refused(tmp_path):
+    from hf_l0.trainer import L0TrainingArguments
+
+    with pytest.raises(ValueError, match="target_metric='speed'"):
+        L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="speed")
+    with pytest.raises(ValueError, match="read only for target_metric='latency'"):
+        L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="flops",
+                            latency_table="table.json")
+    with pytest.raises(ValueError, match="cost_seq_len=0"):
+        L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="flops", cost_seq_len=0)
