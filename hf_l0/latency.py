@@ -8,10 +8,12 @@ A table holds, for one dense model shape, batch size, sequence length, torch thr
   removed (:func:`hf_l0.prune_model` keeps the layer, with stand-ins that return the output bias).
 
 A sublayer's time is measured on a one-layer copy of the model built by the stock class from the model's own config
-and cut by :func:`hf_l0.surgery.apply_structure`, as the layer replays the inputs it received in a forward pass:
-the layer with ``k`` heads and no FFN, minus the layer with neither. The fixed time is the whole model with every
+(with the model's weights: speed depends on the values) and cut by :func:`hf_l0.surgery.apply_structure`, as the
+layer replays the inputs it received in a forward pass: the layer with ``k`` heads and no FFN, minus the layer with
+neither. The fixed time is the whole model with every
 sublayer removed, measured directly. Widths between grid points are interpolated linearly, and each column is made
-non-decreasing (a wider sublayer never counts as faster), so the predicted latency of the compact model is::
+non-decreasing by a least-squares fit (a wider sublayer never counts as faster), so the predicted latency of the
+compact model is::
 
     fixed + sum over layers of attention(k_i) + ffn(n_i)
 
@@ -179,12 +181,20 @@ def _structure(shape: dict[str, Any], num_layers: int, attention_units: int, neu
 
 
 def _fresh(model: nn.Module, dtype: torch.dtype, num_layers: int | None = None) -> nn.Module:
-    """A stock, ungated model of the same class (random init) with the model's config, optionally fewer layers."""
+    """A stock, ungated model of the same class with the model's config (optionally fewer layers) and its weights.
+
+    The weights matter: the time of a forward pass depends on the values (activations of a randomly initialized
+    model run ~20% faster through MiniLM's layers than those of the trained one).
+    """
     config = copy.deepcopy(model.config)
     if num_layers is not None:
         config.num_hidden_layers = num_layers
     with torch.device("cpu"):
-        return type(model)(config).to(dtype).eval()
+        fresh = type(model)(config)
+    own = fresh.state_dict()
+    weights = {k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape}
+    fresh.load_state_dict(weights, strict=False)  # the first layers' (and everything outside the layers) weights
+    return fresh.to(dtype).eval()
 
 
 def _layer_call(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[tuple, dict]:
@@ -234,16 +244,20 @@ def _time_rounds(calls: dict[str, Any], repeats: int, rounds: int, warmup: int, 
 
 
 def _non_decreasing(values: list[float]) -> list[float]:
-    result, top = [], 0.0
+    """The closest non-decreasing sequence in least squares (pool adjacent violators): one slow spell at one width
+    is averaged with its neighbours instead of raising every wider width, as a running maximum would."""
+    blocks: list[list[float]] = []  # [mean, count]
     for value in values:
-        top = max(top, value)
-        result.append(top)
-    return result
+        blocks.append([value, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (mean_a, n_a), (mean_b, n_b) = blocks[-2], blocks.pop()
+            blocks[-1] = [(mean_a * n_a + mean_b * n_b) / (n_a + n_b), n_a + n_b]
+    return [mean for mean, count in blocks for _ in range(int(count))]
 
 
 def measure_latency_table(model: nn.Module, batch_size: int = 1, seq_len: int = 128, threads: int = 1,
                           dtype: torch.dtype | None = None, attention_grid: Sequence[int] | None = None,
-                          ffn_grid: Sequence[int] | None = None, repeats: int = 10, rounds: int = 3,
+                          ffn_grid: Sequence[int] | None = None, repeats: int = 3, rounds: int = 8,
                           warmup: int = 2, progress: bool = True) -> LatencyTable:
     """Measure a latency table now (no cache); see :func:`latency_table`."""
     target = transformers_model(model)
@@ -259,11 +273,14 @@ def measure_latency_table(model: nn.Module, batch_size: int = 1, seq_len: int = 
         inputs = latency_inputs(one_layer, batch_size, seq_len)
         args, kwargs = _layer_call(one_layer, inputs)
         layers: dict[str, Any] = {}
+        # the copies share everything outside the layer (a 50k-token embedding copied 30 times would take GBs)
+        layer_params = {id(p) for p in get_adapter(one_layer).layers()[0].parameters()}
+        shared = {id(p): p for p in one_layer.parameters() if id(p) not in layer_params}
         for kind, grid in (("attention", attention_grid), ("ffn", ffn_grid)):
             for units in grid:
                 if units == 0 and kind == "ffn":
                     continue  # the same layer as attention 0: neither sublayer
-                model_k = apply_structure(copy.deepcopy(one_layer), _structure(
+                model_k = apply_structure(copy.deepcopy(one_layer, dict(shared)), _structure(
                     shape, 1, units if kind == "attention" else 0, units if kind == "ffn" else 0))
                 layer = get_adapter(model_k).layers()[0]
                 layers[f"{kind}:{units}"] = (lambda layer=layer: layer(*args, **kwargs))
@@ -284,8 +301,9 @@ def measure_latency_table(model: nn.Module, batch_size: int = 1, seq_len: int = 
     finally:
         torch.set_num_threads(previous)
     base = medians["attention:0"]
-    attention_s = _non_decreasing([0.0] + [max(medians[f"attention:{u}"] - base, 0.0) for u in attention_grid[1:]])
-    ffn_s = _non_decreasing([0.0] + [max(medians[f"ffn:{u}"] - base, 0.0) for u in ffn_grid[1:]])
+    # 0 for a removed sublayer stays exact: the fit runs over the measured widths only
+    attention_s = [0.0, *_non_decreasing([max(medians[f"attention:{u}"] - base, 0.0) for u in attention_grid[1:]])]
+    ffn_s = [0.0, *_non_decreasing([max(medians[f"ffn:{u}"] - base, 0.0) for u in ffn_grid[1:]])]
     key = _table_key(shape, batch_size, seq_len, threads, dtype, attention_grid, ffn_grid, repeats, rounds)
     return LatencyTable(key=key, attention_units=attention_grid, attention_s=attention_s, ffn_units=ffn_grid,
                         ffn_s=ffn_s, fixed_s=medians["fixed"], dense_s=medians["dense"], layer_s=base, raw=medians)
@@ -312,7 +330,7 @@ def table_path(key: dict[str, Any], cache_dir: str | os.PathLike | None = None) 
 def latency_table(model: nn.Module, batch_size: int = 1, seq_len: int = 128, threads: int = 1,
                   dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
                   attention_grid: Sequence[int] | None = None, ffn_grid: Sequence[int] | None = None,
-                  repeats: int = 10, rounds: int = 3, rebuild: bool = False, progress: bool = True) -> LatencyTable:
+                  repeats: int = 3, rounds: int = 8, rebuild: bool = False, progress: bool = True) -> LatencyTable:
     """The latency table of ``model`` (dense, gated or not) at ``batch_size`` x ``seq_len`` tokens with ``threads``
     torch threads and ``dtype`` (default: the model's), loaded from the cache or measured and cached.
 
