@@ -301,6 +301,11 @@ def cost_target_from_args(model: nn.Module, args: Any) -> CostTarget | None:
 
         check_target_reachable(model, args.target_sparsity)
         return None
+    if metric == "latency" and args.latency_table is None and getattr(args, "world_size", 1) > 1:
+        # every process would time its own table, and the snap would then move each rank's gates differently
+        raise ValueError("a latency target in a run of several processes needs one table for all: measure it first "
+                         "(python -m hf_l0 latency-table --model ... --batch-size B --seq-len L --threads T) and pass "
+                         "its path as --latency_table.")
     target = make_cost_target(metric, model, seq_len=args.cost_seq_len, batch_size=args.cost_batch_size,
                               threads=args.cost_threads, table=args.latency_table)
     target.check_target(model, args.target_sparsity)
