@@ -294,3 +294,15 @@ def test_bad_target_metric_arguments_are_refused(tmp_path):
                             latency_table="table.json")
     with pytest.raises(ValueError, match="cost_seq_len=0"):
         L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="flops", cost_seq_len=0)
+
+
+def test_latency_target_in_several_processes_needs_one_table():
+    from types import SimpleNamespace
+
+    from hf_l0.cost import cost_target_from_args
+
+    model = patch_model(make_model("gpt2"), L0Config())
+    args = SimpleNamespace(target_metric="latency", target_sparsity=0.3, latency_table=None, world_size=2,
+                           cost_seq_len=8, cost_batch_size=1, cost_threads=1)
+    with pytest.raises(ValueError, match="pass its path as --latency_table"):
+        cost_target_from_args(model, args)
