@@ -3,8 +3,10 @@
 from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
 from .baselines import activation_scores, fisher_scores, importance_prune, magnitude_prune, magnitude_scores
 from .config import L0Config
+from .cost import compact_flops, deterministic_flops, expected_flops, full_flops
 from .gate_init import init_gates_from_scores
 from .gates import HardConcreteGate
+from .latency import LatencyTable, expected_latency, latency_table, predict_latency
 from .hub import export_plan, from_pretrained, push_to_hub, save_pretrained
 from .lagrangian import LagrangianController
 from .patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
@@ -29,12 +31,17 @@ __all__ = [
     "L0Trainer",
     "L0TrainingArguments",
     "LagrangianController",
+    "LatencyTable",
     "SizeReport",
     "activation_scores",
     "build_compact_model",
     "check_target_reachable",
+    "compact_flops",
+    "deterministic_flops",
     "deterministic_size",
     "deterministic_sparsity",
+    "expected_flops",
+    "expected_latency",
     "expected_size",
     "expected_sparsity",
     "export_gguf",
@@ -42,16 +49,19 @@ __all__ = [
     "export_plan",
     "fisher_scores",
     "from_pretrained",
+    "full_flops",
     "full_size",
     "get_adapter",
     "get_gates",
     "importance_prune",
     "init_gates_from_scores",
     "is_patched",
+    "latency_table",
     "magnitude_prune",
     "magnitude_scores",
     "max_reachable_sparsity",
     "patch_model",
+    "predict_latency",
     "prune_model",
     "push_to_hub",
     "register_adapter",

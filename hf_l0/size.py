@@ -45,7 +45,7 @@ class SizeReport:
 SizeMode = Literal["expected", "deterministic", "full", "minimum"]
 
 
-def _probabilities(model: nn.Module, mode: SizeMode) -> dict[str, torch.Tensor]:
+def unit_probabilities(model: nn.Module, mode: SizeMode) -> dict[str, torch.Tensor]:
     gates = get_gates(model)
     if mode == "full":
         return {}
@@ -71,7 +71,7 @@ def _layout(model: nn.Module) -> SizeLayout:
 
 def _size(model: nn.Module, mode: SizeMode) -> SizeReport:
     layout = _layout(model)
-    probs = _probabilities(model, mode)
+    probs = unit_probabilities(model, mode)
     device = next(get_gates(model).parameters()).device
     one = torch.ones((), dtype=torch.float64, device=device)
     hidden = probs[HIDDEN_GATE].sum() if HIDDEN_GATE in probs else one * layout.hidden_size

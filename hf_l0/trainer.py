@@ -29,7 +29,8 @@ from .gate_init import gate_init_callback
 from .lagrangian import GateClamp, LagrangianController, gate_parameters, l0_param_groups, param_group_indices
 from .patch import GATES_ATTR, is_patched, patch_model, transformers_model
 from .prune import pruned_copy
-from .size import check_target_reachable, deterministic_sparsity, expected_sparsity
+from .cost import cost_target_from_args
+from .size import deterministic_sparsity, expected_sparsity
 from .training_args import GATE_LR_PER_WARMUP_STEPS, GATE_LR_RANGE, L0TrainingArguments
 from .trajectory import trajectory_from_log_history, write_sparsity_trajectory
 
@@ -70,13 +71,15 @@ class L0Trainer(Trainer):
         else:
             config = l0_config if l0_config is not None else args.resolved_l0_config()
             patch_model(model, config)  # raises a clear error for a model type without an adapter
-        check_target_reachable(model, args.target_sparsity)  # before any training step: say what is reachable
+        # before any training step: say what is reachable. None: the parameter sparsity, else a FLOPs / latency cost
+        self.cost_target = cost_target_from_args(model, args)
         self.l0_config = config
         self.controller = LagrangianController(
             args.target_sparsity, warmup_steps=args.sparsity_warmup_steps,
             calibration_rate=args.sparsity_calibration_rate, multiplier_update=args.sparsity_controller,
             proportional_gain=args.controller_proportional_gain, integral_gain=args.controller_integral_gain,
-            final_phase_ratio=args.sparsity_final_phase_ratio, error_signal=args.controller_error_signal)
+            final_phase_ratio=args.sparsity_final_phase_ratio, error_signal=args.controller_error_signal,
+            metric=self.cost_target)
 
         if teacher_model is None and args.teacher_model_name_or_path:
             teacher_model = type(model).from_pretrained(args.teacher_model_name_or_path)
@@ -238,6 +241,8 @@ class L0Trainer(Trainer):
         rows = trajectory_from_log_history(self.state.log_history)
         if rows and self.args.should_save:
             title = f"target {self.args.target_sparsity}, {self.args.sparsity_controller} controller"
+            if self.cost_target is not None:
+                title = f"{self.cost_target.name} reduction {title}"
             write_sparsity_trajectory(rows, self.args.output_dir, self.state.max_steps, title=title)
         return output
 
@@ -255,7 +260,11 @@ class L0Trainer(Trainer):
             logs["target_sparsity"] = self.controller.target(self.state.global_step)
             logs["lambda_1"], logs["lambda_2"] = self.controller.lambda_1.item(), self.controller.lambda_2.item()
             logs["target_offset"] = float(self.controller.target_offset)
-            logs["deterministic_sparsity"] = float(deterministic_sparsity(self._gated_model()))
+            gated = self._gated_model()
+            logs["deterministic_sparsity"] = float(self.controller.measure(gated, deterministic=True))
+            if self.cost_target is not None:  # the *_sparsity keys are the cost reduction; add parameters and cost
+                logs["deterministic_param_sparsity"] = float(deterministic_sparsity(gated))
+                logs.update(self.cost_target.log_values(gated))
             self._l0_sums, self._l0_count = {}, 0
         super().log(logs, start_time)
 
@@ -266,6 +275,10 @@ class L0Trainer(Trainer):
         output.metrics[f"{prefix}_deterministic_sparsity"] = float(deterministic_sparsity(model))
         output.metrics[f"{prefix}_expected_sparsity"] = float(expected_sparsity(model).detach())
         output.metrics[f"{prefix}_target_sparsity"] = self.controller.target(self.state.global_step)
+        if self.cost_target is not None:
+            name = self.cost_target.name
+            output.metrics[f"{prefix}_deterministic_{name}_reduction"] = float(self.cost_target(model, True))
+            output.metrics.update({f"{prefix}_{k}": v for k, v in self.cost_target.log_values(model).items()})
         return output
 
     # -- checkpoints ------------------------------------------------------------------------------------------------

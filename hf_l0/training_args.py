@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .config import CONFIG_NAME, STRUCTURES, L0Config
+from .cost import CostTargetArguments
 from .gate_init import GATE_INITS
 from .lagrangian import MULTIPLIER_UPDATES, check_target_sparsity
 
@@ -23,7 +24,7 @@ GATE_LR_RANGE = (0.05, 1.0)
 
 
 @dataclass
-class L0TrainingArguments(TrainingArguments):
+class L0TrainingArguments(CostTargetArguments, TrainingArguments):
     """`TrainingArguments` plus the L0 pruning, Lagrangian and distillation settings (all available on the CLI)."""
 
     target_sparsity: float | None = field(
@@ -157,6 +158,7 @@ class L0TrainingArguments(TrainingArguments):
                              "e.g. --target_sparsity 0.6.")
         self.target_sparsity = check_target_sparsity(self.target_sparsity)
         self.resolved_l0_config()  # validates structures / config
+        self.validate_cost_target()  # target_metric and its settings (hf_l0.cost.CostTargetArguments)
         if self.sparsity_warmup_steps < 0:
             raise ValueError(f"sparsity_warmup_steps={self.sparsity_warmup_steps} must be >= 0.")
         if not 0.0 <= self.sparsity_warmup_ratio <= 1.0:

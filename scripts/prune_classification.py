@@ -26,6 +26,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 import hf_l0
 from hf_l0 import L0Trainer, L0TrainingArguments
 from hf_l0.arch import get_adapter
+from hf_l0.cost import cost_target_summary
 from hf_l0.demo import data as hf_l0_data
 from hf_l0.demo.evaluation import compute_metrics, evaluate_classifier
 from hf_l0.demo.scripting import compare_latency, count_parameters, parse_arguments, report, resolve_model_path
@@ -210,8 +211,11 @@ def main(argv: list[str] | None = None) -> dict:
         "dense_finetune_seconds": dense_seconds, "prune_seconds": prune_seconds,
         "wall_seconds": time.perf_counter() - wall_start,
     }
+    # a FLOPs / latency target: the target against the FLOPs counted and the latency measured at its shape
+    cost_fields, cost_rows = cost_target_summary(args, trainer.cost_target, teacher, compact, model_args.latency_repeats)
+    summary.update(cost_fields)
     report(args, summary, [(f"{final_split} accuracy", dense_metrics["accuracy"], pruned_metrics["accuracy"]),
-                           (f"{final_split} F1", dense_metrics["f1"], pruned_metrics["f1"])],
+                           (f"{final_split} F1", dense_metrics["f1"], pruned_metrics["f1"]), *cost_rows],
            f"{len(rows)} x {data_args.max_seq_length}", title=f"L0 pruning summary ({model_args.model_name_or_path})")
     return summary
 

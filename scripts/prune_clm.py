@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, 
 import hf_l0
 from hf_l0 import L0Trainer, L0TrainingArguments
 from hf_l0.arch import get_adapter
+from hf_l0.cost import cost_target_summary
 from hf_l0.demo.data import group_texts
 from hf_l0.demo.evaluation import perplexity
 from hf_l0.demo.gguf import drop_gguf_quantizer
@@ -132,8 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
                "dense_parameters": dense_params, "pruned_parameters": pruned_params, **latency,
                "saved_to": os.path.abspath(args.output_dir) if args.prune_at_end else None,
                "prune_seconds": prune_seconds, "wall_seconds": time.perf_counter() - wall_start}
-    report(args, summary, [("validation perplexity", dense_ppl, pruned_ppl)], f"{len(rows)} x {data_args.block_size}",
-           title=f"L0 pruning summary ({model_args.model_name_or_path})")
+    # a FLOPs / latency target: the target against the FLOPs counted and the latency measured at its shape
+    cost_fields, cost_rows = cost_target_summary(args, trainer.cost_target, dense, compact, model_args.latency_repeats)
+    summary.update(cost_fields)
+    report(args, summary, [("validation perplexity", dense_ppl, pruned_ppl), *cost_rows],
+           f"{len(rows)} x {data_args.block_size}", title=f"L0 pruning summary ({model_args.model_name_or_path})")
     return summary
 
 

@@ -115,3 +115,28 @@ def test_update_readme_fills_markers_from_results(out, tmp_path):
 def test_committed_readme_section_is_generated():
     """The README's headline table is exactly what update_readme renders from the committed results."""
     assert update_readme.main(["--check"]) == 0, "run python benchmarks/update_readme.py"
+
+
+def test_latency_table_quick(out):
+    from benchmarks import latency_table
+
+    data = latency_table.main(["--quick", "--output_dir", str(out)])
+    saved = json.loads((out / "latency_table_b1_s16_t1.json").read_text())
+    assert saved["quick"] is True and common.finite_numbers(saved) and "QUICK" in (
+        out / "latency_table_b1_s16_t1.md").read_text()
+    assert len(data["shapes"]) == 3
+    for row in data["shapes"]:  # the reported errors are those of the reported times
+        assert row["error"] == pytest.approx(row["predicted_ms"] / row["measured_ms"] - 1.0)
+    assert data["median_abs_error"] == pytest.approx(statistics.median(abs(r["error"]) for r in data["shapes"]))
+
+
+def test_latency_targets_quick(out):
+    from benchmarks import latency_targets
+
+    data = latency_targets.main(["--quick", "--output_dir", str(out)])
+    assert json.loads((out / "latency_targets.json").read_text())["quick"] is True
+    assert [r["metric"] for r in data["runs"]] == ["params", "latency"]
+    params, latency = data["runs"]
+    assert abs(params["parameter_sparsity"] - params["target"]) <= 0.05
+    assert abs(latency["predicted_latency_reduction"] - latency["target"]) <= 0.05  # what the table predicts
+    assert common.finite_numbers(data)

@@ -193,3 +193,34 @@ def test_scripts_have_useful_help():
         assert result.returncode == 0, result.stderr
         assert "--target_sparsity" in result.stdout and "--gate_learning_rate" in result.stdout
         assert ("--block_size" in result.stdout) == (name == "prune_clm")
+
+
+def test_prune_clm_to_a_latency_target(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("HF_L0_CACHE", str(tmp_path / "cache"))  # the latency table is measured into it
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2,
+                            num_attention_heads=6, num_key_value_heads=2, intermediate_size=64,
+                            max_position_embeddings=64, tie_word_embeddings=True)
+    tf.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    text = "\n".join(f"{REVIEWS[i % len(REVIEWS)]} and so the king said {i}" for i in range(60))
+    (tmp_path / "train.txt").write_text(text)
+    (tmp_path / "validation.txt").write_text(text[:400])
+    # measured first (the script then loads it from the cache) to pick a reachable target: on so small a model the
+    # fixed cost (embeddings, norms, head, dispatch) is most of the time
+    from hf_l0.latency import latency_table
+
+    table = latency_table(tf.LlamaForCausalLM.from_pretrained(tmp_path / "llama"), batch_size=2, seq_len=16,
+                          threads=1, progress=False)
+    target = round(0.5 * (1.0 - table.fixed_s / table.predict_dense()), 3)
+    summary = _load_script("prune_clm").main([
+        "--model_name_or_path", str(tmp_path / "llama"), "--train_file", str(tmp_path / "train.txt"),
+        "--validation_file", str(tmp_path / "validation.txt"), "--block_size", "16", "--target_sparsity", str(target),
+        "--target_metric", "latency", "--cost_seq_len", "16", "--cost_batch_size", "2", "--distill_alpha", "0",
+        *_common(tmp_path / "out"), "--max_steps", "10", "--learning_rate", "1e-2"])
+    assert summary["target_metric"] == "latency" and summary["cost_batch_size"] == 2
+    # the run lands on the target as the table predicts it; the measured reduction is reported next to it
+    assert abs(summary["predicted_latency_reduction"] - target) <= TARGET_TOL, summary
+    assert -1.0 < summary["measured_latency_reduction"] < 1.0
+    assert summary["pruned_gflops_per_token"] < summary["dense_gflops_per_token"]
+    assert len(list((tmp_path / "cache" / "latency").glob("LlamaForCausalLM-b2-s16-t1-*.json"))) == 1

@@ -1,0 +1,308 @@
+"""FLOPs and latency cost models, and pruning to a FLOPs / latency target."""
+
+
+import copy
+import os
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import hf_l0
+from hf_l0 import L0Config, patch_model, prune_model
+from hf_l0.cost import (FlopsTarget, compact_flops, deterministic_flops, expected_flops, flops_reduction, full_flops,
+                        make_cost_target)
+from hf_l0.latency import (LatencyTable, LatencyTarget, _model_shape, _table_key, compact_layers, expected_latency,
+                           latency_table, predict_latency)
+from hf_l0.measure import forward_flops
+
+from conftest import VOCAB, make_inputs, make_model
+
+SEQ_LEN = 9
+# (family, auto class): FlopCounterMode counts what actually runs, so only heads applied to every token (a BERT pooler
+# reads one token per sequence; hf-l0 counts every Linear per token, as hf_l0.measure.forward_flops does).
+PER_TOKEN_MODELS = [("bert", "AutoModelForTokenClassification"), ("gpt2", "AutoModelForCausalLM"),
+                    ("llama", "AutoModelForCausalLM")]
+
+
+def random_gates(model, seed: int) -> None:
+    """Random log_alpha, a whole attention sublayer shut by its units and an FFN sublayer by its layer gate."""
+    gates = hf_l0.get_gates(model)
+    generator = torch.Generator().manual_seed(seed)
+    layers = gates.heads.log_alpha.shape[0]
+    with torch.no_grad():
+        for gate in gates.named_gates().values():
+            gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=generator) * 3.0)
+        gates.heads.log_alpha[seed % layers] = -10.0
+        if hasattr(gates, "ffn_layers"):
+            gates.ffn_layers.log_alpha[(seed + 1) % layers] = -10.0
+            gates.ffn.log_alpha[(seed + 1) % layers] = 10.0  # units open: only the layer gate removes it
+
+
+def counted_flops(model, batch: int = 2, seq_len: int = SEQ_LEN) -> int:
+    """FLOPs of the matrix products of one forward pass, as torch counts them while it runs."""
+    inputs = make_inputs(seed=3, batch=batch, length=seq_len)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(**inputs)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("family, auto_class", PER_TOKEN_MODELS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compact_flops_equal_deterministic_flops_and_what_runs(family, auto_class, seed):
+    model = make_model(family, auto_class)
+    dense_counted = counted_flops(model)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True, hidden=seed == 1 and family != "gpt2"))
+    random_gates(model, seed)
+    model.eval()
+    dense = full_flops(model, SEQ_LEN).total
+    predicted = deterministic_flops(model, SEQ_LEN).total
+    assert 0 < float(predicted) < float(dense)
+    compact = prune_model(model)
+    structure = compact.config.l0_structure["layers"]
+    assert any(layer["key_value_heads"] == 0 for layer in structure)
+    assert any(layer["intermediate_size"] == 0 for layer in structure)
+    assert float(predicted) == compact_flops(compact, SEQ_LEN)
+    assert float(predicted) * 2 * SEQ_LEN == forward_flops(compact, SEQ_LEN, batch=2)
+    # independent of hf-l0's own counting: torch's count of the products that run, dense and compact
+    assert counted_flops(compact) == float(predicted) * 2 * SEQ_LEN
+    assert dense_counted == float(dense) * 2 * SEQ_LEN
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_expected_flops_gradient_matches_finite_differences(family):
+    auto_class = "AutoModelForSequenceClassification" if family == "bert" else "AutoModelForCausalLM"
+    model = make_model(family, auto_class)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True, hidden=family != "gpt2"))
+    random_gates(model, 0)
+    gates = list(hf_l0.get_gates(model).named_gates().values())
+    for gate in gates:
+        gate.double()
+    params = tuple(gate.log_alpha for gate in gates)
+
+    def reduction(*log_alphas):
+        originals = [gate.log_alpha for gate in gates]
+        for gate, value in zip(gates, log_alphas):
+            del gate.log_alpha
+            gate.log_alpha = value  # a plain tensor that gradcheck perturbs
+        try:
+            return flops_reduction(model, SEQ_LEN)
+        finally:
+            for gate, original in zip(gates, originals):
+                del gate.log_alpha
+                gate.log_alpha = original
+
+    inputs = tuple(p.detach().clone().requires_grad_(True) for p in params)
+    assert torch.autograd.gradcheck(reduction, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_expected_flops_equal_deterministic_flops_when_gates_are_saturated():
+    model = make_model("llama")
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True, hidden=True))
+    random_gates(model, 2)
+    with torch.no_grad():
+        for gate in hf_l0.get_gates(model).named_gates().values():
+            gate.log_alpha.copy_(torch.where(gate.log_alpha > 0, 60.0, -60.0))
+    model.eval()
+    expected, deterministic = expected_flops(model, SEQ_LEN), deterministic_flops(model, SEQ_LEN)
+    for part in ("attention", "ffn", "fixed"):
+        assert float(getattr(expected, part).detach()) == pytest.approx(float(getattr(deterministic, part)), rel=1e-12)
+    assert float(deterministic.total) < float(full_flops(model, SEQ_LEN).total)
+
+
+def test_attention_scores_grow_with_the_sequence_length():
+    model = patch_model(make_model("gpt2"), L0Config())
+    short, long = full_flops(model, 8), full_flops(model, 64)
+    assert float(long.ffn) == float(short.ffn) and float(long.fixed) == float(short.fixed)
+    config = model.config
+    assert float(long.attention - short.attention) == 4 * (64 - 8) * config.n_embd * config.n_layer
+
+
+def test_bad_flops_targets_are_refused_with_the_reason():
+    model = patch_model(make_model("gpt2"), L0Config(heads=True, ffn=False, layers=False))
+    target = FlopsTarget(SEQ_LEN)
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            target.check_target(model, bad)
+    fixed_share = target.fixed_cost(model) / float(full_flops(model, SEQ_LEN).total)
+    with pytest.raises(ValueError, match="lm_head"):
+        target.check_target(model, 1.0 - fixed_share / 2)  # beyond what even every gate shut removes
+    maximum = target.max_reduction(model)
+    assert maximum < 1.0 - fixed_share  # heads only: the FFN stays
+    with pytest.raises(ValueError, match=f"at most {maximum:.4f}"):
+        target.check_target(model, (maximum + 1.0 - fixed_share) / 2)
+    target.check_target(model, maximum * 0.9)
+    with pytest.raises(ValueError, match="target_metric='watts'"):
+        make_cost_target("watts", model)
+
+
+# -- latency tables ----------------------------------------------------------------------------------------------------
+def synthetic_table(model) -> LatencyTable:
+    """A table with made-up, uneven times (no measuring): the cost model must follow whatever the machine says."""
+    shape = _model_shape(model)
+    units, neurons = shape["attention_units"], shape["intermediate_size"]
+    attention_units = list(range(units + 1))
+    ffn_units = [0, 1, neurons // 3, neurons // 2, neurons]
+    key = _table_key(shape, 1, SEQ_LEN, 1, torch.float32, attention_units, ffn_units, 1, 1)
+    return LatencyTable(key=key, attention_units=attention_units,
+                        attention_s=[0.0] + [1e-3 + 2e-4 * u + 1e-5 * u * u for u in attention_units[1:]],
+                        ffn_units=ffn_units, ffn_s=[0.0, 4e-4, 9e-4, 2.2e-3, 3e-3], fixed_s=2e-3, dense_s=0.02,
+                        layer_s=1e-4)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_expected_latency_gradient_and_deterministic_latency_of_the_compact_model(family):
+    model = make_model(family, "AutoModelForSequenceClassification")
+    table = synthetic_table(model)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    random_gates(model, 1)
+    gates = list(hf_l0.get_gates(model).named_gates().values())
+    for gate in gates:
+        gate.double()
+
+    def reduction(*log_alphas):
+        originals = [gate.log_alpha for gate in gates]
+        for gate, value in zip(gates, log_alphas):
+            del gate.log_alpha
+            gate.log_alpha = value
+        try:
+            return LatencyTarget(table)(model)
+        finally:
+            for gate, original in zip(gates, originals):
+                del gate.log_alpha
+                gate.log_alpha = original
+
+    inputs = tuple(gate.log_alpha.detach().clone().requires_grad_(True) for gate in gates)
+    assert torch.autograd.gradcheck(reduction, inputs, eps=1e-6, atol=1e-7)
+    model.eval()
+    deterministic = float(expected_latency(model, table, deterministic=True))
+    assert table.fixed_s < deterministic < table.predict_dense()
+    compact = prune_model(copy.deepcopy(model))
+    layers = compact_layers(compact)
+    assert any(u == 0 for u, _ in layers) and any(n == 0 for _, n in layers)  # removed sublayers cost 0
+    assert predict_latency(table, compact) == pytest.approx(deterministic, rel=1e-12)
+
+
+def test_expected_latency_equals_deterministic_latency_when_gates_are_saturated():
+    model = make_model("gpt2")
+    table = synthetic_table(model)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    random_gates(model, 0)
+    with torch.no_grad():
+        for gate in hf_l0.get_gates(model).named_gates().values():
+            gate.log_alpha.copy_(torch.where(gate.log_alpha > 0, 60.0, -60.0))
+    model.eval()
+    expected = float(expected_latency(model, table).detach())
+    assert expected == pytest.approx(float(expected_latency(model, table, deterministic=True)), rel=1e-12)
+
+
+def test_latency_table_is_cached_by_batch_size_and_threads(tmp_path):
+    model = make_model("bert", "AutoModelForSequenceClassification")
+    settings = {"seq_len": 8, "cache_dir": tmp_path, "attention_grid": [0, 2, 4], "ffn_grid": [0, 18, 37],
+                "repeats": 2, "rounds": 1, "progress": False}
+    first = latency_table(model, batch_size=1, threads=1, **settings)
+    assert not first.loaded and os.path.isfile(first.path)
+    assert first.attention_units == [0, 2, 4] and first.attention_s[0] == 0.0
+    assert all(b >= a for a, b in zip(first.ffn_s, first.ffn_s[1:]))
+    again = latency_table(model, batch_size=1, threads=1, **settings)
+    assert again.loaded and again.path == first.path and again.to_dict() == first.to_dict()
+    other_batch = latency_table(model, batch_size=2, threads=1, **settings)
+    other_threads = latency_table(model, batch_size=1, threads=2, **settings)
+    assert not other_batch.loaded and not other_threads.loaded
+    assert len({first.path, other_batch.path, other_threads.path}) == 3
+    assert latency_table(model, batch_size=2, threads=1, **settings).loaded
+    # a gated model has the same table as its dense original
+    patch_model(model, L0Config())
+    assert latency_table(model, batch_size=1, threads=1, **settings).loaded
+
+
+def test_bad_latency_targets_are_refused_with_the_reason():
+    model = make_model("llama", "AutoModelForSequenceClassification")
+    table = synthetic_table(model)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    target = LatencyTarget(table)
+    share = table.fixed_s / table.predict_dense()
+    with pytest.raises(ValueError, match=f"fixed latency .* is {share:.4f} of the dense latency"):
+        target.check_target(model, 1.0 - share / 2)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        target.check_target(model, 1.0)
+    target.check_target(model, (1.0 - share) * 0.9)
+    heads_only = patch_model(make_model("llama", "AutoModelForSequenceClassification"), L0Config(ffn=False, layers=False))
+    maximum = LatencyTarget(table).max_reduction(heads_only)
+    with pytest.raises(ValueError, match=f"at most {maximum:.4f}"):
+        LatencyTarget(table).check_target(heads_only, (maximum + 1.0 - share) / 2)
+    hidden = patch_model(make_model("llama", "AutoModelForSequenceClassification"), L0Config(hidden=True))
+    with pytest.raises(ValueError, match="hidden-dimension gates"):
+        LatencyTarget(table)(hidden)
+    other = patch_model(make_model("gpt2"), L0Config())
+    with pytest.raises(ValueError, match="another model shape"):
+        LatencyTarget(table)(other)
+
+
+def test_latency_table_command_measures_then_loads(tmp_path, capsys):
+    from hf_l0.__main__ import main
+
+    make_model("bert", "AutoModelForSequenceClassification").save_pretrained(tmp_path / "model")
+    argv = ["latency-table", "--model", str(tmp_path / "model"), "--batch-size", "1", "--seq-len", "8", "--threads",
+            "1", "--repeats", "1", "--rounds", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "BertForSequenceClassification (3 layers), batch 1 x 8 tokens, 1 thread(s)" in first and "saved to" in first
+    assert main(argv) == 0
+    assert "loaded from" in capsys.readouterr().out
+
+
+# -- training to a cost target -----------------------------------------------------------------------------------------
+def test_trainer_prunes_to_a_flops_target(tmp_path):
+    import transformers as tf
+    from datasets import Dataset
+
+    from hf_l0.trainer import L0Trainer, L0TrainingArguments
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = tf.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=8,
+                           intermediate_size=128, max_position_embeddings=32, num_labels=3)
+    model = tf.BertForSequenceClassification(config)
+    dense_flops = compact_flops(model, 16)
+    ids = torch.randint(2, VOCAB, (128, 12), generator=torch.Generator().manual_seed(0))
+    train = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
+                               "labels": (ids[:, 0] % 3).tolist()})
+    target = 0.4
+    args = L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=target, target_metric="flops",
+                               cost_seq_len=16, max_steps=40, per_device_train_batch_size=16, learning_rate=1e-3,
+                               logging_steps=10, report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True,
+                               l0_structures="heads,ffn,layers", seed=0, data_seed=0)
+    trainer = L0Trainer(model=model, args=args, train_dataset=train)
+    assert trainer.controller.metric is trainer.cost_target
+    trainer.train()
+    compact = trainer.compact_model()
+    reached = 1.0 - compact_flops(compact, 16) / dense_flops
+    assert abs(reached - target) <= 0.01, reached
+    logs = [h for h in trainer.state.log_history if "lambda_1" in h]
+    assert logs and {"expected_flops", "deterministic_flops", "deterministic_param_sparsity"} <= set(logs[-1])
+    assert logs[-1]["deterministic_flops"] == pytest.approx(dense_flops * (1 - logs[-1]["deterministic_sparsity"]) * 1e-9)
+
+
+def test_bad_target_metric_arguments_are_refused(tmp_path):
+    from hf_l0.trainer import L0TrainingArguments
+
+    with pytest.raises(ValueError, match="target_metric='speed'"):
+        L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="speed")
+    with pytest.raises(ValueError, match="read only for target_metric='latency'"):
+        L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="flops",
+                            latency_table="table.json")
+    with pytest.raises(ValueError, match="cost_seq_len=0"):
+        L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="flops", cost_seq_len=0)
+
+
+def test_latency_target_in_several_processes_needs_one_table():
+    from types import SimpleNamespace
+
+    from hf_l0.cost import cost_target_from_args
+
+    model = patch_model(make_model("gpt2"), L0Config())
+    args = SimpleNamespace(target_metric="latency", target_sparsity=0.3, latency_table=None, world_size=2,
+                           cost_seq_len=8, cost_batch_size=1, cost_threads=1)
+    with pytest.raises(ValueError, match="pass its path as --latency_table"):
+        cost_target_from_args(model, args)
