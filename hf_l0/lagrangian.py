@@ -66,10 +66,9 @@ class LagrangianController(nn.Module):
     """
 
     def __init__(self, target_sparsity: float, warmup_steps: int = 0, start_sparsity: float = 0.0,
-                 calibration_rate: float = 0.0, *, multiplier_update: str = "pi", proportional_gain: float = 20.0,
-                 integral_gain: float = 2.0, gate_learning_rate: float = 0.1, final_phase_ratio: float = 0.0,
+                 calibration_rate: float = 0.0, *, multiplier_update: str = "pi", proportional_gain: float = 60.0,
+                 integral_gain: float = 6.0, gate_learning_rate: float = 0.1, final_phase_ratio: float = 0.0,
                  error_signal: str = "deterministic", anti_windup: bool = True,
-                 schedule_lead: float = 0.0,
                  metric: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> None:
         super().__init__()
         check_target_sparsity(target_sparsity)
@@ -104,7 +103,6 @@ class LagrangianController(nn.Module):
         # a FLOPs or latency cost model plugs in here, and the schedule, PI rule and snap follow it unchanged.
         self.metric = metric
         self.anti_windup = bool(anti_windup)
-        self.schedule_lead = float(schedule_lead)
         ascent = multiplier_update == "ascent"
         self.lambda_1 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
         self.lambda_2 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
@@ -167,7 +165,7 @@ class LagrangianController(nn.Module):
             self.updated_step.fill_(step)
             if self.multiplier_update == "pi":
                 measured = deterministic if self.error_signal == "deterministic" else expected
-                error = measured - self.target(step + round(self.schedule_lead * self.warmup_steps))
+                error = measured - self.target(step)
                 if self.anti_windup and step >= self.warmup_steps and float(self.integral) * error < 0:
                     # The integral carries the push that tracked the ramp; once the target holds, that push only
                     # overshoots, and closed structures hardly reopen (their penalty gradient vanishes): drop it
@@ -237,8 +235,7 @@ class LagrangianController(nn.Module):
                 "multiplier_update": self.multiplier_update, "proportional_gain": self.proportional_gain,
                 "integral_gain": self.integral_gain, "gate_learning_rate": self.gate_learning_rate,
                 "final_phase_ratio": self.final_phase_ratio,
-                "error_signal": self.error_signal, "anti_windup": self.anti_windup,
-                "schedule_lead": self.schedule_lead}
+                "error_signal": self.error_signal, "anti_windup": self.anti_windup}
 
 
 class GateClamp:

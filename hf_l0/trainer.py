@@ -79,6 +79,7 @@ class L0Trainer(Trainer):
             calibration_rate=args.sparsity_calibration_rate, multiplier_update=args.sparsity_controller,
             proportional_gain=args.controller_proportional_gain, integral_gain=args.controller_integral_gain,
             final_phase_ratio=args.sparsity_final_phase_ratio, error_signal=args.controller_error_signal,
+            anti_windup=args.controller_anti_windup,
             metric=self.cost_target)
 
         if teacher_model is None and args.teacher_model_name_or_path:

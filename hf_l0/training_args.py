@@ -66,14 +66,19 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
                   "choices": list(MULTIPLIER_UPDATES)},
     )
     controller_proportional_gain: float = field(
-        default=20.0,
+        default=60.0,
         metadata={"help": "pi controller: lambda_1 x gate learning rate per unit of sparsity error (the brake when "
                   "the schedule is crossed)."},
     )
     controller_integral_gain: float = field(
-        default=2.0,
+        default=6.0,
         metadata={"help": "pi controller: lambda_1 x gate learning rate added per step per unit of sparsity error "
                   "(removes the lag)."},
+    )
+    controller_anti_windup: bool = field(
+        default=True,
+        metadata={"help": "pi controller: once the warm-up is over, empty the integral whenever it pushes against the "
+                  "error, so the push that kept the sparsity on the ramp does not carry it past the target."},
     )
     controller_error_signal: str = field(
         default="deterministic",
