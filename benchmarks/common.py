@@ -61,8 +61,16 @@ def cpu_model() -> str:
 def git_commit() -> str | None:
     try:
         # "-dirty" when tracked files differ from the commit: the result then belongs to no commit exactly.
-        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "describe", "--always", "--dirty", "--abbrev=7"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -86,11 +94,20 @@ class Run:
             "seed": self.seed,
             "started_utc": self.started.isoformat(timespec="seconds"),
             "wall_seconds": round(time.perf_counter() - self._start, 1),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "transformers": transformers.__version__, "hf_l0": hf_l0.__version__,
-                         "git_commit": self.commit},
-            "hardware": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                         "gpu": None, "platform": platform.platform()},
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "hf_l0": hf_l0.__version__,
+                "git_commit": self.commit,
+            },
+            "hardware": {
+                "cpu": cpu_model(),
+                "cpu_count": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "gpu": None,
+                "platform": platform.platform(),
+            },
         }
 
     def path(self, suffix: str) -> Path:
@@ -103,10 +120,12 @@ class Run:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
         os.replace(tmp, self.path(".json"))
         meta = data["hardware"]
-        footer = (f"\n_{'QUICK (smoke-test) run — not a result. ' if self.quick else ''}"
-                  f"`{data['command']}` — seed {self.seed}, wall time {data['wall_seconds'] / 60:.1f} min, "
-                  f"{meta['cpu']} ({meta['cpu_count']} cores, {meta['torch_threads']} torch threads), torch "
-                  f"{torch.__version__}, transformers {transformers.__version__}, hf-l0 {hf_l0.__version__}._\n")
+        footer = (
+            f"\n_{'QUICK (smoke-test) run — not a result. ' if self.quick else ''}"
+            f"`{data['command']}` — seed {self.seed}, wall time {data['wall_seconds'] / 60:.1f} min, "
+            f"{meta['cpu']} ({meta['cpu_count']} cores, {meta['torch_threads']} torch threads), torch "
+            f"{torch.__version__}, transformers {transformers.__version__}, hf-l0 {hf_l0.__version__}._\n"
+        )
         self.path(".md").write_text(markdown.rstrip() + "\n" + footer)
         return data
 
@@ -132,8 +151,11 @@ def goal(met: bool) -> str:
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """The options both quality benchmarks share: which methods run and how hf-l0's gates start."""
-    p.add_argument("--methods", default="hf-l0,magnitude,fisher,activation",
-                   help="comma-separated, from hf-l0, magnitude, fisher, activation")
+    p.add_argument(
+        "--methods",
+        default="hf-l0,magnitude,fisher,activation",
+        help="comma-separated, from hf-l0, magnitude, fisher, activation",
+    )
     p.add_argument("--gate_init", default="uniform", help="hf-l0's gate start (see L0TrainingArguments.gate_init)")
     p.add_argument("--gate_init_batches", type=int, default=16)
     p.add_argument("--gate_init_scale", type=float, default=1.0)
@@ -142,21 +164,36 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
 def training_arguments(output_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
     """Trainer settings every benchmark run shares (CPU, no checkpoints, no reporters; a log every 10 steps, the
     resolution of the sparsity trajectory)."""
-    return {"output_dir": str(output_dir), "report_to": "none", "save_strategy": "no", "eval_strategy": "no",
-            "use_cpu": True, "disable_tqdm": True, "logging_steps": 10, "dataloader_num_workers": 0, **overrides}
+    return {
+        "output_dir": str(output_dir),
+        "report_to": "none",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "logging_steps": 10,
+        "dataloader_num_workers": 0,
+        **overrides,
+    }
 
 
 class DistillationTrainer(Trainer):
     """Fine-tunes an (already pruned) model with `hf_l0.L0Trainer`'s distillation loss (:class:`DistillationLoss`:
     ``alpha`` x logit KL to the frozen teacher + (1 - alpha) x task loss), so the baseline gets the same signal."""
 
-    def __init__(self, *args: Any, teacher: torch.nn.Module, alpha: float = 0.9, temperature: float = 2.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, teacher: torch.nn.Module, alpha: float = 0.9, temperature: float = 2.0, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.distillation_loss = DistillationLoss(teacher, alpha, temperature)
 
-    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None):
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ):
         if not model.training:
             outputs = model(**inputs)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -177,8 +214,9 @@ def parse_methods(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def baseline_prune(method: str, dense: torch.nn.Module, sparsity: float, batches: list[dict[str, Any]]
-                   ) -> tuple[torch.nn.Module, float]:
+def baseline_prune(
+    method: str, dense: torch.nn.Module, sparsity: float, batches: list[dict[str, Any]]
+) -> tuple[torch.nn.Module, float]:
     """A trainable copy of ``dense`` pruned one-shot by ``method``'s importance scores (calibration ``batches`` for
     fisher / activation) down to ``sparsity`` of the attention + FFN parameters, and the seconds scoring took."""
     model = copy.deepcopy(dense).train().requires_grad_(True)
@@ -195,12 +233,26 @@ def baseline_prune(method: str, dense: torch.nn.Module, sparsity: float, batches
     return hf_l0.importance_prune(model, scores, sparsity).train(), seconds
 
 
-def recover(model: torch.nn.Module, teacher: torch.nn.Module, train_dataset: Any, collator: Any,
-            args: dict[str, Any], alpha: float, temperature: float) -> torch.nn.Module:
+def recover(
+    model: torch.nn.Module,
+    teacher: torch.nn.Module,
+    train_dataset: Any,
+    collator: Any,
+    args: dict[str, Any],
+    alpha: float,
+    temperature: float,
+) -> torch.nn.Module:
     """The recovery every baseline gets: hf-l0's budget (``args``: same steps, batch, learning rate, schedule, seed)
     and loss (distillation from the same teacher, :class:`DistillationTrainer`). Returns the model in eval mode."""
-    DistillationTrainer(model=model, args=transformers.TrainingArguments(**args), teacher=teacher, alpha=alpha,
-                        temperature=temperature, train_dataset=train_dataset, data_collator=collator).train()
+    DistillationTrainer(
+        model=model,
+        args=transformers.TrainingArguments(**args),
+        teacher=teacher,
+        alpha=alpha,
+        temperature=temperature,
+        train_dataset=train_dataset,
+        data_collator=collator,
+    ).train()
     return model.eval()
 
 
@@ -222,6 +274,7 @@ def record_trajectory(trainer: Any, output_dir: str | os.PathLike, name: str) ->
     from hf_l0.trajectory import trajectory_from_log_history, write_sparsity_trajectory
 
     rows = trajectory_from_log_history(trainer.state.log_history)
-    summary = write_sparsity_trajectory(rows, Path(output_dir) / "trajectories" / name, trainer.state.max_steps,
-                                        title=name)
+    summary = write_sparsity_trajectory(
+        rows, Path(output_dir) / "trajectories" / name, trainer.state.max_steps, title=name
+    )
     return {"trajectory_max_gap": summary["max_gap_after_10_percent"], "trajectory": rows}

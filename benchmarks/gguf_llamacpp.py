@@ -36,10 +36,10 @@ import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 
 from benchmarks.common import Run, benchmark_parser, goal, markdown_table, set_threads  # noqa: E402
-from hf_l0.demo import assets, data  # noqa: E402
 from hf_l0.baselines import magnitude_prune  # noqa: E402
-from hf_l0.deploy.gguf_export import export_gguf  # noqa: E402
+from hf_l0.demo import assets, data  # noqa: E402
 from hf_l0.demo.gguf import drop_gguf_quantizer  # noqa: E402
+from hf_l0.deploy.gguf_export import export_gguf  # noqa: E402
 
 PROMPT_TOKENS = 32
 LOGIT_GOAL, SPEED_GOAL = 1e-2, 0.9
@@ -58,17 +58,25 @@ def load(args: argparse.Namespace) -> tuple[tf.PreTrainedModel, list[int], Path 
     """The dense model, ``--positions`` token ids of real text, and the GGUF its tokenizer comes from."""
     torch.manual_seed(args.seed)
     if args.quick:
-        config = tf.LlamaConfig(vocab_size=512, hidden_size=96, num_hidden_layers=3, num_attention_heads=6,
-                                num_key_value_heads=3, intermediate_size=96, max_position_embeddings=512,
-                                tie_word_embeddings=True)
+        config = tf.LlamaConfig(
+            vocab_size=512,
+            hidden_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=6,
+            num_key_value_heads=3,
+            intermediate_size=96,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+        )
         ids = torch.randint(0, config.vocab_size, (args.positions,), generator=torch.Generator().manual_seed(0))
         return tf.LlamaForCausalLM(config).eval(), ids.tolist(), None
     source = assets.smollm2_gguf()
     tokenizer = tf.AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = drop_gguf_quantizer(tf.AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name,
-                                                                        dtype=torch.float32))
+    model = drop_gguf_quantizer(
+        tf.AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    )
     text = "\n".join(data.shakespeare()["validation"]["text"][:400])
-    ids = tokenizer(text)["input_ids"][:args.positions]
+    ids = tokenizer(text)["input_ids"][: args.positions]
     if len(ids) < args.positions:
         raise ValueError(f"the text has {len(ids)} tokens, {args.positions} needed.")
     return model.eval(), ids, source
@@ -80,8 +88,17 @@ def llama(path: Path, threads: int, n_ctx: int, logits_all: bool, f32_cache: boo
     import llama_cpp
 
     cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_cache else {}
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-                           n_threads_batch=threads, logits_all=logits_all, verbose=False, **cache)
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_ubatch=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        logits_all=logits_all,
+        verbose=False,
+        **cache,
+    )
 
 
 def decode_round(llm, prompt: list[int], new_tokens: int) -> float:
@@ -120,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Parity: every position of the text, llama.cpp vs transformers (both the compact model).
         llm = llama(files["compact"], threads, n_ctx=len(ids), logits_all=True, f32_cache=True)
         llm.eval(ids)
-        got = np.array(llm.scores[:len(ids)], dtype=np.float32)
+        got = np.array(llm.scores[: len(ids)], dtype=np.float32)
         del llm
         max_diff = float(np.abs(got - reference).max())
         agreement = float((got.argmax(-1) == reference.argmax(-1)).mean())
@@ -141,30 +158,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     heads = [layer["attention_heads"] for layer in layers]
     ffn = [layer["intermediate_size"] for layer in layers]
     results = {
-        "model": "tiny-llama" if args.quick else "SmolLM2-135M-Instruct", "sparsity": args.sparsity,
-        "threads": threads, "structure": {"attention_heads": heads, "intermediate_size": ffn},
+        "model": "tiny-llama" if args.quick else "SmolLM2-135M-Instruct",
+        "sparsity": args.sparsity,
+        "threads": threads,
+        "structure": {"attention_heads": heads, "intermediate_size": ffn},
         "parity": {"positions": len(ids), "top1_agreement": agreement, "max_abs_logit_diff": max_diff},
-        "decode": {"new_tokens": args.new_tokens, "rounds": args.rounds, "tokens_per_s": tps,
-                   "speedup": speedup, "weight_bytes": sizes, "weight_bytes_ratio": bytes_ratio},
+        "decode": {
+            "new_tokens": args.new_tokens,
+            "rounds": args.rounds,
+            "tokens_per_s": tps,
+            "speedup": speedup,
+            "weight_bytes": sizes,
+            "weight_bytes_ratio": bytes_ratio,
+        },
     }
-    rows = [["top-1 agreement, llama.cpp vs transformers (compact)", f"{agreement:.1%} of {len(ids)} positions",
-             goal(agreement == 1.0)],
-            ["max abs logit difference (f32)", f"{max_diff:.2e}", goal(max_diff <= LOGIT_GOAL)],
-            ["decode tokens/s dense / compact", f"{tps['dense']:.1f} / {tps['compact']:.1f}", ""],
-            ["decode speedup vs weight-bytes ratio", f"{speedup:.2f}× vs {bytes_ratio:.2f}×",
-             goal(speedup >= SPEED_GOAL * bytes_ratio)]]
-    markdown = "\n".join([
-        f"## llama.cpp: compact {results['model']} (magnitude-pruned to {args.sparsity:.0%}), GGUF `deci` f32",
-        "",
-        markdown_table(["measure", "value", "goal"], rows),
-        "",
-        "Parity with f32 weights and an f32 KV cache (llama.cpp's default f16 cache alone moves logits by ~0.1). "
-        f"Compact shapes per layer: query heads {heads}; FFN {ffn}. Weights {sizes['compact'] / 2**20:.0f} MB vs "
-        f"{sizes['dense'] / 2**20:.0f} MB. Decode: batch 1, {args.new_tokens} greedy tokens after a {PROMPT_TOKENS}-"
-        f"token prompt, f16 KV cache, {threads} thread(s), models taking turns, median of {args.rounds} rounds. "
-        f"Goals: top-1 on all positions, max |Δ logits| ≤ {LOGIT_GOAL}, speedup ≥ {SPEED_GOAL} × the weight-bytes "
-        "ratio.",
-    ])
+    rows = [
+        [
+            "top-1 agreement, llama.cpp vs transformers (compact)",
+            f"{agreement:.1%} of {len(ids)} positions",
+            goal(agreement == 1.0),
+        ],
+        ["max abs logit difference (f32)", f"{max_diff:.2e}", goal(max_diff <= LOGIT_GOAL)],
+        ["decode tokens/s dense / compact", f"{tps['dense']:.1f} / {tps['compact']:.1f}", ""],
+        [
+            "decode speedup vs weight-bytes ratio",
+            f"{speedup:.2f}× vs {bytes_ratio:.2f}×",
+            goal(speedup >= SPEED_GOAL * bytes_ratio),
+        ],
+    ]
+    markdown = "\n".join(
+        [
+            f"## llama.cpp: compact {results['model']} (magnitude-pruned to {args.sparsity:.0%}), GGUF `deci` f32",
+            "",
+            markdown_table(["measure", "value", "goal"], rows),
+            "",
+            "Parity with f32 weights and an f32 KV cache (llama.cpp's default f16 cache alone moves logits by ~0.1). "
+            f"Compact shapes per layer: query heads {heads}; FFN {ffn}. Weights {sizes['compact'] / 2**20:.0f} MB vs "
+            f"{sizes['dense'] / 2**20:.0f} MB. Decode: batch 1, {args.new_tokens} greedy tokens after a "
+            f"{PROMPT_TOKENS}-token prompt, f16 KV cache, {threads} thread(s), models taking turns, median of "
+            f"{args.rounds} rounds. "
+            f"Goals: top-1 on all positions, max |Δ logits| ≤ {LOGIT_GOAL}, speedup ≥ {SPEED_GOAL} × the weight-bytes "
+            "ratio.",
+        ]
+    )
     return run.write(results, markdown)
 
 

@@ -75,8 +75,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     if args.quick:
         torch.manual_seed(args.seed)
-        config = tf.BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=64, max_position_embeddings=64)
+        config = tf.BertConfig(
+            vocab_size=200,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
         dense = tf.BertModel(config).eval()
         args.shapes, args.repeats, args.rounds, args.seq_len = 3, 2, 1, min(args.seq_len, 16)
     else:
@@ -85,8 +91,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = Run(name, args.seed, args.quick, args.output_dir)
     load_before = load_uptime()
     cache = tempfile.mkdtemp(prefix="hf_l0_latency_") if args.quick else None
-    table = latency_table(dense, batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads,
-                          cache_dir=cache, repeats=args.repeats, rounds=args.rounds, rebuild=not args.reuse_table)
+    table = latency_table(
+        dense,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        threads=args.threads,
+        cache_dir=cache,
+        repeats=args.repeats,
+        rounds=args.rounds,
+        rebuild=not args.reuse_table,
+    )
     print(table.summary(), flush=True)
     inputs = latency_inputs(dense, args.batch_size, args.seq_len)
     shape = table.key["shape"]
@@ -96,39 +110,69 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         structure = random_structure(shape, generator)
         compact = apply_structure(copy.deepcopy(dense), structure)
         predicted = predict_latency(table, compact)
-        timing = latency_speedup(dense, compact, inputs, repeats=args.repeats, rounds=args.rounds,
-                                 threads=args.threads)
+        timing = latency_speedup(dense, compact, inputs, repeats=args.repeats, rounds=args.rounds, threads=args.threads)
         predicted_speedup = table.predict_dense() / predicted
-        row = {"shape": [(layer["key_value_heads"], layer["intermediate_size"]) for layer in structure["layers"]],
-               "predicted_ms": predicted * 1e3, "measured_ms": timing["compact_s"] * 1e3,
-               "dense_measured_ms": timing["dense_s"] * 1e3,
-               "error": predicted / timing["compact_s"] - 1.0,
-               "predicted_speedup": predicted_speedup, "measured_speedup": timing["speedup"],
-               "speedup_error": predicted_speedup / timing["speedup"] - 1.0}
+        row = {
+            "shape": [(layer["key_value_heads"], layer["intermediate_size"]) for layer in structure["layers"]],
+            "predicted_ms": predicted * 1e3,
+            "measured_ms": timing["compact_s"] * 1e3,
+            "dense_measured_ms": timing["dense_s"] * 1e3,
+            "error": predicted / timing["compact_s"] - 1.0,
+            "predicted_speedup": predicted_speedup,
+            "measured_speedup": timing["speedup"],
+            "speedup_error": predicted_speedup / timing["speedup"] - 1.0,
+        }
         rows.append(row)
-        print(f"[{i + 1}/{args.shapes}] {row['shape']}: predicted {row['predicted_ms']:.2f} ms, measured "
-              f"{row['measured_ms']:.2f} ms ({row['error']:+.1%}); speedup {predicted_speedup:.2f}x predicted, "
-              f"{timing['speedup']:.2f}x measured", flush=True)
+        print(
+            f"[{i + 1}/{args.shapes}] {row['shape']}: predicted {row['predicted_ms']:.2f} ms, measured "
+            f"{row['measured_ms']:.2f} ms ({row['error']:+.1%}); speedup {predicted_speedup:.2f}x predicted, "
+            f"{timing['speedup']:.2f}x measured",
+            flush=True,
+        )
     median_error = statistics.median(abs(r["error"]) for r in rows)
     median_speedup_error = statistics.median(abs(r["speedup_error"]) for r in rows)
     results = {
         "model": "packaged MiniLM (all-MiniLM-L6-v2)" if not args.quick else "tiny random BERT",
-        "batch_size": args.batch_size, "seq_len": args.seq_len, "threads": args.threads,
-        "load_average_before": load_before, "load_average_after": load_uptime(),
-        "table": table.to_dict(), "table_dense_predicted_ms": table.predict_dense() * 1e3,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "threads": args.threads,
+        "load_average_before": load_before,
+        "load_average_after": load_uptime(),
+        "table": table.to_dict(),
+        "table_dense_predicted_ms": table.predict_dense() * 1e3,
         "table_dense_measured_ms": table.dense_s * 1e3,
-        "median_abs_error": median_error, "median_abs_speedup_error": median_speedup_error,
-        "max_abs_error": max(abs(r["error"]) for r in rows), "shapes": rows,
+        "median_abs_error": median_error,
+        "median_abs_speedup_error": median_speedup_error,
+        "max_abs_error": max(abs(r["error"]) for r in rows),
+        "shapes": rows,
     }
-    markdown = (f"# Latency table accuracy ({results['model']}, batch {args.batch_size} x {args.seq_len}, "
-                f"{args.threads} thread(s))\n\nLoad average before / after: {load_before} / {results['load_average_after']}"
-                f"\n\nMedian |error| of the predicted latency: {median_error:.1%}; of the predicted speedup: "
-                f"{median_speedup_error:.1%} (max latency error {results['max_abs_error']:.1%}).\n\n")
+    markdown = (
+        f"# Latency table accuracy ({results['model']}, batch {args.batch_size} x {args.seq_len}, "
+        f"{args.threads} thread(s))\n\nLoad average before / after: {load_before} / {results['load_average_after']}"
+        f"\n\nMedian |error| of the predicted latency: {median_error:.1%}; of the predicted speedup: "
+        f"{median_speedup_error:.1%} (max latency error {results['max_abs_error']:.1%}).\n\n"
+    )
     markdown += markdown_table(
-        ["shape (heads, neurons) per layer", "predicted ms", "measured ms", "error", "predicted speedup",
-         "measured speedup"],
-        [[" ".join(f"{h}/{n}" for h, n in r["shape"]), r["predicted_ms"], r["measured_ms"], f"{r['error']:+.1%}",
-          r["predicted_speedup"], r["measured_speedup"]] for r in rows])
+        [
+            "shape (heads, neurons) per layer",
+            "predicted ms",
+            "measured ms",
+            "error",
+            "predicted speedup",
+            "measured speedup",
+        ],
+        [
+            [
+                " ".join(f"{h}/{n}" for h, n in r["shape"]),
+                r["predicted_ms"],
+                r["measured_ms"],
+                f"{r['error']:+.1%}",
+                r["predicted_speedup"],
+                r["measured_speedup"],
+            ]
+            for r in rows
+        ],
+    )
     data = run.write(results, markdown)
     print(f"median |error| {median_error:.1%} (speedup {median_speedup_error:.1%}); wrote {run.path('.json')}")
     return data

@@ -32,8 +32,14 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 import hf_l0  # noqa: E402
 from benchmarks.accuracy_sparsity import accuracies, load_model_and_data, trainable_copy  # noqa: E402
-from benchmarks.common import RESULTS_DIR, Run, benchmark_parser, markdown_table, set_threads  # noqa: E402
-from benchmarks.common import training_arguments  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS_DIR,
+    Run,
+    benchmark_parser,
+    markdown_table,
+    set_threads,
+    training_arguments,  # noqa: E402
+)
 from hf_l0.cost import compact_flops  # noqa: E402
 from hf_l0.latency import latency_inputs, latency_table, predict_latency  # noqa: E402
 from hf_l0.measure import latency_speedup  # noqa: E402
@@ -80,48 +86,95 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.dense_model:
         model = AutoModelForSequenceClassification.from_pretrained(args.dense_model)
     else:
-        tf.Trainer(model=model, args=tf.TrainingArguments(**training_arguments(
-            work / "dense", num_train_epochs=args.dense_epochs, learning_rate=args.dense_learning_rate,
-            per_device_train_batch_size=args.batch_size, seed=args.seed, warmup_steps=0.1)),
-            train_dataset=splits["train"], data_collator=collator).train()
+        tf.Trainer(
+            model=model,
+            args=tf.TrainingArguments(
+                **training_arguments(
+                    work / "dense",
+                    num_train_epochs=args.dense_epochs,
+                    learning_rate=args.dense_learning_rate,
+                    per_device_train_batch_size=args.batch_size,
+                    seed=args.seed,
+                    warmup_steps=0.1,
+                )
+            ),
+            train_dataset=splits["train"],
+            data_collator=collator,
+        ).train()
     dense = model.eval()
-    table_settings = {"batch_size": args.latency_batch_size, "seq_len": args.latency_seq_len,
-                      "threads": args.latency_threads}
-    table = latency_table(dense, **table_settings, **({"cache_dir": work / "cache", "repeats": 1, "rounds": 1}
-                                                       if args.quick else {}))
+    table_settings = {
+        "batch_size": args.latency_batch_size,
+        "seq_len": args.latency_seq_len,
+        "threads": args.latency_threads,
+    }
+    table = latency_table(
+        dense, **table_settings, **({"cache_dir": work / "cache", "repeats": 1, "rounds": 1} if args.quick else {})
+    )
     print(table.summary(), flush=True)
     if args.quick:  # a tiny model's time is mostly fixed cost: half of what the gates can remove
         args.latency_targets = [round(0.5 * (1.0 - table.fixed_s / table.predict_dense()), 3)]
     inputs = latency_inputs(dense, args.latency_batch_size, args.latency_seq_len)
     results: dict[str, Any] = {
-        "model": "tiny random BERT (quick)" if args.quick else "all-MiniLM-L6-v2", "latency": table_settings,
-        "budget": {"prune_steps": args.prune_steps, "batch_size": args.batch_size, "max_length": args.max_length,
-                   "learning_rate": args.learning_rate, "l0_structures": args.l0_structures},
-        "table": table.path, "dense": accuracies(dense, splits, collator), "runs": [],
+        "model": "tiny random BERT (quick)" if args.quick else "all-MiniLM-L6-v2",
+        "latency": table_settings,
+        "budget": {
+            "prune_steps": args.prune_steps,
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "learning_rate": args.learning_rate,
+            "l0_structures": args.l0_structures,
+        },
+        "table": table.path,
+        "dense": accuracies(dense, splits, collator),
+        "runs": [],
     }
     for metric, targets in (("params", args.param_targets), ("latency", args.latency_targets)):
         for target in targets:
             tf.set_seed(args.seed)
             start = time.perf_counter()
-            l0_args = L0TrainingArguments(**training_arguments(
-                work / f"{metric}-{target}", max_steps=args.prune_steps, learning_rate=args.learning_rate,
-                per_device_train_batch_size=args.batch_size, seed=args.seed, warmup_steps=0.1 * args.prune_steps,
-                target_sparsity=target, target_metric=metric, l0_structures=args.l0_structures,
-                cost_seq_len=args.latency_seq_len, cost_batch_size=args.latency_batch_size,
-                cost_threads=args.latency_threads, latency_table=table.path if metric == "latency" else None))
-            trainer = L0Trainer(model=trainable_copy(dense), args=l0_args, teacher_model=dense,
-                                train_dataset=splits["train"], data_collator=collator, processing_class=tokenizer)
+            l0_args = L0TrainingArguments(
+                **training_arguments(
+                    work / f"{metric}-{target}",
+                    max_steps=args.prune_steps,
+                    learning_rate=args.learning_rate,
+                    per_device_train_batch_size=args.batch_size,
+                    seed=args.seed,
+                    warmup_steps=0.1 * args.prune_steps,
+                    target_sparsity=target,
+                    target_metric=metric,
+                    l0_structures=args.l0_structures,
+                    cost_seq_len=args.latency_seq_len,
+                    cost_batch_size=args.latency_batch_size,
+                    cost_threads=args.latency_threads,
+                    latency_table=table.path if metric == "latency" else None,
+                )
+            )
+            trainer = L0Trainer(
+                model=trainable_copy(dense),
+                args=l0_args,
+                teacher_model=dense,
+                train_dataset=splits["train"],
+                data_collator=collator,
+                processing_class=tokenizer,
+            )
             trainer.train()
             compact = trainer.compact_model()
-            timing = latency_speedup(dense, compact, inputs, repeats=args.latency_repeats, rounds=3,
-                                     threads=args.latency_threads)
-            row = {"metric": metric, "target": target, **accuracies(compact, splits, collator),
-                   "parameter_sparsity": float(hf_l0.deterministic_sparsity(trainer.model)),
-                   "predicted_latency_reduction": 1.0 - predict_latency(table, compact) / table.predict_dense(),
-                   "measured_speedup": timing["speedup"], "measured_latency_reduction": 1.0 - 1.0 / timing["speedup"],
-                   "flops_reduction": 1.0 - compact_flops(compact, args.latency_seq_len) / compact_flops(
-                       dense, args.latency_seq_len),
-                   "structure": compact.config.l0_structure["layers"], "seconds": time.perf_counter() - start}
+            timing = latency_speedup(
+                dense, compact, inputs, repeats=args.latency_repeats, rounds=3, threads=args.latency_threads
+            )
+            row = {
+                "metric": metric,
+                "target": target,
+                **accuracies(compact, splits, collator),
+                "parameter_sparsity": float(hf_l0.deterministic_sparsity(trainer.model)),
+                "predicted_latency_reduction": 1.0 - predict_latency(table, compact) / table.predict_dense(),
+                "measured_speedup": timing["speedup"],
+                "measured_latency_reduction": 1.0 - 1.0 / timing["speedup"],
+                "flops_reduction": 1.0
+                - compact_flops(compact, args.latency_seq_len) / compact_flops(dense, args.latency_seq_len),
+                "structure": compact.config.l0_structure["layers"],
+                "seconds": time.perf_counter() - start,
+            }
             results["runs"].append(row)
             print({k: v for k, v in row.items() if k != "structure"}, flush=True)
     by_metric = {m: [r for r in results["runs"] if r["metric"] == m] for m in ("params", "latency")}
@@ -130,20 +183,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     comparison = []
     if low <= high:  # the speedups both methods cover
         grid = np.linspace(low, high, 5 if high > low else 1)
-        curves = {m: accuracy_at([r["measured_speedup"] for r in rows], [r["test_accuracy"] for r in rows], grid)
-                  for m, rows in by_metric.items()}
-        comparison = [{"speedup": float(s), "params_test_accuracy": float(curves["params"][i]),
-                       "latency_test_accuracy": float(curves["latency"][i])} for i, s in enumerate(grid)]
+        curves = {
+            m: accuracy_at([r["measured_speedup"] for r in rows], [r["test_accuracy"] for r in rows], grid)
+            for m, rows in by_metric.items()
+        }
+        comparison = [
+            {
+                "speedup": float(s),
+                "params_test_accuracy": float(curves["params"][i]),
+                "latency_test_accuracy": float(curves["latency"][i]),
+            }
+            for i, s in enumerate(grid)
+        ]
     results["equal_latency"] = comparison
     markdown = "# Accuracy at equal measured latency: latency vs parameter targets\n\n" + markdown_table(
-        ["metric", "target", "test acc", "param sparsity", "predicted lat. red.", "measured lat. red.",
-         "speedup", "FLOPs red."],
-        [[r["metric"], r["target"], r["test_accuracy"], r["parameter_sparsity"], r["predicted_latency_reduction"],
-          r["measured_latency_reduction"], r["measured_speedup"], r["flops_reduction"]] for r in results["runs"]])
+        [
+            "metric",
+            "target",
+            "test acc",
+            "param sparsity",
+            "predicted lat. red.",
+            "measured lat. red.",
+            "speedup",
+            "FLOPs red.",
+        ],
+        [
+            [
+                r["metric"],
+                r["target"],
+                r["test_accuracy"],
+                r["parameter_sparsity"],
+                r["predicted_latency_reduction"],
+                r["measured_latency_reduction"],
+                r["measured_speedup"],
+                r["flops_reduction"],
+            ]
+            for r in results["runs"]
+        ],
+    )
     if comparison:
         markdown += "\n\nAt equal measured speedup (linear interpolation):\n\n" + markdown_table(
             ["speedup", "params-targeted test acc", "latency-targeted test acc"],
-            [[c["speedup"], c["params_test_accuracy"], c["latency_test_accuracy"]] for c in comparison])
+            [[c["speedup"], c["params_test_accuracy"], c["latency_test_accuracy"]] for c in comparison],
+        )
     return run.write(results, markdown)
 
 

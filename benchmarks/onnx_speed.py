@@ -28,8 +28,8 @@ import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 
 from benchmarks.common import Run, benchmark_parser, markdown_table, set_threads  # noqa: E402
-from hf_l0.demo import assets  # noqa: E402
 from hf_l0.baselines import magnitude_prune  # noqa: E402
+from hf_l0.demo import assets  # noqa: E402
 from hf_l0.deploy.onnx import check_onnx, example_inputs, export_onnx  # noqa: E402
 from hf_l0.measure import forward_flops  # noqa: E402
 
@@ -40,16 +40,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = benchmark_parser(__doc__, "tiny random BERT; a few runs")
     p.add_argument("--sparsity", type=float, default=0.75, help="fraction of heads and FFN neurons removed")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--runs", type=int, default=None, help="timed runs per model and shape (default: 60 at batch 1, "
-                   "12 at larger batches)")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="timed runs per model and shape (default: 60 at batch 1, 12 at larger batches)",
+    )
     return p.parse_args(argv)
 
 
 def load_dense(quick: bool, seed: int) -> tf.PreTrainedModel:
     if quick:
         torch.manual_seed(seed)
-        config = tf.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=128, max_position_embeddings=SEQ_LEN)
+        config = tf.BertConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=SEQ_LEN,
+        )
         return tf.BertModel(config).eval()
     return tf.AutoModel.from_pretrained(assets.minilm_dir()).eval()
 
@@ -87,47 +97,92 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dense = load_dense(args.quick, args.seed)
     compact = magnitude_prune(copy.deepcopy(dense), args.sparsity).eval()
     structure = compact.config.l0_structure
-    params = {name: sum(p.numel() for p in model.parameters()) for name, model in (("dense", dense),
-                                                                                    ("compact", compact))}
+    params = {
+        name: sum(p.numel() for p in model.parameters()) for name, model in (("dense", dense), ("compact", compact))
+    }
     rows, results = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        exports = {name: export_onnx(model, Path(tmp) / f"{name}.onnx") for name, model in (("dense", dense),
-                                                                                           ("compact", compact))}
+        exports = {
+            name: export_onnx(model, Path(tmp) / f"{name}.onnx")
+            for name, model in (("dense", dense), ("compact", compact))
+        }
         file_mb = {name: e.path.stat().st_size / 2**20 for name, e in exports.items()}
         sessions = {name: session(e.path, threads) for name, e in exports.items()}
         for batch in args.batch_sizes:
             inputs = example_inputs(dense, exports["dense"].input_names, batch, SEQ_LEN, seed=args.seed)
             inputs["attention_mask"].fill_(1)  # full-length sequences: every token costs
-            parity = {name: check_onnx(e.path, model, inputs, e.output_name)
-                      for (name, e), model in zip(exports.items(), (dense, compact))}
+            parity = {
+                name: check_onnx(e.path, model, inputs, e.output_name)
+                for (name, e), model in zip(exports.items(), (dense, compact))
+            }
             feed = {k: v.numpy() for k, v in inputs.items()}
             runs = args.runs or (3 if args.quick else (60 if batch == 1 else 12))
             latency = interleaved_latency(sessions, feed, runs)
             ideal = forward_flops(dense, SEQ_LEN, batch) / forward_flops(compact, SEQ_LEN, batch)
             ratio = latency["compact"] / latency["dense"]
-            results.append({"batch_size": batch, "seq_len": SEQ_LEN, "runs": runs,
-                            "dense_ms": latency["dense"] * 1e3, "compact_ms": latency["compact"] * 1e3,
-                            "latency_ratio": ratio, "speedup": 1 / ratio, "flops_speedup": ideal,
-                            "max_abs_diff_dense": parity["dense"], "max_abs_diff_compact": parity["compact"]})
-            rows.append([f"{batch} × {SEQ_LEN}", latency["dense"] * 1e3, latency["compact"] * 1e3, ratio, 1 / ratio,
-                         ideal, f"{max(parity.values()):.1e}"])
+            results.append(
+                {
+                    "batch_size": batch,
+                    "seq_len": SEQ_LEN,
+                    "runs": runs,
+                    "dense_ms": latency["dense"] * 1e3,
+                    "compact_ms": latency["compact"] * 1e3,
+                    "latency_ratio": ratio,
+                    "speedup": 1 / ratio,
+                    "flops_speedup": ideal,
+                    "max_abs_diff_dense": parity["dense"],
+                    "max_abs_diff_compact": parity["compact"],
+                }
+            )
+            rows.append(
+                [
+                    f"{batch} × {SEQ_LEN}",
+                    latency["dense"] * 1e3,
+                    latency["compact"] * 1e3,
+                    ratio,
+                    1 / ratio,
+                    ideal,
+                    f"{max(parity.values()):.1e}",
+                ]
+            )
     heads = [layer["attention_heads"] for layer in structure["layers"]]
     ffn = [layer["intermediate_size"] for layer in structure["layers"]]
-    markdown = "\n".join([
-        f"## ONNX Runtime latency: compact ÷ dense ({'tiny BERT' if args.quick else 'all-MiniLM-L6-v2'}, "
-        f"magnitude-pruned to {args.sparsity:.0%} of heads and FFN neurons)",
-        "",
-        markdown_table(["batch × tokens", "dense ms", "compact ms", "compact ÷ dense", "speedup", "FLOPs speedup",
-                        "max abs diff vs PyTorch"], rows),
-        "",
-        f"Compact shapes per layer: heads {heads}, FFN {ffn}. Parameters {params['compact']:,} / {params['dense']:,}; "
-        f"ONNX files {file_mb['compact']:.1f} MB / {file_mb['dense']:.1f} MB. ONNX Runtime CPU provider, "
-        f"{threads} intra-op thread(s); the two sessions take turns run by run, medians.",
-    ])
-    return run.write({"model": "tiny-bert" if args.quick else "all-MiniLM-L6-v2", "sparsity": args.sparsity,
-                      "threads": threads, "parameters": params, "onnx_mb": file_mb,
-                      "structure": {"attention_heads": heads, "intermediate_size": ffn},
-                      "latency": results}, markdown)
+    markdown = "\n".join(
+        [
+            f"## ONNX Runtime latency: compact ÷ dense ({'tiny BERT' if args.quick else 'all-MiniLM-L6-v2'}, "
+            f"magnitude-pruned to {args.sparsity:.0%} of heads and FFN neurons)",
+            "",
+            markdown_table(
+                [
+                    "batch × tokens",
+                    "dense ms",
+                    "compact ms",
+                    "compact ÷ dense",
+                    "speedup",
+                    "FLOPs speedup",
+                    "max abs diff vs PyTorch",
+                ],
+                rows,
+            ),
+            "",
+            f"Compact shapes per layer: heads {heads}, FFN {ffn}. "
+            f"Parameters {params['compact']:,} / {params['dense']:,}; "
+            f"ONNX files {file_mb['compact']:.1f} MB / {file_mb['dense']:.1f} MB. ONNX Runtime CPU provider, "
+            f"{threads} intra-op thread(s); the two sessions take turns run by run, medians.",
+        ]
+    )
+    return run.write(
+        {
+            "model": "tiny-bert" if args.quick else "all-MiniLM-L6-v2",
+            "sparsity": args.sparsity,
+            "threads": threads,
+            "parameters": params,
+            "onnx_mb": file_mb,
+            "structure": {"attention_heads": heads, "intermediate_size": ffn},
+            "latency": results,
+        },
+        markdown,
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 
 import hf_l0  # noqa: E402
 from benchmarks.common import Run, benchmark_parser, goal, markdown_table, set_threads, training_arguments  # noqa: E402
-from hf_l0.demo import assets, data  # noqa: E402
 from hf_l0.baselines import magnitude_prune  # noqa: E402
+from hf_l0.demo import assets, data  # noqa: E402
 from hf_l0.measure import forward_flops, latency_speedup  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
@@ -59,8 +59,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def tiny_bert(vocab_size: int, seed: int) -> tf.BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = tf.BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=64, num_labels=2)
+    config = tf.BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=2,
+    )
     return tf.BertForSequenceClassification(config).eval()
 
 
@@ -98,19 +104,34 @@ def training_setup(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, dict
     else:
         model = tf.AutoModelForSequenceClassification.from_pretrained(assets.minilm_dir(), num_labels=2)
     reviews = data.rotten_tomatoes()["train"].select(range(args.train_steps * args.train_batch_size))
-    train = reviews.map(lambda b: {**tokenizer(b["text"], padding="max_length", truncation=True,
-                                               max_length=TRAIN_SEQ_LEN), "labels": b["label"]},
-                        batched=True, remove_columns=reviews.column_names)
-    settings = training_arguments("/tmp/hf_l0_speed_worker", max_steps=args.train_steps, seed=args.seed,
-                                  per_device_train_batch_size=args.train_batch_size, logging_steps=10_000)
+    train = reviews.map(
+        lambda b: {
+            **tokenizer(b["text"], padding="max_length", truncation=True, max_length=TRAIN_SEQ_LEN),
+            "labels": b["label"],
+        },
+        batched=True,
+        remove_columns=reviews.column_names,
+    )
+    settings = training_arguments(
+        "/tmp/hf_l0_speed_worker",
+        max_steps=args.train_steps,
+        seed=args.seed,
+        per_device_train_batch_size=args.train_batch_size,
+        logging_steps=10_000,
+    )
     return model, train, settings
 
 
-def make_trainer(kind: str, model: torch.nn.Module, train: Any, settings: dict[str, Any],
-                 timer: StepTimer) -> tf.Trainer:
+def make_trainer(
+    kind: str, model: torch.nn.Module, train: Any, settings: dict[str, Any], timer: StepTimer
+) -> tf.Trainer:
     if kind == "l0_trainer":
-        return L0Trainer(model=model, args=L0TrainingArguments(**settings, target_sparsity=0.75), train_dataset=train,
-                         callbacks=[timer])
+        return L0Trainer(
+            model=model,
+            args=L0TrainingArguments(**settings, target_sparsity=0.75),
+            train_dataset=train,
+            callbacks=[timer],
+        )
     return tf.Trainer(model=model, args=tf.TrainingArguments(**settings), train_dataset=train, callbacks=[timer])
 
 
@@ -145,13 +166,29 @@ def step_times(args: argparse.Namespace) -> dict[str, list[float]]:
 def peak_memory(args: argparse.Namespace) -> dict[str, list[dict]]:
     """Peak RSS of each trainer in fresh subprocesses (so it belongs to that trainer alone), with :data:`MEMORY_ENV`."""
     runs: dict[str, list[dict]] = {"trainer": [], "l0_trainer": []}
-    command = [sys.executable, str(Path(__file__).resolve()), "--train_steps", str(args.train_steps),
-               "--train_batch_size", str(args.train_batch_size), "--seed", str(args.seed)] + (
-        ["--quick"] if args.quick else []) + ([] if args.threads is None else ["--threads", str(args.threads)])
+    command = (
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--train_steps",
+            str(args.train_steps),
+            "--train_batch_size",
+            str(args.train_batch_size),
+            "--seed",
+            str(args.seed),
+        ]
+        + (["--quick"] if args.quick else [])
+        + ([] if args.threads is None else ["--threads", str(args.threads)])
+    )
     for _ in range(args.memory_rounds):
         for kind in runs:
-            out = subprocess.run(command + ["--worker", kind], capture_output=True, text=True, check=False,
-                                 env={**os.environ, **MEMORY_ENV})
+            out = subprocess.run(
+                command + ["--worker", kind],
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, **MEMORY_ENV},
+            )
             if out.returncode != 0:
                 raise RuntimeError(f"training worker {kind} failed:\n{out.stderr[-3000:]}")
             runs[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -160,20 +197,29 @@ def peak_memory(args: argparse.Namespace) -> dict[str, list[dict]]:
 
 def training_cost(args: argparse.Namespace) -> dict[str, Any]:
     times, memory = step_times(args), peak_memory(args)
-    summary: dict[str, Any] = {"batch_size": args.train_batch_size, "seq_len": TRAIN_SEQ_LEN,
-                               "steps_per_run": args.train_steps, "rounds": args.train_rounds,
-                               "memory_rounds": args.memory_rounds, "memory_env": MEMORY_ENV,
-                               "l0_trainer_settings": "target_sparsity 0.75, heads+ffn+layers gates, no teacher"}
+    summary: dict[str, Any] = {
+        "batch_size": args.train_batch_size,
+        "seq_len": TRAIN_SEQ_LEN,
+        "steps_per_run": args.train_steps,
+        "rounds": args.train_rounds,
+        "memory_rounds": args.memory_rounds,
+        "memory_env": MEMORY_ENV,
+        "l0_trainer_settings": "target_sparsity 0.75, heads+ffn+layers gates, no teacher",
+    }
     for kind in times:
-        summary[kind] = {"step_seconds": statistics.median(times[kind]), "step_times": times[kind],
-                         "peak_rss_mib": max(r["peak_rss_mib"] for r in memory[kind]),
-                         "rss_before_train_mib": statistics.median(r["rss_before_train_mib"] for r in memory[kind]),
-                         "memory_runs": memory[kind]}
+        summary[kind] = {
+            "step_seconds": statistics.median(times[kind]),
+            "step_times": times[kind],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in memory[kind]),
+            "rss_before_train_mib": statistics.median(r["rss_before_train_mib"] for r in memory[kind]),
+            "memory_runs": memory[kind],
+        }
         summary[kind]["train_increase_mib"] = summary[kind]["peak_rss_mib"] - summary[kind]["rss_before_train_mib"]
     summary["step_time_ratio"] = summary["l0_trainer"]["step_seconds"] / summary["trainer"]["step_seconds"]
     summary["peak_memory_ratio"] = summary["l0_trainer"]["peak_rss_mib"] / summary["trainer"]["peak_rss_mib"]
-    summary["train_increase_ratio"] = (summary["l0_trainer"]["train_increase_mib"]
-                                       / summary["trainer"]["train_increase_mib"])
+    summary["train_increase_ratio"] = (
+        summary["l0_trainer"]["train_increase_mib"] / summary["trainer"]["train_increase_mib"]
+    )
     return summary
 
 
@@ -186,8 +232,9 @@ def load_models(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, to
         return dense, {"0.75": compact}, tokenizer
     models_dir = Path(args.models_dir or Path(args.output_dir) / "models")
     dense = tf.AutoModelForSequenceClassification.from_pretrained(models_dir / "dense").eval()
-    compact = {path.name.split("-", 1)[1]: hf_l0.from_pretrained(path).eval()
-               for path in sorted(models_dir.glob("hf_l0-*"))}
+    compact = {
+        path.name.split("-", 1)[1]: hf_l0.from_pretrained(path).eval() for path in sorted(models_dir.glob("hf_l0-*"))
+    }
     if not compact:
         raise FileNotFoundError(f"no compact model under {models_dir}: run benchmarks/accuracy_sparsity.py first.")
     return dense, compact, tokenizer
@@ -217,14 +264,24 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
             # The FLOP ideal with the fixed cost added back: only the sublayers' share of the time shrinks.
             fixed_share = fixed["compact_s"] / fixed["dense_s"]
             ideal_with_fixed = 1.0 / (fixed_share + (1.0 - fixed_share) / ideal)
-            rows.append({"target": float(target), "batch_size": batch_size, "seq_len": SEQ_LEN,
-                         "dense_ms": timing["dense_s"] * 1e3, "compact_ms": timing["compact_s"] * 1e3,
-                         "speedup": timing["speedup"], "ideal_speedup": ideal,
-                         "measured_over_ideal": timing["speedup"] / ideal,
-                         "fixed_ms": fixed["compact_s"] * 1e3, "fixed_share_of_dense": fixed_share,
-                         "ideal_with_fixed_cost": ideal_with_fixed,
-                         "measured_over_ideal_with_fixed_cost": timing["speedup"] / ideal_with_fixed,
-                         "parameters": model.num_parameters(), "dense_parameters": dense.num_parameters()})
+            rows.append(
+                {
+                    "target": float(target),
+                    "batch_size": batch_size,
+                    "seq_len": SEQ_LEN,
+                    "dense_ms": timing["dense_s"] * 1e3,
+                    "compact_ms": timing["compact_s"] * 1e3,
+                    "speedup": timing["speedup"],
+                    "ideal_speedup": ideal,
+                    "measured_over_ideal": timing["speedup"] / ideal,
+                    "fixed_ms": fixed["compact_s"] * 1e3,
+                    "fixed_share_of_dense": fixed_share,
+                    "ideal_with_fixed_cost": ideal_with_fixed,
+                    "measured_over_ideal_with_fixed_cost": timing["speedup"] / ideal_with_fixed,
+                    "parameters": model.num_parameters(),
+                    "dense_parameters": dense.num_parameters(),
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -252,31 +309,77 @@ def table(results: dict[str, Any]) -> str:
     rows = []
     for r in results["latency"]:
         check = f" {goal(r['measured_over_ideal'] >= SPEEDUP_GOAL)}" if r["target"] == 0.75 else ""
-        rows.append([f"{r['target']:g}", r["batch_size"], r["dense_ms"], r["compact_ms"], f"{r['speedup']:.2f}×",
-                     f"{r['ideal_speedup']:.2f}×", f"{r['measured_over_ideal']:.2f}{check}", r["fixed_ms"],
-                     f"{r['ideal_with_fixed_cost']:.2f}×", f"{r['measured_over_ideal_with_fixed_cost']:.2f}"])
-    out = (f"**Inference** — CPU latency, sequence length {SEQ_LEN}, median of "
-           f"{results['repeats'] * results['rounds']} forwards per model, dense and compact taking turns forward by "
-           f"forward (goal: measured ÷ ideal ≥ {SPEEDUP_GOAL} at 0.75). *Fixed ms* is "
-           "the same model with every attention and FFN sublayer removed (embeddings, norms, pooler, classifier, "
-           "per-layer dispatch), which no pruning of heads and neurons makes faster; the last two columns add it "
-           "back to the FLOP ideal.\n\n")
-    out += markdown_table(["sparsity", "batch", "dense ms", "compact ms", "speedup", "ideal (FLOPs)",
-                           "measured ÷ ideal", "fixed ms", "ideal + fixed", "measured ÷ (ideal + fixed)"], rows)
+        rows.append(
+            [
+                f"{r['target']:g}",
+                r["batch_size"],
+                r["dense_ms"],
+                r["compact_ms"],
+                f"{r['speedup']:.2f}×",
+                f"{r['ideal_speedup']:.2f}×",
+                f"{r['measured_over_ideal']:.2f}{check}",
+                r["fixed_ms"],
+                f"{r['ideal_with_fixed_cost']:.2f}×",
+                f"{r['measured_over_ideal_with_fixed_cost']:.2f}",
+            ]
+        )
+    out = (
+        f"**Inference** — CPU latency, sequence length {SEQ_LEN}, median of "
+        f"{results['repeats'] * results['rounds']} forwards per model, dense and compact taking turns forward by "
+        f"forward (goal: measured ÷ ideal ≥ {SPEEDUP_GOAL} at 0.75). *Fixed ms* is "
+        "the same model with every attention and FFN sublayer removed (embeddings, norms, pooler, classifier, "
+        "per-layer dispatch), which no pruning of heads and neurons makes faster; the last two columns add it "
+        "back to the FLOP ideal.\n\n"
+    )
+    out += markdown_table(
+        [
+            "sparsity",
+            "batch",
+            "dense ms",
+            "compact ms",
+            "speedup",
+            "ideal (FLOPs)",
+            "measured ÷ ideal",
+            "fixed ms",
+            "ideal + fixed",
+            "measured ÷ (ideal + fixed)",
+        ],
+        rows,
+    )
     t = results["training"]
-    out += (f"\n\n**Training cost of the gates** — batch {t['batch_size']} × {t['seq_len']} tokens. Step time: median "
-            f"over {t['rounds']} alternating rounds × {t['steps_per_run'] - 2} steps of both trainers in one process. "
-            f"Peak resident memory: {t['memory_rounds']} fresh subprocesses per trainer, run with "
-            f"{' '.join(f'{k}={v}' for k, v in t['memory_env'].items())} so that glibc returns freed activation "
-            f"buffers and RSS follows live memory ({t['l0_trainer_settings']}).\n\n")
-    out += markdown_table(["", "Trainer", "L0Trainer", "ratio", "goal"], [
-        ["step time (s)", t["trainer"]["step_seconds"], t["l0_trainer"]["step_seconds"],
-         f"{t['step_time_ratio']:.3f}", f"≤ {STEP_GOAL} {goal(t['step_time_ratio'] <= STEP_GOAL)}"],
-        ["peak RSS (MiB)", t["trainer"]["peak_rss_mib"], t["l0_trainer"]["peak_rss_mib"],
-         f"{t['peak_memory_ratio']:.3f}", f"≤ {MEMORY_GOAL} {goal(t['peak_memory_ratio'] <= MEMORY_GOAL)}"],
-        ["RSS increase during training (MiB)", t["trainer"]["train_increase_mib"],
-         t["l0_trainer"]["train_increase_mib"], f"{t['train_increase_ratio']:.3f}", "–"],
-    ])
+    out += (
+        f"\n\n**Training cost of the gates** — batch {t['batch_size']} × {t['seq_len']} tokens. Step time: median "
+        f"over {t['rounds']} alternating rounds × {t['steps_per_run'] - 2} steps of both trainers in one process. "
+        f"Peak resident memory: {t['memory_rounds']} fresh subprocesses per trainer, run with "
+        f"{' '.join(f'{k}={v}' for k, v in t['memory_env'].items())} so that glibc returns freed activation "
+        f"buffers and RSS follows live memory ({t['l0_trainer_settings']}).\n\n"
+    )
+    out += markdown_table(
+        ["", "Trainer", "L0Trainer", "ratio", "goal"],
+        [
+            [
+                "step time (s)",
+                t["trainer"]["step_seconds"],
+                t["l0_trainer"]["step_seconds"],
+                f"{t['step_time_ratio']:.3f}",
+                f"≤ {STEP_GOAL} {goal(t['step_time_ratio'] <= STEP_GOAL)}",
+            ],
+            [
+                "peak RSS (MiB)",
+                t["trainer"]["peak_rss_mib"],
+                t["l0_trainer"]["peak_rss_mib"],
+                f"{t['peak_memory_ratio']:.3f}",
+                f"≤ {MEMORY_GOAL} {goal(t['peak_memory_ratio'] <= MEMORY_GOAL)}",
+            ],
+            [
+                "RSS increase during training (MiB)",
+                t["trainer"]["train_increase_mib"],
+                t["l0_trainer"]["train_increase_mib"],
+                f"{t['train_increase_ratio']:.3f}",
+                "–",
+            ],
+        ],
+    )
     return out
 
 

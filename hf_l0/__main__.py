@@ -16,9 +16,9 @@ import torch
 def _latency_table(args: argparse.Namespace) -> int:
     import transformers as tf
 
-    from .latency import latency_table
     from .demo.gguf import drop_gguf_quantizer
     from .demo.scripting import resolve_model_path
+    from .latency import latency_table
 
     path, gguf_file = resolve_model_path(args.model, args.gguf_file)
     config = tf.AutoConfig.from_pretrained(path, gguf_file=gguf_file)
@@ -30,9 +30,18 @@ def _latency_table(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype)
     model = model_class.from_pretrained(path, gguf_file=gguf_file, dtype=dtype)
     model = drop_gguf_quantizer(model).eval()
-    table = latency_table(model, batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads,
-                          dtype=dtype, cache_dir=args.cache_dir, repeats=args.repeats, rounds=args.rounds,
-                          rebuild=args.rebuild, progress=not args.no_progress)
+    table = latency_table(
+        model,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        threads=args.threads,
+        dtype=dtype,
+        cache_dir=args.cache_dir,
+        repeats=args.repeats,
+        rounds=args.rounds,
+        rebuild=args.rebuild,
+        progress=not args.no_progress,
+    )
     print(table.summary())
     return 0
 
@@ -41,13 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hf_l0", description="hf-l0 command-line tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     table = commands.add_parser(
-        "latency-table", help="measure (or load from the cache) a model's latency table on this machine",
+        "latency-table",
+        help="measure (or load from the cache) a model's latency table on this machine",
         description="Time an attention sublayer with k heads and an FFN sublayer with n neurons over a grid of "
-        "widths, plus the fixed cost, at one batch shape, thread count and dtype; cached (see hf_l0.latency).")
+        "widths, plus the fixed cost, at one batch shape, thread count and dtype; cached (see hf_l0.latency).",
+    )
     table.add_argument("--model", required=True, help="model directory, Hub id, or hf_l0:minilm / hf_l0:smollm2")
     table.add_argument("--gguf-file", default=None, help="GGUF file inside --model, for GGUF checkpoints")
-    table.add_argument("--auto-class", default=None,
-                       help="transformers class to load (default: the checkpoint's architecture, else AutoModel)")
+    table.add_argument(
+        "--auto-class",
+        default=None,
+        help="transformers class to load (default: the checkpoint's architecture, else AutoModel)",
+    )
     table.add_argument("--batch-size", type=int, default=1)
     table.add_argument("--seq-len", type=int, default=128)
     table.add_argument("--threads", type=int, default=1, help="torch threads while timing")

@@ -40,7 +40,7 @@ def unit_weight_norms(sublayer: Sublayer) -> torch.Tensor:
         weight = base_layer(projection.module).weight.detach()
         rows = weight if linear_axes(projection.module)[0] == 0 else weight.t()  # [out features, in features]
         for offset, width in projection.blocks:  # unit u owns rows offset + u * width ... + width - 1 (unit_rows)
-            block = rows[offset: offset + sublayer.num_units * width].float()
+            block = rows[offset : offset + sublayer.num_units * width].float()
             squares += block.pow(2).reshape(sublayer.num_units, -1).sum(-1).cpu()
     weight = base_layer(sublayer.output).weight.detach()
     in_axis = linear_axes(sublayer.output)[1]
@@ -51,8 +51,9 @@ def unit_weight_norms(sublayer: Sublayer) -> torch.Tensor:
 
 def _sublayers(model: nn.Module) -> dict[str, list[Sublayer]]:
     adapter = get_adapter(transformers_model(model))
-    sublayers = {name: [getattr(adapter, GATE_KIND[name].sublayer)(i) for i in range(adapter.num_layers)]
-                 for name in SCORED}
+    sublayers = {
+        name: [getattr(adapter, GATE_KIND[name].sublayer)(i) for i in range(adapter.num_layers)] for name in SCORED
+    }
     if any(s is None for group in sublayers.values() for s in group):
         raise ValueError(f"{type(model).__name__} is already pruned (a sublayer was removed); score the dense model.")
     return sublayers
@@ -107,13 +108,16 @@ def task_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """The default ``loss_fn``: the model's own loss (causal LM loss, classification loss, ...) on ``batch``."""
     loss = model(**batch).loss
     if loss is None:
-        raise ValueError("the model returned no loss: the calibration batches need labels, or pass "
-                         "loss_fn=lambda model, batch: ... returning a scalar loss.")
+        raise ValueError(
+            "the model returned no loss: the calibration batches need labels, or pass "
+            "loss_fn=lambda model, batch: ... returning a scalar loss."
+        )
     return loss
 
 
-def fisher_scores(model: nn.Module, batches: Iterable[Mapping[str, Any]], loss_fn: LossFn | None = None
-                  ) -> dict[str, torch.Tensor]:
+def fisher_scores(
+    model: nn.Module, batches: Iterable[Mapping[str, Any]], loss_fn: LossFn | None = None
+) -> dict[str, torch.Tensor]:
     """Fisher (squared first-order Taylor) importance of every head (KV group) and FFN neuron.
 
     For each batch, the gradient of ``loss_fn(model, batch)`` (default: the model's own loss, so batches carry
@@ -177,8 +181,11 @@ def activation_scores(model: nn.Module, batches: Iterable[Mapping[str, Any]]) ->
 
     with unit_masks(model):
         # Registered after the gates' hooks: they see the (all-ones) gated input, i.e. the dense activation.
-        handles = [s.output.register_forward_pre_hook(make_hook(name, i, s))
-                   for name, subs in sublayers.items() for i, s in enumerate(subs)]
+        handles = [
+            s.output.register_forward_pre_hook(make_hook(name, i, s))
+            for name, subs in sublayers.items()
+            for i, s in enumerate(subs)
+        ]
         try:
             count = 0
             for batch in batches:
@@ -200,8 +207,7 @@ def _unit_costs(sublayers: list[Sublayer], hidden_size: int) -> tuple[int, int]:
     return s.weights_per_unit() * hidden_size + s.biases_per_unit(), s.output_bias() * hidden_size
 
 
-def keep_masks(model: nn.Module, scores: Mapping[str, torch.Tensor], target_sparsity: float
-               ) -> dict[str, torch.Tensor]:
+def keep_masks(model: nn.Module, scores: Mapping[str, torch.Tensor], target_sparsity: float) -> dict[str, torch.Tensor]:
     """Boolean masks ``{"heads", "ffn"}`` of the units :func:`importance_prune` keeps (``model`` is not changed).
 
     Heads (KV groups) and neurons are ranked globally across layers, each kind on its own scores. The fraction
@@ -218,8 +224,10 @@ def keep_masks(model: nn.Module, scores: Mapping[str, torch.Tensor], target_spar
         if name not in scores:
             raise ValueError(f"scores lack {name!r}: pass a dict with 'heads' and 'ffn' (e.g. from fisher_scores).")
         if tuple(scores[name].shape) != expected:
-            raise ValueError(f"scores[{name!r}] has shape {tuple(scores[name].shape)}, the model needs {expected} "
-                             "(layers, units): were the scores computed on another model?")
+            raise ValueError(
+                f"scores[{name!r}] has shape {tuple(scores[name].shape)}, the model needs {expected} "
+                "(layers, units): were the scores computed on another model?"
+            )
         if not torch.isfinite(scores[name]).all():
             raise ValueError(f"scores[{name!r}] holds NaN or infinite values.")
     costs = {name: _unit_costs(subs, hidden) for name, subs in sublayers.items()}

@@ -20,11 +20,35 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 UNSAFE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
 # safetensors dtype names -> bytes per element.
-DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-TORCH_TO_SAFETENSORS = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-                        torch.int8: "I8", torch.uint8: "U8", torch.int16: "I16", torch.int32: "I32",
-                        torch.int64: "I64", torch.bool: "BOOL"}
+DTYPE_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+TORCH_TO_SAFETENSORS = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.int16: "I16",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.bool: "BOOL",
+}
 
 
 def read_safetensors_header(path: str) -> dict:
@@ -40,8 +64,9 @@ def read_safetensors_header(path: str) -> dict:
             raise ValueError(f"{path}: truncated safetensors file ({size} bytes, no header).")
         (header_len,) = struct.unpack("<Q", prefix)
         if 8 + header_len > size:
-            raise ValueError(f"{path}: truncated safetensors file: header of {header_len} bytes but the file has "
-                             f"{size} bytes.")
+            raise ValueError(
+                f"{path}: truncated safetensors file: header of {header_len} bytes but the file has {size} bytes."
+            )
         try:
             header = json.loads(f.read(header_len))
         except ValueError as err:
@@ -55,19 +80,29 @@ def read_safetensors_header(path: str) -> dict:
         shape = info.get("shape") if isinstance(info, dict) else None
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
         dtype = info.get("dtype") if isinstance(info, dict) else None
-        if (dtype not in DTYPE_SIZES or not isinstance(shape, list)
-                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
-                or not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)):
-            raise ValueError(f"{path}: corrupt safetensors header: tensor {name!r} has entry {info!r} (expected "
-                             "a known dtype, a shape of non-negative ints and two data offsets).")
+        if (
+            dtype not in DTYPE_SIZES
+            or not isinstance(shape, list)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+        ):
+            raise ValueError(
+                f"{path}: corrupt safetensors header: tensor {name!r} has entry {info!r} (expected "
+                "a known dtype, a shape of non-negative ints and two data offsets)."
+            )
         begin, end = offsets
         if not 0 <= begin <= end or end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
-            raise ValueError(f"{path}: corrupt safetensors header: tensor {name!r} ({dtype}, shape {shape}) has "
-                             f"data offsets {offsets}, which do not hold its bytes.")
+            raise ValueError(
+                f"{path}: corrupt safetensors header: tensor {name!r} ({dtype}, shape {shape}) has "
+                f"data offsets {offsets}, which do not hold its bytes."
+            )
         if end > data:
-            raise ValueError(f"{path}: truncated safetensors file: tensor {name!r} (shape {shape}) needs "
-                             f"bytes {begin}..{end} of the data section but only {data} are present.")
+            raise ValueError(
+                f"{path}: truncated safetensors file: tensor {name!r} (shape {shape}) needs "
+                f"bytes {begin}..{end} of the data section but only {data} are present."
+            )
     return header
 
 
@@ -84,10 +119,17 @@ def _allowed_roots(directory: str) -> list[str]:
 def confined_path(directory: str, name: Any, source: str) -> str:
     """``directory/name`` after checking that ``name`` (a file name from ``source``, e.g. an index) stays inside
     the directory: no absolute path, no ``..``, no symbolic link that leads out."""
-    if not isinstance(name, str) or not name or os.path.isabs(name) or name.startswith(("/", "\\")) \
-            or ".." in name.replace("\\", "/").split("/"):
-        raise ValueError(f"{source} names weights file {name!r}, which is outside {directory}: shard names must be "
-                         "plain relative paths inside the model directory.")
+    if (
+        not isinstance(name, str)
+        or not name
+        or os.path.isabs(name)
+        or name.startswith(("/", "\\"))
+        or ".." in name.replace("\\", "/").split("/")
+    ):
+        raise ValueError(
+            f"{source} names weights file {name!r}, which is outside {directory}: shard names must be "
+            "plain relative paths inside the model directory."
+        )
     path = os.path.join(directory, name)
     real = os.path.realpath(path)
     if not any(real == root or real.startswith(root + os.sep) for root in _allowed_roots(directory)):
@@ -173,8 +215,11 @@ def check_weights(model: Any, directory: str, files: dict[str, list[str]] | None
     expected = model.state_dict()
     prefix = getattr(model, "base_model_prefix", "")
     all_names = [name for names in files.values() for name in names]
-    strip = bool(prefix) and not any(k.startswith(prefix + ".") for k in expected) and \
-        any(k.startswith(prefix + ".") for k in all_names)
+    strip = (
+        bool(prefix)
+        and not any(k.startswith(prefix + ".") for k in expected)
+        and any(k.startswith(prefix + ".") for k in all_names)
+    )
     float_dtype = saved_dtype(directory)
     config_file = os.path.join(directory, "config.json")
     found: dict[str, tuple[str, str]] = {}
@@ -185,7 +230,7 @@ def check_weights(model: Any, directory: str, files: dict[str, list[str]] | None
             if strip:
                 if not name.startswith(prefix + "."):
                     continue
-                key = name[len(prefix) + 1:]
+                key = name[len(prefix) + 1 :]
             info = headers[path][name]
             found[key] = (path, name)
             if key not in expected:
@@ -193,18 +238,25 @@ def check_weights(model: Any, directory: str, files: dict[str, list[str]] | None
                 continue
             want = expected[key]
             if tuple(info["shape"]) != tuple(want.shape):
-                problems.append(f"tensor {name!r} in {path} has shape {tuple(info['shape'])} but {config_file} "
-                                f"(sizes and l0_structure) builds {tuple(want.shape)}")
+                problems.append(
+                    f"tensor {name!r} in {path} has shape {tuple(info['shape'])} but {config_file} "
+                    f"(sizes and l0_structure) builds {tuple(want.shape)}"
+                )
             if want.is_floating_point():
                 if float_dtype is not None and info["dtype"] != float_dtype:
-                    problems.append(f"tensor {name!r} in {path} has dtype {info['dtype']} but {config_file} declares "
-                                    f"{float_dtype} (re-save the model in one dtype; hf-l0 never casts silently)")
+                    problems.append(
+                        f"tensor {name!r} in {path} has dtype {info['dtype']} but {config_file} declares "
+                        f"{float_dtype} (re-save the model in one dtype; hf-l0 never casts silently)"
+                    )
                 elif float_dtype is None and info["dtype"] not in ("F32", "F16", "BF16", "F64"):
-                    problems.append(f"tensor {name!r} in {path} has dtype {info['dtype']} but the model holds "
-                                    "floating-point weights there (hf-l0 never casts silently)")
+                    problems.append(
+                        f"tensor {name!r} in {path} has dtype {info['dtype']} but the model holds "
+                        "floating-point weights there (hf-l0 never casts silently)"
+                    )
             elif info["dtype"] != TORCH_TO_SAFETENSORS.get(want.dtype):
-                problems.append(f"tensor {name!r} in {path} has dtype {info['dtype']} but the model's buffer is "
-                                f"{want.dtype}")
+                problems.append(
+                    f"tensor {name!r} in {path} has dtype {info['dtype']} but the model's buffer is {want.dtype}"
+                )
     covered = set(found)
     for group in _tied_groups(model):
         if group & covered:
@@ -220,8 +272,10 @@ def loading_info_problems(info: dict[str, Any]) -> list[str]:
     :func:`check_weights` words them: for weights transformers read from its Hub cache, where the files are not at
     hand."""
     problems = [f"missing tensor {key!r}" for key in sorted(info.get("missing_keys", ()))]
-    problems += [f"tensor {key!r} has shape {tuple(saved)} but the model builds {tuple(built)}"
-                 for key, saved, built in sorted(info.get("mismatched_keys", ()))]
+    problems += [
+        f"tensor {key!r} has shape {tuple(saved)} but the model builds {tuple(built)}"
+        for key, saved, built in sorted(info.get("mismatched_keys", ()))
+    ]
     return problems
 
 
@@ -229,5 +283,8 @@ def raise_on_mismatch(where: str, config_file: str, problems: list[str]) -> None
     """The one report of weights that do not match a model: a ValueError naming ``where``, the ``config_file``
     that built the model and every problem (the first 20); nothing when ``problems`` is empty."""
     if problems:
-        raise ValueError(f"{where}: the weights do not match {config_file}: " + "; ".join(problems[:20])
-                         + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else ""))
+        raise ValueError(
+            f"{where}: the weights do not match {config_file}: "
+            + "; ".join(problems[:20])
+            + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")
+        )

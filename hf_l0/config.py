@@ -20,8 +20,10 @@ class L0Config:
 
     heads: bool = field(
         default=True,
-        metadata={"help": "Gate attention heads. On GQA models one gate covers a whole KV group (one KV head and "
-                  "its query heads), so a closed gate removes K, V and the queries together."},
+        metadata={
+            "help": "Gate attention heads. On GQA models one gate covers a whole KV group (one KV head and "
+            "its query heads), so a closed gate removes K, V and the queries together."
+        },
     )
     ffn: bool = field(default=True, metadata={"help": "Gate intermediate (FFN) neurons."})
     hidden: bool = field(
@@ -58,9 +60,12 @@ class L0Config:
         if target_sparsity is not None:
             from .lagrangian import check_target_sparsity  # local: lagrangian imports patch, which imports this
 
-            warnings.warn(f"L0Config(target_sparsity=...) is deprecated and will be removed in the next release: set "
-                          f"target_sparsity={target_sparsity} on L0TrainingArguments (or LagrangianController).",
-                          FutureWarning, stacklevel=3)
+            warnings.warn(
+                f"L0Config(target_sparsity=...) is deprecated and will be removed in the next release: set "
+                f"target_sparsity={target_sparsity} on L0TrainingArguments (or LagrangianController).",
+                FutureWarning,
+                stacklevel=3,
+            )
             self.target_sparsity = check_target_sparsity(target_sparsity)
         self.validate()
 
@@ -92,8 +97,10 @@ class L0Config:
             if not getattr(self, gated_by):
                 raise ValueError(f"{name} is set but {gated_by}=False: a uniform target needs its gates.")
             if self.layers:
-                raise ValueError(f"{name} asks for a uniform target architecture, which keeps every sublayer: "
-                                 "set layers=False (no whole-sublayer gates).")
+                raise ValueError(
+                    f"{name} asks for a uniform target architecture, which keeps every sublayer: "
+                    "set layers=False (no whole-sublayer gates)."
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

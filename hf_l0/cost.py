@@ -53,8 +53,7 @@ class FlopsReport:
 
 def _linear_modules(model: nn.Module) -> list[nn.Module]:
     """Every Linear / Conv1D the forward pass applies (peft's LoRA factors excluded: merging removes them)."""
-    return [m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, Conv1D)) and ".lora_" not in f".{name}"]
+    return [m for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and ".lora_" not in f".{name}"]
 
 
 _LAYOUT_ATTR = "_flops_layout"
@@ -79,14 +78,16 @@ def _layout(model: nn.Module) -> dict[str, Any]:
             sublayer = getattr(adapter, kind)(i)
             sublayer_ids.update(id(base_layer(p.module)) for p in sublayer.inputs)
             sublayer_ids.add(id(base_layer(sublayer.output)))
-            rows.append([sublayer.num_units, sublayer.weights_per_unit(),
-                         sublayer.unit_width if kind == "attention" else 0])
+            rows.append(
+                [sublayer.num_units, sublayer.weights_per_unit(), sublayer.unit_width if kind == "attention" else 0]
+            )
         layout[kind] = [list(column) for column in zip(*rows)]
     consumers = adapter.residual_stream().consumers
     consumer_ids = {id(base_layer(c)) for c in consumers}
     layout["consumers_per_dim"] = sum(out_features(c) for c in consumers)
-    layout["other_weights"] = sum(m.weight.numel() for m in _linear_modules(target)
-                                  if id(m) not in sublayer_ids and id(m) not in consumer_ids)
+    layout["other_weights"] = sum(
+        m.weight.numel() for m in _linear_modules(target) if id(m) not in sublayer_ids and id(m) not in consumer_ids
+    )
     gates.__dict__[_LAYOUT_ATTR] = layout
     return layout
 
@@ -184,15 +185,18 @@ class CostTarget:
     def check_target(self, model: nn.Module, target: float) -> None:
         """Raise a ``ValueError`` naming the problem and the fix when ``target`` (a reduction) cannot be reached."""
         if not 0.0 < target < 1.0:
-            raise ValueError(f"a {self.name} target of {target} is impossible: it is the fraction of the dense "
-                             f"{self.name} to remove (1 - compact / dense) and must lie strictly between 0 and 1.")
+            raise ValueError(
+                f"a {self.name} target of {target} is impossible: it is the fraction of the dense "
+                f"{self.name} to remove (1 - compact / dense) and must lie strictly between 0 and 1."
+            )
         full = float(self.cost(model, "full"))
         fixed_share = self.fixed_cost(model) / full
         if target > 1.0 - fixed_share + 1e-12:
             raise ValueError(
                 f"a {self.name} reduction of {target} cannot be reached: {self.fixed_description} is "
                 f"{fixed_share:.4f} of the dense {self.name}, and pruning heads, neurons and sublayers never removes "
-                f"it. Choose a target of at most {1.0 - fixed_share:.4f}.")
+                f"it. Choose a target of at most {1.0 - fixed_share:.4f}."
+            )
         maximum = self.max_reduction(model)
         if target > maximum + 1e-12:
             structures = ", ".join(get_gates(model).named_gates())
@@ -200,14 +204,17 @@ class CostTarget:
                 f"a {self.name} reduction of {target} cannot be reached: with gates on {structures} this model can "
                 f"lose at most {maximum:.4f} of its {self.name} (every gate shut). Gate more structures (layers "
                 f"remove whole sublayers; drop uniform targets like target_heads) or lower the target to at most "
-                f"{maximum:.4f}.")
+                f"{maximum:.4f}."
+            )
 
     def log_values(self, model: nn.Module) -> dict[str, float]:
         """Expected and deterministic cost in :attr:`unit` (for the trainer's logs)."""
         with torch.no_grad():
-            return {f"expected_{self.name}": float(self.cost(model, "expected")) * self.scale,
-                    f"deterministic_{self.name}": float(self.cost(model, "deterministic")) * self.scale,
-                    f"dense_{self.name}": float(self.cost(model, "full")) * self.scale}
+            return {
+                f"expected_{self.name}": float(self.cost(model, "expected")) * self.scale,
+                f"deterministic_{self.name}": float(self.cost(model, "deterministic")) * self.scale,
+                f"dense_{self.name}": float(self.cost(model, "full")) * self.scale,
+            }
 
     def config_dict(self) -> dict[str, Any]:
         return {"metric": self.name}
@@ -235,8 +242,16 @@ class FlopsTarget(CostTarget):
         return {"metric": self.name, "seq_len": self.seq_len}
 
 
-def make_cost_target(metric: str, model: nn.Module, *, seq_len: int = 128, batch_size: int = 1,
-                     threads: int = 1, table: Any = None, **table_kwargs: Any) -> CostTarget | None:
+def make_cost_target(
+    metric: str,
+    model: nn.Module,
+    *,
+    seq_len: int = 128,
+    batch_size: int = 1,
+    threads: int = 1,
+    table: Any = None,
+    **table_kwargs: Any,
+) -> CostTarget | None:
     """The controller metric for ``metric`` (None for ``params``: the controller's own parameter sparsity).
 
     ``latency`` measures (or loads from the cache) the latency table of ``model`` at ``batch_size`` x ``seq_len``
@@ -266,19 +281,23 @@ class CostTargetArguments:
 
     target_metric: str = field(
         default="params",
-        metadata={"help": "What --target_sparsity removes: params (the fraction of attention + FFN parameters, CoFi), "
-                  "flops (the fraction of the forward FLOPs at --cost_seq_len tokens: 1 - compact / dense) or "
-                  "latency (the fraction of the forward time on this machine at --cost_batch_size x --cost_seq_len "
-                  "tokens with --cost_threads threads, predicted by a measured latency table).",
-                  "choices": list(TARGET_METRICS)},
+        metadata={
+            "help": "What --target_sparsity removes: params (the fraction of attention + FFN parameters, CoFi), "
+            "flops (the fraction of the forward FLOPs at --cost_seq_len tokens: 1 - compact / dense) or "
+            "latency (the fraction of the forward time on this machine at --cost_batch_size x --cost_seq_len "
+            "tokens with --cost_threads threads, predicted by a measured latency table).",
+            "choices": list(TARGET_METRICS),
+        },
     )
     cost_seq_len: int = field(default=128, metadata={"help": "flops / latency targets: the sequence length."})
     cost_batch_size: int = field(default=1, metadata={"help": "latency target: the batch size it is measured at."})
     cost_threads: int = field(default=1, metadata={"help": "latency target: torch threads it is measured with."})
     latency_table: str | None = field(
         default=None,
-        metadata={"help": "latency target: a table written by `python -m hf_l0 latency-table` (JSON path). Default: "
-                  "measured on this machine at the start of training, or loaded from the cache."},
+        metadata={
+            "help": "latency target: a table written by `python -m hf_l0 latency-table` (JSON path). Default: "
+            "measured on this machine at the start of training, or loaded from the cache."
+        },
     )
 
     def validate_cost_target(self) -> None:
@@ -288,8 +307,10 @@ class CostTargetArguments:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
         if self.latency_table is not None and self.target_metric != "latency":
-            raise ValueError(f"latency_table is set but target_metric={self.target_metric!r}: it is read only for "
-                             "target_metric='latency'.")
+            raise ValueError(
+                f"latency_table is set but target_metric={self.target_metric!r}: it is read only for "
+                "target_metric='latency'."
+            )
 
 
 def cost_target_from_args(model: nn.Module, args: Any) -> CostTarget | None:
@@ -303,17 +324,26 @@ def cost_target_from_args(model: nn.Module, args: Any) -> CostTarget | None:
         return None
     if metric == "latency" and args.latency_table is None and getattr(args, "world_size", 1) > 1:
         # every process would time its own table, and the snap would then move each rank's gates differently
-        raise ValueError("a latency target in a run of several processes needs one table for all: measure it first "
-                         "(python -m hf_l0 latency-table --model ... --batch-size B --seq-len L --threads T) and pass "
-                         "its path as --latency_table.")
-    target = make_cost_target(metric, model, seq_len=args.cost_seq_len, batch_size=args.cost_batch_size,
-                              threads=args.cost_threads, table=args.latency_table)
+        raise ValueError(
+            "a latency target in a run of several processes needs one table for all: measure it first "
+            "(python -m hf_l0 latency-table --model ... --batch-size B --seq-len L --threads T) and pass "
+            "its path as --latency_table."
+        )
+    target = make_cost_target(
+        metric,
+        model,
+        seq_len=args.cost_seq_len,
+        batch_size=args.cost_batch_size,
+        threads=args.cost_threads,
+        table=args.latency_table,
+    )
     target.check_target(model, args.target_sparsity)
     return target
 
 
-def cost_target_summary(args: Any, target: CostTarget | None, dense: nn.Module, compact: nn.Module,
-                        repeats: int = 15) -> tuple[dict[str, Any], list[tuple[str, Any, Any]]]:
+def cost_target_summary(
+    args: Any, target: CostTarget | None, dense: nn.Module, compact: nn.Module, repeats: int = 15
+) -> tuple[dict[str, Any], list[tuple[str, Any, Any]]]:
     """For the scripts: the target against what the compact model reached, FLOPs counted and latency measured at the
     target's shape (dense and compact taking turns forward by forward, medians). Returns summary fields and table
     rows (quantity, dense, pruned); nothing for a parameter target."""
@@ -327,18 +357,26 @@ def cost_target_summary(args: Any, target: CostTarget | None, dense: nn.Module, 
     measured = 1.0 - timing["compact_s"] / timing["dense_s"]
     dense_flops, pruned_flops = compact_flops(dense, args.cost_seq_len), compact_flops(compact, args.cost_seq_len)
     shape = f"{args.cost_batch_size} x {args.cost_seq_len}, {args.cost_threads} thread(s)"
-    fields = {"target_metric": target.name, "cost_seq_len": args.cost_seq_len, "cost_batch_size": args.cost_batch_size,
-              "cost_threads": args.cost_threads, "dense_gflops_per_token": dense_flops * 1e-9,
-              "pruned_gflops_per_token": pruned_flops * 1e-9, "reached_flops_reduction": 1.0 - pruned_flops / dense_flops,
-              "target_dense_latency_ms": timing["dense_s"] * 1e3, "target_pruned_latency_ms": timing["compact_s"] * 1e3,
-              "measured_latency_reduction": measured}
+    fields = {
+        "target_metric": target.name,
+        "cost_seq_len": args.cost_seq_len,
+        "cost_batch_size": args.cost_batch_size,
+        "cost_threads": args.cost_threads,
+        "dense_gflops_per_token": dense_flops * 1e-9,
+        "pruned_gflops_per_token": pruned_flops * 1e-9,
+        "reached_flops_reduction": 1.0 - pruned_flops / dense_flops,
+        "target_dense_latency_ms": timing["dense_s"] * 1e3,
+        "target_pruned_latency_ms": timing["compact_s"] * 1e3,
+        "measured_latency_reduction": measured,
+    }
     rows = [(f"GFLOPs / token at {args.cost_seq_len} tokens", dense_flops * 1e-9, pruned_flops * 1e-9)]
     if target.name == "latency":
         table = target.table
         predicted = 1.0 - predict_latency(table, compact) / table.predict_dense()
         fields["predicted_latency_reduction"] = predicted
-        rows.append((f"latency reduction (target {args.target_sparsity:.3f}, table predicts {predicted:.3f})",
-                     0.0, measured))
+        rows.append(
+            (f"latency reduction (target {args.target_sparsity:.3f}, table predicts {predicted:.3f})", 0.0, measured)
+        )
     else:
         rows.append((f"FLOPs reduction (target {args.target_sparsity:.3f})", 0.0, fields["reached_flops_reduction"]))
         rows.append(("latency reduction, measured", 0.0, measured))

@@ -9,16 +9,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def logit_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
+def logit_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 2.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``KL(softmax(teacher / T) || softmax(student / T)) * T^2``, averaged over examples (or unmasked tokens).
 
     The ``T^2`` factor (Hinton et al.) keeps the gradient scale independent of the temperature. ``mask`` ([batch,
     seq] for token-level logits) selects the positions that count, e.g. those with a label.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} differ: the teacher must predict the same labels/vocabulary.")
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ: the teacher must predict the same labels/vocabulary."
+        )
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     per_item = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
@@ -47,8 +53,12 @@ class LayerwiseDistiller(nn.Module):
             nn.init.eye_(linear.weight)
             nn.init.zeros_(linear.bias)
 
-    def forward(self, student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...],
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        student_hidden: tuple[torch.Tensor, ...],
+        teacher_hidden: tuple[torch.Tensor, ...],
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Mean over matched layers of the MSE at the unmasked positions (``mask`` [batch, seq], 1 = real token)."""
         losses = []
         for linear, i in zip(self.maps, self.layers):
@@ -66,23 +76,33 @@ def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
     """Raise before training when the teacher cannot teach this student (different labels or vocabulary)."""
     s, t = student.config, teacher.config
     if getattr(s, "model_type", None) != getattr(t, "model_type", None):
-        raise ValueError(f"teacher model_type {t.model_type!r} differs from the student's {s.model_type!r}: "
-                         "distill from the dense fine-tuned version of the same model.")
-    if getattr(s, "problem_type", None) != "regression" and type(student).__name__.endswith("ForSequenceClassification"):
+        raise ValueError(
+            f"teacher model_type {t.model_type!r} differs from the student's {s.model_type!r}: "
+            "distill from the dense fine-tuned version of the same model."
+        )
+    if getattr(s, "problem_type", None) != "regression" and type(student).__name__.endswith(
+        "ForSequenceClassification"
+    ):
         if s.num_labels != t.num_labels:
-            raise ValueError(f"teacher predicts {t.num_labels} labels but the student {s.num_labels}: its logits "
-                             "cannot be distilled. Use a teacher fine-tuned on the same label set.")
+            raise ValueError(
+                f"teacher predicts {t.num_labels} labels but the student {s.num_labels}: its logits "
+                "cannot be distilled. Use a teacher fine-tuned on the same label set."
+            )
         s_labels, t_labels = dict(s.id2label), dict(t.id2label)
         generic = all(str(v).startswith("LABEL_") for v in (*s_labels.values(), *t_labels.values()))
         if not generic and s_labels != t_labels:
-            raise ValueError(f"teacher labels {t_labels} do not match the student's {s_labels}: the logits would "
-                             "be compared label by label in the wrong order. Use a teacher fine-tuned on this data.")
+            raise ValueError(
+                f"teacher labels {t_labels} do not match the student's {s_labels}: the logits would "
+                "be compared label by label in the wrong order. Use a teacher fine-tuned on this data."
+            )
     if getattr(s, "vocab_size", None) != getattr(t, "vocab_size", None):
         raise ValueError(f"teacher vocab_size {t.vocab_size} differs from the student's {s.vocab_size}.")
     if s.hidden_size != t.hidden_size or s.num_hidden_layers != t.num_hidden_layers:
-        raise ValueError(f"teacher shape (hidden {t.hidden_size}, {t.num_hidden_layers} layers) differs from the "
-                         f"student's (hidden {s.hidden_size}, {s.num_hidden_layers} layers): the student must be the "
-                         "gated copy of the dense teacher.")
+        raise ValueError(
+            f"teacher shape (hidden {t.hidden_size}, {t.num_hidden_layers} layers) differs from the "
+            f"student's (hidden {s.hidden_size}, {s.num_hidden_layers} layers): the student must be the "
+            "gated copy of the dense teacher."
+        )
 
 
 class DistillationLoss:
@@ -94,8 +114,14 @@ class DistillationLoss:
     in eval mode without gradients here; ``layerwise`` (trainable layer maps) belongs in the caller's optimizer.
     """
 
-    def __init__(self, teacher: nn.Module, alpha: float = 0.9, temperature: float = 2.0,
-                 layerwise: LayerwiseDistiller | None = None, layer_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        alpha: float = 0.9,
+        temperature: float = 2.0,
+        layerwise: LayerwiseDistiller | None = None,
+        layer_weight: float = 1.0,
+    ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"distill alpha={alpha} must lie in [0, 1] (weight of the logit KL).")
         if temperature <= 0:
@@ -115,11 +141,14 @@ class DistillationLoss:
         loss = self.alpha * logit_kl(outputs.logits, teacher_outputs.logits, self.temperature, mask)
         if self.alpha < 1.0:
             if outputs.get("loss") is None:
-                raise ValueError("distill_alpha < 1 mixes in the task loss, but the model returned none: the batches "
-                                 "need labels (or set --distill_alpha 1).")
+                raise ValueError(
+                    "distill_alpha < 1 mixes in the task loss, but the model returned none: the batches "
+                    "need labels (or set --distill_alpha 1)."
+                )
             loss = loss + (1.0 - self.alpha) * outputs.loss
         if layerwise:
-            layer_loss = self.layerwise(outputs.hidden_states, teacher_outputs.hidden_states,
-                                        inputs.get("attention_mask"))
+            layer_loss = self.layerwise(
+                outputs.hidden_states, teacher_outputs.hidden_states, inputs.get("attention_mask")
+            )
             loss = loss + self.layer_weight * layer_loss
         return loss, outputs

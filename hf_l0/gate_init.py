@@ -47,8 +47,9 @@ def _standardized_ranks(scores: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_gates_from_scores(model: nn.Module, scores: Mapping[str, torch.Tensor], scale: float = DEFAULT_SCALE,
-                           keep_open: float | None = None) -> None:
+def init_gates_from_scores(
+    model: nn.Module, scores: Mapping[str, torch.Tensor], scale: float = DEFAULT_SCALE, keep_open: float | None = None
+) -> None:
     """Set the ``log_alpha`` of a patched model's gates from importance scores: more important, more open.
 
     ``scores`` maps gate names (``"heads"``, ``"ffn"``; e.g. from :func:`hf_l0.fisher_scores`) to tensors of the
@@ -71,8 +72,10 @@ def init_gates_from_scores(model: nn.Module, scores: Mapping[str, torch.Tensor],
         if gate is None:
             raise ValueError(f"scores[{name!r}] has no gate: the model has gates {sorted(named)}.")
         if tuple(score.shape) != tuple(gate.log_alpha.shape):
-            raise ValueError(f"scores[{name!r}] has shape {tuple(score.shape)}, the gate {tuple(gate.log_alpha.shape)}"
-                             ": were the scores computed on another model?")
+            raise ValueError(
+                f"scores[{name!r}] has shape {tuple(score.shape)}, the gate {tuple(gate.log_alpha.shape)}"
+                ": were the scores computed on another model?"
+            )
         if not torch.isfinite(score).all():
             raise ValueError(f"scores[{name!r}] holds NaN or infinite values.")
         offset = gate.temperature * math.log(-gate.limit_left / gate.limit_right)  # P(z != 0) = sigmoid(la - off)
@@ -90,8 +93,9 @@ def init_gates_from_scores(model: nn.Module, scores: Mapping[str, torch.Tensor],
         gate.log_alpha.copy_((low + high) / 2 + spread)
 
 
-def gate_scores(method: str, model: nn.Module, batches: Iterable[Mapping[str, Any]] | None = None,
-                loss_fn: LossFn | None = None) -> dict[str, torch.Tensor]:
+def gate_scores(
+    method: str, model: nn.Module, batches: Iterable[Mapping[str, Any]] | None = None, loss_fn: LossFn | None = None
+) -> dict[str, torch.Tensor]:
     """The scores of one of :data:`GATE_INITS` (other than ``"uniform"``) on ``model`` and calibration ``batches``."""
     if method in ("fisher", "taylor"):
         return fisher_scores(model, batches, loss_fn)
@@ -134,8 +138,10 @@ def _trainer_loss(trainer: Any) -> LossFn:
         if outputs.get("loss") is not None:
             return outputs.loss
         if trainer.teacher is None:
-            raise ValueError("gate_init needs a loss on the calibration batches: they carry no labels and the trainer "
-                             "has no teacher to distill from; add labels or use gate_init='activation'.")
+            raise ValueError(
+                "gate_init needs a loss on the calibration batches: they carry no labels and the trainer "
+                "has no teacher to distill from; add labels or use gate_init='activation'."
+            )
         with torch.no_grad():
             teacher_logits = trainer.teacher(**batch).logits
         mask = batch.get("attention_mask") if outputs.logits.dim() == 3 else None

@@ -109,7 +109,9 @@ class HardConcreteGate(nn.Module):
         self.binary = binary
         self.keep_per_row: int | None = None
         # log_alpha such that P(z != 0) starts at 1 - droprate_init (CoFi's "near all open" start).
-        mean = math.log(1.0 - droprate_init) - math.log(droprate_init) + temperature * math.log(-limit_left / limit_right)
+        mean = (
+            math.log(1.0 - droprate_init) - math.log(droprate_init) + temperature * math.log(-limit_left / limit_right)
+        )
         self.log_alpha = nn.Parameter(torch.empty(shape).normal_(mean, init_std))
 
     def extra_repr(self) -> str:

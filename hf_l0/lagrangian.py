@@ -36,10 +36,15 @@ MULTIPLIER_UPDATES = ("pi", "ascent")
 
 def check_target_sparsity(target_sparsity: float) -> float:
     """The one check of a sparsity target (training arguments, controller, the deprecated ``L0Config`` field)."""
-    if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)) \
-            or not 0.0 < target_sparsity < 1.0:
-        raise ValueError(f"target_sparsity={target_sparsity!r} is impossible: it is the fraction of the prunable "
-                         "(attention + FFN) parameters to remove and must lie strictly between 0 and 1 (e.g. 0.6).")
+    if (
+        isinstance(target_sparsity, bool)
+        or not isinstance(target_sparsity, (int, float))
+        or not 0.0 < target_sparsity < 1.0
+    ):
+        raise ValueError(
+            f"target_sparsity={target_sparsity!r} is impossible: it is the fraction of the prunable "
+            "(attention + FFN) parameters to remove and must lie strictly between 0 and 1 (e.g. 0.6)."
+        )
     return float(target_sparsity)
 
 
@@ -65,11 +70,22 @@ class LagrangianController(nn.Module):
     optimizer by gradient ascent (a hook negates their gradient), kept for comparison.
     """
 
-    def __init__(self, target_sparsity: float, warmup_steps: int = 0, start_sparsity: float = 0.0,
-                 calibration_rate: float = 0.0, *, multiplier_update: str = "pi", proportional_gain: float = 60.0,
-                 integral_gain: float = 6.0, gate_learning_rate: float = 0.1, final_phase_ratio: float = 0.0,
-                 error_signal: str = "deterministic", anti_windup: bool = True,
-                 metric: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        target_sparsity: float,
+        warmup_steps: int = 0,
+        start_sparsity: float = 0.0,
+        calibration_rate: float = 0.0,
+        *,
+        multiplier_update: str = "pi",
+        proportional_gain: float = 60.0,
+        integral_gain: float = 6.0,
+        gate_learning_rate: float = 0.1,
+        final_phase_ratio: float = 0.0,
+        error_signal: str = "deterministic",
+        anti_windup: bool = True,
+        metric: Callable[[nn.Module, bool], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         check_target_sparsity(target_sparsity)
         if not 0.0 <= start_sparsity <= target_sparsity:
@@ -119,8 +135,10 @@ class LagrangianController(nn.Module):
         self._measured: dict[str, float] | None = None  # what on_step measured for updated_step
 
     def extra_repr(self) -> str:
-        return (f"target_sparsity={self.target_sparsity}, warmup_steps={self.warmup_steps}, "
-                f"start_sparsity={self.start_sparsity}, multiplier_update={self.multiplier_update!r}")
+        return (
+            f"target_sparsity={self.target_sparsity}, warmup_steps={self.warmup_steps}, "
+            f"start_sparsity={self.start_sparsity}, multiplier_update={self.multiplier_update!r}"
+        )
 
     def measure(self, model: nn.Module, deterministic: bool = False) -> torch.Tensor:
         """The constrained quantity of ``model``: its expected reduction (differentiable, what the penalty takes) or,
@@ -225,17 +243,29 @@ class LagrangianController(nn.Module):
         value = float(expected_sparsity)
         gap = value - self.effective_target(step)
         lambda_1, lambda_2 = self.lambda_1.item(), self.lambda_2.item()
-        return {"expected_sparsity": value, "target_sparsity": self.target(step), "lambda_1": lambda_1,
-                "lambda_2": lambda_2, "lagrangian_loss": lambda_1 * gap + lambda_2 * gap * gap,
-                "target_offset": float(self.target_offset)}
+        return {
+            "expected_sparsity": value,
+            "target_sparsity": self.target(step),
+            "lambda_1": lambda_1,
+            "lambda_2": lambda_2,
+            "lagrangian_loss": lambda_1 * gap + lambda_2 * gap * gap,
+            "target_offset": float(self.target_offset),
+        }
 
     def config_dict(self) -> dict[str, Any]:
-        return {"target_sparsity": self.target_sparsity, "warmup_steps": self.warmup_steps,
-                "start_sparsity": self.start_sparsity, "calibration_rate": self.calibration_rate,
-                "multiplier_update": self.multiplier_update, "proportional_gain": self.proportional_gain,
-                "integral_gain": self.integral_gain, "gate_learning_rate": self.gate_learning_rate,
-                "final_phase_ratio": self.final_phase_ratio,
-                "error_signal": self.error_signal, "anti_windup": self.anti_windup}
+        return {
+            "target_sparsity": self.target_sparsity,
+            "warmup_steps": self.warmup_steps,
+            "start_sparsity": self.start_sparsity,
+            "calibration_rate": self.calibration_rate,
+            "multiplier_update": self.multiplier_update,
+            "proportional_gain": self.proportional_gain,
+            "integral_gain": self.integral_gain,
+            "gate_learning_rate": self.gate_learning_rate,
+            "final_phase_ratio": self.final_phase_ratio,
+            "error_signal": self.error_signal,
+            "anti_windup": self.anti_windup,
+        }
 
 
 class GateClamp:
@@ -267,10 +297,19 @@ def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
 PARAM_GROUPS = ("weights", "weights_no_decay", "gates", "multipliers", "layer_maps")
 
 
-def l0_param_groups(model: nn.Module, controller: LagrangianController, lr: float | None, gate_lr: float,
-                    lagrangian_lr: float = 0.0, weight_decay: float = 0.0,
-                    gate_betas: tuple[float, float] | None = (0.0, 0.999), *, decay: Collection[str] | None = None,
-                    layer_maps: nn.Module | None = None, gated_model: nn.Module | None = None) -> list[dict[str, Any]]:
+def l0_param_groups(
+    model: nn.Module,
+    controller: LagrangianController,
+    lr: float | None,
+    gate_lr: float,
+    lagrangian_lr: float = 0.0,
+    weight_decay: float = 0.0,
+    gate_betas: tuple[float, float] | None = (0.0, 0.999),
+    *,
+    decay: Collection[str] | None = None,
+    layer_maps: nn.Module | None = None,
+    gated_model: nn.Module | None = None,
+) -> list[dict[str, Any]]:
     """The optimizer param groups of L0 training, each named by its ``"name"`` key (see :data:`PARAM_GROUPS`).
 
     ``weights`` (``lr``, ``weight_decay``) and ``weights_no_decay``: the model's trainable parameters except the
@@ -310,8 +349,13 @@ def param_group_indices(optimizer: torch.optim.Optimizer, *names: str) -> list[i
 
 
 @torch.no_grad()
-def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0, iterations: int = 40,
-                   measure: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> float:
+def snap_to_target(
+    model: nn.Module,
+    target_sparsity: float,
+    bound: float = 20.0,
+    iterations: int = 40,
+    measure: Callable[[nn.Module, bool], torch.Tensor] | None = None,
+) -> float:
     """Shift ``log_alpha`` by constants so that the *deterministic* sparsity is as close to the target as the
     granularity allows; returns the sparsity reached.
 
@@ -333,8 +377,14 @@ def snap_to_target(model: nn.Module, target_sparsity: float, bound: float = 20.0
 
 
 @torch.no_grad()
-def _bisect_shift(model: nn.Module, params: list[nn.Parameter], target: float, bound: float, iterations: int,
-                  measure: Callable[[nn.Module, bool], torch.Tensor] | None = None) -> float:
+def _bisect_shift(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    target: float,
+    bound: float,
+    iterations: int,
+    measure: Callable[[nn.Module, bool], torch.Tensor] | None = None,
+) -> float:
     from .size import deterministic_sparsity  # local: size imports patch, which this module also uses
 
     measure = measure or (lambda m, deterministic: deterministic_sparsity(m))  # only deterministic here

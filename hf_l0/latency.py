@@ -118,13 +118,17 @@ class LatencyTable:
         key = self.key
         attention = ", ".join(f"{u}: {s * 1e3:.3f}" for u, s in zip(self.attention_units, self.attention_s))
         ffn = ", ".join(f"{u}: {s * 1e3:.3f}" for u, s in zip(self.ffn_units, self.ffn_s))
-        lines = [(f"latency table: {key['shape']['class']} ({key['shape']['num_layers']} layers), batch "
-                  f"{key['batch_size']} x {key['seq_len']} tokens, {key['threads']} thread(s), {key['dtype']}, "
-                  f"torch {key['torch']}"),
-                 f"  fixed (embeddings, norms, head, layer dispatch): {self.fixed_s * 1e3:.3f} ms",
-                 f"  attention units -> ms per layer: {attention}",
-                 f"  FFN neurons -> ms per layer: {ffn}",
-                 f"  dense model: predicted {self.predict_dense() * 1e3:.3f} ms, measured {self.dense_s * 1e3:.3f} ms"]
+        lines = [
+            (
+                f"latency table: {key['shape']['class']} ({key['shape']['num_layers']} layers), batch "
+                f"{key['batch_size']} x {key['seq_len']} tokens, {key['threads']} thread(s), {key['dtype']}, "
+                f"torch {key['torch']}"
+            ),
+            f"  fixed (embeddings, norms, head, layer dispatch): {self.fixed_s * 1e3:.3f} ms",
+            f"  attention units -> ms per layer: {attention}",
+            f"  FFN neurons -> ms per layer: {ffn}",
+            f"  dense model: predicted {self.predict_dense() * 1e3:.3f} ms, measured {self.dense_s * 1e3:.3f} ms",
+        ]
         if self.path:
             lines.append(f"  {'loaded from' if self.loaded else 'saved to'} {self.path}")
         return "\n".join(lines)
@@ -145,17 +149,26 @@ def _interpolate(x: torch.Tensor | float, xs: Sequence[int], ys: Sequence[float]
 def _model_shape(model: nn.Module) -> dict[str, Any]:
     target = transformers_model(model)
     if getattr(target.config, STRUCTURE_KEY, None):
-        raise ValueError("this model is already pruned: a latency table is measured for the dense model it came "
-                         "from (its shapes are the grid's upper ends). Pass the dense model.")
+        raise ValueError(
+            "this model is already pruned: a latency table is measured for the dense model it came "
+            "from (its shapes are the grid's upper ends). Pass the dense model."
+        )
     adapter = get_adapter(target)
     attention, ffn = adapter.attention(0), adapter.ffn(0)
     config = target.config
-    return {"class": type(target).__name__, "model_type": config.model_type, "hidden_size": adapter.hidden_size,
-            "num_layers": adapter.num_layers, "attention_units": attention.num_units,
-            "heads_per_unit": adapter.query_heads_per_unit(), "head_dim": adapter.head_dim(),
-            "intermediate_size": ffn.num_units, "vocab_size": getattr(config, "vocab_size", None),
-            "num_labels": getattr(config, "num_labels", None),
-            "attn_implementation": getattr(config, "_attn_implementation", None)}
+    return {
+        "class": type(target).__name__,
+        "model_type": config.model_type,
+        "hidden_size": adapter.hidden_size,
+        "num_layers": adapter.num_layers,
+        "attention_units": attention.num_units,
+        "heads_per_unit": adapter.query_heads_per_unit(),
+        "head_dim": adapter.head_dim(),
+        "intermediate_size": ffn.num_units,
+        "vocab_size": getattr(config, "vocab_size", None),
+        "num_labels": getattr(config, "num_labels", None),
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+    }
 
 
 def default_grid(units: int, points: int = 12) -> list[int]:
@@ -173,11 +186,19 @@ def _check_grid(grid: Sequence[int], units: int, what: str) -> list[int]:
 
 
 def _structure(shape: dict[str, Any], num_layers: int, attention_units: int, neurons: int) -> dict[str, Any]:
-    layer = {"attention_heads": attention_units * shape["heads_per_unit"], "key_value_heads": attention_units,
-             "attention_output_bias": attention_units > 0, "intermediate_size": neurons,
-             "ffn_output_bias": neurons > 0}
-    return {"format": STRUCTURE_FORMAT, "hidden_size": shape["hidden_size"], "head_dim": shape["head_dim"],
-            "layers": [dict(layer) for _ in range(num_layers)]}
+    layer = {
+        "attention_heads": attention_units * shape["heads_per_unit"],
+        "key_value_heads": attention_units,
+        "attention_output_bias": attention_units > 0,
+        "intermediate_size": neurons,
+        "ffn_output_bias": neurons > 0,
+    }
+    return {
+        "format": STRUCTURE_FORMAT,
+        "hidden_size": shape["hidden_size"],
+        "head_dim": shape["head_dim"],
+        "layers": [dict(layer) for _ in range(num_layers)],
+    }
 
 
 def _fresh(model: nn.Module, dtype: torch.dtype, num_layers: int | None = None) -> nn.Module:
@@ -229,7 +250,7 @@ def latency_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[str,
 def _time_rounds(calls: dict[str, Any], repeats: int, rounds: int, warmup: int, progress: Any) -> dict[str, float]:
     """Median seconds of each call; the calls take turns round by round, so a slow spell hits them alike."""
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for name, call in calls.items():
+    for call in calls.values():
         for _ in range(warmup):
             call()
     for _ in range(rounds):
@@ -255,16 +276,26 @@ def _non_decreasing(values: list[float]) -> list[float]:
     return [mean for mean, count in blocks for _ in range(int(count))]
 
 
-def measure_latency_table(model: nn.Module, batch_size: int = 1, seq_len: int = 128, threads: int = 1,
-                          dtype: torch.dtype | None = None, attention_grid: Sequence[int] | None = None,
-                          ffn_grid: Sequence[int] | None = None, repeats: int = 3, rounds: int = 8,
-                          warmup: int = 2, progress: bool = True) -> LatencyTable:
+def measure_latency_table(
+    model: nn.Module,
+    batch_size: int = 1,
+    seq_len: int = 128,
+    threads: int = 1,
+    dtype: torch.dtype | None = None,
+    attention_grid: Sequence[int] | None = None,
+    ffn_grid: Sequence[int] | None = None,
+    repeats: int = 3,
+    rounds: int = 8,
+    warmup: int = 2,
+    progress: bool = True,
+) -> LatencyTable:
     """Measure a latency table now (no cache); see :func:`latency_table`."""
     target = transformers_model(model)
     shape = _model_shape(target)
     dtype = dtype or next(target.parameters()).dtype
-    attention_grid = _check_grid(attention_grid or default_grid(shape["attention_units"]),
-                                 shape["attention_units"], "attention")
+    attention_grid = _check_grid(
+        attention_grid or default_grid(shape["attention_units"]), shape["attention_units"], "attention"
+    )
     ffn_grid = _check_grid(ffn_grid or default_grid(shape["intermediate_size"]), shape["intermediate_size"], "FFN")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -280,10 +311,12 @@ def measure_latency_table(model: nn.Module, batch_size: int = 1, seq_len: int = 
             for units in grid:
                 if units == 0 and kind == "ffn":
                     continue  # the same layer as attention 0: neither sublayer
-                model_k = apply_structure(copy.deepcopy(one_layer, dict(shared)), _structure(
-                    shape, 1, units if kind == "attention" else 0, units if kind == "ffn" else 0))
+                model_k = apply_structure(
+                    copy.deepcopy(one_layer, dict(shared)),
+                    _structure(shape, 1, units if kind == "attention" else 0, units if kind == "ffn" else 0),
+                )
                 layer = get_adapter(model_k).layers()[0]
-                layers[f"{kind}:{units}"] = (lambda layer=layer: layer(*args, **kwargs))
+                layers[f"{kind}:{units}"] = lambda layer=layer: layer(*args, **kwargs)
         removed = apply_structure(_fresh(target, dtype), _structure(shape, shape["num_layers"], 0, 0))
         dense = _fresh(target, dtype)
         layers["fixed"] = lambda: removed(**inputs)
@@ -305,19 +338,46 @@ def measure_latency_table(model: nn.Module, batch_size: int = 1, seq_len: int = 
     attention_s = [0.0, *_non_decreasing([max(medians[f"attention:{u}"] - base, 0.0) for u in attention_grid[1:]])]
     ffn_s = [0.0, *_non_decreasing([max(medians[f"ffn:{u}"] - base, 0.0) for u in ffn_grid[1:]])]
     key = _table_key(shape, batch_size, seq_len, threads, dtype, attention_grid, ffn_grid, repeats, rounds)
-    return LatencyTable(key=key, attention_units=attention_grid, attention_s=attention_s, ffn_units=ffn_grid,
-                        ffn_s=ffn_s, fixed_s=medians["fixed"], dense_s=medians["dense"], layer_s=base, raw=medians)
+    return LatencyTable(
+        key=key,
+        attention_units=attention_grid,
+        attention_s=attention_s,
+        ffn_units=ffn_grid,
+        ffn_s=ffn_s,
+        fixed_s=medians["fixed"],
+        dense_s=medians["dense"],
+        layer_s=base,
+        raw=medians,
+    )
 
 
-def _table_key(shape: dict[str, Any], batch_size: int, seq_len: int, threads: int, dtype: torch.dtype,
-               attention_grid: Sequence[int] | None, ffn_grid: Sequence[int] | None, repeats: int,
-               rounds: int) -> dict[str, Any]:
-    attention_grid = _check_grid(attention_grid or default_grid(shape["attention_units"]),
-                                 shape["attention_units"], "attention")
+def _table_key(
+    shape: dict[str, Any],
+    batch_size: int,
+    seq_len: int,
+    threads: int,
+    dtype: torch.dtype,
+    attention_grid: Sequence[int] | None,
+    ffn_grid: Sequence[int] | None,
+    repeats: int,
+    rounds: int,
+) -> dict[str, Any]:
+    attention_grid = _check_grid(
+        attention_grid or default_grid(shape["attention_units"]), shape["attention_units"], "attention"
+    )
     ffn_grid = _check_grid(ffn_grid or default_grid(shape["intermediate_size"]), shape["intermediate_size"], "FFN")
-    return {"shape": shape, "batch_size": batch_size, "seq_len": seq_len, "threads": threads,
-            "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
-            "attention_grid": attention_grid, "ffn_grid": ffn_grid, "repeats": repeats, "rounds": rounds}
+    return {
+        "shape": shape,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "threads": threads,
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "attention_grid": attention_grid,
+        "ffn_grid": ffn_grid,
+        "repeats": repeats,
+        "rounds": rounds,
+    }
 
 
 def table_path(key: dict[str, Any], cache_dir: str | os.PathLike | None = None) -> Path:
@@ -327,18 +387,33 @@ def table_path(key: dict[str, Any], cache_dir: str | os.PathLike | None = None) 
     return root / f"{key['shape']['class']}-b{key['batch_size']}-s{key['seq_len']}-t{key['threads']}-{digest}.json"
 
 
-def latency_table(model: nn.Module, batch_size: int = 1, seq_len: int = 128, threads: int = 1,
-                  dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
-                  attention_grid: Sequence[int] | None = None, ffn_grid: Sequence[int] | None = None,
-                  repeats: int = 3, rounds: int = 8, rebuild: bool = False, progress: bool = True) -> LatencyTable:
+def latency_table(
+    model: nn.Module,
+    batch_size: int = 1,
+    seq_len: int = 128,
+    threads: int = 1,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    attention_grid: Sequence[int] | None = None,
+    ffn_grid: Sequence[int] | None = None,
+    repeats: int = 3,
+    rounds: int = 8,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> LatencyTable:
     """The latency table of ``model`` (dense, gated or not) at ``batch_size`` x ``seq_len`` tokens with ``threads``
     torch threads and ``dtype`` (default: the model's), loaded from the cache or measured and cached.
 
     ``attention_grid`` / ``ffn_grid`` are the widths measured (default :func:`default_grid`); each sublayer width is
     timed ``repeats`` times per round over ``rounds`` interleaved rounds (median). ``rebuild`` measures anew.
     """
-    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("threads", threads),
-                        ("repeats", repeats), ("rounds", rounds)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("seq_len", seq_len),
+        ("threads", threads),
+        ("repeats", repeats),
+        ("rounds", rounds),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive int.")
     target = transformers_model(model)
@@ -350,8 +425,18 @@ def latency_table(model: nn.Module, batch_size: int = 1, seq_len: int = 128, thr
         table = LatencyTable.load(path)
         if table.key == key:
             return table
-    table = measure_latency_table(target, batch_size, seq_len, threads, dtype, key["attention_grid"],
-                                  key["ffn_grid"], repeats, rounds, progress=progress)
+    table = measure_latency_table(
+        target,
+        batch_size,
+        seq_len,
+        threads,
+        dtype,
+        key["attention_grid"],
+        key["ffn_grid"],
+        repeats,
+        rounds,
+        progress=progress,
+    )
     table.save(path)
     return table
 
@@ -371,23 +456,28 @@ def predict_latency(table: LatencyTable, model: nn.Module) -> float:
     """Predicted seconds per forward pass of an ungated (dense or pruned) model, from its shapes and the table."""
     layers = compact_layers(model)
     if len(layers) != table.num_layers:
-        raise ValueError(f"the model has {len(layers)} layers but the latency table was measured for "
-                         f"{table.num_layers}.")
+        raise ValueError(
+            f"the model has {len(layers)} layers but the latency table was measured for {table.num_layers}."
+        )
     return table.predict(layers)
 
 
 def _check_table(model: nn.Module, table: LatencyTable) -> None:
     gates = get_gates(model)
     if hasattr(gates, "hidden"):
-        raise ValueError("a latency target does not support hidden-dimension gates: the latency table is measured "
-                         "at the dense hidden size. Set hidden=False (l0_structures without 'hidden') or use "
-                         "target_metric='flops'.")
+        raise ValueError(
+            "a latency target does not support hidden-dimension gates: the latency table is measured "
+            "at the dense hidden size. Set hidden=False (l0_structures without 'hidden') or use "
+            "target_metric='flops'."
+        )
     if gates.__dict__.get("_latency_table_checked") is table:
         return  # checked once per model and table: the trainer asks at every step
     shape = _model_shape(transformers_model(model))
     if shape != table.key["shape"]:
-        raise ValueError(f"the latency table was measured for another model shape ({table.key['shape']}), not this "
-                         f"one ({shape}). Build the table for this model.")
+        raise ValueError(
+            f"the latency table was measured for another model shape ({table.key['shape']}), not this "
+            f"one ({shape}). Build the table for this model."
+        )
     gates.__dict__["_latency_table_checked"] = table
 
 
@@ -397,11 +487,15 @@ def _latency(model: nn.Module, table: LatencyTable, mode: str) -> torch.Tensor:
     device = next(iter(get_gates(model).named_gates().values())).log_alpha.device
     shape = table.key["shape"]
     total = torch.tensor(table.fixed_s, dtype=torch.float64, device=device)
-    for (kind, unit_gate, layer_gate), time_of, width in (
-            (_UNIT_GATES[0], table.attention_time, shape["attention_units"]),
-            (_UNIT_GATES[1], table.ffn_time, shape["intermediate_size"])):
-        units = probs[unit_gate].sum(-1) if unit_gate in probs else torch.full(
-            (table.num_layers,), float(width), dtype=torch.float64, device=device)
+    for (_kind, unit_gate, layer_gate), time_of, width in (
+        (_UNIT_GATES[0], table.attention_time, shape["attention_units"]),
+        (_UNIT_GATES[1], table.ffn_time, shape["intermediate_size"]),
+    ):
+        units = (
+            probs[unit_gate].sum(-1)
+            if unit_gate in probs
+            else torch.full((table.num_layers,), float(width), dtype=torch.float64, device=device)
+        )
         seconds = time_of(units)
         if layer_gate in probs:
             seconds = seconds * probs[layer_gate]
@@ -434,5 +528,8 @@ class LatencyTarget(CostTarget):
         return self.table.fixed_s
 
     def config_dict(self) -> dict[str, Any]:
-        return {"metric": self.name, "table": self.table.path, **{k: v for k, v in self.table.key.items()
-                                                                  if k in ("batch_size", "seq_len", "threads")}}
+        return {
+            "metric": self.name,
+            "table": self.table.path,
+            **{k: v for k, v in self.table.key.items() if k in ("batch_size", "seq_len", "threads")},
+        }

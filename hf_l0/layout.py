@@ -50,7 +50,10 @@ def layout_of(adapter: ArchAdapter) -> SizeLayout:
     sublayers = {}
     for kind in SUBLAYER_KINDS:
         found = [getattr(adapter, kind)(i) for i in range(adapter.num_layers)]
-        sublayers[kind] = SublayerCounts(tuple(s.num_units for s in found), tuple(s.weights_per_unit() for s in found),
-                                         tuple(s.biases_per_unit() for s in found),
-                                         tuple(s.output_bias() for s in found))
+        sublayers[kind] = SublayerCounts(
+            tuple(s.num_units for s in found),
+            tuple(s.weights_per_unit() for s in found),
+            tuple(s.biases_per_unit() for s in found),
+            tuple(s.output_bias() for s in found),
+        )
     return SizeLayout(adapter.hidden_size, residual_params_per_dim(adapter), sublayers)

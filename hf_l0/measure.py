@@ -15,8 +15,15 @@ from .patch import transformers_model
 
 
 @torch.inference_mode()
-def latency_speedup(dense: nn.Module, compact: nn.Module, inputs: Mapping[str, torch.Tensor], repeats: int = 10,
-                    rounds: int = 3, threads: int | None = None, warmup: int = 2) -> dict[str, float]:
+def latency_speedup(
+    dense: nn.Module,
+    compact: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    repeats: int = 10,
+    rounds: int = 3,
+    threads: int | None = None,
+    warmup: int = 2,
+) -> dict[str, float]:
     """Median wall time of ``model(**inputs)`` for both models and dense / compact, with a fixed thread count
     (default: the current one).
 

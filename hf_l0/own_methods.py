@@ -72,9 +72,17 @@ def has_compact_methods(model: nn.Module) -> bool:
     return getattr(model.__dict__.get("save_pretrained"), "__func__", None) is save_pretrained
 
 
-def save_pretrained(self: nn.Module, save_directory: str | os.PathLike, is_main_process: bool = True,
-                    state_dict: dict | None = None, push_to_hub: bool = False, *, tokenizer: Any = None,
-                    model_card: bool | None = None, **kwargs: Any) -> Path | None:
+def save_pretrained(
+    self: nn.Module,
+    save_directory: str | os.PathLike,
+    is_main_process: bool = True,
+    state_dict: dict | None = None,
+    push_to_hub: bool = False,
+    *,
+    tokenizer: Any = None,
+    model_card: bool | None = None,
+    **kwargs: Any,
+) -> Path | None:
     """``PreTrainedModel.save_pretrained`` of a compact model: :func:`hf_l0.save_pretrained` (atomic, safetensors,
     native or remote code), so the directory loads exactly, with or without hf-l0.
 
@@ -92,10 +100,13 @@ def save_pretrained(self: nn.Module, save_directory: str | os.PathLike, is_main_
         return None
     upload: dict[str, Any] = {}
     if push_to_hub:
-        upload = {"repo_id": kwargs.pop("repo_id", Path(save_directory).absolute().name),
-                  "commit_message": kwargs.pop("commit_message", None) or "Upload compact model (hf-l0)",
-                  "create_pr": kwargs.pop("create_pr", False), "token": kwargs.pop("token", None),
-                  "private": kwargs.pop("private", None)}
+        upload = {
+            "repo_id": kwargs.pop("repo_id", Path(save_directory).absolute().name),
+            "commit_message": kwargs.pop("commit_message", None) or "Upload compact model (hf-l0)",
+            "create_pr": kwargs.pop("create_pr", False),
+            "token": kwargs.pop("token", None),
+            "private": kwargs.pop("private", None),
+        }
         kwargs.setdefault("repo_id", upload["repo_id"])  # the model card's usage snippet
     if state_dict is not None:
         kwargs["state_dict"] = state_dict
@@ -104,18 +115,37 @@ def save_pretrained(self: nn.Module, save_directory: str | os.PathLike, is_main_
     if upload:
         from transformers.utils import hub as hf_hub
 
-        repo_id = hf_hub.hf_api().create_repo(upload["repo_id"], private=upload["private"], token=upload["token"],
-                                              exist_ok=True).repo_id
-        CompactModelUpload(self)._upload_modified_files(out, repo_id, files_timestamps={},
-                                                            commit_message=upload["commit_message"],
-                                                            token=upload["token"], create_pr=upload["create_pr"])
+        repo_id = (
+            hf_hub.hf_api()
+            .create_repo(upload["repo_id"], private=upload["private"], token=upload["token"], exist_ok=True)
+            .repo_id
+        )
+        CompactModelUpload(self)._upload_modified_files(
+            out,
+            repo_id,
+            files_timestamps={},
+            commit_message=upload["commit_message"],
+            token=upload["token"],
+            create_pr=upload["create_pr"],
+        )
     return out
 
 
-def push_to_hub(self: nn.Module, repo_id: str, *, commit_message: str | None = None,
-                commit_description: str | None = None, private: bool | None = None, token: bool | str | None = None,
-                revision: str | None = None, create_pr: bool = False, max_shard_size: int | str | None = "5GB",
-                tags: list[str] | None = None, tokenizer: Any = None, **save_kwargs: Any) -> Any:
+def push_to_hub(
+    self: nn.Module,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: bool | str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    max_shard_size: int | str | None = "5GB",
+    tags: list[str] | None = None,
+    tokenizer: Any = None,
+    **save_kwargs: Any,
+) -> Any:
     """``PushToHubMixin.push_to_hub`` of a compact model: uploads the folder :func:`hf_l0.save_pretrained` writes
     (with hf-l0's model card and structure heatmap) through transformers' own upload. ``save_kwargs`` are those of
     :func:`hf_l0.save_pretrained` (``metrics``, ``base_model``, ...). ``tags`` is accepted for compatibility; the
@@ -123,6 +153,13 @@ def push_to_hub(self: nn.Module, repo_id: str, *, commit_message: str | None = N
     from .hub.save import CompactModelUpload  # local: see save_pretrained above
 
     upload = CompactModelUpload(self, tokenizer, **save_kwargs)
-    return upload.push_to_hub(repo_id, commit_message=commit_message, commit_description=commit_description,
-                              private=private, token=token, revision=revision, create_pr=create_pr,
-                              max_shard_size=max_shard_size)
+    return upload.push_to_hub(
+        repo_id,
+        commit_message=commit_message,
+        commit_description=commit_description,
+        private=private,
+        token=token,
+        revision=revision,
+        create_pr=create_pr,
+        max_shard_size=max_shard_size,
+    )

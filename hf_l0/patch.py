@@ -27,11 +27,22 @@ class L0Gates(nn.Module):
     hooks of that forward, so gradient checkpointing recomputes with the same gate values.
     """
 
-    def __init__(self, config: L0Config, num_layers: int, attention_units: int, ffn_units: int, hidden_size: int,
-                 size_layout: SizeLayout | None = None):
+    def __init__(
+        self,
+        config: L0Config,
+        num_layers: int,
+        attention_units: int,
+        ffn_units: int,
+        hidden_size: int,
+        size_layout: SizeLayout | None = None,
+    ):
         super().__init__()
-        kwargs = dict(droprate_init=config.droprate_init, temperature=config.temperature,
-                      limit_left=config.limit_left, limit_right=config.limit_right)
+        kwargs = dict(
+            droprate_init=config.droprate_init,
+            temperature=config.temperature,
+            limit_left=config.limit_left,
+            limit_right=config.limit_right,
+        )
         units = {"attention": attention_units, "ffn": ffn_units}
         for kind in GATE_KINDS:
             if not getattr(config, kind.switch):
@@ -54,8 +65,11 @@ class L0Gates(nn.Module):
 
     def gates(self) -> dict[str, HardConcreteGate]:
         """Deprecated alias of :meth:`named_gates`."""
-        warnings.warn("L0Gates.gates() is deprecated and will be removed in the next release; use named_gates().",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "L0Gates.gates() is deprecated and will be removed in the next release; use named_gates().",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.named_gates()
 
     def refresh(self) -> None:
@@ -122,11 +136,13 @@ def _scale(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return _GateScale.apply(x, scale) if torch.is_grad_enabled() and scale.requires_grad else x * scale
 
 
-def _input_scaler(gates: L0Gates, unit_gate: str | None, layer_gate: str | None, layer_idx: int,
-                  width: int) -> Callable:
+def _input_scaler(
+    gates: L0Gates, unit_gate: str | None, layer_gate: str | None, layer_idx: int, width: int
+) -> Callable:
     """Scales the output projection's input by the unit gates (each repeated over its ``width`` features) and, when
     ``layer_gate`` is given, the layer gate: a layer gate folded into the input saves the activation that scaling
     the output would keep for backward (see :func:`_bias_corrector` for the bias)."""
+
     def pre_hook(module, args):
         units = gates.value(unit_gate) if unit_gate else None
         layer = gates.value(layer_gate) if layer_gate else None
@@ -140,6 +156,7 @@ def _input_scaler(gates: L0Gates, unit_gate: str | None, layer_gate: str | None,
 
 def _bias_corrector(gates: L0Gates, layer_gate: str, layer_idx: int) -> Callable:
     """``proj(x * z) + b * (z - 1) == proj(x) * z`` for a layer gate ``z`` folded into the input of ``proj``."""
+
     def hook(module, args, output):
         z = gates.value(layer_gate)[layer_idx]
         return output + base_layer(module).bias.to(output.dtype) * (z.to(output.dtype) - 1)
@@ -149,6 +166,7 @@ def _bias_corrector(gates: L0Gates, layer_gate: str, layer_idx: int) -> Callable
 
 def _output_scaler(gates: L0Gates, layer_gate: str | None, layer_idx: int) -> Callable:
     """Scales the sublayer output by its layer gate and the hidden gates (used when hidden dims are gated)."""
+
     def hook(module, args, output):
         layer, hidden = gates.value(layer_gate) if layer_gate else None, gates.value(HIDDEN_GATE)
         scale = hidden if layer is None else layer[layer_idx] * hidden
@@ -182,6 +200,7 @@ def _refresh_gates(gates: L0Gates, root: nn.Module, hooked: dict[str, nn.Module]
     """Hooks for every module a user may call directly (the task model and the base model inside it): the outermost
     one that runs draws the gate sample (or the eval-mode values) for its whole forward; nested ones reuse it. So a
     direct ``model.model(...)`` in eval mode never sees the last training sample, and one forward is one sample."""
+
     def pre_hook(module, args):
         gates._depth += 1
         if gates._depth > 1:
@@ -211,8 +230,11 @@ def _register(adapter: ArchAdapter, gates: L0Gates, config: L0Config) -> list:
             # otherwise it is folded into the output projection's input (no extra activation kept for backward).
             fold_layer = layer_gate is not None and not config.hidden
             if unit_gate or fold_layer:
-                handles.append(sublayer.output.register_forward_pre_hook(_input_scaler(
-                    gates, unit_gate, layer_gate if fold_layer else None, i, sublayer.unit_width)))
+                handles.append(
+                    sublayer.output.register_forward_pre_hook(
+                        _input_scaler(gates, unit_gate, layer_gate if fold_layer else None, i, sublayer.unit_width)
+                    )
+                )
             if fold_layer and base_layer(sublayer.output).bias is not None:
                 handles.append(sublayer.output.register_forward_hook(_bias_corrector(gates, layer_gate, i)))
             if config.hidden:
@@ -222,8 +244,11 @@ def _register(adapter: ArchAdapter, gates: L0Gates, config: L0Config) -> list:
         handles += [embedding.register_forward_hook(_hidden_scaler(gates)) for embedding in stream.embeddings]
         handles += [norm.register_forward_hook(_hidden_norm(gates)) for norm in stream.norms]
     hooked_ids = {handle.id for handle in handles}
-    hooked = {path: module for path, module in adapter.model.named_modules()
-              if hooked_ids & (set(module._forward_hooks) | set(module._forward_pre_hooks))}
+    hooked = {
+        path: module
+        for path, module in adapter.model.named_modules()
+        if hooked_ids & (set(module._forward_hooks) | set(module._forward_pre_hooks))
+    }
     pre_hook, hook = _refresh_gates(gates, adapter.model, hooked)
     for entry in dict.fromkeys((adapter.model, adapter.base)):  # the base model is the task model itself for AutoModel
         handles.append(entry.register_forward_pre_hook(pre_hook))
@@ -235,8 +260,10 @@ def _uniform_units(adapter: ArchAdapter) -> tuple[int, int]:
     attention = {s.num_units for s in (adapter.attention(i) for i in range(adapter.num_layers)) if s is not None}
     ffn = {s.num_units for s in (adapter.ffn(i) for i in range(adapter.num_layers)) if s is not None}
     if len(attention) != 1 or len(ffn) != 1 or getattr(adapter.config, "l0_structure", None):
-        raise ValueError(f"{type(adapter.model).__name__} is already pruned (per-layer shapes differ or sublayers were "
-                         "removed); hf-l0 patches dense models only. Patch the original model instead.")
+        raise ValueError(
+            f"{type(adapter.model).__name__} is already pruned (per-layer shapes differ or sublayers were "
+            "removed); hf-l0 patches dense models only. Patch the original model instead."
+        )
     return attention.pop(), ffn.pop()
 
 
@@ -255,15 +282,19 @@ def patch_model(model: nn.Module, config: L0Config) -> nn.Module:
         raise TypeError(f"config must be an hf_l0.L0Config, got {type(config).__name__}.")
     config.validate()
     if is_patched(model):
-        raise ValueError(f"{type(model).__name__} is already patched with L0 gates; call hf_l0.unpatch_model(model) "
-                         "first to start again, or keep training the existing gates.")
+        raise ValueError(
+            f"{type(model).__name__} is already patched with L0 gates; call hf_l0.unpatch_model(model) "
+            "first to start again, or keep training the existing gates."
+        )
     target = transformers_model(model)
     adapter = get_adapter(target)
     adapter.check_supported(gate_hidden=config.hidden)
     attention_units, ffn_units = _uniform_units(adapter)
-    for name, value, limit in (("target_heads", config.target_heads, attention_units),
-                               ("target_intermediate_size", config.target_intermediate_size, ffn_units),
-                               ("target_hidden_size", config.target_hidden_size, adapter.hidden_size)):
+    for name, value, limit in (
+        ("target_heads", config.target_heads, attention_units),
+        ("target_intermediate_size", config.target_intermediate_size, ffn_units),
+        ("target_hidden_size", config.target_hidden_size, adapter.hidden_size),
+    ):
         if value is not None and value > limit:
             raise ValueError(f"{name}={value} exceeds what the model has ({limit}); a target must not grow it.")
     param = next(target.parameters())

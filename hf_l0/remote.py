@@ -69,8 +69,7 @@ class CompactModelMixin:
         if local:
             checkpoint_files(where)  # complete safetensors inside the directory, before transformers reads them
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
-                                              **kwargs)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         if local:
             check_weights(model, where)
         else:  # a Hub repo: transformers' own findings (the files live in its cache), in the same report

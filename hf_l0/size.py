@@ -56,7 +56,7 @@ def unit_probabilities(model: nn.Module, mode: SizeMode) -> dict[str, torch.Tens
         for name, gate in gates.named_gates().items():
             value = torch.zeros_like(gate.log_alpha, dtype=torch.float64)
             if gate.keep_per_row is not None:
-                value[..., :min(gate.keep_per_row, value.shape[-1])] = 1.0
+                value[..., : min(gate.keep_per_row, value.shape[-1])] = 1.0
             minimum[name] = value.detach()
         return minimum
     return {name: (value != 0).double() for name, value in gates.deterministic().items()}
@@ -109,9 +109,12 @@ def expected_sparsity(model: nn.Module, deterministic: bool | None = None) -> to
     ``deterministic=True`` is deprecated: use :func:`deterministic_sparsity`.
     """
     if deterministic is not None:
-        warnings.warn("expected_sparsity(model, deterministic=...) is deprecated and will be removed in the next "
-                      "release; use deterministic_sparsity(model) for the eval-mode gates.", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "expected_sparsity(model, deterministic=...) is deprecated and will be removed in the next "
+            "release; use deterministic_sparsity(model) for the eval-mode gates.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if deterministic:
             return deterministic_sparsity(model)
     return 1.0 - expected_size(model).prunable / full_size(model).prunable

@@ -66,7 +66,9 @@ def slice_linear(
 
 
 @torch.no_grad()
-def scale_linear(module: nn.Module, in_scale: torch.Tensor | None = None, out_scale: torch.Tensor | None = None) -> None:
+def scale_linear(
+    module: nn.Module, in_scale: torch.Tensor | None = None, out_scale: torch.Tensor | None = None
+) -> None:
     """Fold gate values into a linear-like module: ``in_scale`` per input feature, ``out_scale`` on the whole output."""
     out_axis, in_axis = linear_axes(module)
     if in_scale is not None:

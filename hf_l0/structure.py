@@ -63,8 +63,7 @@ class PruningPlan:
     ffn: list[SublayerPlan] = field(default_factory=list)
 
 
-def _shrink_sublayer(adapter: ArchAdapter, sublayer: Sublayer, plan: SublayerPlan,
-                     hidden: torch.Tensor | None) -> None:
+def _shrink_sublayer(adapter: ArchAdapter, sublayer: Sublayer, plan: SublayerPlan, hidden: torch.Tensor | None) -> None:
     for projection in sublayer.inputs:
         slice_linear(projection.module, out_index=unit_rows(projection.blocks, plan.units), in_index=hidden)
     slice_linear(sublayer.output, out_index=hidden, in_index=unit_rows(((0, sublayer.unit_width),), plan.units))
@@ -105,13 +104,15 @@ def structure_of(adapter: ArchAdapter, plan: PruningPlan) -> L0Structure:
     layers: list[LayerStructure] = []
     for attention, ffn in zip(plan.attention, plan.ffn):
         units = len(attention.units)
-        layers.append({
-            "attention_heads": units * heads_per_unit,
-            "key_value_heads": units,
-            "attention_output_bias": attention.keep_bias,
-            "intermediate_size": len(ffn.units),
-            "ffn_output_bias": ffn.keep_bias,
-        })
+        layers.append(
+            {
+                "attention_heads": units * heads_per_unit,
+                "key_value_heads": units,
+                "attention_output_bias": attention.keep_bias,
+                "intermediate_size": len(ffn.units),
+                "ffn_output_bias": ffn.keep_bias,
+            }
+        )
     hidden = adapter.hidden_size if plan.hidden is None else len(plan.hidden)
     return {"format": STRUCTURE_FORMAT, "hidden_size": hidden, "head_dim": adapter.head_dim(), "layers": layers}
 
@@ -133,16 +134,20 @@ def validate_structure(structure: Any, adapter: ArchAdapter) -> None:
         raise ValueError(f"{where}.head_dim={head_dim!r} contradicts the config (head_dim {adapter.head_dim()}).")
     adapter.check_supported(gate_hidden=hidden != adapter.hidden_size)
     group = adapter.query_heads_per_unit()
-    limits = (("key_value_heads", adapter.config.num_attention_heads // group),
-              ("intermediate_size", adapter.dense_intermediate_size()))
+    limits = (
+        ("key_value_heads", adapter.config.num_attention_heads // group),
+        ("intermediate_size", adapter.dense_intermediate_size()),
+    )
     for i, layer in enumerate(layers):
         for key, limit in limits:
             value = layer.get(key)
             if not isinstance(value, int) or not 0 <= value <= limit:
                 raise ValueError(f"{where}.layers[{i}].{key}={value!r} must be an int in [0, {limit}].")
         if layer.get("attention_heads") != layer["key_value_heads"] * group:
-            raise ValueError(f"{where}.layers[{i}].attention_heads={layer.get('attention_heads')!r} must be "
-                             f"key_value_heads x {group} = {layer['key_value_heads'] * group}.")
+            raise ValueError(
+                f"{where}.layers[{i}].attention_heads={layer.get('attention_heads')!r} must be "
+                f"key_value_heads x {group} = {layer['key_value_heads'] * group}."
+            )
         for key in ("attention_output_bias", "ffn_output_bias"):
             if not isinstance(layer.get(key), bool):
                 raise ValueError(f"{where}.layers[{i}].{key}={layer.get(key)!r} must be true or false.")

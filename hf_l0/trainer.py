@@ -24,12 +24,12 @@ from transformers import PreTrainedModel, Trainer
 
 from . import hub
 from .config import L0Config
+from .cost import cost_target_from_args
 from .distill import DistillationLoss, LayerwiseDistiller, check_teacher
 from .gate_init import gate_init_callback
 from .lagrangian import GateClamp, LagrangianController, gate_parameters, l0_param_groups, param_group_indices
 from .patch import GATES_ATTR, is_patched, patch_model, transformers_model
 from .prune import pruned_copy
-from .cost import cost_target_from_args
 from .size import deterministic_sparsity, expected_sparsity
 from .training_args import GATE_LR_PER_WARMUP_STEPS, GATE_LR_RANGE, L0TrainingArguments
 from .trajectory import trajectory_from_log_history, write_sparsity_trajectory
@@ -57,8 +57,15 @@ class L0Trainer(Trainer):
     ``expected_sparsity``, ``target_sparsity``, ``lambda_1``, ``lambda_2`` and ``lagrangian_loss``.
     """
 
-    def __init__(self, model: PreTrainedModel | None = None, args: L0TrainingArguments | None = None, *,
-                 teacher_model: nn.Module | None = None, l0_config: L0Config | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel | None = None,
+        args: L0TrainingArguments | None = None,
+        *,
+        teacher_model: nn.Module | None = None,
+        l0_config: L0Config | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(args, L0TrainingArguments):
             raise TypeError("L0Trainer needs args=L0TrainingArguments(...) (target_sparsity and the L0 settings).")
         if model is None:
@@ -66,8 +73,10 @@ class L0Trainer(Trainer):
         if is_patched(model):
             config = model.l0_config
             if l0_config is not None and l0_config.to_dict() != config.to_dict():
-                raise ValueError("the model is already patched with a different L0Config than l0_config=...; "
-                                 "unpatch it first or drop the argument.")
+                raise ValueError(
+                    "the model is already patched with a different L0Config than l0_config=...; "
+                    "unpatch it first or drop the argument."
+                )
         else:
             config = l0_config if l0_config is not None else args.resolved_l0_config()
             patch_model(model, config)  # raises a clear error for a model type without an adapter
@@ -75,18 +84,24 @@ class L0Trainer(Trainer):
         self.cost_target = cost_target_from_args(model, args)
         self.l0_config = config
         self.controller = LagrangianController(
-            args.target_sparsity, warmup_steps=args.sparsity_warmup_steps,
-            calibration_rate=args.sparsity_calibration_rate, multiplier_update=args.sparsity_controller,
-            proportional_gain=args.controller_proportional_gain, integral_gain=args.controller_integral_gain,
-            final_phase_ratio=args.sparsity_final_phase_ratio, error_signal=args.controller_error_signal,
+            args.target_sparsity,
+            warmup_steps=args.sparsity_warmup_steps,
+            calibration_rate=args.sparsity_calibration_rate,
+            multiplier_update=args.sparsity_controller,
+            proportional_gain=args.controller_proportional_gain,
+            integral_gain=args.controller_integral_gain,
+            final_phase_ratio=args.sparsity_final_phase_ratio,
+            error_signal=args.controller_error_signal,
             anti_windup=args.controller_anti_windup,
-            metric=self.cost_target)
+            metric=self.cost_target,
+        )
 
         if teacher_model is None and args.teacher_model_name_or_path:
             teacher_model = type(model).from_pretrained(args.teacher_model_name_or_path)
         if teacher_model is None and args.distill_layerwise:
-            raise ValueError("distill_layerwise needs a teacher: set teacher_model_name_or_path or pass "
-                             "teacher_model=.")
+            raise ValueError(
+                "distill_layerwise needs a teacher: set teacher_model_name_or_path or pass teacher_model=."
+            )
         if teacher_model is not None:
             if is_patched(teacher_model):
                 raise ValueError("the teacher carries L0 gates: distill from the dense model, not a gated one.")
@@ -96,8 +111,13 @@ class L0Trainer(Trainer):
         self.distiller = None
         if args.distill_layerwise:
             self.distiller = LayerwiseDistiller(model.config.hidden_size, model.config.num_hidden_layers)
-        self.distillation_loss = None if teacher_model is None else DistillationLoss(
-            teacher_model, args.distill_alpha, args.distill_temperature, self.distiller, args.distill_layer_weight)
+        self.distillation_loss = (
+            None
+            if teacher_model is None
+            else DistillationLoss(
+                teacher_model, args.distill_alpha, args.distill_temperature, self.distiller, args.distill_layer_weight
+            )
+        )
         self._l0_sums: dict[str, float] = {}
         self._l0_count = 0
         self._compact: tuple[int, nn.Module] | None = None
@@ -133,15 +153,24 @@ class L0Trainer(Trainer):
         else:
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         if not isinstance(optimizer_cls, type) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
-            raise ValueError(f"optim={self.args.optim!r} builds its own parameter groups; L0Trainer needs a standard "
-                             "torch optimizer (e.g. adamw_torch) for its gate and multiplier groups.")
+            raise ValueError(
+                f"optim={self.args.optim!r} builds its own parameter groups; L0Trainer needs a standard "
+                "torch optimizer (e.g. adamw_torch) for its gate and multiplier groups."
+            )
         # Adam family: the gates get their own beta1 (see gate_adam_beta1); other optimizers keep their settings
         betas = optimizer_kwargs.get("betas")
         groups = l0_param_groups(
-            model, self.controller, lr=None, gate_lr=self._resolve_gate_learning_rate(self.state.max_steps),
-            lagrangian_lr=self.args.lagrangian_learning_rate, weight_decay=self.args.weight_decay,
+            model,
+            self.controller,
+            lr=None,
+            gate_lr=self._resolve_gate_learning_rate(self.state.max_steps),
+            lagrangian_lr=self.args.lagrangian_learning_rate,
+            weight_decay=self.args.weight_decay,
             gate_betas=None if betas is None else (self.args.gate_adam_beta1, betas[1]),
-            decay=self.get_decay_parameter_names(model), layer_maps=self.distiller, gated_model=self._gated_model())
+            decay=self.get_decay_parameter_names(model),
+            layer_maps=self.distiller,
+            gated_model=self._gated_model(),
+        )
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         # The Trainer zeroes the model's gradients only. The multipliers and layer maps live outside the model: without
         # this their gradients would add up over all steps (lambda climbing on the sum of past gaps), and a resumed
@@ -194,8 +223,9 @@ class L0Trainer(Trainer):
         return scheduler
 
     # -- loss -------------------------------------------------------------------------------------------------------
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None):
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ):
         if not model.training:  # evaluation: the task loss of the deterministic model
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
         if self.teacher is None:
@@ -286,8 +316,9 @@ class L0Trainer(Trainer):
     def _l0_state(self) -> dict[str, torch.Tensor]:
         state = {f"controller.{k}": v.detach().cpu().contiguous() for k, v in self.controller.state_dict().items()}
         if self.distiller is not None:
-            state.update({f"distiller.{k}": v.detach().cpu().contiguous()
-                          for k, v in self.distiller.state_dict().items()})
+            state.update(
+                {f"distiller.{k}": v.detach().cpu().contiguous() for k, v in self.distiller.state_dict().items()}
+            )
         if self._fsdp2 and self.optimizer is not None:  # not in FSDP2's sharded optimizer checkpoint
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
             for name, param in self._outside_named_params().items():
@@ -307,7 +338,9 @@ class L0Trainer(Trainer):
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         ids = self._outside_params()
         groups = [group["params"] for group in optimizer.param_groups]
-        state = {p: optimizer.state.pop(p) for params in groups for p in params if id(p) in ids and p in optimizer.state}
+        state = {
+            p: optimizer.state.pop(p) for params in groups for p in params if id(p) in ids and p in optimizer.state
+        }
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in ids]
         try:
@@ -319,8 +352,11 @@ class L0Trainer(Trainer):
             if restore_state is not None:
                 state = {}
                 for name, param in self._outside_named_params().items():
-                    entries = {k.rsplit(".", 1)[1]: v.to(param.device) for k, v in restore_state.items()
-                               if k.startswith(f"optimizer.{name}.")}
+                    entries = {
+                        k.rsplit(".", 1)[1]: v.to(param.device)
+                        for k, v in restore_state.items()
+                        if k.startswith(f"optimizer.{name}.")
+                    }
                     if entries:
                         state[param] = entries
             for param, entries in state.items():
@@ -353,15 +389,19 @@ class L0Trainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, L0_STATE_NAME)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing: {resume_from_checkpoint} was not written by L0Trainer, so "
-                                    "the Lagrange multipliers cannot be restored.")
+            raise FileNotFoundError(
+                f"{path} is missing: {resume_from_checkpoint} was not written by L0Trainer, so "
+                "the Lagrange multipliers cannot be restored."
+            )
         state = load_file(path)
         device = self.args.device
-        self.controller.load_state_dict({k[len("controller."):]: v.to(device) for k, v in state.items()
-                                         if k.startswith("controller.")})
+        self.controller.load_state_dict(
+            {k[len("controller.") :]: v.to(device) for k, v in state.items() if k.startswith("controller.")}
+        )
         if self.distiller is not None:
-            self.distiller.load_state_dict({k[len("distiller."):]: v.to(device) for k, v in state.items()
-                                            if k.startswith("distiller.")})
+            self.distiller.load_state_dict(
+                {k[len("distiller.") :]: v.to(device) for k, v in state.items() if k.startswith("distiller.")}
+            )
 
     # -- the compact model ----------------------------------------------------------------------------------------
     def compact_model(self) -> nn.Module:
@@ -423,5 +463,7 @@ def _check_gates_in_checkpoint(checkpoint: str) -> None:
     else:
         return  # let the Trainer report the missing weights
     if not any(k.startswith(f"{GATES_ATTR}.") for k in keys):
-        raise ValueError(f"{checkpoint} holds no L0 gates (no {GATES_ATTR}.* tensors): it is not an L0Trainer "
-                         "checkpoint; start a new run instead of resuming from it.")
+        raise ValueError(
+            f"{checkpoint} holds no L0 gates (no {GATES_ATTR}.* tensors): it is not an L0Trainer "
+            "checkpoint; start a new run instead of resuming from it."
+        )

@@ -29,30 +29,40 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
 
     target_sparsity: float | None = field(
         default=None,
-        metadata={"help": "Fraction of the attention + FFN parameters to remove, strictly between 0 and 1 "
-                  "(e.g. 0.6). Required."},
+        metadata={
+            "help": "Fraction of the attention + FFN parameters to remove, strictly between 0 and 1 "
+            "(e.g. 0.6). Required."
+        },
     )
     sparsity_warmup_steps: int = field(
         default=0,
-        metadata={"help": "Optimizer steps over which the target rises linearly from 0 (CoFi). Overrides "
-                  "--sparsity_warmup_ratio when > 0."},
+        metadata={
+            "help": "Optimizer steps over which the target rises linearly from 0 (CoFi). Overrides "
+            "--sparsity_warmup_ratio when > 0."
+        },
     )
     sparsity_warmup_ratio: float = field(
         default=0.5,
-        metadata={"help": "Fraction of the training steps over which the target rises from 0, when "
-                  "--sparsity_warmup_steps is 0. The remaining steps hold the target so the gates settle on it."},
+        metadata={
+            "help": "Fraction of the training steps over which the target rises from 0, when "
+            "--sparsity_warmup_steps is 0. The remaining steps hold the target so the gates settle on it."
+        },
     )
     gate_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Learning rate of the gates' log_alpha (own param group, no weight decay). Default: "
-                  f"{GATE_LR_PER_WARMUP_STEPS:g} / sparsity warm-up steps, within [{GATE_LR_RANGE[0]}, "
-                  f"{GATE_LR_RANGE[1]}]: the gates must cross from open to closed within the warm-up, so short runs "
-                  "need a higher rate (0.5 at 50 warm-up steps, 0.17 at 150)."}
+        metadata={
+            "help": "Learning rate of the gates' log_alpha (own param group, no weight decay). Default: "
+            f"{GATE_LR_PER_WARMUP_STEPS:g} / sparsity warm-up steps, within [{GATE_LR_RANGE[0]}, "
+            f"{GATE_LR_RANGE[1]}]: the gates must cross from open to closed within the warm-up, so short runs "
+            "need a higher rate (0.5 at 50 warm-up steps, 0.17 at 150)."
+        },
     )
     gate_adam_beta1: float = field(
         default=0.0,
-        metadata={"help": "Adam beta1 of the gates' param group. 0 (no momentum) by default: with momentum the gates "
-                  "keep closing after the constraint is met and the sparsity overshoots the target."},
+        metadata={
+            "help": "Adam beta1 of the gates' param group. 0 (no momentum) by default: with momentum the gates "
+            "keep closing after the constraint is met and the sparsity overshoots the target."
+        },
     )
     gate_lr_constant: bool = field(
         default=False,
@@ -60,30 +70,40 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
     )
     sparsity_controller: str = field(
         default="pi",
-        metadata={"help": "How the Lagrange multiplier follows the sparsity schedule: pi (proportional-integral "
-                  "update on the deterministic sparsity, once per step; stays on the schedule) or ascent (CoFi's "
-                  "gradient ascent by the optimizer, which overshoots at short budgets).",
-                  "choices": list(MULTIPLIER_UPDATES)},
+        metadata={
+            "help": "How the Lagrange multiplier follows the sparsity schedule: pi (proportional-integral "
+            "update on the deterministic sparsity, once per step; stays on the schedule) or ascent (CoFi's "
+            "gradient ascent by the optimizer, which overshoots at short budgets).",
+            "choices": list(MULTIPLIER_UPDATES),
+        },
     )
     controller_proportional_gain: float = field(
         default=60.0,
-        metadata={"help": "pi controller: lambda_1 x gate learning rate per unit of sparsity error (the brake when "
-                  "the schedule is crossed)."},
+        metadata={
+            "help": "pi controller: lambda_1 x gate learning rate per unit of sparsity error (the brake when "
+            "the schedule is crossed)."
+        },
     )
     controller_integral_gain: float = field(
         default=6.0,
-        metadata={"help": "pi controller: lambda_1 x gate learning rate added per step per unit of sparsity error "
-                  "(removes the lag)."},
+        metadata={
+            "help": "pi controller: lambda_1 x gate learning rate added per step per unit of sparsity error "
+            "(removes the lag)."
+        },
     )
     controller_anti_windup: bool = field(
         default=True,
-        metadata={"help": "pi controller: once the warm-up is over, empty the integral whenever it pushes against the "
-                  "error, so the push that kept the sparsity on the ramp does not carry it past the target."},
+        metadata={
+            "help": "pi controller: once the warm-up is over, empty the integral whenever it pushes against the "
+            "error, so the push that kept the sparsity on the ramp does not carry it past the target."
+        },
     )
     controller_error_signal: str = field(
         default="deterministic",
-        metadata={"help": "pi controller: which sparsity is compared with the schedule.",
-                  "choices": ["deterministic", "expected"]},
+        metadata={
+            "help": "pi controller: which sparsity is compared with the schedule.",
+            "choices": ["deterministic", "expected"],
+        },
     )
     lagrangian_learning_rate: float = field(
         default=0.5,
@@ -91,8 +111,10 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
     )
     l0_structures: str = field(
         default="heads,ffn,layers",
-        metadata={"help": f"Comma-separated structures to gate, from {', '.join(STRUCTURES)}. Ignored when "
-                  "--l0_config is given."},
+        metadata={
+            "help": f"Comma-separated structures to gate, from {', '.join(STRUCTURES)}. Ignored when "
+            "--l0_config is given."
+        },
     )
     l0_config: dict | str | None = field(
         default=None,
@@ -100,20 +122,26 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
     )
     sparsity_calibration_rate: float = field(
         default=0.05,
-        metadata={"help": "ascent controller: after the warmup, shift the expected-sparsity target by this rate x "
-                  "(target - deterministic sparsity) per step, so the pruned model lands on the target (0 = off). The "
-                  "pi controller measures the deterministic sparsity itself and ignores it."},
+        metadata={
+            "help": "ascent controller: after the warmup, shift the expected-sparsity target by this rate x "
+            "(target - deterministic sparsity) per step, so the pruned model lands on the target (0 = off). The "
+            "pi controller measures the deterministic sparsity itself and ignores it."
+        },
     )
     sparsity_final_phase_ratio: float = field(
         default=0.1,
-        metadata={"help": "Final fraction of the training steps during which the deterministic sparsity is pinned to "
-                  "the target before every step (one common log_alpha shift, see hf_l0.lagrangian.snap_to_target), "
-                  "so the weights adapt to the pruned shape and the run ends on the target. 0 = off."},
+        metadata={
+            "help": "Final fraction of the training steps during which the deterministic sparsity is pinned to "
+            "the target before every step (one common log_alpha shift, see hf_l0.lagrangian.snap_to_target), "
+            "so the weights adapt to the pruned shape and the run ends on the target. 0 = off."
+        },
     )
     log_alpha_clamp: float | None = field(
         default=None,
-        metadata={"help": "Clamp every log_alpha into [-c, c] after each step (CoFi uses log(100) = 4.6). Off by "
-                  "default: a tight lower bound keeps closed gates' P(z != 0) above 0 and biases the size."},
+        metadata={
+            "help": "Clamp every log_alpha into [-c, c] after each step (CoFi uses log(100) = 4.6). Off by "
+            "default: a tight lower bound keeps closed gates' P(z != 0) above 0 and biases the size."
+        },
     )
     teacher_model_name_or_path: str | None = field(
         default=None,
@@ -135,10 +163,12 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
     )
     gate_init: str = field(
         default="uniform",
-        metadata={"help": "How the gates start: 'uniform' (all alike, near open) or ordered by an importance score "
-                  "of each head / neuron on the first --gate_init_batches training batches: 'fisher' (= 'taylor'), "
-                  "'activation', 'magnitude' (no batches). The expected size at init is the same for all "
-                  "(see hf_l0.init_gates_from_scores)."},
+        metadata={
+            "help": "How the gates start: 'uniform' (all alike, near open) or ordered by an importance score "
+            "of each head / neuron on the first --gate_init_batches training batches: 'fisher' (= 'taylor'), "
+            "'activation', 'magnitude' (no batches). The expected size at init is the same for all "
+            "(see hf_l0.init_gates_from_scores)."
+        },
     )
     gate_init_batches: int = field(default=16, metadata={"help": "Calibration batches for --gate_init."})
     gate_init_scale: float = field(
@@ -151,16 +181,23 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
         legacy = self.l0_config.pop("target_sparsity", None) if self.l0_config is not None else None
         if legacy is not None:
             if self.target_sparsity is not None and legacy != self.target_sparsity:
-                raise ValueError(f"target_sparsity={self.target_sparsity} conflicts with l0_config target_sparsity="
-                                 f"{legacy}; set it in one place (the training arguments).")
+                raise ValueError(
+                    f"target_sparsity={self.target_sparsity} conflicts with l0_config target_sparsity="
+                    f"{legacy}; set it in one place (the training arguments)."
+                )
             if self.target_sparsity is None:
-                warnings.warn(f"target_sparsity in l0_config is deprecated and will be ignored in the next release: "
-                              f"set --target_sparsity {legacy} on the training arguments instead.", FutureWarning,
-                              stacklevel=3)
+                warnings.warn(
+                    f"target_sparsity in l0_config is deprecated and will be ignored in the next release: "
+                    f"set --target_sparsity {legacy} on the training arguments instead.",
+                    FutureWarning,
+                    stacklevel=3,
+                )
                 self.target_sparsity = legacy
         if self.target_sparsity is None:
-            raise ValueError("target_sparsity is required: the fraction of attention + FFN parameters to remove, "
-                             "e.g. --target_sparsity 0.6.")
+            raise ValueError(
+                "target_sparsity is required: the fraction of attention + FFN parameters to remove, "
+                "e.g. --target_sparsity 0.6."
+            )
         self.target_sparsity = check_target_sparsity(self.target_sparsity)
         self.resolved_l0_config()  # validates structures / config
         self.validate_cost_target()  # target_metric and its settings (hf_l0.cost.CostTargetArguments)
@@ -186,8 +223,10 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
         if self.gate_init not in GATE_INITS:
             raise ValueError(f"gate_init={self.gate_init!r}: choose one of {', '.join(GATE_INITS)}.")
         if self.gate_init_batches < 1 or self.gate_init_scale < 0:
-            raise ValueError(f"gate_init_batches={self.gate_init_batches} must be >= 1 and gate_init_scale="
-                             f"{self.gate_init_scale} >= 0.")
+            raise ValueError(
+                f"gate_init_batches={self.gate_init_batches} must be >= 1 and gate_init_scale="
+                f"{self.gate_init_scale} >= 0."
+            )
         super().__post_init__()
 
     def resolved_l0_config(self) -> L0Config:
@@ -197,8 +236,10 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
         names = [s.strip() for s in self.l0_structures.split(",") if s.strip()]
         unknown = sorted(set(names) - set(STRUCTURES))
         if unknown or not names:
-            raise ValueError(f"l0_structures={self.l0_structures!r}: unknown or no structures {unknown}; choose "
-                             f"from {', '.join(STRUCTURES)} (comma-separated).")
+            raise ValueError(
+                f"l0_structures={self.l0_structures!r}: unknown or no structures {unknown}; choose "
+                f"from {', '.join(STRUCTURES)} (comma-separated)."
+            )
         return L0Config(**{s: s in names for s in STRUCTURES})
 
 
@@ -216,8 +257,9 @@ def _l0_config_dict(value: dict | str | L0Config | None) -> dict | None:
             return json.loads(text)
         path = os.path.join(text, CONFIG_NAME) if os.path.isdir(text) else text
         if not os.path.isfile(path):
-            raise ValueError(f"l0_config={value!r} is neither a JSON object nor an existing file or directory "
-                             f"holding {CONFIG_NAME}.")
+            raise ValueError(
+                f"l0_config={value!r} is neither a JSON object nor an existing file or directory holding {CONFIG_NAME}."
+            )
         with open(path) as f:
             return json.load(f)
     raise TypeError(f"l0_config must be an L0Config, a dict, a JSON string or a path, got {type(value).__name__}.")

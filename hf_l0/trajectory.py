@@ -17,20 +17,25 @@ TRAJECTORY_KEYS = ("target_sparsity", "expected_sparsity", "deterministic_sparsi
 def trajectory_from_log_history(log_history: Iterable[Mapping[str, Any]]) -> list[dict[str, float]]:
     """The rows of a Trainer's ``log_history`` that carry the L0 statistics: step, scheduled target, expected and
     deterministic sparsity, ``lambda_1``."""
-    return [{"step": int(row["step"]), **{key: float(row[key]) for key in TRAJECTORY_KEYS}}
-            for row in log_history if all(key in row for key in ("step", *TRAJECTORY_KEYS))]
+    return [
+        {"step": int(row["step"]), **{key: float(row[key]) for key in TRAJECTORY_KEYS}}
+        for row in log_history
+        if all(key in row for key in ("step", *TRAJECTORY_KEYS))
+    ]
 
 
 def tracking_gap(rows: Iterable[Mapping[str, float]], max_steps: int, skip_fraction: float = 0.1) -> float | None:
     """Largest |deterministic sparsity - scheduled target| over the rows after the first ``skip_fraction`` of the
     steps (None when there is no such row)."""
-    gaps = [abs(r["deterministic_sparsity"] - r["target_sparsity"])
-            for r in rows if r["step"] >= skip_fraction * max_steps]
+    gaps = [
+        abs(r["deterministic_sparsity"] - r["target_sparsity"]) for r in rows if r["step"] >= skip_fraction * max_steps
+    ]
     return max(gaps) if gaps else None
 
 
-def write_sparsity_trajectory(rows: list[dict[str, float]], output_dir: str | os.PathLike, max_steps: int,
-                              title: str | None = None) -> dict[str, Any]:
+def write_sparsity_trajectory(
+    rows: list[dict[str, float]], output_dir: str | os.PathLike, max_steps: int, title: str | None = None
+) -> dict[str, Any]:
     """Write ``sparsity_trajectory.json`` and, where matplotlib is installed, ``sparsity_trajectory.png`` into
     ``output_dir``; returns the JSON content (rows and the tracking gap after the first 10% of the steps)."""
     os.makedirs(output_dir, exist_ok=True)

@@ -37,7 +37,8 @@ logger = logging.getLogger("prune_clm")
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        metadata={"help": "Causal LM (path or Hub id); hf_l0:smollm2 is the packaged SmolLM2-135M GGUF."})
+        metadata={"help": "Causal LM (path or Hub id); hf_l0:smollm2 is the packaged SmolLM2-135M GGUF."}
+    )
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside model_name_or_path."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     latency_batch_size: int = field(default=4, metadata={"help": "Batch size of the CPU latency measurement."})
@@ -77,21 +78,26 @@ def load_raw(data_args: DataArguments) -> DatasetDict:
         raise ValueError(f"the dataset needs a validation split, it has {list(raw)}.")
     for split, dataset in raw.items():
         if data_args.text_column not in dataset.column_names:
-            raise ValueError(f"--text_column {data_args.text_column!r} is not a column of the {split} split; its "
-                             f"columns are {dataset.column_names}.")
+            raise ValueError(
+                f"--text_column {data_args.text_column!r} is not a column of the {split} split; its "
+                f"columns are {dataset.column_names}."
+            )
     return raw
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, args = parse_arguments(HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments)), argv)
+    model_args, data_args, args = parse_arguments(
+        HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments)), argv
+    )
     wall_start = time.perf_counter()
     set_seed(args.seed)
 
     raw = load_raw(data_args)
     model_path, gguf_file = resolve_model_path(model_args.model_name_or_path, model_args.gguf_file)
     load_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_path,
-                                              **({} if model_args.tokenizer_name else load_kwargs))
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_path, **({} if model_args.tokenizer_name else load_kwargs)
+    )
     model = drop_gguf_quantizer(AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs))
     get_adapter(model)  # fail before any training for a model type without an adapter
 
@@ -99,8 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
         return tokenizer(batch[data_args.text_column])
 
     tokenized = raw.map(tokenize, batched=True, remove_columns=raw["train"].column_names)
-    tokenized = tokenized.map(group_texts, batched=True, batch_size=1000,
-                              fn_kwargs={"block_size": data_args.block_size})
+    tokenized = tokenized.map(
+        group_texts, batched=True, batch_size=1000, fn_kwargs={"block_size": data_args.block_size}
+    )
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if limit is not None:
             tokenized[split] = tokenized[split].select(range(min(limit, len(tokenized[split]))))
@@ -111,9 +118,15 @@ def main(argv: list[str] | None = None) -> dict:
     dense_ppl = perplexity(dense, tokenized["validation"], args.per_device_eval_batch_size)
     logger.info("dense validation perplexity %.3f", dense_ppl)
     use_teacher = (args.distill_alpha > 0 or args.distill_layerwise) and not args.teacher_model_name_or_path
-    trainer = L0Trainer(model=model, args=args, teacher_model=dense if use_teacher else None,
-                        train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
-                        data_collator=default_data_collator, processing_class=tokenizer)
+    trainer = L0Trainer(
+        model=model,
+        args=args,
+        teacher_model=dense if use_teacher else None,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+    )
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     prune_seconds = time.perf_counter() - start
@@ -128,16 +141,28 @@ def main(argv: list[str] | None = None) -> dict:
     batch.pop("labels")
     latency = compare_latency(dense, compact, dict(batch), model_args.latency_repeats, model_args.latency_threads)
     dense_params, pruned_params = count_parameters(dense), count_parameters(compact)
-    summary = {"dense_perplexity": dense_ppl, "pruned_perplexity": pruned_ppl,
-               "target_sparsity": args.target_sparsity, "reached_sparsity": reached,
-               "dense_parameters": dense_params, "pruned_parameters": pruned_params, **latency,
-               "saved_to": os.path.abspath(args.output_dir) if args.prune_at_end else None,
-               "prune_seconds": prune_seconds, "wall_seconds": time.perf_counter() - wall_start}
+    summary = {
+        "dense_perplexity": dense_ppl,
+        "pruned_perplexity": pruned_ppl,
+        "target_sparsity": args.target_sparsity,
+        "reached_sparsity": reached,
+        "dense_parameters": dense_params,
+        "pruned_parameters": pruned_params,
+        **latency,
+        "saved_to": os.path.abspath(args.output_dir) if args.prune_at_end else None,
+        "prune_seconds": prune_seconds,
+        "wall_seconds": time.perf_counter() - wall_start,
+    }
     # a FLOPs / latency target: the target against the FLOPs counted and the latency measured at its shape
     cost_fields, cost_rows = cost_target_summary(args, trainer.cost_target, dense, compact, model_args.latency_repeats)
     summary.update(cost_fields)
-    report(args, summary, [("validation perplexity", dense_ppl, pruned_ppl), *cost_rows],
-           f"{len(rows)} x {data_args.block_size}", title=f"L0 pruning summary ({model_args.model_name_or_path})")
+    report(
+        args,
+        summary,
+        [("validation perplexity", dense_ppl, pruned_ppl), *cost_rows],
+        f"{len(rows)} x {data_args.block_size}",
+        title=f"L0 pruning summary ({model_args.model_name_or_path})",
+    )
     return summary
 
 

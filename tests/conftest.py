@@ -15,15 +15,32 @@ VOCAB = 101
 
 
 def _bert_like(config_cls, **extra):
-    return config_cls(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                      intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.1,
-                      attention_probs_dropout_prob=0.1, pad_token_id=1, **extra)
+    return config_cls(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        pad_token_id=1,
+        **extra,
+    )
 
 
 def _llama_like(config_cls, **extra):
-    return config_cls(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
-                      num_key_value_heads=2, intermediate_size=37, max_position_embeddings=128, pad_token_id=0,
-                      **extra)
+    return config_cls(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        **extra,
+    )
 
 
 CONFIGS = {
@@ -31,8 +48,9 @@ CONFIGS = {
     "roberta": lambda: _bert_like(tf.RobertaConfig),
     "xlm-roberta": lambda: _bert_like(tf.XLMRobertaConfig),
     "electra": lambda: _bert_like(tf.ElectraConfig, embedding_size=32),
-    "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64,
-                                  bos_token_id=0, eos_token_id=0, pad_token_id=0),
+    "gpt2": lambda: tf.GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0, pad_token_id=0
+    ),
     "llama": lambda: _llama_like(tf.LlamaConfig, tie_word_embeddings=True),
     "mistral": lambda: _llama_like(tf.MistralConfig),
     "qwen2": lambda: _llama_like(tf.Qwen2Config, tie_word_embeddings=True),
@@ -42,17 +60,24 @@ DECODERS = ("gpt2", "llama", "mistral", "qwen2")
 
 # Model classes per family and task (every head hf-l0 supports for hidden-dimension pruning).
 TASK_MODELS = [
-    ("bert", "AutoModelForSequenceClassification"), ("bert", "AutoModelForTokenClassification"),
-    ("bert", "AutoModel"), ("roberta", "AutoModelForSequenceClassification"),
-    ("xlm-roberta", "AutoModelForTokenClassification"), ("electra", "AutoModelForSequenceClassification"),
-    ("gpt2", "AutoModelForCausalLM"), ("gpt2", "AutoModelForSequenceClassification"),
-    ("llama", "AutoModelForCausalLM"), ("llama", "AutoModelForSequenceClassification"),
-    ("mistral", "AutoModelForCausalLM"), ("qwen2", "AutoModelForCausalLM"),
+    ("bert", "AutoModelForSequenceClassification"),
+    ("bert", "AutoModelForTokenClassification"),
+    ("bert", "AutoModel"),
+    ("roberta", "AutoModelForSequenceClassification"),
+    ("xlm-roberta", "AutoModelForTokenClassification"),
+    ("electra", "AutoModelForSequenceClassification"),
+    ("gpt2", "AutoModelForCausalLM"),
+    ("gpt2", "AutoModelForSequenceClassification"),
+    ("llama", "AutoModelForCausalLM"),
+    ("llama", "AutoModelForSequenceClassification"),
+    ("mistral", "AutoModelForCausalLM"),
+    ("qwen2", "AutoModelForCausalLM"),
 ]
 
 
-def make_model(family: str, auto_class: str = "AutoModelForCausalLM", attn: str = "eager", seed: int = 0,
-               randomize: bool = True):
+def make_model(
+    family: str, auto_class: str = "AutoModelForCausalLM", attn: str = "eager", seed: int = 0, randomize: bool = True
+):
     """A tiny random model in eval mode; ``randomize`` gives it random biases, norm parameters and embeddings."""
     torch.manual_seed(seed)
     config = CONFIGS[family]()

@@ -24,8 +24,9 @@ VOCAB, STEPS, SAVE_STEPS, WARMUP, FINAL_PHASE = 101, 12, 5, 6, 0.25  # final pha
 def dataset(n: int, seed: int) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, VOCAB, (n, 12), generator=g)
-    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
-                              "labels": (ids[:, 0] % 3).tolist()})
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "labels": (ids[:, 0] % 3).tolist()}
+    )
 
 
 def accuracy(prediction) -> dict[str, float]:
@@ -35,16 +36,44 @@ def accuracy(prediction) -> dict[str, float]:
 def build_trainer(out_dir: str, callbacks: list | None = None) -> L0Trainer:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = tf.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=8,
-                           intermediate_size=64, max_position_embeddings=32, num_labels=3)
+    config = tf.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
     model = tf.BertForSequenceClassification(config)  # dropout 0.1 on: its RNG stream must be restored too
     args = L0TrainingArguments(
-        output_dir=out_dir, target_sparsity=0.5, per_device_train_batch_size=8, learning_rate=1e-3, max_steps=STEPS,
-        sparsity_warmup_steps=WARMUP, sparsity_final_phase_ratio=FINAL_PHASE, gate_learning_rate=0.1,
-        lagrangian_learning_rate=0.1, save_strategy="steps", save_steps=SAVE_STEPS, logging_steps=4, report_to=[],
-        disable_tqdm=True, use_cpu=True, l0_structures="heads,ffn", seed=0, data_seed=0)
-    return L0Trainer(model=model, args=args, train_dataset=dataset(128, 0), eval_dataset=dataset(32, 1),
-                     compute_metrics=accuracy, callbacks=callbacks)
+        output_dir=out_dir,
+        target_sparsity=0.5,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=STEPS,
+        sparsity_warmup_steps=WARMUP,
+        sparsity_final_phase_ratio=FINAL_PHASE,
+        gate_learning_rate=0.1,
+        lagrangian_learning_rate=0.1,
+        save_strategy="steps",
+        save_steps=SAVE_STEPS,
+        logging_steps=4,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        l0_structures="heads,ffn",
+        seed=0,
+        data_seed=0,
+    )
+    return L0Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset(128, 0),
+        eval_dataset=dataset(32, 1),
+        compute_metrics=accuracy,
+        callbacks=callbacks,
+    )
 
 
 class KillAt(tf.TrainerCallback):

@@ -25,9 +25,19 @@ GLOBAL_BATCH, STEPS, SEQ = 8, 12, 16
 SAVE_STEPS = int(os.environ.get("L0_SAVE_STEPS", "0"))  # checkpoints (sharded under FSDP) every N steps
 RESUME = os.environ.get("L0_RESUME")  # a checkpoint to resume from
 # FSDP2 (fully_shard per decoder layer + the root) when L0_FSDP=1 is set by the test.
-FSDP_ARGS = dict(fsdp="full_shard auto_wrap", fsdp_config={
-    "version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "reshard_after_forward": True,
-    "state_dict_type": "SHARDED_STATE_DICT"}) if os.environ.get("L0_FSDP") == "1" else {}
+FSDP_ARGS = (
+    dict(
+        fsdp="full_shard auto_wrap",
+        fsdp_config={
+            "version": 2,
+            "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+            "reshard_after_forward": True,
+            "state_dict_type": "SHARDED_STATE_DICT",
+        },
+    )
+    if os.environ.get("L0_FSDP") == "1"
+    else {}
+)
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
@@ -78,34 +88,62 @@ def main() -> None:
         allow_fsdp_on_cpu()
     out_dir, per_device_batch = Path(sys.argv[1]), int(sys.argv[2])
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(config)
     # Exactly one global batch of data, equal lengths: every step sees the same 8 sequences in both set-ups, and
     # the mean over two ranks of 4 equals the mean over 8.
     ids = torch.randint(0, 64, (GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(1))
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     args = L0TrainingArguments(
-        output_dir=str(out_dir / "run"), per_device_train_batch_size=per_device_batch, max_steps=STEPS,
-        learning_rate=1e-3, target_sparsity=0.5, sparsity_warmup_steps=6, gate_learning_rate=0.2,
-        use_cpu=True, report_to=[], logging_steps=100, seed=0, data_seed=0,
-        save_strategy="steps" if SAVE_STEPS else "no", save_steps=SAVE_STEPS or 500,
-        dataloader_drop_last=True, disable_tqdm=True, **FSDP_ARGS,
+        output_dir=str(out_dir / "run"),
+        per_device_train_batch_size=per_device_batch,
+        max_steps=STEPS,
+        learning_rate=1e-3,
+        target_sparsity=0.5,
+        sparsity_warmup_steps=6,
+        gate_learning_rate=0.2,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=100,
+        seed=0,
+        data_seed=0,
+        save_strategy="steps" if SAVE_STEPS else "no",
+        save_steps=SAVE_STEPS or 500,
+        dataloader_drop_last=True,
+        disable_tqdm=True,
+        **FSDP_ARGS,
     )
     callback = RankAgreement()
     trainer = L0Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
     callback.trainer = trainer
     trainer.train(resume_from_checkpoint=RESUME)
     trainer.save_model(str(out_dir / "compact"))  # the compact model (gathered from the shards under FSDP)
-    gates = {name: full(gate.log_alpha).contiguous()
-             for name, gate in hf_l0.get_gates(trainer.accelerator.unwrap_model(trainer.model)).named_gates().items()}
+    gates = {
+        name: full(gate.log_alpha).contiguous()
+        for name, gate in hf_l0.get_gates(trainer.accelerator.unwrap_model(trainer.model)).named_gates().items()
+    }
     if trainer.accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         gates.update({name: p.detach().reshape(1) for name, p in trainer.controller.named_parameters()})
         save_file(gates, out_dir / "final_gates.safetensors")
-        (out_dir / "result.json").write_text(json.dumps({
-            "world_size": trainer.accelerator.num_processes, "max_rank_diff": callback.max_rank_diff,
-            "steps": trainer.state.global_step, "fsdp": trainer.is_fsdp_enabled}))
+        (out_dir / "result.json").write_text(
+            json.dumps(
+                {
+                    "world_size": trainer.accelerator.num_processes,
+                    "max_rank_diff": callback.max_rank_diff,
+                    "steps": trainer.state.global_step,
+                    "fsdp": trainer.is_fsdp_enabled,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def weights_bytes(directory: str | Path) -> int:
 
 # The first lines of a script run in a fresh process where hf_l0 cannot be imported (even if the venv has it): what a
 # user without hf-l0 sees when loading a compact model through transformers alone.
-NO_HF_L0_PRELUDE = textwrap.dedent('''
+NO_HF_L0_PRELUDE = textwrap.dedent("""
     import importlib.abc, json, sys, tempfile
 
     class NoHfL0(importlib.abc.MetaPathFinder):  # hf_l0 is "not installed" here, even if the venv has it
@@ -85,4 +85,4 @@ NO_HF_L0_PRELUDE = textwrap.dedent('''
         raise SystemExit("hf_l0 is importable")
     except ImportError:
         pass
-''')
+""")

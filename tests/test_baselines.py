@@ -2,17 +2,26 @@ import copy
 
 import pytest
 import torch
+from conftest import make_inputs, make_model, model_output
 
 import hf_l0
 from hf_l0.arch import get_adapter
-from hf_l0.baselines import (activation_scores, fisher_scores, importance_prune, keep_masks, magnitude_prune,
-                             magnitude_scores, set_gates_to_masks)
+from hf_l0.baselines import (
+    activation_scores,
+    fisher_scores,
+    importance_prune,
+    keep_masks,
+    magnitude_prune,
+    magnitude_scores,
+    set_gates_to_masks,
+)
 from hf_l0.slicing import base_layer, linear_axes, unit_rows
 
-from conftest import make_inputs, make_model, model_output
-
-FAMILIES = [("bert", "AutoModelForSequenceClassification"), ("gpt2", "AutoModelForCausalLM"),
-            ("llama", "AutoModelForCausalLM")]
+FAMILIES = [
+    ("bert", "AutoModelForSequenceClassification"),
+    ("gpt2", "AutoModelForCausalLM"),
+    ("llama", "AutoModelForCausalLM"),
+]
 
 
 def _batches(model, count=2):
@@ -33,8 +42,11 @@ def _prunable(model) -> float:
 
 
 def _all_scores(model):
-    return {"magnitude": magnitude_scores(model), "fisher": fisher_scores(model, _batches(model)),
-            "activation": activation_scores(model, _batches(model))}
+    return {
+        "magnitude": magnitude_scores(model),
+        "fisher": fisher_scores(model, _batches(model)),
+        "activation": activation_scores(model, _batches(model)),
+    }
 
 
 @pytest.mark.parametrize("family,auto_class", FAMILIES)

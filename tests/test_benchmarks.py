@@ -70,23 +70,28 @@ def test_speed_quick(out):
         assert r["measured_over_ideal"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
         share = r["fixed_share_of_dense"]
         assert r["fixed_ms"] > 0 and r["ideal_with_fixed_cost"] == pytest.approx(
-            1.0 / (share + (1.0 - share) / r["ideal_speedup"]))
+            1.0 / (share + (1.0 - share) / r["ideal_speedup"])
+        )
         assert r["measured_over_ideal_with_fixed_cost"] == pytest.approx(r["speedup"] / r["ideal_with_fixed_cost"])
     training = data["training"]
     for kind in ("trainer", "l0_trainer"):
         assert training[kind]["step_seconds"] == pytest.approx(statistics.median(training[kind]["step_times"]))
-    assert training["step_time_ratio"] == pytest.approx(training["l0_trainer"]["step_seconds"]
-                                                        / training["trainer"]["step_seconds"])
-    assert training["peak_memory_ratio"] == pytest.approx(training["l0_trainer"]["peak_rss_mib"]
-                                                          / training["trainer"]["peak_rss_mib"])
+    assert training["step_time_ratio"] == pytest.approx(
+        training["l0_trainer"]["step_seconds"] / training["trainer"]["step_seconds"]
+    )
+    assert training["peak_memory_ratio"] == pytest.approx(
+        training["l0_trainer"]["peak_rss_mib"] / training["trainer"]["peak_rss_mib"]
+    )
 
 
 def test_llm_quick(out):
     llm.main(["--quick", "--output_dir", str(out)])
     data = _check_outputs(out, "llm")
     assert list(data["models"]) == ["dense", "hf-l0", "magnitude", "fisher", "activation"]
-    assert all(m["perplexity"] > 1.0 and m["selection_perplexity"] > 1.0 and m["tokens_per_second"] > 0
-               for m in data["models"].values())
+    assert all(
+        m["perplexity"] > 1.0 and m["selection_perplexity"] > 1.0 and m["tokens_per_second"] > 0
+        for m in data["models"].values()
+    )
     assert data["best_baseline"] in ("magnitude", "fisher", "activation") and data["best_baseline_ratio"] > 0
     assert data["budget"]["train_tokens"] > 0
     models = data["models"]
@@ -96,7 +101,8 @@ def test_llm_quick(out):
     # both sparsities share one denominator (the dense attention + FFN count): removed counts are in their ratio
     removed = {name: models["dense"]["parameters"] - models[name]["parameters"] for name in ("hf-l0", "magnitude")}
     assert removed["hf-l0"] * models["magnitude"]["sparsity"] == pytest.approx(
-        removed["magnitude"] * models["hf-l0"]["sparsity"], rel=1e-9)
+        removed["magnitude"] * models["hf-l0"]["sparsity"], rel=1e-9
+    )
 
 
 def test_update_readme_fills_markers_from_results(out, tmp_path):
@@ -122,8 +128,11 @@ def test_latency_table_quick(out):
 
     data = latency_table.main(["--quick", "--output_dir", str(out)])
     saved = json.loads((out / "latency_table_b1_s16_t1.json").read_text())
-    assert saved["quick"] is True and common.finite_numbers(saved) and "QUICK" in (
-        out / "latency_table_b1_s16_t1.md").read_text()
+    assert (
+        saved["quick"] is True
+        and common.finite_numbers(saved)
+        and "QUICK" in (out / "latency_table_b1_s16_t1.md").read_text()
+    )
     assert len(data["shapes"]) == 3
     for row in data["shapes"]:  # the reported errors are those of the reported times
         assert row["error"] == pytest.approx(row["predicted_ms"] / row["measured_ms"] - 1.0)

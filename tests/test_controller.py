@@ -27,16 +27,24 @@ GATE_LR = 0.1
 def _model() -> tf.BertForSequenceClassification:
     # 4 layers x 8 heads x 256 neurons: one head is 1% of the prunable parameters, so a 0.03 band is a real bound
     torch.manual_seed(0)
-    config = tf.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=8,
-                           intermediate_size=256, max_position_embeddings=32, num_labels=3)
+    config = tf.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        intermediate_size=256,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
     return tf.BertForSequenceClassification(config)
 
 
 def _dataset(n: int = 512) -> Dataset:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(2, VOCAB, (n, 12), generator=g)
-    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
-                              "labels": (ids[:, 0] % 3).tolist()})
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "labels": (ids[:, 0] % 3).tolist()}
+    )
 
 
 class _Trajectory(TrainerCallback):
@@ -56,10 +64,23 @@ class _Trajectory(TrainerCallback):
 def _train(output_dir, target: float, controller: str) -> tuple[L0Trainer, list[tuple[int, float, float]]]:
     torch.set_num_threads(1)
     args = L0TrainingArguments(
-        output_dir=str(output_dir), target_sparsity=target, l0_structures="heads,ffn", max_steps=STEPS,
-        per_device_train_batch_size=16, learning_rate=1e-3, logging_steps=10, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=0, use_cpu=True, sparsity_controller=controller, sparsity_final_phase_ratio=0.0,
-        sparsity_calibration_rate=0.0, gate_learning_rate=GATE_LR)
+        output_dir=str(output_dir),
+        target_sparsity=target,
+        l0_structures="heads,ffn",
+        max_steps=STEPS,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=True,
+        sparsity_controller=controller,
+        sparsity_final_phase_ratio=0.0,
+        sparsity_calibration_rate=0.0,
+        gate_learning_rate=GATE_LR,
+    )
     trajectory = _Trajectory()
     trainer = L0Trainer(model=_model(), args=args, train_dataset=_dataset(), callbacks=[trajectory])
     trajectory.trainer = trainer
@@ -143,9 +164,10 @@ def test_trainer_writes_the_sparsity_trajectory(tmp_path_factory):
     out = Path(trainer.args.output_dir)
     summary = json.loads((out / "sparsity_trajectory.json").read_text())
     assert [row["step"] for row in summary["rows"]] == [step for step, _, _ in points]  # one row per log, every 10
-    for row, (step, target, deterministic) in zip(summary["rows"], points):
+    for row, (_step, target, deterministic) in zip(summary["rows"], points):
         assert row["target_sparsity"] == pytest.approx(target) and row["deterministic_sparsity"] == pytest.approx(
-            deterministic)
+            deterministic
+        )
     assert summary["max_gap_after_10_percent"] == pytest.approx(_worst_gap(points))
     assert (out / "sparsity_trajectory.png").stat().st_size > 10_000
 
@@ -170,8 +192,9 @@ class _LaggingPlant:
 def _drive(anti_windup: bool, target: float = 0.5, steps: int = 200, warmup: int = 100) -> tuple[float, float]:
     """Largest gap to the schedule after the first 10% of the steps, and the largest overshoot after the warm-up."""
     plant = _LaggingPlant()
-    controller = LagrangianController(target, warmup_steps=warmup, gate_learning_rate=0.1, anti_windup=anti_windup,
-                                      metric=plant.measure)
+    controller = LagrangianController(
+        target, warmup_steps=warmup, gate_learning_rate=0.1, anti_windup=anti_windup, metric=plant.measure
+    )
     gap = overshoot = 0.0
     for step in range(steps):
         controller.on_step(None, step, steps)

@@ -3,11 +3,11 @@ import copy
 import pytest
 import torch
 import transformers as tf
-import hf_l0
-from hf_l0 import L0Config, patch_model, prune_model, unpatch_model
-
 from conftest import DECODERS, ENCODERS, TASK_MODELS, make_inputs, make_model, model_output
 from helpers import randomize_gates
+
+import hf_l0
+from hf_l0 import L0Config, patch_model, prune_model, unpatch_model
 
 TOL = 1e-5
 
@@ -166,8 +166,14 @@ def test_expected_size_is_differentiable_and_bounded():
     assert 0.0 < sparsity.item() < 0.2  # gates start nearly open (droprate_init=0.01)
 
 
-@pytest.mark.parametrize("family, auto_class", [("bert", "AutoModelForSequenceClassification"),
-                                                ("gpt2", "AutoModelForCausalLM"), ("llama", "AutoModelForCausalLM")])
+@pytest.mark.parametrize(
+    "family, auto_class",
+    [
+        ("bert", "AutoModelForSequenceClassification"),
+        ("gpt2", "AutoModelForCausalLM"),
+        ("llama", "AutoModelForCausalLM"),
+    ],
+)
 def test_compact_model_rebuilds_from_config(family, auto_class):
     model = make_model(family, auto_class)
     patch_model(model, L0Config(hidden=True))
@@ -214,8 +220,9 @@ def test_training_mode_samples_and_backprop_reaches_gates():
 
 def test_uniform_target_keeps_exact_counts_per_layer():
     model = make_model("llama")
-    patch_model(model, L0Config(target_heads=1, target_intermediate_size=20, hidden=True, target_hidden_size=40,
-                                layers=False))
+    patch_model(
+        model, L0Config(target_heads=1, target_intermediate_size=20, hidden=True, target_hidden_size=40, layers=False)
+    )
     randomize_gates(model)
     prune_model(model.eval())
     structure = model.config.l0_structure
@@ -226,9 +233,11 @@ def test_uniform_target_keeps_exact_counts_per_layer():
 
 # -- bad input ---------------------------------------------------------------------------------------------------------
 
+
 def test_unsupported_model_type_lists_supported_ones():
-    model = tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=50, d_model=16, d_ff=32, num_layers=1, num_heads=2,
-                                                      d_kv=8))
+    model = tf.T5ForConditionalGeneration(
+        tf.T5Config(vocab_size=50, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)
+    )
     with pytest.raises(ValueError, match=r"no adapter for model_type='t5'.*bert.*gpt2.*llama.*qwen2"):
         patch_model(model, L0Config())
 

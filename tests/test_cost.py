@@ -1,28 +1,44 @@
 """FLOPs and latency cost models, and pruning to a FLOPs / latency target."""
 
-
 import copy
 import os
 
 import pytest
 import torch
+from conftest import VOCAB, make_inputs, make_model
 from torch.utils.flop_counter import FlopCounterMode
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
-from hf_l0.cost import (FlopsTarget, compact_flops, deterministic_flops, expected_flops, flops_reduction, full_flops,
-                        make_cost_target)
-from hf_l0.latency import (LatencyTable, LatencyTarget, _model_shape, _table_key, compact_layers, expected_latency,
-                           latency_table, predict_latency)
+from hf_l0.cost import (
+    FlopsTarget,
+    compact_flops,
+    deterministic_flops,
+    expected_flops,
+    flops_reduction,
+    full_flops,
+    make_cost_target,
+)
+from hf_l0.latency import (
+    LatencyTable,
+    LatencyTarget,
+    _model_shape,
+    _table_key,
+    compact_layers,
+    expected_latency,
+    latency_table,
+    predict_latency,
+)
 from hf_l0.measure import forward_flops
-
-from conftest import VOCAB, make_inputs, make_model
 
 SEQ_LEN = 9
 # (family, auto class): FlopCounterMode counts what actually runs, so only heads applied to every token (a BERT pooler
 # reads one token per sequence; hf-l0 counts every Linear per token, as hf_l0.measure.forward_flops does).
-PER_TOKEN_MODELS = [("bert", "AutoModelForTokenClassification"), ("gpt2", "AutoModelForCausalLM"),
-                    ("llama", "AutoModelForCausalLM")]
+PER_TOKEN_MODELS = [
+    ("bert", "AutoModelForTokenClassification"),
+    ("gpt2", "AutoModelForCausalLM"),
+    ("llama", "AutoModelForCausalLM"),
+]
 
 
 def random_gates(model, seed: int) -> None:
@@ -144,10 +160,16 @@ def synthetic_table(model) -> LatencyTable:
     attention_units = list(range(units + 1))
     ffn_units = [0, 1, neurons // 3, neurons // 2, neurons]
     key = _table_key(shape, 1, SEQ_LEN, 1, torch.float32, attention_units, ffn_units, 1, 1)
-    return LatencyTable(key=key, attention_units=attention_units,
-                        attention_s=[0.0] + [1e-3 + 2e-4 * u + 1e-5 * u * u for u in attention_units[1:]],
-                        ffn_units=ffn_units, ffn_s=[0.0, 4e-4, 9e-4, 2.2e-3, 3e-3], fixed_s=2e-3, dense_s=0.02,
-                        layer_s=1e-4)
+    return LatencyTable(
+        key=key,
+        attention_units=attention_units,
+        attention_s=[0.0] + [1e-3 + 2e-4 * u + 1e-5 * u * u for u in attention_units[1:]],
+        ffn_units=ffn_units,
+        ffn_s=[0.0, 4e-4, 9e-4, 2.2e-3, 3e-3],
+        fixed_s=2e-3,
+        dense_s=0.02,
+        layer_s=1e-4,
+    )
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
@@ -198,8 +220,15 @@ def test_expected_latency_equals_deterministic_latency_when_gates_are_saturated(
 
 def test_latency_table_is_cached_by_batch_size_and_threads(tmp_path):
     model = make_model("bert", "AutoModelForSequenceClassification")
-    settings = {"seq_len": 8, "cache_dir": tmp_path, "attention_grid": [0, 2, 4], "ffn_grid": [0, 18, 37],
-                "repeats": 2, "rounds": 1, "progress": False}
+    settings = {
+        "seq_len": 8,
+        "cache_dir": tmp_path,
+        "attention_grid": [0, 2, 4],
+        "ffn_grid": [0, 18, 37],
+        "repeats": 2,
+        "rounds": 1,
+        "progress": False,
+    }
     first = latency_table(model, batch_size=1, threads=1, **settings)
     assert not first.loaded and os.path.isfile(first.path)
     assert first.attention_units == [0, 2, 4] and first.attention_s[0] == 0.0
@@ -227,7 +256,9 @@ def test_bad_latency_targets_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         target.check_target(model, 1.0)
     target.check_target(model, (1.0 - share) * 0.9)
-    heads_only = patch_model(make_model("llama", "AutoModelForSequenceClassification"), L0Config(ffn=False, layers=False))
+    heads_only = patch_model(
+        make_model("llama", "AutoModelForSequenceClassification"), L0Config(ffn=False, layers=False)
+    )
     maximum = LatencyTarget(table).max_reduction(heads_only)
     with pytest.raises(ValueError, match=f"at most {maximum:.4f}"):
         LatencyTarget(table).check_target(heads_only, (maximum + 1.0 - share) / 2)
@@ -243,8 +274,24 @@ def test_latency_table_command_measures_then_loads(tmp_path, capsys):
     from hf_l0.__main__ import main
 
     make_model("bert", "AutoModelForSequenceClassification").save_pretrained(tmp_path / "model")
-    argv = ["latency-table", "--model", str(tmp_path / "model"), "--batch-size", "1", "--seq-len", "8", "--threads",
-            "1", "--repeats", "1", "--rounds", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    argv = [
+        "latency-table",
+        "--model",
+        str(tmp_path / "model"),
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "8",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--rounds",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert "BertForSequenceClassification (3 layers), batch 1 x 8 tokens, 1 thread(s)" in first and "saved to" in first
@@ -261,18 +308,39 @@ def test_trainer_prunes_to_a_flops_target(tmp_path):
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = tf.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=8,
-                           intermediate_size=128, max_position_embeddings=32, num_labels=3)
+    config = tf.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        intermediate_size=128,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
     model = tf.BertForSequenceClassification(config)
     dense_flops = compact_flops(model, 16)
     ids = torch.randint(2, VOCAB, (128, 12), generator=torch.Generator().manual_seed(0))
-    train = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
-                               "labels": (ids[:, 0] % 3).tolist()})
+    train = Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "labels": (ids[:, 0] % 3).tolist()}
+    )
     target = 0.4
-    args = L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=target, target_metric="flops",
-                               cost_seq_len=16, max_steps=40, per_device_train_batch_size=16, learning_rate=1e-3,
-                               logging_steps=10, report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True,
-                               l0_structures="heads,ffn,layers", seed=0, data_seed=0)
+    args = L0TrainingArguments(
+        output_dir=str(tmp_path),
+        target_sparsity=target,
+        target_metric="flops",
+        cost_seq_len=16,
+        max_steps=40,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        logging_steps=10,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        l0_structures="heads,ffn,layers",
+        seed=0,
+        data_seed=0,
+    )
     trainer = L0Trainer(model=model, args=args, train_dataset=train)
     assert trainer.controller.metric is trainer.cost_target
     trainer.train()
@@ -281,7 +349,9 @@ def test_trainer_prunes_to_a_flops_target(tmp_path):
     assert abs(reached - target) <= 0.01, reached
     logs = [h for h in trainer.state.log_history if "lambda_1" in h]
     assert logs and {"expected_flops", "deterministic_flops", "deterministic_param_sparsity"} <= set(logs[-1])
-    assert logs[-1]["deterministic_flops"] == pytest.approx(dense_flops * (1 - logs[-1]["deterministic_sparsity"]) * 1e-9)
+    assert logs[-1]["deterministic_flops"] == pytest.approx(
+        dense_flops * (1 - logs[-1]["deterministic_sparsity"]) * 1e-9
+    )
 
 
 def test_bad_target_metric_arguments_are_refused(tmp_path):
@@ -290,8 +360,9 @@ def test_bad_target_metric_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="target_metric='speed'"):
         L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="speed")
     with pytest.raises(ValueError, match="read only for target_metric='latency'"):
-        L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="flops",
-                            latency_table="table.json")
+        L0TrainingArguments(
+            output_dir=str(tmp_path), target_sparsity=0.5, target_metric="flops", latency_table="table.json"
+        )
     with pytest.raises(ValueError, match="cost_seq_len=0"):
         L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="flops", cost_seq_len=0)
 
@@ -302,7 +373,14 @@ def test_latency_target_in_several_processes_needs_one_table():
     from hf_l0.cost import cost_target_from_args
 
     model = patch_model(make_model("gpt2"), L0Config())
-    args = SimpleNamespace(target_metric="latency", target_sparsity=0.3, latency_table=None, world_size=2,
-                           cost_seq_len=8, cost_batch_size=1, cost_threads=1)
+    args = SimpleNamespace(
+        target_metric="latency",
+        target_sparsity=0.3,
+        latency_table=None,
+        world_size=2,
+        cost_seq_len=8,
+        cost_batch_size=1,
+        cost_threads=1,
+    )
     with pytest.raises(ValueError, match="pass its path as --latency_table"):
         cost_target_from_args(model, args)

@@ -11,8 +11,15 @@ from hf_l0.demo import data
 def plays(tmp_path):
     texts = tmp_path / "texts"
     texts.mkdir()
-    for name in ("as_you_like_it_gut", "hamlet_gut", "hamlet_gut_f", "tempest_gut", "tempest_gut_f", "winters_tale_gut",
-                 "winters_tale_gut_f"):
+    for name in (
+        "as_you_like_it_gut",
+        "hamlet_gut",
+        "hamlet_gut_f",
+        "tempest_gut",
+        "tempest_gut_f",
+        "winters_tale_gut",
+        "winters_tale_gut_f",
+    ):
         (texts / f"{name}.txt").write_text("".join(f"{name} line {i}\n\n" for i in range(3)))
     return tmp_path
 
@@ -27,7 +34,8 @@ def test_selection_split_is_held_out_and_leaves_validation_alone(plays):
     # train loses exactly the selection lines, at its end: every block cut from its start is unchanged
     assert list(plain["train"]["text"]) == list(split["train"]["text"]) + list(split["selection"]["text"])
     assert not {line.split(" line")[0] for line in split["selection"]["text"]} & {
-        line.split(" line")[0] for line in split["train"]["text"]}
+        line.split(" line")[0] for line in split["train"]["text"]
+    }
 
 
 def test_selection_split_never_separates_two_editions_of_a_play(plays):

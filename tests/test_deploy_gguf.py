@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from conftest import make_model
+from helpers import randomize_gates
 
 import hf_l0
 from hf_l0.deploy.gguf_export import export_gguf, read_gguf_metadata
-
-from conftest import make_model
-from helpers import randomize_gates
 
 gguf = pytest.importorskip("gguf", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
 
@@ -18,8 +17,16 @@ gguf = pytest.importorskip("gguf", reason="the deploy extra is not installed: pi
 def llama_with_biases(seed: int = 0):
     """A tiny Llama with attention and MLP biases (random, not zeros), so removed sublayers keep output biases."""
     torch.manual_seed(seed)
-    config = tf.LlamaConfig(vocab_size=101, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
-                            num_key_value_heads=2, intermediate_size=37, attention_bias=True, mlp_bias=True)
+    config = tf.LlamaConfig(
+        vocab_size=101,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=37,
+        attention_bias=True,
+        mlp_bias=True,
+    )
     config._attn_implementation = "eager"
     model = tf.LlamaForCausalLM(config)
     with torch.no_grad():
@@ -58,8 +65,9 @@ def tensors(reader) -> dict[str, np.ndarray]:
 
 def unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
     """Inverse of the export's rotary permutation (GGML interleaved pairs -> HF half split)."""
-    return weight.reshape(heads, weight.shape[0] // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
-        weight.shape)
+    return (
+        weight.reshape(heads, weight.shape[0] // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -82,14 +90,19 @@ def deci_forward(path, token_ids: list[int]) -> np.ndarray:
     alone (including its rule that a layer with n_ff == 0 skips the residual add of its attention)."""
     reader = gguf.GGUFReader(str(path))
     meta, w = fields(reader), {k: v.astype(np.float64) for k, v in tensors(reader).items()}
-    eps, base, hd = meta["deci.attention.layer_norm_rms_epsilon"], meta["deci.rope.freq_base"], \
-        meta["deci.attention.key_length"]
+    eps, base, hd = (
+        meta["deci.attention.layer_norm_rms_epsilon"],
+        meta["deci.rope.freq_base"],
+        meta["deci.attention.key_length"],
+    )
     x = w["token_embd.weight"][token_ids]
     n = len(token_ids)
     causal = np.triu(np.full((n, n), -np.inf), 1)
     for il in range(meta["deci.block_count"]):
-        n_head, n_kv, n_ff = (meta[k][il] for k in ("deci.attention.head_count", "deci.attention.head_count_kv",
-                                                      "deci.feed_forward_length"))
+        n_head, n_kv, n_ff = (
+            meta[k][il]
+            for k in ("deci.attention.head_count", "deci.attention.head_count_kv", "deci.feed_forward_length")
+        )
         p = f"blk.{il}."
         inp_sa = x
         if n_head == 0:
@@ -132,13 +145,16 @@ def test_gguf_reads_back_and_computes_the_compact_model(tmp_path, family):
     # A removed attention in layer 0 (llama.cpp takes the head size from layer 0) or with a kept output bias: one
     # zero head; any other removed attention: no heads.
     has_bias = getattr(compact.config, "attention_bias", False)
-    zero_head = [layer["attention_heads"] == 0 and (i == 0 or (has_bias and layer["attention_output_bias"]))
-                 for i, layer in enumerate(structure["layers"])]
+    zero_head = [
+        layer["attention_heads"] == 0 and (i == 0 or (has_bias and layer["attention_output_bias"]))
+        for i, layer in enumerate(structure["layers"])
+    ]
     expected_heads = [1 if zero else layer["attention_heads"] for zero, layer in zip(zero_head, structure["layers"])]
     expected_ffn = [layer["intermediate_size"] or 1 for layer in structure["layers"]]  # never 0: see deci.cpp
     assert meta["deci.attention.head_count"] == expected_heads
     assert meta["deci.attention.head_count_kv"] == [
-        1 if zero else layer["key_value_heads"] for zero, layer in zip(zero_head, structure["layers"])]
+        1 if zero else layer["key_value_heads"] for zero, layer in zip(zero_head, structure["layers"])
+    ]
     assert meta["deci.feed_forward_length"] == expected_ffn
     assert len(set(zip(expected_heads, expected_ffn))) > 1  # non-uniform
     assert not np.any(w["blk.0.attn_output.weight"]) and not np.any(w["blk.1.ffn_down.weight"])
@@ -153,12 +169,14 @@ def test_gguf_reads_back_and_computes_the_compact_model(tmp_path, family):
     attn = compact.model.layers[1].self_attn
     assert w["blk.1.attn_q.weight"].shape == tuple(attn.q_proj.weight.shape)
     kv_heads = meta["deci.attention.head_count_kv"][1]
-    np.testing.assert_array_equal(unpermute(w["blk.1.attn_q.weight"], expected_heads[1]),
-                                  attn.q_proj.weight.detach().numpy())
+    np.testing.assert_array_equal(
+        unpermute(w["blk.1.attn_q.weight"], expected_heads[1]), attn.q_proj.weight.detach().numpy()
+    )
     np.testing.assert_array_equal(unpermute(w["blk.1.attn_k.weight"], kv_heads), attn.k_proj.weight.detach().numpy())
     if attn.q_proj.bias is not None:  # qwen2
-        np.testing.assert_array_equal(unpermute(w["blk.1.attn_q.bias"], expected_heads[1]),
-                                      attn.q_proj.bias.detach().numpy())
+        np.testing.assert_array_equal(
+            unpermute(w["blk.1.attn_q.bias"], expected_heads[1]), attn.q_proj.bias.detach().numpy()
+        )
     np.testing.assert_array_equal(w["token_embd.weight"], compact.model.embed_tokens.weight.detach().numpy())
     assert ("output.weight" in w) == (not compact.config.tie_word_embeddings)
     # The model computed from the file by llama.cpp's rules equals transformers.
@@ -178,8 +196,9 @@ def test_f16_export_rounds_matrices_only(tmp_path):
     assert types["blk.1.attn_v.weight"] == gguf.GGMLQuantizationType.F16
     assert types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
     w = tensors(reader)
-    np.testing.assert_array_equal(w["blk.2.ffn_up.weight"],
-                                  compact.model.layers[2].mlp.up_proj.weight.detach().half().numpy())
+    np.testing.assert_array_equal(
+        w["blk.2.ffn_up.weight"], compact.model.layers[2].mlp.up_proj.weight.detach().half().numpy()
+    )
     ids = [4, 9, 16, 25, 36, 49, 64, 81]
     with torch.no_grad():
         reference = compact(torch.tensor([ids])).logits[0].double().numpy()
@@ -237,7 +256,8 @@ def test_tokenizer_is_copied_from_the_source_gguf(tmp_path):
     assert all(copied[k] == original[k] for k in keys)
     # the export's own metadata reader agrees with the gguf package's
     assert {k: v for k, (v, _, _) in read_gguf_metadata(source).items()} == {
-        k: v for k, v in original.items() if not k.startswith("GGUF.")}
+        k: v for k, v in original.items() if not k.startswith("GGUF.")
+    }
     write_tokenizer_source(source, vocab=50)
     with pytest.raises(ValueError, match="50 tokens but the model's vocabulary has 101"):
         export_gguf(make_model("llama"), tmp_path / "bad.gguf", tokenizer_gguf=source)
@@ -256,24 +276,30 @@ def test_unsupported_models_are_refused(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("closed_attention_layer, dtype, tol", [(0, "f32", 1e-4), (2, "f32", 1e-4), (0, "f16", 1e-2)],
-                         ids=["layer0-zero-head", "layer2-no-heads", "f16"])
+@pytest.mark.parametrize(
+    "closed_attention_layer, dtype, tol",
+    [(0, "f32", 1e-4), (2, "f32", 1e-4), (0, "f16", 1e-2)],
+    ids=["layer0-zero-head", "layer2-no-heads", "f16"],
+)
 def test_llama_cpp_runs_the_export_like_transformers(tmp_path, closed_attention_layer, dtype, tol):
     """Opt-in: needs llama-cpp-python, which compiles llama.cpp (README, Deployment); skipped with the reason when
     it is not installed (the numpy model of the deci graph above still checks the file)."""
     try:
         import llama_cpp
     except ImportError:
-        pytest.skip("llama-cpp-python is not installed (opt-in: pip install llama-cpp-python); the llama.cpp "
-                    "parity check did not run")
+        pytest.skip(
+            "llama-cpp-python is not installed (opt-in: pip install llama-cpp-python); the llama.cpp "
+            "parity check did not run"
+        )
     compact = compact_model("llama", closed_attention_layer=closed_attention_layer)
     path = export_gguf(compact, tmp_path / "model.gguf", dtype=dtype).path
     ids = [5, 17, 99, 3, 42, 8, 64, 23, 77, 11, 2, 60, 31, 95, 14, 50]
     f32 = llama_cpp.GGML_TYPE_F32  # an f32 KV cache: llama.cpp's default f16 cache would blur the f32 comparison
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, n_batch=32, n_threads=1, logits_all=True, verbose=False,
-                          type_k=f32, type_v=f32)
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=32, n_batch=32, n_threads=1, logits_all=True, verbose=False, type_k=f32, type_v=f32
+    )
     llm.eval(ids)
-    got = np.array(llm.scores[:len(ids)])
+    got = np.array(llm.scores[: len(ids)])
     with torch.no_grad():
         reference = compact(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(got - reference).max() <= tol

@@ -1,12 +1,11 @@
 """ONNX export of compact models: ONNX Runtime equals PyTorch on other batch sizes and lengths than exported."""
 
 import pytest
+from conftest import make_model
+from helpers import randomize_gates
 
 import hf_l0
 from hf_l0.deploy.onnx import check_onnx, example_inputs, export_onnx
-
-from conftest import make_model
-from helpers import randomize_gates
 
 onnx = pytest.importorskip("onnx", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
 pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
@@ -27,10 +26,15 @@ def compact_model(family: str, auto_class: str):
     return compact
 
 
-@pytest.mark.parametrize("family, auto_class", [
-    ("bert", "AutoModelForSequenceClassification"), ("roberta", "AutoModel"),
-    ("llama", "AutoModelForCausalLM"), ("gpt2", "AutoModelForCausalLM"),
-])
+@pytest.mark.parametrize(
+    "family, auto_class",
+    [
+        ("bert", "AutoModelForSequenceClassification"),
+        ("roberta", "AutoModel"),
+        ("llama", "AutoModelForCausalLM"),
+        ("gpt2", "AutoModelForCausalLM"),
+    ],
+)
 def test_onnx_runtime_equals_pytorch_on_new_shapes(tmp_path, family, auto_class):
     compact = compact_model(family, auto_class)
     result = export_onnx(compact, tmp_path / "model.onnx")

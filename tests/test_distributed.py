@@ -26,9 +26,26 @@ def run(cmd: list[str], **env: str) -> None:
 def launch_two(out: Path, **env: str) -> None:
     # `accelerate launch --cpu` starts one process unless MPI is set up; --multi_gpu runs torchrun, and the script's
     # use_cpu=True makes accelerate pick the gloo backend.
-    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(out), "4"],
-        **env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(SCRIPT),
+            str(out),
+            "4",
+        ],
+        **env,
+    )
 
 
 @pytest.fixture(scope="module")

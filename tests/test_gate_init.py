@@ -75,14 +75,26 @@ def test_init_gates_rejects_mismatched_scores():
 def _dataset(n: int = 64, length: int = 10) -> Dataset:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(2, VOCAB, (n, length), generator=g)
-    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
-                              "labels": (ids[:, 0] % 3).tolist()})
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "labels": (ids[:, 0] % 3).tolist()}
+    )
 
 
 def _args(tmp_path, **kw) -> L0TrainingArguments:
-    return L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, per_device_train_batch_size=8,
-                               learning_rate=1e-3, max_steps=2, report_to=[], save_strategy="no", disable_tqdm=True,
-                               use_cpu=True, seed=0, data_seed=0, **kw)
+    return L0TrainingArguments(
+        output_dir=str(tmp_path),
+        target_sparsity=0.5,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=2,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        **kw,
+    )
 
 
 class _Recorder(tf.TrainerCallback):
@@ -100,8 +112,11 @@ class _Recorder(tf.TrainerCallback):
 @pytest.mark.parametrize("method", ["fisher", "activation"])
 def test_trainer_initializes_gates_from_its_first_batches(tmp_path, method):
     dense = make_model("bert", "AutoModelForSequenceClassification")
-    trainer = L0Trainer(model=copy.deepcopy(dense), args=_args(tmp_path, gate_init=method, gate_init_batches=3),
-                        train_dataset=_dataset())
+    trainer = L0Trainer(
+        model=copy.deepcopy(dense),
+        args=_args(tmp_path, gate_init=method, gate_init_batches=3),
+        train_dataset=_dataset(),
+    )
     recorder = _Recorder(trainer)
     trainer.add_callback(recorder)
     trainer.train()
@@ -137,8 +152,11 @@ class _RngRecorder(tf.TrainerCallback):
 def test_gate_init_leaves_the_training_batches_and_the_rng_unchanged(tmp_path):
     seen, rng = {}, {}
     for method in ("uniform", "fisher"):
-        trainer = L0Trainer(model=make_model("bert", "AutoModelForSequenceClassification"),
-                            args=_args(tmp_path / method, gate_init=method), train_dataset=_dataset())
+        trainer = L0Trainer(
+            model=make_model("bert", "AutoModelForSequenceClassification"),
+            args=_args(tmp_path / method, gate_init=method),
+            train_dataset=_dataset(),
+        )
         recorder = _RngRecorder()
         trainer.add_callback(recorder)  # after the gate init callback
         seen[method] = _record_batches(trainer)

@@ -64,14 +64,17 @@ def test_keep_per_row_and_binary():
     assert (z.sum(-1) == 4).all()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(heads=False, ffn=False, hidden=False, layers=False), "gates nothing"),
-    (dict(droprate_init=0.0), "droprate_init"),
-    (dict(temperature=-1.0), "temperature"),
-    (dict(limit_left=0.1), "limit_left < 0"),
-    (dict(target_heads=2, heads=False), "needs its gates"),
-    (dict(target_heads=2), "set layers=False"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(heads=False, ffn=False, hidden=False, layers=False), "gates nothing"),
+        (dict(droprate_init=0.0), "droprate_init"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(limit_left=0.1), "limit_left < 0"),
+        (dict(target_heads=2, heads=False), "needs its gates"),
+        (dict(target_heads=2), "set layers=False"),
+    ],
+)
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         L0Config(**kwargs)

@@ -14,9 +14,15 @@ import pytest
 import hf_l0
 
 ROOT = Path(hf_l0.__file__).parent
-MOVED = {"hf_l0.compact": "hf_l0.checkpoint", "hf_l0.modules": "hf_l0.stand_ins", "hf_l0.surgery": "hf_l0.structure",
-         "hf_l0.card": "hf_l0.hub.card", "hf_l0.assets": "hf_l0.demo.assets", "hf_l0.data": "hf_l0.demo.data",
-         "hf_l0.scripting": "hf_l0.demo.scripting"}
+MOVED = {
+    "hf_l0.compact": "hf_l0.checkpoint",
+    "hf_l0.modules": "hf_l0.stand_ins",
+    "hf_l0.surgery": "hf_l0.structure",
+    "hf_l0.card": "hf_l0.hub.card",
+    "hf_l0.assets": "hf_l0.demo.assets",
+    "hf_l0.data": "hf_l0.demo.data",
+    "hf_l0.scripting": "hf_l0.demo.scripting",
+}
 
 
 def package_modules() -> dict[str, Path]:
@@ -45,11 +51,16 @@ def imports(source: str, module: str, is_package: bool, known: set[str], module_
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == "hf_l0")
         elif isinstance(node, ast.ImportFrom):
-            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+            base = (
+                importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                if node.level
                 else node.module
+            )
             if base.split(".")[0] == "hf_l0":
-                found.extend((node.lineno, f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
-                             for alias in node.names)
+                found.extend(
+                    (node.lineno, f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+                    for alias in node.names
+                )
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -82,7 +93,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -98,8 +109,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_cycle_finder_finds_cycles_through_packages():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    graph = {"hf_l0.prune": {"hf_l0.own_methods"}, "hf_l0.own_methods": {"hf_l0.hub", "hf_l0.hub.save"},
-             "hf_l0.hub": {"hf_l0.hub.load"}, "hf_l0.hub.load": {"hf_l0.prune"}, "hf_l0.hub.save": set()}
+    graph = {
+        "hf_l0.prune": {"hf_l0.own_methods"},
+        "hf_l0.own_methods": {"hf_l0.hub", "hf_l0.hub.save"},
+        "hf_l0.hub": {"hf_l0.hub.load"},
+        "hf_l0.hub.load": {"hf_l0.prune"},
+        "hf_l0.hub.save": set(),
+    }
     assert find_cycle(graph) == ["hf_l0.hub", "hf_l0.hub.load", "hf_l0.prune", "hf_l0.own_methods", "hf_l0.hub"]
 
 
@@ -121,8 +137,11 @@ def test_no_module_imports_the_package_root():
         tree = ast.parse(path.read_text())
         found = imports(path.read_text(), module, path.name == "__init__.py", set(modules), False)
         offenders += [f"{module} line {line}" for line, target in found if target == "hf_l0"]
-        offenders += [f"{module} line {node.lineno}" for node in ast.walk(tree) if isinstance(node, ast.Import)
-                      and any(alias.name.split(".")[0] == "hf_l0" for alias in node.names)]
+        offenders += [
+            f"{module} line {node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "hf_l0" for alias in node.names)
+        ]
     assert offenders == []
 
 
@@ -149,10 +168,30 @@ def test_the_version_is_written_once():
 
 
 def test_hub_package_keeps_the_public_names_of_the_hub_module():
-    names = ("AUTO_CLASSES", "CARD_FILE", "EXPORT_FORMAT", "EXPORT_KEY", "HEATMAP_FILE", "MODELING_FILE",
-             "PIPELINE_TAGS", "REMOTE_CODE_MODULES", "REMOTE_CODE_PREFIX", "CompactModelUpload", "ExportPlan",
-             "auto_class_name", "export_plan", "flat_module_name", "flatten_imports", "from_pretrained",
-             "load_config", "load_weights_strictly", "module_source", "push_to_hub", "remote_code_files",
-             "save_pretrained", "tied_groups")
+    names = (
+        "AUTO_CLASSES",
+        "CARD_FILE",
+        "EXPORT_FORMAT",
+        "EXPORT_KEY",
+        "HEATMAP_FILE",
+        "MODELING_FILE",
+        "PIPELINE_TAGS",
+        "REMOTE_CODE_MODULES",
+        "REMOTE_CODE_PREFIX",
+        "CompactModelUpload",
+        "ExportPlan",
+        "auto_class_name",
+        "export_plan",
+        "flat_module_name",
+        "flatten_imports",
+        "from_pretrained",
+        "load_config",
+        "load_weights_strictly",
+        "module_source",
+        "push_to_hub",
+        "remote_code_files",
+        "save_pretrained",
+        "tied_groups",
+    )
     assert [name for name in names if not hasattr(hf_l0.hub, name)] == []
     assert set(hf_l0.hub.__all__) >= set(names)

@@ -27,9 +27,11 @@ def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("sources")
     llama = compact_model("llama", "AutoModelForCausalLM")
     gpt2 = make_model("gpt2")
-    dirs = {"compact": hf_l0.save_pretrained(llama, root / "compact", model_card=False),
-            "sharded": hf_l0.save_pretrained(llama, root / "sharded", model_card=False, max_shard_size="20KB"),
-            "dense": hf_l0.save_pretrained(gpt2, root / "dense", model_card=False)}
+    dirs = {
+        "compact": hf_l0.save_pretrained(llama, root / "compact", model_card=False),
+        "sharded": hf_l0.save_pretrained(llama, root / "sharded", model_card=False, max_shard_size="20KB"),
+        "dense": hf_l0.save_pretrained(gpt2, root / "dense", model_card=False),
+    }
     return dirs, {"compact": llama, "sharded": llama, "dense": gpt2}
 
 
@@ -92,11 +94,11 @@ def move_shard_out(d: Path, how: str) -> None:
 def corrupt_header(d: Path, change) -> None:
     data = weights(d).read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
+    header = json.loads(data[8 : 8 + length])
     change(header)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    weights(d).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length:])
+    weights(d).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length :])
 
 
 def pickle_only(d: Path) -> None:
@@ -109,67 +111,203 @@ UP = "model.embed_tokens.weight"
 W = r".*model\.safetensors"
 # (id, source directory, corruption, expected error type, regex the message must match)
 CASES = [
-    ("truncated-tail", "compact", lambda d: weights(d).write_bytes(weights(d).read_bytes()[:-100]), ValueError,
-     rf"{W}: truncated safetensors file: tensor '.*'"),
-    ("truncated-header", "compact", lambda d: weights(d).write_bytes(weights(d).read_bytes()[:5]), ValueError,
-     rf"{W}: truncated safetensors file \(5 bytes"),
-    ("header-not-json", "compact",
-     lambda d: weights(d).write_bytes(struct.pack("<Q", 4) + b"{{{{" + b"\0" * 16), ValueError,
-     rf"{W}: corrupt safetensors header"),
-    ("header-offsets-lie", "compact", lambda d: corrupt_header(d, lambda h: h[K].update(shape=[1])), ValueError,
-     rf"{W}: corrupt safetensors header: tensor '{K}' .* do not hold its bytes"),
-    ("header-unknown-dtype", "compact", lambda d: corrupt_header(d, lambda h: h[K].update(dtype="PICKLE")),
-     ValueError, rf"{W}: corrupt safetensors header: tensor '{K}'"),
-    ("int8-where-fp32", "compact", lambda d: edit_tensor(d, K, lambda t: t.to(torch.int8)), ValueError,
-     rf"tensor '{K}' in {W} has dtype I8 but .*config\.json declares F32"),
-    ("fp16-where-fp32", "compact", lambda d: edit_tensor(d, UP, lambda t: t.half()), ValueError,
-     rf"tensor '{UP}' in {W} has dtype F16 but .*config\.json declares F32"),
-    ("wrong-shape", "compact", lambda d: edit_tensor(d, K, lambda t: t[:, :-1].contiguous()), ValueError,
-     rf"tensor '{K}' in {W} has shape .* but .*config\.json .* builds"),
-    ("extra-tensor", "compact", lambda d: edit_state(d, lambda s: s.update({"model.evil.weight": torch.zeros(3)})),
-     ValueError, rf"unexpected tensor 'model\.evil\.weight' in {W}"),
-    ("missing-tensor", "compact", lambda d: edit_state(d, lambda s: s.pop(K)), ValueError,
-     rf"missing tensor '{K}' \(expected in {W}\)"),
-    ("index-traversal", "sharded", lambda d: move_shard_out(d, "relative"), ValueError,
-     r"index\.json \(tensor '.*'\) names weights file '\.\./outside_.*', which is outside"),
-    ("index-absolute", "sharded", lambda d: move_shard_out(d, "absolute"), ValueError,
-     r"index\.json \(tensor '.*'\) names weights file '/.*outside_.*', which is outside"),
-    ("symlink-out", "sharded", lambda d: move_shard_out(d, "symlink"), ValueError,
-     r"model-.*\.safetensors \(from .*index\.json.*\) is a symbolic link to .*outside_.*: refused"),
-    ("index-wrong-shard", "sharded",
-     lambda d: edit_index(d, lambda m: m.update({next(iter(m)): sorted(set(m.values()))[-1]})), ValueError,
-     r"lists tensor '.*' in .*model-.*\.safetensors, which does not contain it"),
-    ("negative-heads", "dense", lambda d: edit_config(d, n_head=-4), ValueError,
-     r"config\.json: (n_head|num_attention_heads)=-4 must be a positive int"),
-    ("huge-layers", "compact", lambda d: edit_config(d, num_hidden_layers=10**9), ValueError,
-     r"config\.json: num_hidden_layers=1000000000 must be a positive int of at most \d+"),
-    ("huge-hidden", "dense", lambda d: edit_config(d, n_embd=2**40), ValueError,
-     r"config\.json: (n_embd|hidden_size)=1099511627776 must be a positive int"),
-    ("string-heads", "compact", lambda d: edit_config(d, num_key_value_heads="2"), ValueError,
-     r"config\.json: .*num_key_value_heads"),
-    ("layers-wrong-length", "compact", lambda d: edit_structure(d, lambda c: c["l0_structure"]["layers"].pop()),
-     ValueError, r"config\.l0_structure describes 2 layers but the config builds 3"),
-    ("structure-not-dict", "compact", lambda d: edit_config(d, l0_structure=[1, 2, 3]), ValueError,
-     r"config\.json: l0_structure must be an object, got list"),
-    ("structure-too-wide", "compact",
-     lambda d: edit_structure(d, lambda c: c["l0_structure"]["layers"][0].update(intermediate_size=10**6)),
-     ValueError, r"l0_structure\.layers\[0\]\.intermediate_size=1000000 must be an int in \[0, 37\]"),
-    ("architectures-trainer", "dense", lambda d: edit_config(d, architectures=["Trainer"]), ValueError,
-     r"config\.json: architectures names 'Trainer', which is not a transformers model class of the 'gpt2' family"),
-    ("architectures-other-family", "dense", lambda d: edit_config(d, architectures=["BertModel"]), ValueError,
-     r"architectures names 'BertModel', which is not a transformers model class of the 'gpt2' family"),
-    ("base-architectures-trainer", "compact",
-     lambda d: edit_structure(d, lambda c: c["l0_export"].update(base_architectures=["Trainer"])), ValueError,
-     r"architectures names 'Trainer', which is not a transformers model class of the 'llama' family"),
-    ("architectures-not-list", "dense", lambda d: edit_config(d, architectures="GPT2LMHeadModel"), ValueError,
-     r"architectures='GPT2LMHeadModel' must be a list of class names"),
+    (
+        "truncated-tail",
+        "compact",
+        lambda d: weights(d).write_bytes(weights(d).read_bytes()[:-100]),
+        ValueError,
+        rf"{W}: truncated safetensors file: tensor '.*'",
+    ),
+    (
+        "truncated-header",
+        "compact",
+        lambda d: weights(d).write_bytes(weights(d).read_bytes()[:5]),
+        ValueError,
+        rf"{W}: truncated safetensors file \(5 bytes",
+    ),
+    (
+        "header-not-json",
+        "compact",
+        lambda d: weights(d).write_bytes(struct.pack("<Q", 4) + b"{{{{" + b"\0" * 16),
+        ValueError,
+        rf"{W}: corrupt safetensors header",
+    ),
+    (
+        "header-offsets-lie",
+        "compact",
+        lambda d: corrupt_header(d, lambda h: h[K].update(shape=[1])),
+        ValueError,
+        rf"{W}: corrupt safetensors header: tensor '{K}' .* do not hold its bytes",
+    ),
+    (
+        "header-unknown-dtype",
+        "compact",
+        lambda d: corrupt_header(d, lambda h: h[K].update(dtype="PICKLE")),
+        ValueError,
+        rf"{W}: corrupt safetensors header: tensor '{K}'",
+    ),
+    (
+        "int8-where-fp32",
+        "compact",
+        lambda d: edit_tensor(d, K, lambda t: t.to(torch.int8)),
+        ValueError,
+        rf"tensor '{K}' in {W} has dtype I8 but .*config\.json declares F32",
+    ),
+    (
+        "fp16-where-fp32",
+        "compact",
+        lambda d: edit_tensor(d, UP, lambda t: t.half()),
+        ValueError,
+        rf"tensor '{UP}' in {W} has dtype F16 but .*config\.json declares F32",
+    ),
+    (
+        "wrong-shape",
+        "compact",
+        lambda d: edit_tensor(d, K, lambda t: t[:, :-1].contiguous()),
+        ValueError,
+        rf"tensor '{K}' in {W} has shape .* but .*config\.json .* builds",
+    ),
+    (
+        "extra-tensor",
+        "compact",
+        lambda d: edit_state(d, lambda s: s.update({"model.evil.weight": torch.zeros(3)})),
+        ValueError,
+        rf"unexpected tensor 'model\.evil\.weight' in {W}",
+    ),
+    (
+        "missing-tensor",
+        "compact",
+        lambda d: edit_state(d, lambda s: s.pop(K)),
+        ValueError,
+        rf"missing tensor '{K}' \(expected in {W}\)",
+    ),
+    (
+        "index-traversal",
+        "sharded",
+        lambda d: move_shard_out(d, "relative"),
+        ValueError,
+        r"index\.json \(tensor '.*'\) names weights file '\.\./outside_.*', which is outside",
+    ),
+    (
+        "index-absolute",
+        "sharded",
+        lambda d: move_shard_out(d, "absolute"),
+        ValueError,
+        r"index\.json \(tensor '.*'\) names weights file '/.*outside_.*', which is outside",
+    ),
+    (
+        "symlink-out",
+        "sharded",
+        lambda d: move_shard_out(d, "symlink"),
+        ValueError,
+        r"model-.*\.safetensors \(from .*index\.json.*\) is a symbolic link to .*outside_.*: refused",
+    ),
+    (
+        "index-wrong-shard",
+        "sharded",
+        lambda d: edit_index(d, lambda m: m.update({next(iter(m)): sorted(set(m.values()))[-1]})),
+        ValueError,
+        r"lists tensor '.*' in .*model-.*\.safetensors, which does not contain it",
+    ),
+    (
+        "negative-heads",
+        "dense",
+        lambda d: edit_config(d, n_head=-4),
+        ValueError,
+        r"config\.json: (n_head|num_attention_heads)=-4 must be a positive int",
+    ),
+    (
+        "huge-layers",
+        "compact",
+        lambda d: edit_config(d, num_hidden_layers=10**9),
+        ValueError,
+        r"config\.json: num_hidden_layers=1000000000 must be a positive int of at most \d+",
+    ),
+    (
+        "huge-hidden",
+        "dense",
+        lambda d: edit_config(d, n_embd=2**40),
+        ValueError,
+        r"config\.json: (n_embd|hidden_size)=1099511627776 must be a positive int",
+    ),
+    (
+        "string-heads",
+        "compact",
+        lambda d: edit_config(d, num_key_value_heads="2"),
+        ValueError,
+        r"config\.json: .*num_key_value_heads",
+    ),
+    (
+        "layers-wrong-length",
+        "compact",
+        lambda d: edit_structure(d, lambda c: c["l0_structure"]["layers"].pop()),
+        ValueError,
+        r"config\.l0_structure describes 2 layers but the config builds 3",
+    ),
+    (
+        "structure-not-dict",
+        "compact",
+        lambda d: edit_config(d, l0_structure=[1, 2, 3]),
+        ValueError,
+        r"config\.json: l0_structure must be an object, got list",
+    ),
+    (
+        "structure-too-wide",
+        "compact",
+        lambda d: edit_structure(d, lambda c: c["l0_structure"]["layers"][0].update(intermediate_size=10**6)),
+        ValueError,
+        r"l0_structure\.layers\[0\]\.intermediate_size=1000000 must be an int in \[0, 37\]",
+    ),
+    (
+        "architectures-trainer",
+        "dense",
+        lambda d: edit_config(d, architectures=["Trainer"]),
+        ValueError,
+        r"config\.json: architectures names 'Trainer', which is not a transformers model class of the 'gpt2' family",
+    ),
+    (
+        "architectures-other-family",
+        "dense",
+        lambda d: edit_config(d, architectures=["BertModel"]),
+        ValueError,
+        r"architectures names 'BertModel', which is not a transformers model class of the 'gpt2' family",
+    ),
+    (
+        "base-architectures-trainer",
+        "compact",
+        lambda d: edit_structure(d, lambda c: c["l0_export"].update(base_architectures=["Trainer"])),
+        ValueError,
+        r"architectures names 'Trainer', which is not a transformers model class of the 'llama' family",
+    ),
+    (
+        "architectures-not-list",
+        "dense",
+        lambda d: edit_config(d, architectures="GPT2LMHeadModel"),
+        ValueError,
+        r"architectures='GPT2LMHeadModel' must be a list of class names",
+    ),
     ("pickle-bin-only", "dense", pickle_only, FileNotFoundError, r"pickled weights are never loaded"),
-    ("config-not-json", "dense", lambda d: (d / "config.json").write_text("{'model_type': 'gpt2'"), ValueError,
-     r"config\.json: not valid JSON"),
-    ("unknown-model-type", "dense", lambda d: edit_config(d, model_type="evil"), ValueError,
-     r"model_type 'evil' is not a transformers model type"),
-    ("dtype-not-float", "dense", lambda d: edit_config(d, dtype="int8"), ValueError,
-     r"config\.json: dtype 'int8' is not a floating-point torch dtype"),
+    (
+        "config-not-json",
+        "dense",
+        lambda d: (d / "config.json").write_text("{'model_type': 'gpt2'"),
+        ValueError,
+        r"config\.json: not valid JSON",
+    ),
+    (
+        "unknown-model-type",
+        "dense",
+        lambda d: edit_config(d, model_type="evil"),
+        ValueError,
+        r"model_type 'evil' is not a transformers model type",
+    ),
+    (
+        "dtype-not-float",
+        "dense",
+        lambda d: edit_config(d, dtype="int8"),
+        ValueError,
+        r"config\.json: dtype 'int8' is not a floating-point torch dtype",
+    ),
 ]
 
 

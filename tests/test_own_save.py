@@ -19,23 +19,31 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
+from conftest import CONFIGS, ENCODERS, VOCAB, make_inputs, make_model
+from helpers import NO_HF_L0_PRELUDE, randomize_gates
 from safetensors.torch import save_file
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
 from hf_l0.own_methods import has_compact_methods
 
-from conftest import CONFIGS, ENCODERS, VOCAB, make_inputs, make_model
-from helpers import NO_HF_L0_PRELUDE
-from helpers import randomize_gates
-
 TOL = 1e-5
 
 # Every head of the README's supported table, per family (hidden-dimension pruning and removed sublayers in each).
-ENCODER_HEADS = ("AutoModel", "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
-                 "AutoModelForQuestionAnswering", "AutoModelForMultipleChoice")
-DECODER_HEADS = ("AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
-                 "AutoModelForTokenClassification", "AutoModelForQuestionAnswering")
+ENCODER_HEADS = (
+    "AutoModel",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForMultipleChoice",
+)
+DECODER_HEADS = (
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+)
 MATRIX = [(family, head) for family in CONFIGS for head in (ENCODER_HEADS if family in ENCODERS else DECODER_HEADS)]
 # Masked LM heads are supported for every structure but the hidden dimension (their transform has its own norm).
 MASKED_LM = [(family, "AutoModelForMaskedLM") for family in ENCODERS]
@@ -69,9 +77,16 @@ def tiny_tokenizer(encoder: bool):
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     if encoder:
         tokenizer.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return tf.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
-                                      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+    return tf.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 def pipeline_result(pipe, task):
@@ -95,8 +110,10 @@ def compact(family, head, config=None, seed=0, gated_diff=None):
     kept = hf_l0.get_gates(model).deterministic().get("hidden", torch.ones(1)).nonzero().squeeze(-1)
     model = prune_model(model.eval())
     if gated is not None:  # hidden states of a base model: compared on the kept dimensions
-        gated_diff["max"] = max(masked_diff(a, b if a.shape == b.shape else b[..., kept], inputs)
-                                for a, b in zip(outputs(model, inputs).values(), gated.values()))
+        gated_diff["max"] = max(
+            masked_diff(a, b if a.shape == b.shape else b[..., kept], inputs)
+            for a, b in zip(outputs(model, inputs).values(), gated.values())
+        )
     return model
 
 
@@ -118,7 +135,7 @@ def outputs(model, inputs):
     return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
 
-FRESH_SCRIPT = NO_HF_L0_PRELUDE + textwrap.dedent('''
+FRESH_SCRIPT = NO_HF_L0_PRELUDE + textwrap.dedent("""
     import torch
     import transformers as tf
     from safetensors.torch import load_file
@@ -172,7 +189,7 @@ FRESH_SCRIPT = NO_HF_L0_PRELUDE + textwrap.dedent('''
         except Exception as err:  # one broken case must not hide the others' results
             r["error"] = f"{type(err).__name__}: {err}"[:2000]
     json.dump(results, open(sys.argv[2], "w"))
-''').replace("PIPELINE_RESULT", textwrap.dedent(inspect.getsource(pipeline_result)))
+""").replace("PIPELINE_RESULT", textwrap.dedent(inspect.getsource(pipeline_result)))
 
 
 def run_fresh_process(workdir: Path, cases: list[dict]) -> dict:
@@ -181,9 +198,16 @@ def run_fresh_process(workdir: Path, cases: list[dict]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     env.update(HF_MODULES_CACHE=str(workdir / "hf_modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     # -I: no cwd, no PYTHONPATH, no user site; the blocker in the script covers an installed hf_l0
-    done = subprocess.run([sys.executable, "-I", str(workdir / "fresh.py"), str(workdir / "cases.json"),
-                           str(workdir / "results.json")], cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL, check=False)
+    done = subprocess.run(
+        [sys.executable, "-I", str(workdir / "fresh.py"), str(workdir / "cases.json"), str(workdir / "results.json")],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((workdir / "results.json").read_text())
 
@@ -207,11 +231,21 @@ class FakeHubApi:
 def _write_case(cases, refs, root, name, model, head, *, native=False, **flags):
     inputs = head_inputs(head)
     refs[name] = (model, inputs)
-    tensors = {**{f"in.{k}": v for k, v in inputs.items()},
-               **{f"out.{k}": v for k, v in outputs(model, inputs).items()}}
+    tensors = {
+        **{f"in.{k}": v for k, v in inputs.items()},
+        **{f"out.{k}": v for k, v in outputs(model, inputs).items()},
+    }
     save_file({k: v.contiguous() for k, v in tensors.items()}, root / f"{name}.ref.safetensors")
-    cases.append({"name": name, "dir": str(root / name), "auto_class": head, "native": native,
-                  "reference": str(root / f"{name}.ref.safetensors"), **flags})
+    cases.append(
+        {
+            "name": name,
+            "dir": str(root / name),
+            "auto_class": head,
+            "native": native,
+            "reference": str(root / f"{name}.ref.safetensors"),
+            **flags,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -233,10 +267,19 @@ def fresh(tmp_path_factory):
 
     # native shapes through the own method: a stock config, loaded without remote code
     for name, family, head, config in (
-            ("native-llama", "llama", "AutoModelForCausalLM",
-             L0Config(target_heads=1, target_intermediate_size=20, layers=False)),
-            ("native-bert", "bert", "AutoModelForSequenceClassification",
-             L0Config(heads=False, target_intermediate_size=20, layers=False))):
+        (
+            "native-llama",
+            "llama",
+            "AutoModelForCausalLM",
+            L0Config(target_heads=1, target_intermediate_size=20, layers=False),
+        ),
+        (
+            "native-bert",
+            "bert",
+            "AutoModelForSequenceClassification",
+            L0Config(heads=False, target_intermediate_size=20, layers=False),
+        ),
+    ):
         model = compact(family, head, config)
         model.save_pretrained(root / name)
         _write_case(cases, refs, root, name, model, head, native=True)
@@ -264,8 +307,15 @@ def fresh(tmp_path_factory):
     model = compact("qwen2", "AutoModelForSequenceClassification", seed=2)
     args = tf.TrainingArguments(output_dir=str(root / "trainer-qwen2"), report_to="none", use_cpu=True)
     tf.Trainer(model=model, args=args, processing_class=tokenizers[False]).save_model()
-    _write_case(cases, refs, root, "trainer-qwen2", model, "AutoModelForSequenceClassification",
-                pipeline=PIPELINES["trainer-qwen2"])
+    _write_case(
+        cases,
+        refs,
+        root,
+        "trainer-qwen2",
+        model,
+        "AutoModelForSequenceClassification",
+        pipeline=PIPELINES["trainer-qwen2"],
+    )
 
     # a compact model loaded by hf_l0.from_pretrained saves the same way again
     model = hf_l0.from_pretrained(root / case_name("mistral", "AutoModelForTokenClassification"))
@@ -354,8 +404,9 @@ def test_own_push_to_hub_uploads_the_compact_export(fresh):
     calls = info["push_calls"]
     assert info["push_return"] == "commit-url"
     assert calls["create_repo"] == ("me/gpt2-l0", {"private": True, "token": None, "exist_ok": True})
-    assert {"config.json", "model.safetensors", "modeling_hf_l0.py", "README.md", "l0_structure.png"} <= \
-        set(calls["files"])
+    assert {"config.json", "model.safetensors", "modeling_hf_l0.py", "README.md", "l0_structure.png"} <= set(
+        calls["files"]
+    )
     assert 'from_pretrained("me/gpt2-l0", trust_remote_code=True)' in calls["files"]["README.md"].decode()
     check_remote_case(results, "pushed-gpt2")
 
@@ -379,6 +430,7 @@ def test_pipelines_without_hf_l0(fresh, name):
 
 
 # -- in-process behaviour of the routed methods ----------------------------------------------------------------------
+
 
 def test_own_methods_follow_copies_and_free_with_the_model(tmp_path):
     model = compact("llama", "AutoModelForCausalLM")

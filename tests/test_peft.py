@@ -3,8 +3,8 @@
 import pytest
 import torch
 from conftest import make_inputs, make_model, model_output
-from peft import LoraConfig, get_peft_model
 from helpers import randomize_gates
+from peft import LoraConfig, get_peft_model
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
@@ -19,8 +19,9 @@ LORA_TARGETS = {
 def lora_model(family: str):
     auto_class = "AutoModelForSequenceClassification" if family == "bert" else "AutoModelForCausalLM"
     model = make_model(family, auto_class)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[family],
-                                                  fan_in_fan_out=family == "gpt2"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[family], fan_in_fan_out=family == "gpt2")
+    )
     with torch.no_grad():  # LoRA's B starts at zero; give the adapters a real effect to merge
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
@@ -74,8 +75,16 @@ def test_l0_trainer_trains_a_lora_model_and_hands_back_a_merged_compact_model(tm
     frozen = {n: p.clone() for n, p in peft_model.named_parameters() if not p.requires_grad}
     ids = torch.randint(2, 101, (8, 12), generator=torch.Generator().manual_seed(0))
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
-    args = L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.3, max_steps=4, per_device_train_batch_size=4,
-                               use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True)
+    args = L0TrainingArguments(
+        output_dir=str(tmp_path),
+        target_sparsity=0.3,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = L0Trainer(model=peft_model, args=args, train_dataset=data)
     gates_before = hf_l0.get_gates(peft_model).heads.log_alpha.detach().clone()
     trainer.train()

@@ -19,8 +19,11 @@ import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
 
 TOL = 1e-5
-STRUCTURE_SETS = [dict(zip(("heads", "ffn", "hidden", "layers"), flags))
-                  for flags in itertools.product((False, True), repeat=4) if any(flags)]  # 15 sets
+STRUCTURE_SETS = [
+    dict(zip(("heads", "ffn", "hidden", "layers"), flags))
+    for flags in itertools.product((False, True), repeat=4)
+    if any(flags)
+]  # 15 sets
 UNIFORM_DRAWS = 40  # extra draws with uniform targets (target_heads / _intermediate_size / _hidden_size)
 
 
@@ -61,13 +64,20 @@ def _uniform_config(rng: random.Random, model) -> L0Config:
     gates_of = {"heads": rng.random() < 0.8, "ffn": rng.random() < 0.8, "hidden": rng.random() < 0.5}
     if not any(gates_of.values()):
         gates_of["ffn"] = True
-    units = model.config.num_key_value_heads if hasattr(model.config, "num_key_value_heads") else \
-        model.config.num_attention_heads
-    return L0Config(**gates_of, layers=False,
-                    target_heads=rng.randint(0, units) if gates_of["heads"] else None,
-                    target_intermediate_size=rng.randint(0, 37 if model.config.model_type != "gpt2" else 128)
-                    if gates_of["ffn"] else None,
-                    target_hidden_size=rng.randint(1, model.config.hidden_size) if gates_of["hidden"] else None)
+    units = (
+        model.config.num_key_value_heads
+        if hasattr(model.config, "num_key_value_heads")
+        else model.config.num_attention_heads
+    )
+    return L0Config(
+        **gates_of,
+        layers=False,
+        target_heads=rng.randint(0, units) if gates_of["heads"] else None,
+        target_intermediate_size=rng.randint(0, 37 if model.config.model_type != "gpt2" else 128)
+        if gates_of["ffn"]
+        else None,
+        target_hidden_size=rng.randint(1, model.config.hidden_size) if gates_of["hidden"] else None,
+    )
 
 
 def _check_one(base, config: L0Config, rng: random.Random, inputs) -> float:
@@ -100,8 +110,10 @@ def _check_one(base, config: L0Config, rng: random.Random, inputs) -> float:
 
 def test_random_structures_families_and_gates_prune_exactly():
     torch.manual_seed(0)
-    bases = {(family, auto_class): make_model(family, auto_class, seed=i)
-             for i, (family, auto_class) in enumerate(TASK_MODELS)}
+    bases = {
+        (family, auto_class): make_model(family, auto_class, seed=i)
+        for i, (family, auto_class) in enumerate(TASK_MODELS)
+    }
     inputs = make_inputs(batch=2, length=7)
     rng = random.Random(12)
     draws = [(key, L0Config(**structures)) for key, structures in itertools.product(bases, STRUCTURE_SETS)]

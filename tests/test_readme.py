@@ -27,7 +27,8 @@ def test_main_job_settings_parse_with_the_script_parser():
     script = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = script  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(script)
-    model_args, data_args, args = script.build_parser().parse_json_file(str(ROOT / "scripts" / "configs" /
-                                                                              "minilm_rotten_tomatoes.json"))
+    model_args, data_args, args = script.build_parser().parse_json_file(
+        str(ROOT / "scripts" / "configs" / "minilm_rotten_tomatoes.json")
+    )
     assert model_args.model_name_or_path == "hf_l0:minilm" and data_args.dataset_name == "hf_l0:rotten_tomatoes"
     assert args.target_sparsity == 0.6 and args.max_steps == 300 and args.seed == 42

@@ -48,9 +48,11 @@ def test_minilm_half_heads_and_neurons_pruned_is_exact():
         pruned = model(**batch).logits
     compact_params = model.num_parameters()
     max_diff = (gated - pruned).abs().max().item()
-    print(f"\nMiniLM: heads pruned {head_share:.1%}, FFN neurons pruned {neuron_share:.1%}, "
-          f"params {dense_params:,} -> {compact_params:,} ({1 - compact_params / dense_params:.1%} fewer), "
-          f"max |gated - pruned| = {max_diff:.2e}")
+    print(
+        f"\nMiniLM: heads pruned {head_share:.1%}, FFN neurons pruned {neuron_share:.1%}, "
+        f"params {dense_params:,} -> {compact_params:,} ({1 - compact_params / dense_params:.1%} fewer), "
+        f"max |gated - pruned| = {max_diff:.2e}"
+    )
     assert max_diff <= 1e-5
     assert dense_params - compact_params == int(predicted.item())
     layers = model.config.l0_structure["layers"]

@@ -9,8 +9,11 @@ from conftest import make_inputs, make_model
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
 
-INNER = {"bert": ("AutoModelForSequenceClassification", "bert"), "gpt2": ("AutoModelForCausalLM", "transformer"),
-         "llama": ("AutoModelForCausalLM", "model")}
+INNER = {
+    "bert": ("AutoModelForSequenceClassification", "bert"),
+    "gpt2": ("AutoModelForCausalLM", "transformer"),
+    "llama": ("AutoModelForCausalLM", "model"),
+}
 
 
 def _count_refreshes(model) -> list[int]:
@@ -72,14 +75,26 @@ def test_one_forward_draws_one_sample_for_all_layers(family):
 
 
 # -- unreachable targets --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family, auto_class", [("bert", "AutoModelForSequenceClassification"),
-                                                ("gpt2", "AutoModelForCausalLM"), ("llama", "AutoModelForCausalLM"),
-                                                ("qwen2", "AutoModelForCausalLM")])
-@pytest.mark.parametrize("structures", [{"heads": False, "layers": False}, {"ffn": False, "layers": False},
-                                        {"heads": False, "ffn": False, "layers": False, "hidden": True},
-                                        {"layers": False, "target_heads": 1, "target_intermediate_size": 5},
-                                        {"heads": True, "ffn": True, "layers": True}],
-                         ids=["ffn-only", "heads-only", "hidden-only", "uniform", "layers"])
+@pytest.mark.parametrize(
+    "family, auto_class",
+    [
+        ("bert", "AutoModelForSequenceClassification"),
+        ("gpt2", "AutoModelForCausalLM"),
+        ("llama", "AutoModelForCausalLM"),
+        ("qwen2", "AutoModelForCausalLM"),
+    ],
+)
+@pytest.mark.parametrize(
+    "structures",
+    [
+        {"heads": False, "layers": False},
+        {"ffn": False, "layers": False},
+        {"heads": False, "ffn": False, "layers": False, "hidden": True},
+        {"layers": False, "target_heads": 1, "target_intermediate_size": 5},
+        {"heads": True, "ffn": True, "layers": True},
+    ],
+    ids=["ffn-only", "heads-only", "hidden-only", "uniform", "layers"],
+)
 def test_max_reachable_sparsity_is_what_all_gates_shut_prunes_to(family, auto_class, structures):
     model = make_model(family, auto_class)
     patch_model(model, L0Config(**structures))
@@ -100,20 +115,31 @@ def test_unreachable_target_is_refused_with_the_maximum():
     patch_model(model, L0Config(heads=False, layers=False))  # FFN only: attention always stays
     maximum = hf_l0.max_reachable_sparsity(model)
     assert 0.5 < maximum < 0.8
-    with pytest.raises(ValueError, match=rf"target_sparsity=0.9 cannot be reached.*at most {maximum:.4f}.*"
-                                         "Gate more structures.*or lower target_sparsity"):
+    with pytest.raises(
+        ValueError,
+        match=rf"target_sparsity=0.9 cannot be reached.*at most {maximum:.4f}.*"
+        "Gate more structures.*or lower target_sparsity",
+    ):
         hf_l0.check_target_reachable(model, 0.9)
     hf_l0.check_target_reachable(model, round(maximum - 0.01, 2))  # reachable: no error
 
 
-@pytest.mark.parametrize("structures, target, ok", [("ffn", 0.9, False), ("heads", 0.8, False),
-                                                    ("heads,ffn", 0.9, True), ("ffn,layers", 0.9, True)])
+@pytest.mark.parametrize(
+    "structures, target, ok",
+    [("ffn", 0.9, False), ("heads", 0.8, False), ("heads,ffn", 0.9, True), ("ffn,layers", 0.9, True)],
+)
 def test_trainer_refuses_unreachable_target_before_training(tmp_path, structures, target, ok):
     from hf_l0.trainer import L0Trainer, L0TrainingArguments
 
     model = make_model("gpt2")
-    args = L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=target, l0_structures=structures,
-                               report_to=[], use_cpu=True, save_strategy="no")
+    args = L0TrainingArguments(
+        output_dir=str(tmp_path),
+        target_sparsity=target,
+        l0_structures=structures,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
     if ok:
         trainer = L0Trainer(model=model, args=args)
         assert trainer.state.global_step == 0

@@ -33,11 +33,14 @@ def final_state(trainer) -> dict[str, torch.Tensor]:
 
 
 def crash(out_dir: Path, kill_at: int) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(hf_l0.__file__).parents[1]),
-                                                          os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(SCRIPT), str(out_dir), str(kill_at)], capture_output=True,
-                            text=True, timeout=300, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(hf_l0.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out_dir), str(kill_at)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == -signal.SIGKILL, result.stdout[-2000:] + result.stderr[-2000:]
 
 

@@ -23,9 +23,14 @@ from hf_l0 import hub
 from hf_l0.demo import assets
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-REVIEWS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés .",
-           "an utterly charming and hilarious film .", "it's a mess , dull and pointless .",
-           "one of the best films of the year .", "a tedious , lifeless exercise in futility ."]
+REVIEWS = [
+    "a gorgeous , witty , seductive movie .",
+    "the plot is nothing but boilerplate clichés .",
+    "an utterly charming and hilarious film .",
+    "it's a mess , dull and pointless .",
+    "one of the best films of the year .",
+    "a tedious , lifeless exercise in futility .",
+]
 
 
 def _load_script(name: str):
@@ -44,8 +49,14 @@ def tokenizer():
 @pytest.fixture()
 def tiny_bert_dir(tmp_path, tokenizer):
     torch.manual_seed(0)
-    config = tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    config = tf.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     tf.BertModel(config).save_pretrained(tmp_path / "bert")  # no classification head: the script fine-tunes one
     tokenizer.save_pretrained(tmp_path / "bert")
     return tmp_path / "bert"
@@ -100,28 +111,74 @@ def _prunable_parameters(model, structures: str) -> int:
 def _check_target_and_counts(summary: dict, model_on_disk, structures: str) -> None:
     assert abs(summary["reached_sparsity"] - summary["target_sparsity"]) <= TARGET_TOL, summary
     removed = summary["dense_parameters"] - summary["pruned_parameters"]  # no hidden gates: all from attention + FFN
-    assert removed == pytest.approx(summary["reached_sparsity"] * _prunable_parameters(model_on_disk, structures),
-                                    abs=0.5)
+    assert removed == pytest.approx(
+        summary["reached_sparsity"] * _prunable_parameters(model_on_disk, structures), abs=0.5
+    )
     assert summary["speedup"] == pytest.approx(summary["dense_latency_ms"] / summary["pruned_latency_ms"])
 
 
 def _common(out: Path) -> list[str]:
-    return ["--output_dir", str(out), "--max_steps", "6", "--per_device_train_batch_size", "8", "--report_to",
-            "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true", "--logging_steps", "2",
-            "--latency_repeats", "3", "--latency_batch_size", "2"]
+    return [
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        "8",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--use_cpu",
+        "true",
+        "--logging_steps",
+        "2",
+        "--latency_repeats",
+        "3",
+        "--latency_batch_size",
+        "2",
+    ]
 
 
 @pytest.mark.slow
 def test_prune_classification_end_to_end(tmp_path, tiny_bert_dir, sentiment_files):
     script = _load_script("prune_classification")
     out = tmp_path / "out"
-    summary = script.main([
-        "--model_name_or_path", str(tiny_bert_dir), "--train_file", str(sentiment_files["train"]),
-        "--validation_file", str(sentiment_files["validation"]), "--test_file", str(sentiment_files["test"]),
-        "--text_column", "sentence", "--label_column", "sentiment", "--max_seq_length", "16",
-        "--dense_max_steps", "48", "--dense_learning_rate", "5e-3", "--target_sparsity", "0.4",
-        "--l0_structures", "heads,ffn", *_common(out), "--max_steps", "16", "--learning_rate", "5e-3",
-        "--warmup_steps", "4"])
+    summary = script.main(
+        [
+            "--model_name_or_path",
+            str(tiny_bert_dir),
+            "--train_file",
+            str(sentiment_files["train"]),
+            "--validation_file",
+            str(sentiment_files["validation"]),
+            "--test_file",
+            str(sentiment_files["test"]),
+            "--text_column",
+            "sentence",
+            "--label_column",
+            "sentiment",
+            "--max_seq_length",
+            "16",
+            "--dense_max_steps",
+            "48",
+            "--dense_learning_rate",
+            "5e-3",
+            "--target_sparsity",
+            "0.4",
+            "--l0_structures",
+            "heads,ffn",
+            *_common(out),
+            "--max_steps",
+            "16",
+            "--learning_rate",
+            "5e-3",
+            "--warmup_steps",
+            "4",
+        ]
+    )
     model = hub.from_pretrained(out)
     assert isinstance(model, tf.BertForSequenceClassification)
     assert sum(p.numel() for p in model.parameters()) == summary["pruned_parameters"]
@@ -143,26 +200,55 @@ def test_prune_classification_end_to_end(tmp_path, tiny_bert_dir, sentiment_file
 def test_prune_classification_missing_column_fails_before_training(tmp_path, tiny_bert_dir, review_files):
     script = _load_script("prune_classification")
     with pytest.raises(ValueError, match="--label_column 'label' is not a column of the train split"):
-        script.main(["--model_name_or_path", str(tiny_bert_dir), "--train_file", str(review_files["train"]),
-                     "--validation_file", str(review_files["validation"]), "--text_column", "sentence",
-                     "--target_sparsity", "0.4", *_common(tmp_path / "out")])
+        script.main(
+            [
+                "--model_name_or_path",
+                str(tiny_bert_dir),
+                "--train_file",
+                str(review_files["train"]),
+                "--validation_file",
+                str(review_files["validation"]),
+                "--text_column",
+                "sentence",
+                "--target_sparsity",
+                "0.4",
+                *_common(tmp_path / "out"),
+            ]
+        )
     assert not (tmp_path / "out" / "dense").exists()
 
 
 def test_prune_classification_bad_target_fails_at_parse(tmp_path, tiny_bert_dir, review_files):
     script = _load_script("prune_classification")
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
-        script.main(["--model_name_or_path", str(tiny_bert_dir), "--train_file", str(review_files["train"]),
-                     "--validation_file", str(review_files["validation"]), "--target_sparsity", "1.2",
-                     *_common(tmp_path / "out")])
+        script.main(
+            [
+                "--model_name_or_path",
+                str(tiny_bert_dir),
+                "--train_file",
+                str(review_files["train"]),
+                "--validation_file",
+                str(review_files["validation"]),
+                "--target_sparsity",
+                "1.2",
+                *_common(tmp_path / "out"),
+            ]
+        )
 
 
 @pytest.mark.slow
 def test_prune_clm_end_to_end(tmp_path, tokenizer):
     torch.manual_seed(0)
-    config = tf.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2,
-                            num_attention_heads=6, num_key_value_heads=2, intermediate_size=64,
-                            max_position_embeddings=64, tie_word_embeddings=True)
+    config = tf.LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     tf.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
     text = "\n".join(f"{REVIEWS[i % len(REVIEWS)]} and so the king said {i}" for i in range(120))
@@ -170,10 +256,27 @@ def test_prune_clm_end_to_end(tmp_path, tokenizer):
     (tmp_path / "validation.txt").write_text(text[:800])
     script = _load_script("prune_clm")
     out = tmp_path / "out"
-    summary = script.main([
-        "--model_name_or_path", str(tmp_path / "llama"), "--train_file", str(tmp_path / "train.txt"),
-        "--validation_file", str(tmp_path / "validation.txt"), "--block_size", "16", "--target_sparsity", "0.3",
-        "--distill_alpha", "0.5", *_common(out), "--max_steps", "12", "--learning_rate", "1e-2"])
+    summary = script.main(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "llama"),
+            "--train_file",
+            str(tmp_path / "train.txt"),
+            "--validation_file",
+            str(tmp_path / "validation.txt"),
+            "--block_size",
+            "16",
+            "--target_sparsity",
+            "0.3",
+            "--distill_alpha",
+            "0.5",
+            *_common(out),
+            "--max_steps",
+            "12",
+            "--learning_rate",
+            "1e-2",
+        ]
+    )
     model = hub.from_pretrained(out)
     assert isinstance(model, tf.LlamaForCausalLM)
     assert sum(p.numel() for p in model.parameters()) == summary["pruned_parameters"]
@@ -188,8 +291,9 @@ def test_scripts_have_useful_help():
     import subprocess
 
     for name in ("prune_classification", "prune_clm"):
-        result = subprocess.run([sys.executable, str(SCRIPTS / f"{name}.py"), "--help"], capture_output=True,
-                                text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, str(SCRIPTS / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
         assert "--target_sparsity" in result.stdout and "--gate_learning_rate" in result.stdout
         assert ("--block_size" in result.stdout) == (name == "prune_clm")
@@ -198,9 +302,16 @@ def test_scripts_have_useful_help():
 def test_prune_clm_to_a_latency_target(tmp_path, tokenizer, monkeypatch):
     monkeypatch.setenv("HF_L0_CACHE", str(tmp_path / "cache"))  # the latency table is measured into it
     torch.manual_seed(0)
-    config = tf.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2,
-                            num_attention_heads=6, num_key_value_heads=2, intermediate_size=64,
-                            max_position_embeddings=64, tie_word_embeddings=True)
+    config = tf.LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     tf.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
     text = "\n".join(f"{REVIEWS[i % len(REVIEWS)]} and so the king said {i}" for i in range(60))
@@ -210,14 +321,37 @@ def test_prune_clm_to_a_latency_target(tmp_path, tokenizer, monkeypatch):
     # fixed cost (embeddings, norms, head, dispatch) is most of the time
     from hf_l0.latency import latency_table
 
-    table = latency_table(tf.LlamaForCausalLM.from_pretrained(tmp_path / "llama"), batch_size=2, seq_len=16,
-                          threads=1, progress=False)
+    table = latency_table(
+        tf.LlamaForCausalLM.from_pretrained(tmp_path / "llama"), batch_size=2, seq_len=16, threads=1, progress=False
+    )
     target = round(0.5 * (1.0 - table.fixed_s / table.predict_dense()), 3)
-    summary = _load_script("prune_clm").main([
-        "--model_name_or_path", str(tmp_path / "llama"), "--train_file", str(tmp_path / "train.txt"),
-        "--validation_file", str(tmp_path / "validation.txt"), "--block_size", "16", "--target_sparsity", str(target),
-        "--target_metric", "latency", "--cost_seq_len", "16", "--cost_batch_size", "2", "--distill_alpha", "0",
-        *_common(tmp_path / "out"), "--max_steps", "10", "--learning_rate", "1e-2"])
+    summary = _load_script("prune_clm").main(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "llama"),
+            "--train_file",
+            str(tmp_path / "train.txt"),
+            "--validation_file",
+            str(tmp_path / "validation.txt"),
+            "--block_size",
+            "16",
+            "--target_sparsity",
+            str(target),
+            "--target_metric",
+            "latency",
+            "--cost_seq_len",
+            "16",
+            "--cost_batch_size",
+            "2",
+            "--distill_alpha",
+            "0",
+            *_common(tmp_path / "out"),
+            "--max_steps",
+            "10",
+            "--learning_rate",
+            "1e-2",
+        ]
+    )
     assert summary["target_metric"] == "latency" and summary["cost_batch_size"] == 2
     # the run lands on the target as the table predicts it; the measured reduction is reported next to it
     assert abs(summary["predicted_latency_reduction"] - target) <= TARGET_TOL, summary

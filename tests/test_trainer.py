@@ -20,22 +20,41 @@ from hf_l0.trainer import L0_STATE_NAME, L0Trainer, L0TrainingArguments
 def _dataset(n: int = 128, length: int = 12, seed: int = 0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, VOCAB, (n, length), generator=g)
-    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
-                              "labels": (ids[:, 0] % 3).tolist()})
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "labels": (ids[:, 0] % 3).tolist()}
+    )
 
 
 def _wide_bert(seed: int = 0):
     # more units than conftest's model, so the sparsity can be set finely (whole-layer gates are off in these tests)
     torch.manual_seed(seed)
-    config = tf.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=8,
-                           intermediate_size=128, max_position_embeddings=32, num_labels=3)
+    config = tf.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        intermediate_size=128,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
     return tf.BertForSequenceClassification(config)
 
 
 def _args(tmp_path, **kw) -> L0TrainingArguments:
-    base = dict(output_dir=str(tmp_path / "out"), target_sparsity=0.5, per_device_train_batch_size=16,
-                learning_rate=1e-3, logging_steps=5, report_to=[], save_strategy="no", disable_tqdm=True,
-                use_cpu=True, l0_structures="heads,ffn", seed=0, data_seed=0)
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        target_sparsity=0.5,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        logging_steps=5,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        l0_structures="heads,ffn",
+        seed=0,
+        data_seed=0,
+    )
     base.update(kw)
     return L0TrainingArguments(**base)
 
@@ -63,8 +82,7 @@ def test_missing_target_and_bad_combinations_fail(tmp_path):
 def test_model_type_without_adapter_fails_before_training(tmp_path):
     config = tf.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=1, n_heads=2, hidden_dim=37)
     with pytest.raises(ValueError, match="no adapter for model_type='distilbert'"):
-        L0Trainer(model=tf.DistilBertForSequenceClassification(config), args=_args(tmp_path),
-                  train_dataset=_dataset())
+        L0Trainer(model=tf.DistilBertForSequenceClassification(config), args=_args(tmp_path), train_dataset=_dataset())
 
 
 def test_teacher_with_other_labels_fails_before_training(tmp_path):
@@ -111,8 +129,9 @@ def test_target_warms_up_linearly_then_holds():
 def test_sparsity_converges_to_target(tmp_path):
     torch.set_num_threads(1)
     target = 0.5
-    trainer = L0Trainer(model=_wide_bert(), args=_args(tmp_path, target_sparsity=target, max_steps=150),
-                        train_dataset=_dataset(256))
+    trainer = L0Trainer(
+        model=_wide_bert(), args=_args(tmp_path, target_sparsity=target, max_steps=150), train_dataset=_dataset(256)
+    )
     trainer.train()
     reached = trainer.evaluate(_dataset(32, seed=1))["eval_deterministic_sparsity"]
     assert abs(reached - target) <= 0.01, reached
@@ -122,8 +141,14 @@ def test_sparsity_converges_to_target(tmp_path):
 
 def test_resume_mid_warmup_matches_uninterrupted_run(tmp_path):
     torch.set_num_threads(1)
-    kw = dict(max_steps=8, sparsity_warmup_steps=6, save_strategy="steps", save_steps=4, gate_learning_rate=0.1,
-              lagrangian_learning_rate=0.1)
+    kw = dict(
+        max_steps=8,
+        sparsity_warmup_steps=6,
+        save_strategy="steps",
+        save_steps=4,
+        gate_learning_rate=0.1,
+        lagrangian_learning_rate=0.1,
+    )
     full = L0Trainer(model=_wide_bert(), args=_args(tmp_path / "a", **kw), train_dataset=_dataset())
     full.train()
     checkpoint = tmp_path / "a" / "out" / "checkpoint-4"
@@ -182,9 +207,19 @@ def test_distillation_loss_decreases(tmp_path):
             return float(logit_kl(s.logits, t.logits)) + float(layer_maps(s.hidden_states, t.hidden_states))
 
     before = distill_loss(student, distiller)
-    trainer = L0Trainer(model=student, args=_args(tmp_path, target_sparsity=0.2, max_steps=40, distill_alpha=1.0,
-                                                  distill_layerwise=True, per_device_train_batch_size=32),
-                        teacher_model=teacher, train_dataset=data)
+    trainer = L0Trainer(
+        model=student,
+        args=_args(
+            tmp_path,
+            target_sparsity=0.2,
+            max_steps=40,
+            distill_alpha=1.0,
+            distill_layerwise=True,
+            per_device_train_batch_size=32,
+        ),
+        teacher_model=teacher,
+        train_dataset=data,
+    )
     trainer.train()
     after = distill_loss(trainer.model, trainer.distiller)
     assert after < 0.5 * before, (before, after)
@@ -193,8 +228,9 @@ def test_distillation_loss_decreases(tmp_path):
 
 def test_save_model_writes_loadable_compact_model(tmp_path):
     torch.set_num_threads(1)
-    trainer = L0Trainer(model=_wide_bert(), args=_args(tmp_path, target_sparsity=0.4, max_steps=30),
-                        train_dataset=_dataset())
+    trainer = L0Trainer(
+        model=_wide_bert(), args=_args(tmp_path, target_sparsity=0.4, max_steps=30), train_dataset=_dataset()
+    )
     trainer.train()
     trainer.save_model()
     compact = hub.from_pretrained(tmp_path / "out")
@@ -203,14 +239,18 @@ def test_save_model_writes_loadable_compact_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(compact(**inputs).logits, gated(**inputs).logits, atol=1e-5, rtol=0)
     assert sum(p.numel() for p in compact.parameters()) < sum(
-        p.numel() for n, p in gated.named_parameters() if not n.startswith("l0_gates"))
+        p.numel() for n, p in gated.named_parameters() if not n.startswith("l0_gates")
+    )
     assert (tmp_path / "out" / "l0_config.json").is_file()
 
 
 @pytest.mark.parametrize("gate_lr_constant", [False, True])
 def test_param_groups_are_named_and_built_as_for_a_custom_loop(tmp_path, gate_lr_constant):
-    trainer = L0Trainer(model=_wide_bert(), args=_args(tmp_path, max_steps=4, weight_decay=0.1,
-                                                       gate_lr_constant=gate_lr_constant), train_dataset=_dataset())
+    trainer = L0Trainer(
+        model=_wide_bert(),
+        args=_args(tmp_path, max_steps=4, weight_decay=0.1, gate_lr_constant=gate_lr_constant),
+        train_dataset=_dataset(),
+    )
     trainer.create_optimizer_and_scheduler(4)
     groups = {group["name"]: group for group in trainer.optimizer.param_groups}
     assert list(groups) == ["weights", "weights_no_decay", "gates", "multipliers"]
@@ -220,8 +260,9 @@ def test_param_groups_are_named_and_built_as_for_a_custom_loop(tmp_path, gate_lr
     assert groups["multipliers"]["params"] == list(trainer.controller.parameters())
     assert groups["weights"]["weight_decay"] == 0.1 and groups["weights_no_decay"]["weight_decay"] == 0.0
     # the custom-loop helper builds the same groups (same parameters, in the same order)
-    loop = l0_param_groups(trainer.model, trainer.controller, lr=1e-3, gate_lr=0.1,
-                           decay=trainer.get_decay_parameter_names(trainer.model))
+    loop = l0_param_groups(
+        trainer.model, trainer.controller, lr=1e-3, gate_lr=0.1, decay=trainer.get_decay_parameter_names(trainer.model)
+    )
     assert [g["name"] for g in loop] == list(groups)
     assert all([id(p) for p in g["params"]] == [id(p) for p in groups[g["name"]]["params"]] for g in loop)
     gate_lr = groups["gates"]["lr"]
@@ -239,8 +280,9 @@ def test_snap_to_target_lands_within_one_head_of_the_target_even_with_layer_gate
     from hf_l0.lagrangian import snap_to_target
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=64, num_attention_heads=8,
-                                                     intermediate_size=256, num_hidden_layers=4)).eval()
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=50, hidden_size=64, num_attention_heads=8, intermediate_size=256, num_hidden_layers=4)
+    ).eval()
     hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True, layers=True))
     with torch.no_grad():
         for gate in get_gates(model).named_gates().values():
@@ -260,8 +302,16 @@ def test_compact_model_generates_with_the_kv_cache_again(tmp_path):
     assert model.config.use_cache
     ids = torch.randint(2, VOCAB, (8, 12), generator=torch.Generator().manual_seed(0))
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
-    args = L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.3, max_steps=2, use_cpu=True,
-                               per_device_train_batch_size=4, report_to=[], save_strategy="no", disable_tqdm=True)
+    args = L0TrainingArguments(
+        output_dir=str(tmp_path),
+        target_sparsity=0.3,
+        max_steps=2,
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = L0Trainer(model=model, args=args, train_dataset=data)
     assert not model.config.use_cache  # the Trainer turns it off for training
     trainer.train()

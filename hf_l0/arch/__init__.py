@@ -21,5 +21,14 @@ from .base import (
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["ADAPTERS", "ArchAdapter", "DecoderAdapter", "Projection", "ResidualStream", "Sublayer", "get_adapter",
-           "register_adapter", "supported_model_types"]
+__all__ = [
+    "ADAPTERS",
+    "ArchAdapter",
+    "DecoderAdapter",
+    "Projection",
+    "ResidualStream",
+    "Sublayer",
+    "get_adapter",
+    "register_adapter",
+    "supported_model_types",
+]

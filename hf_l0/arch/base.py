@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import nn
 
-from ..stand_ins import ConstantProjection, RemovedAttention, RemovedMLP
 from ..slicing import base_layer, in_features, out_features
+from ..stand_ins import ConstantProjection, RemovedAttention, RemovedMLP
 
 if TYPE_CHECKING:
     from ..structure import L0Structure
@@ -123,8 +123,11 @@ class ArchAdapter(ABC):
     def native_config_fields(self, structure: L0Structure) -> dict[str, Any]:
         """Stock config fields that describe ``structure`` when all its layers share one shape (native export)."""
         layer = structure["layers"][0]
-        return {"hidden_size": structure["hidden_size"], "num_attention_heads": layer["attention_heads"],
-                "intermediate_size": layer["intermediate_size"]}
+        return {
+            "hidden_size": structure["hidden_size"],
+            "num_attention_heads": layer["attention_heads"],
+            "intermediate_size": layer["intermediate_size"],
+        }
 
     # -- surgery -----------------------------------------------------------------------------------------------------
     def set_attention_units(self, layer_idx: int, num_units: int) -> None:  # noqa: B027 (optional hook)
@@ -147,7 +150,9 @@ class ArchAdapter(ABC):
         return [
             module
             for name, module in self.model.named_children()
-            if module is not self.base and hasattr(module, "weight") and isinstance(module, nn.Linear)
+            if module is not self.base
+            and hasattr(module, "weight")
+            and isinstance(module, nn.Linear)
             and in_features(module) == self.hidden_size
         ]
 

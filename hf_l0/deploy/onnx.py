@@ -58,8 +58,9 @@ def default_input_names(model: nn.Module) -> list[str]:
     return names
 
 
-def example_inputs(model: nn.Module, input_names: Sequence[str], batch: int, length: int,
-                   seed: int = 0) -> dict[str, torch.Tensor]:
+def example_inputs(
+    model: nn.Module, input_names: Sequence[str], batch: int, length: int, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """Random token ids (a padded last row when ``batch > 1``) for tracing and for checking an exported file."""
     generator = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
@@ -70,19 +71,20 @@ def example_inputs(model: nn.Module, input_names: Sequence[str], batch: int, len
         elif name == "attention_mask":
             mask = torch.ones(batch, length, dtype=torch.long)
             if batch > 1:
-                mask[-1, length // 2:] = 0
+                mask[-1, length // 2 :] = 0
             inputs[name] = mask
         elif name == "token_type_ids":
             types = torch.zeros(batch, length, dtype=torch.long)
-            types[:, length // 2:] = 1
+            types[:, length // 2 :] = 1
             inputs[name] = types
         else:
             raise ValueError(f"no example values for input {name!r}: pass example_inputs with every input tensor.")
     return inputs
 
 
-def _main_output(model: nn.Module, inputs: dict[str, torch.Tensor],
-                 use_cache: bool | None) -> tuple[str, dict[int, str]]:
+def _main_output(
+    model: nn.Module, inputs: dict[str, torch.Tensor], use_cache: bool | None
+) -> tuple[str, dict[int, str]]:
     """The name of the model's main output and its dynamic axes (a sequence axis unless it is one row per input)."""
     kwargs = {**inputs, **({} if use_cache is None else {"use_cache": use_cache})}
     with torch.no_grad():
@@ -105,8 +107,13 @@ def _move_export(tmp_dir: str, path: Path) -> None:
     os.replace(os.path.join(tmp_dir, path.name), path)  # the graph last: a complete path means a complete export
 
 
-def check_onnx(path: str | os.PathLike, model: nn.Module, inputs: dict[str, torch.Tensor],
-               output_name: str = "logits", threads: int = 1) -> float:
+def check_onnx(
+    path: str | os.PathLike,
+    model: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    output_name: str = "logits",
+    threads: int = 1,
+) -> float:
     """Max |ONNX Runtime - PyTorch| of the main output on ``inputs`` (fp32, CPU execution provider)."""
     try:
         import onnxruntime as ort
@@ -127,8 +134,16 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, inputs: dict[str, torc
 
 
 @torch.no_grad()
-def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_names: Sequence[str] | None = None,
-                opset: int = 17, dynamo: bool = False, check: bool = True, atol: float = 1e-4) -> OnnxExport:
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    input_names: Sequence[str] | None = None,
+    opset: int = 17,
+    dynamo: bool = False,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> OnnxExport:
     """Write ``model`` (a compact model from :func:`hf_l0.prune_model`, or any dense model of a supported family)
     to the ONNX file ``path``, with dynamic batch and sequence axes.
 
@@ -145,8 +160,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_names: Seque
     """
     model = transformers_model(model)
     if is_patched(model):
-        raise ValueError("the model still carries L0 gates: call hf_l0.prune_model(model) first and export the "
-                         "compact model it returns.")
+        raise ValueError(
+            "the model still carries L0 gates: call hf_l0.prune_model(model) first and export the "
+            "compact model it returns."
+        )
     path = Path(path)
     if path.suffix != ".onnx":
         raise ValueError(f"{path}: an ONNX file name must end in .onnx.")
@@ -167,14 +184,29 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_names: Seque
                 from torch.export import Dim
 
                 batch, sequence = Dim("batch"), Dim("sequence")
-                torch.onnx.export(forward, tuple(traced.values()), str(tmp), dynamo=True, opset_version=max(opset, 18),
-                                  input_names=names, output_names=[output_name],
-                                  dynamic_shapes=(tuple({0: batch, 1: sequence} for _ in names),))  # *tensors
+                torch.onnx.export(
+                    forward,
+                    tuple(traced.values()),
+                    str(tmp),
+                    dynamo=True,
+                    opset_version=max(opset, 18),
+                    input_names=names,
+                    output_names=[output_name],
+                    dynamic_shapes=(tuple({0: batch, 1: sequence} for _ in names),),
+                )  # *tensors
             else:
                 dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in names}
                 dynamic_axes[output_name] = output_axes
-                torch.onnx.export(forward, tuple(traced.values()), str(tmp), dynamo=False, opset_version=opset,
-                                  input_names=names, output_names=[output_name], dynamic_axes=dynamic_axes)
+                torch.onnx.export(
+                    forward,
+                    tuple(traced.values()),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=names,
+                    output_names=[output_name],
+                    dynamic_axes=dynamic_axes,
+                )
             _check_axes(tmp)
             max_diff = None
             if check:
@@ -182,8 +214,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_names: Seque
                 other = example_inputs(model, names, batch=3, length=13, seed=1)  # other shapes than the trace
                 max_diff = check_onnx(tmp, model, other, output_name)
                 if not max_diff <= atol:
-                    raise AssertionError(f"ONNX Runtime output differs from PyTorch by {max_diff:.3g} (> atol={atol}) "
-                                         f"on batch 3 x length 13; {path} was not written.")
+                    raise AssertionError(
+                        f"ONNX Runtime output differs from PyTorch by {max_diff:.3g} (> atol={atol}) "
+                        f"on batch 3 x length 13; {path} was not written."
+                    )
             _move_export(tmp_dir, path)
     finally:
         model.train(was_training)
@@ -201,6 +235,6 @@ def _check_axes(path: Path) -> None:
         dims = value.type.tensor_type.shape.dim
         fixed = [i for i, d in enumerate(dims[:2]) if d.HasField("dim_value")]
         if fixed:
-            raise AssertionError(f"the exported input {value.name!r} has fixed axes {fixed}; expected dynamic batch "
-                                 "and sequence axes.")
-
+            raise AssertionError(
+                f"the exported input {value.name!r} has fixed axes {fixed}; expected dynamic batch and sequence axes."
+            )

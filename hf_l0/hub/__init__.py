@@ -23,27 +23,27 @@ files), :mod:`~hf_l0.hub.save` (atomic save, upload), :mod:`~hf_l0.hub.load` (st
 
 from .card import CARD_FILE, HEATMAP_FILE, model_card, structure_heatmap, write_model_card
 from .export import (
-                     AUTO_CLASSES,
-                     EXPORT_FORMAT,
-                     EXPORT_KEY,
-                     PIPELINE_TAGS,
-                     ExportPlan,
-                     ExportRecord,
-                     auto_class_name,
-                     dense_parameter_count,
-                     export_plan,
-                     export_record,
+    AUTO_CLASSES,
+    EXPORT_FORMAT,
+    EXPORT_KEY,
+    PIPELINE_TAGS,
+    ExportPlan,
+    ExportRecord,
+    auto_class_name,
+    dense_parameter_count,
+    export_plan,
+    export_record,
 )
 from .load import from_pretrained, load_config, load_weights_strictly, tied_groups
 from .remote_code import (
-                     MODELING_FILE,
-                     PORTABLE_MODULES,
-                     REMOTE_CODE_MODULES,
-                     REMOTE_CODE_PREFIX,
-                     flat_module_name,
-                     flatten_imports,
-                     module_source,
-                     remote_code_files,
+    MODELING_FILE,
+    PORTABLE_MODULES,
+    REMOTE_CODE_MODULES,
+    REMOTE_CODE_PREFIX,
+    flat_module_name,
+    flatten_imports,
+    module_source,
+    remote_code_files,
 )
 from .save import CompactModelUpload, atomic_directory, gguf_quantizer, push_to_hub, save_pretrained
 

@@ -54,15 +54,25 @@ def structure_heatmap(path: str | os.PathLike, structure: dict, model: nn.Module
         return None
     heads, kv, ffn, hidden = _dense_layer_sizes(model)
     layers = structure["layers"]
-    columns = [("query heads", "attention_heads", heads), ("KV heads", "key_value_heads", kv),
-               ("FFN neurons", "intermediate_size", ffn)]
+    columns = [
+        ("query heads", "attention_heads", heads),
+        ("KV heads", "key_value_heads", kv),
+        ("FFN neurons", "intermediate_size", ffn),
+    ]
     fractions = [[layer[key] / total if total else 0.0 for _, key, total in columns] for layer in layers]
     fig, ax = plt.subplots(figsize=(4.8, 0.9 + 0.32 * len(layers)))
     image = ax.imshow(fractions, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     for i, layer in enumerate(layers):
         for j, (_, key, total) in enumerate(columns):
-            ax.text(j, i, f"{layer[key]}/{total}", ha="center", va="center", fontsize=7,
-                    color="white" if fractions[i][j] < 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{layer[key]}/{total}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if fractions[i][j] < 0.6 else "black",
+            )
     ax.set_xticks(range(len(columns)), [name for name, _, _ in columns])
     ax.set_yticks(range(len(layers)), [str(i) for i in range(len(layers))])
     ax.set_ylabel("layer")
@@ -83,16 +93,32 @@ def _loading_snippet(auto_class: str, repo: str, native: bool) -> str:
         lines += [f'model = {auto_class}.from_pretrained("{repo}", trust_remote_code=True)']
     lines += ["```", ""]
     if not native:
-        lines += ["`trust_remote_code=True` runs `modeling_hf_l0.py` from this repository: the stock transformers "
-                  "classes, shrunk to the per-layer shapes recorded in `config.json` (`l0_structure`). To load "
-                  "without executing any code from the repository (safetensors only, strict):", "",
-                  "```python", "import hf_l0", "", f'model = hf_l0.from_pretrained("{repo}")', "```", ""]
+        lines += [
+            "`trust_remote_code=True` runs `modeling_hf_l0.py` from this repository: the stock transformers "
+            "classes, shrunk to the per-layer shapes recorded in `config.json` (`l0_structure`). To load "
+            "without executing any code from the repository (safetensors only, strict):",
+            "",
+            "```python",
+            "import hf_l0",
+            "",
+            f'model = hf_l0.from_pretrained("{repo}")',
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def model_card(model: nn.Module, *, repo_id: str | None = None, base_model: str | None = None,
-               metrics: dict[str, float] | None = None, speedup: float | str | None = None,
-               weights_bytes: int | None = None, heatmap: str | None = None, export: dict | None = None) -> str:
+def model_card(
+    model: nn.Module,
+    *,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    metrics: dict[str, float] | None = None,
+    speedup: float | str | None = None,
+    weights_bytes: int | None = None,
+    heatmap: str | None = None,
+    export: dict | None = None,
+) -> str:
     """The README.md of a saved compact model (needs ``config.l0_export``, which save_pretrained sets, for the
     before/after numbers; a dense model gets a short card)."""
     config = model.config
@@ -126,18 +152,24 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, base_model: str 
     source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a pretrained model"
     url = project_url()
     made_with = f"[hf-l0]({url})" if url else "hf-l0"
-    parts += [f"A structurally pruned version of {source}, made with {made_with} — structured pruning "
-              "with L0 regularization (hard concrete gates on attention heads, FFN neurons, hidden dimensions and "
-              "whole sublayers, as in CoFi and Sheared-LLaMA). Pruned structures are physically removed: this is a "
-              f"smaller `{type(model).__name__}`, not a masked one.", ""]
+    parts += [
+        f"A structurally pruned version of {source}, made with {made_with} — structured pruning "
+        "with L0 regularization (hard concrete gates on attention heads, FFN neurons, hidden dimensions and "
+        "whole sublayers, as in CoFi and Sheared-LLaMA). Pruned structures are physically removed: this is a "
+        f"smaller `{type(model).__name__}`, not a masked one.",
+        "",
+    ]
     after = sum(p.numel() for p in model.parameters())
     before = export.get("dense_parameters")
     if before is None and structure:
         before = dense_parameter_count(model)
     parts += ["## Size", "", "| | parameters |", "|---|---:|"]
     if before:
-        parts += [f"| before pruning | {before:,} |", f"| after pruning | {after:,} |",
-                  f"| sparsity (all parameters) | {1 - after / before:.1%} |"]
+        parts += [
+            f"| before pruning | {before:,} |",
+            f"| after pruning | {after:,} |",
+            f"| sparsity (all parameters) | {1 - after / before:.1%} |",
+        ]
     else:
         parts += [f"| parameters | {after:,} |"]
     if weights_bytes is not None:
@@ -148,26 +180,43 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, base_model: str 
         kept_units = sum(layer["attention_heads"] for layer in structure["layers"])
         kept_ffn = sum(layer["intermediate_size"] for layer in structure["layers"])
         n = len(structure["layers"])
-        parts += [f"Attention heads kept: {kept_units}/{heads * n} ({kept_units / (heads * n):.1%}); FFN neurons "
-                  f"kept: {kept_ffn}/{ffn * n} ({kept_ffn / (ffn * n):.1%}); hidden size "
-                  f"{structure['hidden_size']}/{hidden}.", "", "## Kept structure", ""]
+        parts += [
+            f"Attention heads kept: {kept_units}/{heads * n} ({kept_units / (heads * n):.1%}); FFN neurons "
+            f"kept: {kept_ffn}/{ffn * n} ({kept_ffn / (ffn * n):.1%}); hidden size "
+            f"{structure['hidden_size']}/{hidden}.",
+            "",
+            "## Kept structure",
+            "",
+        ]
         if heatmap:
             parts += [f"![kept structure per layer]({heatmap})", ""]
-        parts += ["| layer | query heads | KV heads | FFN neurons | attention | FFN |",
-                  "|---:|---:|---:|---:|---|---|"]
+        parts += ["| layer | query heads | KV heads | FFN neurons | attention | FFN |", "|---:|---:|---:|---:|---|---|"]
         for i, layer in enumerate(structure["layers"]):
-            attention = "kept" if layer["key_value_heads"] else (
-                "removed (output bias kept)" if layer["attention_output_bias"] else "removed")
-            ffn_state = "kept" if layer["intermediate_size"] else (
-                "removed (output bias kept)" if layer["ffn_output_bias"] else "removed")
-            parts.append(f"| {i} | {layer['attention_heads']}/{heads} | {layer['key_value_heads']}/{kv} | "
-                         f"{layer['intermediate_size']}/{ffn} | {attention} | {ffn_state} |")
-        parts += ["", f"Export: {'native (stock config)' if native else 'remote code (modeling_hf_l0.py)'} — "
-                      f"{reason}", ""]
+            attention = (
+                "kept"
+                if layer["key_value_heads"]
+                else ("removed (output bias kept)" if layer["attention_output_bias"] else "removed")
+            )
+            ffn_state = (
+                "kept"
+                if layer["intermediate_size"]
+                else ("removed (output bias kept)" if layer["ffn_output_bias"] else "removed")
+            )
+            parts.append(
+                f"| {i} | {layer['attention_heads']}/{heads} | {layer['key_value_heads']}/{kv} | "
+                f"{layer['intermediate_size']}/{ffn} | {attention} | {ffn_state} |"
+            )
+        parts += [
+            "",
+            f"Export: {'native (stock config)' if native else 'remote code (modeling_hf_l0.py)'} — {reason}",
+            "",
+        ]
     if metrics:
         parts += ["## Evaluation", "", "| metric | value |", "|---|---:|"]
-        parts += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
-                  for key, value in metrics.items()]
+        parts += [
+            f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+            for key, value in metrics.items()
+        ]
         parts.append("")
     if speedup is not None:
         text = f"{speedup:.2f}x" if isinstance(speedup, (int, float)) else str(speedup)

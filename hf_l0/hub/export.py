@@ -23,13 +23,24 @@ from ..version import __version__
 EXPORT_KEY = "l0_export"
 EXPORT_FORMAT = 1
 # Auto classes a saved model can be mapped to (the first whose mapping gives the model's class wins).
-AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
-                "AutoModelForTokenClassification", "AutoModelForQuestionAnswering", "AutoModelForMaskedLM",
-                "AutoModelForMultipleChoice")
-PIPELINE_TAGS = {"AutoModelForCausalLM": "text-generation", "AutoModelForSequenceClassification": "text-classification",
-                 "AutoModelForTokenClassification": "token-classification",
-                 "AutoModelForQuestionAnswering": "question-answering", "AutoModelForMaskedLM": "fill-mask",
-                 "AutoModelForMultipleChoice": "multiple-choice", "AutoModel": "feature-extraction"}
+AUTO_CLASSES = (
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForMaskedLM",
+    "AutoModelForMultipleChoice",
+)
+PIPELINE_TAGS = {
+    "AutoModelForCausalLM": "text-generation",
+    "AutoModelForSequenceClassification": "text-classification",
+    "AutoModelForTokenClassification": "token-classification",
+    "AutoModelForQuestionAnswering": "question-answering",
+    "AutoModelForMaskedLM": "fill-mask",
+    "AutoModelForMultipleChoice": "multiple-choice",
+    "AutoModel": "feature-extraction",
+}
 # Sublayer kinds and the l0_structure key whose 0 means the sublayer was removed whole.
 SUBLAYER_KEYS = (("attention", "key_value_heads"), ("ffn", "intermediate_size"))
 
@@ -63,8 +74,7 @@ class ExportRecord:
 
 def removed_sublayers(structure: dict) -> dict[str, list[int]]:
     """``{"attention": [layer, ...], "ffn": [...]}``: the layers whose sublayer was removed whole."""
-    return {kind: [i for i, layer in enumerate(structure["layers"]) if layer[key] == 0]
-            for kind, key in SUBLAYER_KEYS}
+    return {kind: [i for i, layer in enumerate(structure["layers"]) if layer[key] == 0] for kind, key in SUBLAYER_KEYS}
 
 
 def dense_parameter_count(model: nn.Module) -> int:
@@ -79,11 +89,15 @@ def dense_parameter_count(model: nn.Module) -> int:
 
 def export_record(model: nn.Module, plan: ExportPlan) -> ExportRecord:
     """The record :func:`hf_l0.save_pretrained` writes for a compact model exported by ``plan``."""
-    return ExportRecord(native=plan.native, reason=plan.reason, base_model_type=base_model_type(model.config),
-                        base_architectures=[type(model).__name__],
-                        removed_sublayers=removed_sublayers(getattr(model.config, STRUCTURE_KEY)),
-                        dense_parameters=dense_parameter_count(model),
-                        parameters=sum(p.numel() for p in model.parameters()))
+    return ExportRecord(
+        native=plan.native,
+        reason=plan.reason,
+        base_model_type=base_model_type(model.config),
+        base_architectures=[type(model).__name__],
+        removed_sublayers=removed_sublayers(getattr(model.config, STRUCTURE_KEY)),
+        dense_parameters=dense_parameter_count(model),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
 
 
 def auto_class_name(model: nn.Module) -> str:
@@ -113,18 +127,29 @@ def export_plan(model: nn.Module) -> ExportPlan:
     if not structure:
         return ExportPlan(True, "dense model (not pruned): saved as is.")
     layers = structure["layers"]
-    removed = [f"layer {i} {'attention' if kind == 'attention' else 'FFN'}"
-               for i in range(len(layers)) for kind, indices in removed_sublayers(structure).items() if i in indices]
+    removed = [
+        f"layer {i} {'attention' if kind == 'attention' else 'FFN'}"
+        for i in range(len(layers))
+        for kind, indices in removed_sublayers(structure).items()
+        if i in indices
+    ]
     if removed:
-        return ExportPlan(False, f"sublayers removed whole ({', '.join(removed)}): a stock config cannot drop a "
-                                 "sublayer.")
-    for key, what in (("attention_heads", "attention heads"), ("key_value_heads", "KV heads"),
-                      ("intermediate_size", "FFN sizes")):
+        return ExportPlan(
+            False, f"sublayers removed whole ({', '.join(removed)}): a stock config cannot drop a sublayer."
+        )
+    for key, what in (
+        ("attention_heads", "attention heads"),
+        ("key_value_heads", "KV heads"),
+        ("intermediate_size", "FFN sizes"),
+    ):
         values = [layer[key] for layer in layers]
         if len(set(values)) > 1:
-            return ExportPlan(False, f"layers differ in {what} {values}: a stock config has one value for all "
-                                     "layers (train towards a uniform target with L0Config(target_heads=..., "
-                                     "target_intermediate_size=..., layers=False) for a native result).")
+            return ExportPlan(
+                False,
+                f"layers differ in {what} {values}: a stock config has one value for all "
+                "layers (train towards a uniform target with L0Config(target_heads=..., "
+                "target_intermediate_size=..., layers=False) for a native result).",
+            )
     adapter = get_adapter(model)
     fields = adapter.native_config_fields(structure)
     data = model.config.to_dict()
@@ -143,15 +168,21 @@ def export_plan(model: nn.Module) -> ExportPlan:
         why = ""
         if "head_dim" not in fields:
             # the config's attribute_map names the family's own field (GPT-2: n_head)
-            why = (f"{type(model.config).__name__} derives head_dim = hidden_size / num_attention_heads = "
-                   f"{structure['hidden_size']} / {stock.num_attention_heads}, but the kept heads are "
-                   f"{structure['head_dim']} wide: ")
-        return ExportPlan(False, f"{why}the stock config would build {differ!r} with shape {got.get(differ)} "
-                                 f"instead of {want.get(differ)}.")
+            why = (
+                f"{type(model.config).__name__} derives head_dim = hidden_size / num_attention_heads = "
+                f"{structure['hidden_size']} / {stock.num_attention_heads}, but the kept heads are "
+                f"{structure['head_dim']} wide: "
+            )
+        return ExportPlan(
+            False,
+            f"{why}the stock config would build {differ!r} with shape {got.get(differ)} instead of {want.get(differ)}.",
+        )
     group = adapter.query_heads_per_unit()
     note = ""
     if group > 1:
-        note = (f" GQA: hf-l0 gates whole KV groups, so num_key_value_heads = {fields['num_key_value_heads']} kept "
-                f"groups and num_attention_heads = groups x {group} query heads per group = "
-                f"{fields['num_attention_heads']}.")
+        note = (
+            f" GQA: hf-l0 gates whole KV groups, so num_key_value_heads = {fields['num_key_value_heads']} kept "
+            f"groups and num_attention_heads = groups x {group} query heads per group = "
+            f"{fields['num_attention_heads']}."
+        )
     return ExportPlan(True, f"uniform layers that the stock {type(model.config).__name__} expresses." + note, fields)

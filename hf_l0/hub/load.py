@@ -37,8 +37,9 @@ def _resolve_directory(directory: str | os.PathLike) -> Path:
     from huggingface_hub import snapshot_download
 
     # Never the .py files: hf_l0 does not execute code from a model repository.
-    return Path(snapshot_download(str(directory), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
-                                                                   "*.md"]))
+    return Path(
+        snapshot_download(str(directory), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.md"])
+    )
 
 
 def load_config(directory: str | os.PathLike):
@@ -64,8 +65,10 @@ def load_config(directory: str | os.PathLike):
     if base_type not in CONFIG_MAPPING:
         raise ValueError(f"{path}: model_type {data.get('model_type')!r} is not a transformers model type.")
     if data["model_type"].startswith(MODEL_TYPE_PREFIX) and not data.get(STRUCTURE_KEY):
-        raise ValueError(f"{path}: model_type {data['model_type']!r} but no {STRUCTURE_KEY}: the structure of this "
-                         "compact model is unknown.")
+        raise ValueError(
+            f"{path}: model_type {data['model_type']!r} but no {STRUCTURE_KEY}: the structure of this "
+            "compact model is unknown."
+        )
     if STRUCTURE_KEY in data and not isinstance(data[STRUCTURE_KEY], dict):
         raise ValueError(f"{path}: {STRUCTURE_KEY} must be an object, got {type(data[STRUCTURE_KEY]).__name__}.")
     for key in ("model_type", "auto_map", "transformers_version"):
@@ -75,17 +78,21 @@ def load_config(directory: str | os.PathLike):
     try:
         config = CONFIG_MAPPING[base_type].from_dict(data)
     except Exception as err:  # noqa: BLE001 - any refusal of the config class is a bad file, reported as such
-        raise ValueError(f"{path}: the {CONFIG_MAPPING[base_type].__name__} refuses these values: "
-                         f"{' '.join(str(err).split())}") from None
+        raise ValueError(
+            f"{path}: the {CONFIG_MAPPING[base_type].__name__} refuses these values: {' '.join(str(err).split())}"
+        ) from None
     config._name_or_path = str(directory)
     return config
 
 
 def _family_class(config: Any, cls: Any) -> bool:
     """Whether ``cls`` is a transformers model class built from this config's family (its config_class)."""
-    return isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) and \
-        getattr(cls, "config_class", None) is not None and \
-        getattr(cls.config_class, "model_type", None) == getattr(config, "model_type", None)
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, transformers.PreTrainedModel)
+        and getattr(cls, "config_class", None) is not None
+        and getattr(cls.config_class, "model_type", None) == getattr(config, "model_type", None)
+    )
 
 
 def _model_class(config: Any, model_class: type | None, where: str = "config.json") -> type:
@@ -105,9 +112,11 @@ def _model_class(config: Any, model_class: type | None, where: str = "config.jso
         cls = getattr(transformers, name, None) if name.isidentifier() else None
         # Only a model class of the config's own family: a name such as "Trainer" must never be instantiated.
         if not _family_class(config, cls):
-            raise ValueError(f"{where}: architectures names {name!r}, which is not a transformers model class of "
-                             f"the {config.model_type!r} family (its config_class must be {type(config).__name__}); "
-                             "fix architectures or pass model_class=.")
+            raise ValueError(
+                f"{where}: architectures names {name!r}, which is not a transformers model class of "
+                f"the {config.model_type!r} family (its config_class must be {type(config).__name__}); "
+                "fix architectures or pass model_class=."
+            )
         return cls
     raise ValueError(f"{where}: architectures={architectures} names no transformers class; pass model_class=.")
 
@@ -138,8 +147,18 @@ def load_weights_strictly(model: nn.Module, directory: str | os.PathLike) -> nn.
 
 # Integer sizes a config may carry, checked before any model is built (a hostile value must not allocate memory).
 _LAYER_KEYS = ("num_hidden_layers", "n_layer")
-_SIZE_KEYS = ("num_attention_heads", "n_head", "num_key_value_heads", "hidden_size", "n_embd", "intermediate_size",
-              "n_inner", "vocab_size", "head_dim", "embedding_size")
+_SIZE_KEYS = (
+    "num_attention_heads",
+    "n_head",
+    "num_key_value_heads",
+    "hidden_size",
+    "n_embd",
+    "intermediate_size",
+    "n_inner",
+    "vocab_size",
+    "head_dim",
+    "embedding_size",
+)
 
 
 def _check_config_sizes(config: Any, files: dict[str, list[str]], where: Path) -> None:
@@ -147,28 +166,33 @@ def _check_config_sizes(config: Any, files: dict[str, list[str]], where: Path) -
     element count (a config that claims more describes another model, and building it could exhaust memory)."""
     headers = [read_safetensors_header(path) for path in files]
     tensors = sum(len(names) for names in files.values())
-    elements = sum(math.prod(info["shape"]) for header in headers for name, info in header.items()
-                   if name != "__metadata__")
+    elements = sum(
+        math.prod(info["shape"]) for header in headers for name, info in header.items() if name != "__metadata__"
+    )
     for key in (*_LAYER_KEYS, *_SIZE_KEYS):
         value = getattr(config, key, None)
         if value is None:
             continue
         limit = tensors if key in _LAYER_KEYS else elements
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit:
-            raise ValueError(f"{where}: {key}={value!r} must be a positive int of at most {limit} (the "
-                             f"{'tensor' if key in _LAYER_KEYS else 'element'} count of the saved weights).")
+            raise ValueError(
+                f"{where}: {key}={value!r} must be a positive int of at most {limit} (the "
+                f"{'tensor' if key in _LAYER_KEYS else 'element'} count of the saved weights)."
+            )
 
 
 def _build(cls: type, config: Any, compact_shapes: bool, where: Path) -> nn.Module:
     try:
         return build_compact_model(cls, config) if compact_shapes else cls(config)
     except Exception as err:  # noqa: BLE001 - a config that cannot build its model is a bad file, reported as such
-        raise ValueError(f"{where}: {cls.__name__} cannot be built from these values: "
-                         f"{' '.join(str(err).split())}") from None
+        raise ValueError(
+            f"{where}: {cls.__name__} cannot be built from these values: {' '.join(str(err).split())}"
+        ) from None
 
 
-def from_pretrained(directory: str | os.PathLike, model_class: type | None = None, dtype: torch.dtype | None = None
-                    ) -> nn.Module:
+def from_pretrained(
+    directory: str | os.PathLike, model_class: type | None = None, dtype: torch.dtype | None = None
+) -> nn.Module:
     """Load a model saved by :func:`save_pretrained` (native, remote-code or dense) without executing any code from
     the directory: the config is read as JSON, compact shapes are rebuilt by :mod:`hf_l0.structure` (part of hf-l0),
     weights come from safetensors only and load strictly (see :func:`load_weights_strictly`).

@@ -27,8 +27,14 @@ MODELING_FILE = "modeling_hf_l0.py"
 # only the standard library, torch, transformers and other portable modules (never the rest of hf_l0), because the
 # directory must load where hf_l0 is not installed. ``flatten_imports`` refuses any other hf_l0 import when saving,
 # and a static test checks the rule over this list and every adapter module.
-PORTABLE_MODULES = ("hf_l0.slicing", "hf_l0.stand_ins", "hf_l0.arch.base", "hf_l0.structure", "hf_l0.checkpoint",
-                    "hf_l0.remote")
+PORTABLE_MODULES = (
+    "hf_l0.slicing",
+    "hf_l0.stand_ins",
+    "hf_l0.arch.base",
+    "hf_l0.structure",
+    "hf_l0.checkpoint",
+    "hf_l0.remote",
+)
 REMOTE_CODE_MODULES = PORTABLE_MODULES  # the name of earlier releases
 REMOTE_CODE_PREFIX = "hf_l0_"
 
@@ -59,16 +65,21 @@ def flatten_imports(source: str, module: str, table: dict[str, str]) -> str:
         if not node.level and (node.module or "").split(".")[0] != "hf_l0":
             continue  # torch, transformers, the standard library: the loader checks they are installed
         if node.module is None:
-            raise ValueError(f"{where}: 'from {'.' * node.level} import ...' cannot be flattened; import names from "
-                             "the module itself.")
+            raise ValueError(
+                f"{where}: 'from {'.' * node.level} import ...' cannot be flattened; import names from "
+                "the module itself."
+            )
         spec = "." * node.level + node.module
         target = importlib.util.resolve_name(spec, package) if node.level else node.module
         if target not in table:
-            raise ValueError(f"{where} imports {target}, which remote-code directories do not hold "
-                             f"(they hold {', '.join(sorted(table))}).")
+            raise ValueError(
+                f"{where} imports {target}, which remote-code directories do not hold "
+                f"(they hold {', '.join(sorted(table))})."
+            )
         line = lines[node.lineno - 1]
-        lines[node.lineno - 1], count = re.subn(rf"^(\s*from\s+){re.escape(spec)}(\s+import\b)",
-                                                rf"\g<1>.{table[target]}\g<2>", line)
+        lines[node.lineno - 1], count = re.subn(
+            rf"^(\s*from\s+){re.escape(spec)}(\s+import\b)", rf"\g<1>.{table[target]}\g<2>", line
+        )
         if count != 1:
             raise ValueError(f"{where}: expected 'from {spec} import' at the start of the line, got {line!r}.")
     return "".join(lines)

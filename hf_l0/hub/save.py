@@ -31,9 +31,13 @@ _WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model", "tf_model", 
 
 # -- atomic directory replacement -----------------------------------------------------------------------------------
 
+
 def _is_ours(name: str) -> bool:
-    return name.startswith(_WEIGHT_PREFIXES) or name == MODELING_FILE or (
-        name.startswith(REMOTE_CODE_PREFIX) and name.endswith(".py"))
+    return (
+        name.startswith(_WEIGHT_PREFIXES)
+        or name == MODELING_FILE
+        or (name.startswith(REMOTE_CODE_PREFIX) and name.endswith(".py"))
+    )
 
 
 @contextlib.contextmanager
@@ -66,6 +70,7 @@ def atomic_directory(target: Path):
 
 # -- save -----------------------------------------------------------------------------------------------------------
 
+
 def gguf_quantizer(model: nn.Module) -> Any:
     """The GGUF "quantizer" transformers leaves on a model loaded with ``gguf_file=`` (its weights are dequantized
     floats), or None for any other model, other quantizations included. Detected by the quantization method, the
@@ -97,10 +102,20 @@ def _without_gguf_quantizer(model: nn.Module):
             model.config.quantization_config = config_quant
 
 
-def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, tokenizer: Any = None, *,
-                    native: bool | None = None, max_shard_size: int | str | None = None, model_card: bool = True,
-                    base_model: str | None = None, metrics: dict[str, float] | None = None,
-                    speedup: float | str | None = None, repo_id: str | None = None, **kwargs) -> Path:
+def save_pretrained(
+    model: nn.Module,
+    save_directory: str | os.PathLike,
+    tokenizer: Any = None,
+    *,
+    native: bool | None = None,
+    max_shard_size: int | str | None = None,
+    model_card: bool = True,
+    base_model: str | None = None,
+    metrics: dict[str, float] | None = None,
+    speedup: float | str | None = None,
+    repo_id: str | None = None,
+    **kwargs,
+) -> Path:
     """Save a compact (or dense) model as an ordinary Hub directory, atomically.
 
     Writes ``config.json``, ``model.safetensors`` (sharded above ``max_shard_size``), the tokenizer when given,
@@ -111,8 +126,10 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, tokeniz
     arguments go to ``PreTrainedModel.save_pretrained``.
     """
     if is_patched(model):
-        raise ValueError("the model still carries L0 gates: call hf_l0.prune_model(model) before saving it as a "
-                         "compact model (or save the gates with L0Config / the trainer's checkpoints).")
+        raise ValueError(
+            "the model still carries L0 gates: call hf_l0.prune_model(model) before saving it as a "
+            "compact model (or save the gates with L0Config / the trainer's checkpoints)."
+        )
     kwargs.pop("safe_serialization", None)  # always safetensors
     plan = export_plan(model)
     if native is True and not plan.native:
@@ -155,6 +172,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, tokeniz
 
 # -- push to the Hub ------------------------------------------------------------------------------------------------
 
+
 class CompactModelUpload(PushToHubMixin):
     """A compact model, its tokenizer and card as one uploadable folder: ``push_to_hub`` is transformers' own
     (``PushToHubMixin``) upload of the folder that :func:`save_pretrained` writes."""
@@ -170,9 +188,19 @@ class CompactModelUpload(PushToHubMixin):
             options["max_shard_size"] = max_shard_size
         return save_pretrained(self.model, save_directory, self.tokenizer, **options)
 
-    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
-                    private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
-                    create_pr: bool = False, max_shard_size: int | str | None = "5GB", **_ignored):
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "5GB",
+        **_ignored,
+    ):
         # Same steps as PushToHubMixin.push_to_hub, except that the card is ours instead of a default template.
         from transformers.utils import hub as hf_hub
 
@@ -181,17 +209,40 @@ class CompactModelUpload(PushToHubMixin):
             folder = Path(tmp) / "upload"
             self.save_kwargs.setdefault("repo_id", repo_id)
             self.save_pretrained(folder, max_shard_size=max_shard_size)
-            return self._upload_modified_files(folder, repo_id, files_timestamps={},
-                                               commit_message=commit_message or "Upload compact model (hf-l0)",
-                                               token=token, create_pr=create_pr, revision=revision,
-                                               commit_description=commit_description)
+            return self._upload_modified_files(
+                folder,
+                repo_id,
+                files_timestamps={},
+                commit_message=commit_message or "Upload compact model (hf-l0)",
+                token=token,
+                create_pr=create_pr,
+                revision=revision,
+                commit_description=commit_description,
+            )
 
 
-def push_to_hub(model: nn.Module, repo_id: str, tokenizer: Any = None, *, commit_message: str | None = None,
-                private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
-                create_pr: bool = False, max_shard_size: int | str | None = "5GB", **save_kwargs):
+def push_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    tokenizer: Any = None,
+    *,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: bool | str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    max_shard_size: int | str | None = "5GB",
+    **save_kwargs,
+):
     """Upload ``model`` (+ tokenizer, model card, heatmap) to ``repo_id`` on the Hub through transformers'
     PushToHubMixin. ``save_kwargs`` are those of :func:`save_pretrained` (``native``, ``metrics``, ...)."""
     upload = CompactModelUpload(model, tokenizer, **save_kwargs)
-    return upload.push_to_hub(repo_id, commit_message=commit_message, private=private, token=token,
-                              revision=revision, create_pr=create_pr, max_shard_size=max_shard_size)
+    return upload.push_to_hub(
+        repo_id,
+        commit_message=commit_message,
+        private=private,
+        token=token,
+        revision=revision,
+        create_pr=create_pr,
+        max_shard_size=max_shard_size,
+    )

@@ -14,10 +14,17 @@ from hf_l0 import L0Config
 
 # -- model card and push_to_hub --------------------------------------------------------------------------------------
 
+
 def test_model_card(tmp_path):
     model = compact_model("llama", "AutoModelForCausalLM")
-    out = hf_l0.save_pretrained(model, tmp_path / "m", base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
-                                metrics={"perplexity": 12.5}, speedup=1.8, repo_id="me/tiny-l0")
+    out = hf_l0.save_pretrained(
+        model,
+        tmp_path / "m",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        metrics={"perplexity": 12.5},
+        speedup=1.8,
+        repo_id="me/tiny-l0",
+    )
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
     assert 'base_model: "HuggingFaceTB/SmolLM2-135M-Instruct"' in header
@@ -28,8 +35,10 @@ def test_model_card(tmp_path):
     assert f"| after pruning | {sum(p.numel() for p in model.parameters()):,} |" in card
     assert "sparsity" in card and "![kept structure per layer](l0_structure.png)" in card
     for i, layer in enumerate(model.config.l0_structure["layers"]):
-        assert f"| {i} | {layer['attention_heads']}/6 | {layer['key_value_heads']}/2 | " \
-               f"{layer['intermediate_size']}/37 |" in card
+        assert (
+            f"| {i} | {layer['attention_heads']}/6 | {layer['key_value_heads']}/2 | "
+            f"{layer['intermediate_size']}/37 |" in card
+        )
     assert "| perplexity | 12.5 |" in card and "1.80x" in card
     assert 'AutoModelForCausalLM.from_pretrained("me/tiny-l0", trust_remote_code=True)' in card
     assert 'hf_l0.from_pretrained("me/tiny-l0")' in card
@@ -60,8 +69,14 @@ def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
     model = compact_model("gpt2", "AutoModelForCausalLM")
     assert hf_l0.push_to_hub(model, "me/gpt2-l0", private=True, metrics={"loss": 3.2}) == "commit-url"
     assert calls["create_repo"] == ("me/gpt2-l0", {"private": True, "token": None, "exist_ok": True})
-    assert {"config.json", "model.safetensors", "modeling_hf_l0.py", "README.md", "l0_structure.png",
-            "generation_config.json"} <= set(calls["files"])
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_hf_l0.py",
+        "README.md",
+        "l0_structure.png",
+        "generation_config.json",
+    } <= set(calls["files"])
     card = calls["files"]["README.md"].decode()
     assert 'from_pretrained("me/gpt2-l0", trust_remote_code=True)' in card and "| loss | 3.2 |" in card
     assert json.loads(calls["files"]["config.json"])["auto_map"]["AutoModelForCausalLM"].endswith("L0GPT2LMHeadModel")

@@ -24,19 +24,44 @@ NATIVE_CASES = [
     ("llama", "AutoModelForCausalLM", dict(UNIFORM, hidden=True, target_hidden_size=42), True, "GQA"),
     ("qwen2", "AutoModelForCausalLM", dict(UNIFORM, hidden=True, target_hidden_size=42), True, "GQA"),
     ("mistral", "AutoModelForCausalLM", UNIFORM, True, "GQA"),
-    ("llama", "AutoModelForCausalLM", dict(UNIFORM, hidden=True, target_hidden_size=40), False,
-     "not a multiple of the number of attention heads"),
+    (
+        "llama",
+        "AutoModelForCausalLM",
+        dict(UNIFORM, hidden=True, target_hidden_size=40),
+        False,
+        "not a multiple of the number of attention heads",
+    ),
     ("llama", "AutoModelForCausalLM", dict(), False, "removed whole"),
     ("llama", "AutoModelForCausalLM", dict(heads=False, layers=False), False, "layers differ in FFN sizes"),
-    ("bert", "AutoModelForSequenceClassification", dict(heads=False, target_intermediate_size=20, layers=False),
-     True, "uniform"),
-    ("bert", "AutoModelForSequenceClassification", dict(target_heads=2, target_intermediate_size=20, layers=False),
-     False, "derives head_dim"),
+    (
+        "bert",
+        "AutoModelForSequenceClassification",
+        dict(heads=False, target_intermediate_size=20, layers=False),
+        True,
+        "uniform",
+    ),
+    (
+        "bert",
+        "AutoModelForSequenceClassification",
+        dict(target_heads=2, target_intermediate_size=20, layers=False),
+        False,
+        "derives head_dim",
+    ),
     ("gpt2", "AutoModelForCausalLM", dict(heads=False, target_intermediate_size=20, layers=False), True, "uniform"),
-    ("gpt2", "AutoModelForCausalLM", dict(target_heads=2, target_intermediate_size=20, hidden=True,
-                                          target_hidden_size=16, layers=False), True, "uniform"),
-    ("gpt2", "AutoModelForCausalLM", dict(target_heads=2, target_intermediate_size=20, hidden=True,
-                                          target_hidden_size=24, layers=False), False, "derives head_dim"),
+    (
+        "gpt2",
+        "AutoModelForCausalLM",
+        dict(target_heads=2, target_intermediate_size=20, hidden=True, target_hidden_size=16, layers=False),
+        True,
+        "uniform",
+    ),
+    (
+        "gpt2",
+        "AutoModelForCausalLM",
+        dict(target_heads=2, target_intermediate_size=20, hidden=True, target_hidden_size=24, layers=False),
+        False,
+        "derives head_dim",
+    ),
 ]
 
 
@@ -79,9 +104,12 @@ def _ffn_activation_scores(model, tokenizer, prompt):
     """Per-layer FFN neuron importance (mean |activation| x |down_proj column|): enough to prune SmolLM2 mildly
     without training and keep it coherent."""
     acts = {}
-    hooks = [layer.mlp.down_proj.register_forward_pre_hook(
-        lambda module, args, i=i: acts.__setitem__(i, acts.get(i, 0) + args[0].abs().flatten(0, -2).mean(0)))
-        for i, layer in enumerate(model.model.layers)]
+    hooks = [
+        layer.mlp.down_proj.register_forward_pre_hook(
+            lambda module, args, i=i: acts.__setitem__(i, acts.get(i, 0) + args[0].abs().flatten(0, -2).mean(0))
+        )
+        for i, layer in enumerate(model.model.layers)
+    ]
     text = "Paris is the capital of France and Berlin is the capital of Germany. The quick brown fox jumps. " * 3
     with torch.no_grad():
         model(**tokenizer(text, return_tensors="pt"))
@@ -96,8 +124,12 @@ def test_smollm2_native_round_trip(tmp_path):
     smollm2_file = smollm2_gguf()
     tokenizer = tf.AutoTokenizer.from_pretrained(smollm2_file.parent, gguf_file=smollm2_file.name)
     dense = tf.AutoModelForCausalLM.from_pretrained(smollm2_file.parent, gguf_file=smollm2_file.name).eval()
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                         add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
 
     # 1. uniform FFN pruning (1536 -> 1280 neurons per layer) chosen by activations: native and still coherent
     model = copy.deepcopy(dense)
@@ -116,18 +148,25 @@ def test_smollm2_native_round_trip(tmp_path):
     assert delta <= TOL
     generated = stock.generate(**chat, max_new_tokens=12, do_sample=False)
     assert torch.equal(generated, model.generate(**chat, max_new_tokens=12, do_sample=False))
-    answer = tf.AutoTokenizer.from_pretrained(out).decode(generated[0, chat["input_ids"].shape[1]:])
+    answer = tf.AutoTokenizer.from_pretrained(out).decode(generated[0, chat["input_ids"].shape[1] :])
     assert "Paris" in answer, answer
 
     # 2. every structure shrinks uniformly: 2 of 3 KV groups (6 of 9 query heads), FFN 1024, hidden 540 of 576
     model = copy.deepcopy(dense)
-    patch_model(model, L0Config(target_heads=2, target_intermediate_size=1024, hidden=True, target_hidden_size=540,
-                                layers=False))
+    patch_model(
+        model,
+        L0Config(target_heads=2, target_intermediate_size=1024, hidden=True, target_hidden_size=540, layers=False),
+    )
     prune_model(model.eval())
     out = hf_l0.save_pretrained(model, tmp_path / "all", tokenizer)
     config = json.loads((out / "config.json").read_text())
-    assert (config["num_key_value_heads"], config["num_attention_heads"], config["head_dim"],
-            config["intermediate_size"], config["hidden_size"]) == (2, 6, 64, 1024, 540)
+    assert (
+        config["num_key_value_heads"],
+        config["num_attention_heads"],
+        config["head_dim"],
+        config["intermediate_size"],
+        config["hidden_size"],
+    ) == (2, 6, 64, 1024, 540)
     stock = tf.AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         assert (stock(**chat).logits - model(**chat).logits).abs().max().item() <= TOL
@@ -162,14 +201,28 @@ def test_export_record_is_the_saved_l0_export_entry(tmp_path):
     plan = hf_l0.export_plan(model)
     saved = json.loads((hf_l0.save_pretrained(model, tmp_path / "m") / "config.json").read_text())["l0_export"]
     assert saved == hf_l0.hub.export_record(model, plan).to_dict()
-    assert set(saved) == {"format", "hf_l0_version", "native", "reason", "base_model_type", "base_architectures",
-                          "removed_sublayers", "dense_parameters", "parameters"}
+    assert set(saved) == {
+        "format",
+        "hf_l0_version",
+        "native",
+        "reason",
+        "base_model_type",
+        "base_architectures",
+        "removed_sublayers",
+        "dense_parameters",
+        "parameters",
+    }
     assert saved["hf_l0_version"] == hf_l0.__version__ and saved["base_architectures"] == ["LlamaForCausalLM"]
     layers = model.config.l0_structure["layers"]
-    removed = {"attention": [i for i, layer in enumerate(layers) if layer["key_value_heads"] == 0],
-               "ffn": [i for i, layer in enumerate(layers) if layer["intermediate_size"] == 0]}
+    removed = {
+        "attention": [i for i, layer in enumerate(layers) if layer["key_value_heads"] == 0],
+        "ffn": [i for i, layer in enumerate(layers) if layer["intermediate_size"] == 0],
+    }
     assert saved["removed_sublayers"] == removed and removed["attention"] and removed["ffn"]
     # the plan's reason names the same sublayers
-    assert all(f"layer {i} {kind}" in plan.reason for key, kind in (("attention", "attention"), ("ffn", "FFN"))
-               for i in removed[key])
+    assert all(
+        f"layer {i} {kind}" in plan.reason
+        for key, kind in (("attention", "attention"), ("ffn", "FFN"))
+        for i in removed[key]
+    )
     assert saved["parameters"] == sum(p.numel() for p in model.parameters()) < saved["dense_parameters"]

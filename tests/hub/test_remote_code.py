@@ -30,6 +30,7 @@ TOL = 1e-5
 
 # -- the shape logic shared with the written modeling file -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("family, auto_class", TASK_MODELS)
 def test_compact_module_rebuilds_every_family_and_head(family, auto_class):
     model = compact_model(family, auto_class)
@@ -73,11 +74,16 @@ def test_portable_modules_import_only_torch_transformers_stdlib_and_each_other()
     assert violations == []
 
 
-@pytest.mark.parametrize("line, target", [("from ..patch import get_gates", "hf_l0.patch"),
-                                          ("from .llama import LlamaAdapter", "hf_l0.arch.llama"),
-                                          ("import numpy", "numpy"),
-                                          ("from safetensors import safe_open", "safetensors"),
-                                          ("from hf_l0 import prune_model", "hf_l0")])
+@pytest.mark.parametrize(
+    "line, target",
+    [
+        ("from ..patch import get_gates", "hf_l0.patch"),
+        ("from .llama import LlamaAdapter", "hf_l0.arch.llama"),
+        ("import numpy", "numpy"),
+        ("from safetensors import safe_open", "safetensors"),
+        ("from hf_l0 import prune_model", "hf_l0"),
+    ],
+)
 def test_portable_rule_check_flags_other_imports(line, target):
     source = f"import torch\nfrom .base import ArchAdapter\n\n\ndef f():\n    {line}\n"
     assert portable_violations(source, "hf_l0.arch.foo") == [f"hf_l0.arch.foo line 6 imports {target}"]
@@ -107,29 +113,38 @@ def test_flatten_imports_rewrites_only_hf_l0_import_lines():
     flat = hf_l0.hub.flatten_imports(source, "hf_l0.arch.foo", FLAT)
     changed = [(a, b) for a, b in zip(source.splitlines(), flat.splitlines()) if a != b]
     assert len(flat.splitlines()) == len(source.splitlines())
-    assert changed == [("from ..slicing import out_features", "from .hf_l0_slicing import out_features"),
-                       ("from .base import (ArchAdapter,", "from .hf_l0_arch_base import (ArchAdapter,"),
-                       ("from hf_l0.stand_ins import RemovedMLP  # absolute",
-                        "from .hf_l0_stand_ins import RemovedMLP  # absolute"),
-                       ("    from ..stand_ins import ConstantProjection",
-                        "    from .hf_l0_stand_ins import ConstantProjection")]
+    assert changed == [
+        ("from ..slicing import out_features", "from .hf_l0_slicing import out_features"),
+        ("from .base import (ArchAdapter,", "from .hf_l0_arch_base import (ArchAdapter,"),
+        ("from hf_l0.stand_ins import RemovedMLP  # absolute", "from .hf_l0_stand_ins import RemovedMLP  # absolute"),
+        ("    from ..stand_ins import ConstantProjection", "    from .hf_l0_stand_ins import ConstantProjection"),
+    ]
     assert hf_l0.hub.flat_module_name("hf_l0.arch.foo") == "hf_l0_arch_foo"
 
 
-@pytest.mark.parametrize("line, error", [
-    ("from ..patch import get_gates", "imports hf_l0.patch, which remote-code directories do not hold"),
-    ("from .gpt2 import GPT2Adapter", "imports hf_l0.arch.gpt2"),
-    ("from . import base", "cannot be flattened"),
-    ("import hf_l0.slicing", "cannot be flattened"),
-    ("from hf_l0 import ArchAdapter", "imports hf_l0, which"),
-])
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        ("from ..patch import get_gates", "imports hf_l0.patch, which remote-code directories do not hold"),
+        ("from .gpt2 import GPT2Adapter", "imports hf_l0.arch.gpt2"),
+        ("from . import base", "cannot be flattened"),
+        ("import hf_l0.slicing", "cannot be flattened"),
+        ("from hf_l0 import ArchAdapter", "imports hf_l0, which"),
+    ],
+)
 def test_flatten_imports_fails_loudly_on_unknown_imports(line, error):
     with pytest.raises(ValueError, match=error):
         hf_l0.hub.flatten_imports(f"import torch\n\n{line}\n", "hf_l0.arch.foo", FLAT)
 
 
-@pytest.mark.parametrize("family, auto_class", [("bert", "AutoModelForSequenceClassification"),
-                                                ("gpt2", "AutoModelForCausalLM"), ("qwen2", "AutoModelForCausalLM")])
+@pytest.mark.parametrize(
+    "family, auto_class",
+    [
+        ("bert", "AutoModelForSequenceClassification"),
+        ("gpt2", "AutoModelForCausalLM"),
+        ("qwen2", "AutoModelForCausalLM"),
+    ],
+)
 def test_remote_code_files_are_the_hf_l0_sources(tmp_path, family, auto_class):
     """Every written python file but the generated modeling_hf_l0.py is an hf_l0 source, byte for byte except the
     module names of its hf_l0 imports; transformers' loader finds all of them and nothing else."""
@@ -163,18 +178,30 @@ def test_remote_code_files_are_the_hf_l0_sources(tmp_path, family, auto_class):
 
 # -- remote-code directories, loaded by hf_l0 without running their code ---------------------------------------------
 
-@pytest.mark.parametrize("family, auto_class", [("bert", "AutoModelForSequenceClassification"),
-                                                ("roberta", "AutoModelForTokenClassification"),
-                                                ("gpt2", "AutoModelForCausalLM"), ("llama", "AutoModelForCausalLM"),
-                                                ("qwen2", "AutoModelForCausalLM")])
+
+@pytest.mark.parametrize(
+    "family, auto_class",
+    [
+        ("bert", "AutoModelForSequenceClassification"),
+        ("roberta", "AutoModelForTokenClassification"),
+        ("gpt2", "AutoModelForCausalLM"),
+        ("llama", "AutoModelForCausalLM"),
+        ("qwen2", "AutoModelForCausalLM"),
+    ],
+)
 def test_remote_code_directory_layout_and_safe_load(tmp_path, family, auto_class):
     model = compact_model(family, auto_class)
     inputs = make_inputs()
     reference = model_output(model, inputs)
     out = hf_l0.save_pretrained(model, tmp_path / "m", max_shard_size="20KB")
     files = set(os.listdir(out))
-    assert {"config.json", "model.safetensors.index.json", "modeling_hf_l0.py", "README.md",
-            "l0_structure.png"} <= files
+    assert {
+        "config.json",
+        "model.safetensors.index.json",
+        "modeling_hf_l0.py",
+        "README.md",
+        "l0_structure.png",
+    } <= files
     assert len([f for f in files if f.startswith("model-0")]) > 1  # sharded
     assert ("generation_config.json" in files) == (auto_class == "AutoModelForCausalLM")
     config = json.loads((out / "config.json").read_text())
@@ -198,7 +225,7 @@ def test_remote_code_directory_layout_and_safe_load(tmp_path, family, auto_class
 
 # -- a fresh Python process without hf_l0 --------------------------------------------------------------------------
 
-FRESH_SCRIPT = NO_HF_L0_PRELUDE + textwrap.dedent('''
+FRESH_SCRIPT = NO_HF_L0_PRELUDE + textwrap.dedent("""
     import torch
     import transformers as tf
     from safetensors.torch import load_file
@@ -235,7 +262,7 @@ FRESH_SCRIPT = NO_HF_L0_PRELUDE + textwrap.dedent('''
                 r["without_trust"] = type(err).__name__
         results[case["name"]] = r
     json.dump(results, open(sys.argv[2], "w"))
-''')
+""")
 
 
 def run_fresh_process(tmp_path, cases):
@@ -244,26 +271,43 @@ def run_fresh_process(tmp_path, cases):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
     env["HF_HUB_OFFLINE"] = "1"
-    done = subprocess.run([sys.executable, "-I", str(tmp_path / "fresh.py"), str(tmp_path / "cases.json"),
-                           str(tmp_path / "results.json")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            str(tmp_path / "fresh.py"),
+            str(tmp_path / "cases.json"),
+            str(tmp_path / "results.json"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((tmp_path / "results.json").read_text())
 
 
 def test_fresh_process_without_hf_l0_loads_every_family(tmp_path, minilm_dir):
     cases, expected_tokens = [], None
-    specs = [("bert", "AutoModelForSequenceClassification", None), ("gpt2", "AutoModelForCausalLM", None),
-             ("llama", "AutoModelForCausalLM", None), ("mistral", "AutoModelForCausalLM", None),
-             ("llama-native", "AutoModelForCausalLM", L0Config(**UNIFORM))]
+    specs = [
+        ("bert", "AutoModelForSequenceClassification", None),
+        ("gpt2", "AutoModelForCausalLM", None),
+        ("llama", "AutoModelForCausalLM", None),
+        ("mistral", "AutoModelForCausalLM", None),
+        ("llama-native", "AutoModelForCausalLM", L0Config(**UNIFORM)),
+    ]
     for name, auto, config in specs:
         family = name.split("-")[0]
         model = compact_model(family, auto, config)
         inputs = make_inputs()
         tensors = {"output": model_output(model, inputs), **inputs}
         if auto == "AutoModelForCausalLM":
-            tensors["generated"] = model.generate(inputs["input_ids"][:1, :5], max_new_tokens=8, do_sample=False,
-                                                  pad_token_id=0, eos_token_id=None)
+            tensors["generated"] = model.generate(
+                inputs["input_ids"][:1, :5], max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None
+            )
         tokenizer = None
         if family == "bert":
             tokenizer = tf.AutoTokenizer.from_pretrained(minilm_dir)
@@ -272,8 +316,16 @@ def test_fresh_process_without_hf_l0_loads_every_family(tmp_path, minilm_dir):
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path / f"{name}.ref.safetensors")
         native = hf_l0.export_plan(model).native
         assert native == (config is not None)
-        cases.append({"name": name, "dir": str(tmp_path / name), "auto_class": auto, "native": native,
-                      "reference": str(tmp_path / f"{name}.ref.safetensors"), "tokenizer": tokenizer is not None})
+        cases.append(
+            {
+                "name": name,
+                "dir": str(tmp_path / name),
+                "auto_class": auto,
+                "native": native,
+                "reference": str(tmp_path / f"{name}.ref.safetensors"),
+                "tokenizer": tokenizer is not None,
+            }
+        )
     results = run_fresh_process(tmp_path, cases)
     print("fresh-process max |diff|", {name: r["max_diff"] for name, r in results.items()})
     for name, _, config in specs:
@@ -291,6 +343,7 @@ def test_fresh_process_without_hf_l0_loads_every_family(tmp_path, minilm_dir):
 
 
 # -- strict loading through the written classes ----------------------------------------------------------------------
+
 
 @pytest.mark.filterwarnings("ignore")
 def test_remote_code_loading_is_strict_too(tmp_path, monkeypatch):

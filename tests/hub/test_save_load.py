@@ -18,6 +18,7 @@ TOL = 1e-5
 
 # -- round trips -------------------------------------------------------------------------------------------------------
 
+
 def test_tied_embeddings_saved_once_and_loaded_tied(tmp_path):
     model = compact_model("llama", "AutoModelForCausalLM")
     hf_l0.save_pretrained(model, tmp_path / "m")
@@ -33,8 +34,10 @@ def test_dense_model_round_trip(tmp_path):
     config = json.loads((tmp_path / "d" / "config.json").read_text())
     assert config["model_type"] == "gpt2" and "auto_map" not in config and "l0_structure" not in config
     inputs = make_inputs()
-    assert max_diff(model_output(hf_l0.from_pretrained(tmp_path / "d"), inputs), model_output(model, inputs),
-                    inputs) <= TOL
+    assert (
+        max_diff(model_output(hf_l0.from_pretrained(tmp_path / "d"), inputs), model_output(model, inputs), inputs)
+        <= TOL
+    )
 
 
 def test_patched_model_is_not_saved(tmp_path):
@@ -45,6 +48,7 @@ def test_patched_model_is_not_saved(tmp_path):
 
 
 # -- atomic saves -----------------------------------------------------------------------------------------------------
+
 
 def test_interrupted_save_leaves_previous_save_intact(tmp_path):
     target = tmp_path / "m"
@@ -75,6 +79,7 @@ def test_interrupted_save_leaves_previous_save_intact(tmp_path):
 
 
 # -- strict loading ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def saved_llama(tmp_path):
@@ -114,8 +119,11 @@ def test_structure_contradicting_weights_is_an_error(saved_llama):
     layer = next(i for i, layer in enumerate(config["l0_structure"]["layers"]) if layer["intermediate_size"] > 1)
     config["l0_structure"]["layers"][layer]["intermediate_size"] -= 1
     path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=rf"tensor 'model.layers.{layer}.mlp.up_proj.weight' in .*model.safetensors "
-                                         r"has shape .* but .*config.json"):
+    with pytest.raises(
+        ValueError,
+        match=rf"tensor 'model.layers.{layer}.mlp.up_proj.weight' in .*model.safetensors "
+        r"has shape .* but .*config.json",
+    ):
         hf_l0.from_pretrained(saved_llama)
     config["l0_structure"]["layers"][layer]["intermediate_size"] = 10_000
     path.write_text(json.dumps(config))
@@ -167,8 +175,11 @@ def test_one_mismatch_report_for_files_at_hand_and_in_the_hub_cache():
     info = {"missing_keys": {"b.weight"}, "unexpected_keys": set(), "mismatched_keys": {("a.weight", (3, 4), (2, 4))}}
     problems = hf_l0.checkpoint.loading_info_problems(info)
     assert problems == ["missing tensor 'b.weight'", "tensor 'a.weight' has shape (3, 4) but the model builds (2, 4)"]
-    with pytest.raises(ValueError, match=r"^me/repo: the weights do not match config.json \(l0_structure\): "
-                                         r"missing tensor 'b.weight'; tensor 'a.weight' has shape"):
+    with pytest.raises(
+        ValueError,
+        match=r"^me/repo: the weights do not match config.json \(l0_structure\): "
+        r"missing tensor 'b.weight'; tensor 'a.weight' has shape",
+    ):
         hf_l0.checkpoint.raise_on_mismatch("me/repo", "config.json (l0_structure)", problems)
     hf_l0.checkpoint.raise_on_mismatch("me/repo", "config.json", [])  # nothing to report: no error
     with pytest.raises(ValueError, match=r"missing tensor 't19'; \.\.\. 5 more$"):
