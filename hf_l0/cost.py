@@ -30,12 +30,14 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .arch import get_adapter
+from .gates import sublayer_gate_names
 from .patch import get_gates, transformers_model
 from .size import unit_probabilities
 from .slicing import base_layer, out_features
 
 TARGET_METRICS = ("params", "flops", "latency")
-_UNIT_GATES = (("attention", "heads", "attention_layers"), ("ffn", "ffn", "ffn_layers"))
+# (sublayer, its unit gate, its whole-sublayer gate), from the one gate table
+SUBLAYER_GATES = tuple((kind, *sublayer_gate_names(kind)) for kind in ("attention", "ffn"))
 
 
 @dataclass
@@ -72,7 +74,7 @@ def _layout(model: nn.Module) -> dict[str, Any]:
     adapter = get_adapter(target)
     sublayer_ids: set[int] = set()
     layout = {"hidden_size": adapter.hidden_size}
-    for kind, _, _ in _UNIT_GATES:
+    for kind, _, _ in SUBLAYER_GATES:
         rows = []
         for i in range(adapter.num_layers):
             sublayer = getattr(adapter, kind)(i)
@@ -105,7 +107,7 @@ def _flops(model: nn.Module, seq_len: int, mode: str) -> FlopsReport:
     one = torch.ones((), dtype=torch.float64, device=device)
     hidden = probs["hidden"].sum() if "hidden" in probs else one * layout["hidden_size"]
     totals = {}
-    for kind, unit_gate, layer_gate in _UNIT_GATES:
+    for kind, unit_gate, layer_gate in SUBLAYER_GATES:
         num_units, weights, score_width = torch.tensor(layout[kind], dtype=torch.float64, device=device)
         units = probs[unit_gate].sum(-1) if unit_gate in probs else num_units
         flops = units * (2.0 * weights * hidden + 4.0 * seq_len * score_width)

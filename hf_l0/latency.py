@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .arch import get_adapter
-from .cost import _UNIT_GATES, CostTarget
+from .cost import SUBLAYER_GATES, CostTarget
 from .patch import get_gates, transformers_model
 from .size import unit_probabilities
 from .structure import STRUCTURE_FORMAT, STRUCTURE_KEY, apply_structure
@@ -488,8 +488,8 @@ def _latency(model: nn.Module, table: LatencyTable, mode: str) -> torch.Tensor:
     shape = table.key["shape"]
     total = torch.tensor(table.fixed_s, dtype=torch.float64, device=device)
     for (_kind, unit_gate, layer_gate), time_of, width in (
-        (_UNIT_GATES[0], table.attention_time, shape["attention_units"]),
-        (_UNIT_GATES[1], table.ffn_time, shape["intermediate_size"]),
+        (SUBLAYER_GATES[0], table.attention_time, shape["attention_units"]),
+        (SUBLAYER_GATES[1], table.ffn_time, shape["intermediate_size"]),
     ):
         units = (
             probs[unit_gate].sum(-1)
