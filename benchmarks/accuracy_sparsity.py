@@ -52,6 +52,7 @@ from benchmarks.common import (  # noqa: E402
     RunStore,
     add_method_arguments,
     add_run_store_arguments,
+    aggregate_run,
     baseline_prune,
     benchmark_parser,
     goal,
@@ -652,21 +653,6 @@ def best_baseline(records: list[dict[str, Any]], target: float, steps: int) -> s
 
 # --- aggregates ----------------------------------------------------------------------------------------------------
 
-_PROVENANCE = ("command", "started_utc", "wall_seconds")
-
-
-def _aggregate_run(record: dict[str, Any]) -> dict[str, Any]:
-    """A run as the aggregate lists it: its numbers and where it came from (the trajectory rows stay in its file)."""
-    meta = record["provenance"]
-    run = {k: v for k, v in record.items() if k not in ("name", "settings", "provenance", "trajectory")}
-    run["provenance"] = {
-        **{k: meta[k] for k in _PROVENANCE},
-        "git_commit": meta["versions"]["git_commit"],
-        "torch_threads": meta["hardware"]["torch_threads"],
-        "file": f"runs/{record['name']}.json",
-    }
-    return run
-
 
 def _order(run: dict[str, Any]) -> tuple:
     return run["target"], run["steps"], ("hf_l0", *BASELINES).index(run["method"])
@@ -700,7 +686,7 @@ def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
         "budget": budget,
         "dense": {k: dense[k] for k in ("validation_accuracy", "test_accuracy", "parameters", "train_seconds")},
     }
-    sweep = sorted((_aggregate_run(r) for r in runs if r["steps"] == args.prune_steps), key=_order)
+    sweep = sorted((aggregate_run(r) for r in runs if r["steps"] == args.prune_steps), key=_order)
     results = None
     if sweep:
         members = [r for r in runs if r["steps"] == args.prune_steps] + [dense]
@@ -723,7 +709,7 @@ def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
             "steps": sorted({r["steps"] for r in curve_runs}),
             "choice_steps": args.prune_steps,
             "best_baseline": best_baseline(curve_runs, args.curve_target, args.prune_steps),
-            "runs": sorted((_aggregate_run(r) for r in curve_runs), key=_order),
+            "runs": sorted((aggregate_run(r) for r in curve_runs), key=_order),
             **provenance_summary([*curve_runs, dense]),
         }
         curve["comparisons"] = steps_comparisons(curve)

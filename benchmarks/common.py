@@ -368,3 +368,16 @@ def provenance_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         "first_started_utc": min((m["started_utc"] for m in metas), default=None),
         "torch_threads": sorted({m["hardware"]["torch_threads"] for m in metas}),
     }
+
+
+def aggregate_run(record: dict[str, Any]) -> dict[str, Any]:
+    """A run as an aggregate lists it: its numbers and where it came from (the trajectory rows stay in its file)."""
+    meta = record["provenance"]
+    run = {k: v for k, v in record.items() if k not in ("name", "settings", "provenance", "trajectory")}
+    run["provenance"] = {
+        **{k: meta[k] for k in ("command", "started_utc", "wall_seconds")},
+        "git_commit": meta["versions"]["git_commit"],
+        "torch_threads": meta["hardware"]["torch_threads"],
+        "file": f"runs/{record['name']}.json",
+    }
+    return run
