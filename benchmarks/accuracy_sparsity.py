@@ -751,15 +751,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.steps_curve:
         target, reference = args.curve_target, args.prune_steps
         # The baselines' choice: every baseline at the reference budget (the sweep's runs there, when stored).
-        if "hf_l0" in methods or baselines:
-            run_hf_l0(ctx, target, reference)
+        run_hf_l0(ctx, target, reference)
         for method in baselines:
             run_baseline(ctx, method, target, reference)
-        chosen = baselines if args.curve_baselines == "all" else [best_baseline(store.records(), target, reference)]
-        print(f"steps curve at {target:g}: hf-l0 and {', '.join(m for m in chosen if m)}", flush=True)
-        for steps in args.steps_curve:
-            run_hf_l0(ctx, target, steps)
-            for method in (m for m in chosen if m):
+        best = best_baseline(store.records(), target, reference)
+        if baselines and best is None:
+            raise SystemExit(f"no baseline run at {target:g} with {reference} steps to choose the best one from.")
+        chosen = [m for m in (BASELINES if args.curve_baselines == "all" else [best]) if m in baselines]
+        print(f"steps curve at {target:g}: best baseline by validation at {reference} steps: {best}", flush=True)
+        for steps in args.steps_curve:  # --methods picks which of hf-l0 and the chosen baselines run here
+            if "hf_l0" in methods:
+                run_hf_l0(ctx, target, steps)
+            for method in chosen:
                 run_baseline(ctx, method, target, steps)
     else:
         for target in args.targets:
