@@ -48,6 +48,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 import hf_l0  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     BASELINES,
+    ROOT,
     Run,
     RunStore,
     add_method_arguments,
@@ -86,7 +87,7 @@ LABELS = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = benchmark_parser(__doc__, "tiny random BERT, a handful of examples and steps")
     p.add_argument("--models_dir", default=None, help="compact models (default: <output_dir>/models, git-ignored)")
-    p.add_argument("--targets", type=float, nargs="+", default=DEFAULT_TARGETS)
+    p.add_argument("--targets", type=float, nargs="+", default=None, help=f"default: {DEFAULT_TARGETS} (--quick: 0.75)")
     p.add_argument(
         "--stage",
         choices=("all", "dense"),
@@ -496,9 +497,11 @@ def dense_stage(args: argparse.Namespace, store: RunStore, models_dir: Path, mod
     fine-tuned from ``model`` and saved to ``<models_dir>/dense`` (or, with ``--dense_model``, loaded and scored)."""
     collator = DataCollatorWithPadding(tokenizer)
     path = Path(args.dense_model or models_dir / "dense").resolve()
+    # relative to the repository when inside it: the run files are committed and must not name this machine's paths
+    shown = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
     record = store.get("dense")
     retrain = args.overwrite and args.stage == "dense" and not args.dense_model
-    if record and record["model_path"] == str(path) and (path / "config.json").is_file() and not retrain:
+    if record and record["model_path"] == shown and (path / "config.json").is_file() and not retrain:
         print(f"dense: {path} (run file {store.path('dense')}), reused", flush=True)
         return AutoModelForSequenceClassification.from_pretrained(path).eval(), record
     started, start = datetime.now(timezone.utc), time.perf_counter()
@@ -538,7 +541,7 @@ def dense_stage(args: argparse.Namespace, store: RunStore, models_dir: Path, mod
     result = {
         "method": "dense",
         "model": "tiny random BERT (quick)" if args.quick else "all-MiniLM-L6-v2",
-        "model_path": str(path),
+        "model_path": shown,
         "dense_steps": dense_steps,
         **accuracies(model, splits, collator),
         "parameters": model.num_parameters(),
@@ -725,8 +728,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.quick:  # steps scaled down 50× (300 -> 6), one target unless some are named
         args.prune_steps, args.dense_epochs = max(1, args.prune_steps // 50), 0.25
         args.steps_curve = args.steps_curve and [max(1, s // 50) for s in args.steps_curve]
-        args.targets = [0.75] if args.targets == DEFAULT_TARGETS else args.targets
+        args.targets = args.targets or [0.75]
         args.calibration_examples = min(args.calibration_examples, 16)
+    args.targets = args.targets or list(DEFAULT_TARGETS)
     run = Run("accuracy_sparsity", args.seed, args.quick, args.output_dir)
     if args.collect:
         return collect(args, run)

@@ -68,12 +68,21 @@ from hf_l0.demo.gguf import drop_gguf_quantizer  # noqa: E402
 from hf_l0.demo.scripting import resolve_model_path  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
-PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the baseline's
+PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the best baseline's
+DEFAULT_TARGETS = (0.3, 0.5)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = benchmark_parser(__doc__, "tiny random Llama, a few blocks and steps")
-    p.add_argument("--targets", "--target_sparsity", dest="targets", type=float, nargs="+", default=[0.3, 0.5])
+    p.add_argument(
+        "--targets",
+        "--target_sparsity",
+        dest="targets",
+        type=float,
+        nargs="+",
+        default=None,
+        help=f"default: {list(DEFAULT_TARGETS)} (--quick: 0.5)",
+    )
     p.add_argument(
         "--max_steps",
         type=int,
@@ -518,7 +527,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.quick:
         args.max_steps, args.batch_size, args.block_size, args.eval_blocks = 2, 2, 32, 4
         args.new_tokens, args.generate_repeats, args.calibration_batches = 4, 1, 2
-        args.targets = [0.5] if args.targets == [0.3, 0.5] else args.targets
+        args.targets = args.targets or [0.5]
+    args.targets = args.targets or list(DEFAULT_TARGETS)
     run = Run("llm", args.seed, args.quick, args.output_dir)
     if args.collect:
         return collect(args, run)

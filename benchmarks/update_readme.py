@@ -35,7 +35,6 @@ TITLES = {
     "llm": "LLM",
 }
 CURVE_STEPS, CURVE_TARGET = (100, 300, 1000), 0.75  # the steps curve the README asks for (accuracy_sparsity.py)
-LLM_TARGETS = (0.3, 0.5)
 NOT_RUN = "not run yet"
 
 
@@ -187,7 +186,7 @@ def llm_rows(data: dict[str, Any] | None) -> list[list[Any]]:
     if not data:
         return [
             [f"LLM perplexity at {t:g}: hf-l0 ÷ best baseline", NOT_RUN, f"≤ {PERPLEXITY_GOAL}", "–"]
-            for t in LLM_TARGETS
+            for t in llm.DEFAULT_TARGETS
         ]
     results = _llm_results(data)
     tokens = f"{results['budget']['train_tokens']:,} training tokens"
@@ -197,7 +196,7 @@ def llm_rows(data: dict[str, Any] | None) -> list[list[Any]]:
         f", dense fine-tuned {finetuned['perplexity']:.1f}" if finetuned else ", dense fine-tuned: not run yet"
     )
     rows = []
-    for target in sorted({*LLM_TARGETS, *compared}):
+    for target in sorted({*llm.DEFAULT_TARGETS, *compared}):
         c = compared.get(target)
         what = f"{results['model']} Shakespeare perplexity at {target:g} sparsity ({tokens}): hf-l0 ÷ best baseline"
         if c is None:
