@@ -364,6 +364,8 @@ def steps_comparisons(curve: dict[str, Any]) -> list[dict[str, Any]]:
                 "best_baseline_test_accuracy": other,
                 "margin_points": 100 * (l0["test_accuracy"] - other),
                 "above": l0["test_accuracy"] > other,
+                "landing_error": l0["sparsity"] - curve["target"],
+                "landing_met": abs(l0["sparsity"] - curve["target"]) <= LANDING_TOLERANCE,
             }
         )
     return rows

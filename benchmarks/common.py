@@ -116,7 +116,7 @@ class Run:
     def write(self, results: dict[str, Any], markdown: str) -> dict[str, Any]:
         """Write ``<name>.json`` (metadata + results) and ``<name>.md`` (the table plus a provenance line)."""
         data = {**self.metadata(), **results}
-        tmp = self.path(".json.tmp")
+        tmp = self.path(f".json.tmp{os.getpid()}")  # processes sharing an output directory write their own tmp
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
         os.replace(tmp, self.path(".json"))
         meta = data["hardware"]

@@ -166,6 +166,18 @@ def steps_rows(curve: dict[str, Any] | None) -> list[list[Any]]:
                     goal(c["above"]),
                 ]
             )
+    if compared:
+        landed = ", ".join(
+            f"{steps} steps → {c['landing_error'] + curve['target']:.4f}" for steps, c in compared.items()
+        )
+        rows.append(
+            [
+                f"hf-l0 reached sparsity at {curve['target']:g}, every budget",
+                landed,
+                f"± {LANDING_TOLERANCE}",
+                goal(all(c["landing_met"] for c in compared.values())),
+            ]
+        )
     return rows
 
 

@@ -118,8 +118,10 @@ def test_accuracy_steps_curve_quick(out):
         [("hf_l0", 2), (best, 2)]
     )  # the other budgets run hf-l0 and the chosen baseline only
     assert [c["steps"] for c in curve["comparisons"]] == [2, 6]
+    l0 = {r["steps"]: r for r in curve["runs"] if r["method"] == "hf_l0"}
     for c in curve["comparisons"]:
         assert c["above"] == (c["margin_points"] > 0) and c["best_baseline"] == best
+        assert c["landing_error"] == pytest.approx(l0[c["steps"]]["sparsity"] - 0.75)
 
 
 def test_speed_quick(out):
