@@ -116,7 +116,7 @@ class Run:
     def write(self, results: dict[str, Any], markdown: str) -> dict[str, Any]:
         """Write ``<name>.json`` (metadata + results) and ``<name>.md`` (the table plus a provenance line)."""
         data = {**self.metadata(), **results}
-        tmp = self.path(".json.tmp")
+        tmp = self.path(f".json.tmp{os.getpid()}")  # processes sharing an output directory write their own tmp
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
         os.replace(tmp, self.path(".json"))
         meta = data["hardware"]
@@ -278,3 +278,106 @@ def record_trajectory(trainer: Any, output_dir: str | os.PathLike, name: str) ->
         rows, Path(output_dir) / "trajectories" / name, trainer.state.max_steps, title=name
     )
     return {"trajectory_max_gap": summary["max_gap_after_10_percent"], "trajectory": rows}
+
+
+# --- Resumable runs: one JSON file per (method, target, steps) run, aggregated by ``--collect`` -----------------------
+
+
+def add_run_store_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks that keep one file per run (resume, split across processes, aggregate)."""
+    p.add_argument(
+        "--overwrite", action="store_true", help="rerun runs whose file exists (default: skip them, as finished)"
+    )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: rebuild the aggregate JSON / markdown / PNG from the run files present",
+    )
+
+
+def run_name(method: str, target: float | None = None, steps: int | None = None) -> str:
+    """The file stem of one run: ``<method>[-t<target>][-s<steps>]``, e.g. ``hf_l0-t0.75-s300``."""
+    return method + ("" if target is None else f"-t{target:g}") + ("" if steps is None else f"-s{steps}")
+
+
+class RunStore:
+    """The finished runs of one benchmark, one JSON file each under ``<output_dir>/<benchmark>/runs/``.
+
+    A file is written atomically (tmp + ``os.replace``) as soon as its run ends, so an interrupted job loses only the
+    run in progress, and several processes (each with its own ``--targets``) can fill one store. Every file records
+    the ``settings`` it ran with and its own provenance (command, git commit, start time, threads, versions); a run
+    whose file exists with the same settings is finished, one with other settings is an error (mixing them would
+    compare runs of different budgets) unless the caller overwrites it."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run  # the invocation: its command, git commit (taken at its start), versions and hardware
+        self.root = run.output_dir / run.name
+        self.runs_dir = self.root / "runs"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.runs_dir / f"{name}.json"
+
+    def finished(self, name: str, settings: dict[str, Any], overwrite: bool = False) -> dict[str, Any] | None:
+        """The record of run ``name`` if it already ran with ``settings`` (None if it must run)."""
+        path = self.path(name)
+        if overwrite or not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        stored = json.loads(json.dumps(record.get("settings"), default=float))
+        wanted = json.loads(json.dumps(settings, default=float))  # the JSON round trip: tuples, numpy floats
+        if stored != wanted:
+            keys = sorted(k for k in {*stored, *wanted} if stored.get(k) != wanted.get(k))
+            raise SystemExit(
+                f"{path} ran with other settings ({', '.join(keys)}): pass --overwrite to rerun it with these, or "
+                "choose another --output_dir."
+            )
+        print(f"{name}: finished ({path}), skipped", flush=True)
+        return record
+
+    def write(self, name: str, settings: dict[str, Any], result: dict[str, Any], started: datetime) -> dict[str, Any]:
+        """Store one finished run atomically, with its provenance; returns the record."""
+        meta = self.run.metadata()
+        meta["started_utc"] = started.isoformat(timespec="seconds")
+        meta["wall_seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+        record = {"name": name, "settings": settings, **result, "provenance": meta}
+        tmp = self.path(name).with_suffix(f".json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=2, default=float) + "\n")
+        os.replace(tmp, self.path(name))
+        print(f"{name}: written to {self.path(name)}", flush=True)
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every finished run's record, in file-name order."""
+        return [json.loads(path.read_text()) for path in sorted(self.runs_dir.glob("*.json"))]
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        path = self.path(name)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def provenance_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What an aggregate says about the runs it was built from: their distinct commands and commits, and the
+    compute they took (the sum of their wall times: parallel processes overlap in time)."""
+    metas = [r["provenance"] for r in records if "provenance" in r]
+    return {
+        "run_count": len(metas),
+        "run_commands": sorted({m["command"] for m in metas}),
+        "run_commits": sorted({str(m["versions"]["git_commit"]) for m in metas}),
+        "run_seconds": round(sum(m["wall_seconds"] for m in metas), 1),
+        "first_started_utc": min((m["started_utc"] for m in metas), default=None),
+        "torch_threads": sorted({m["hardware"]["torch_threads"] for m in metas}),
+    }
+
+
+def aggregate_run(record: dict[str, Any]) -> dict[str, Any]:
+    """A run as an aggregate lists it: its numbers and where it came from (the trajectory rows stay in its file)."""
+    meta = record["provenance"]
+    run = {k: v for k, v in record.items() if k not in ("name", "settings", "provenance", "trajectory")}
+    run["provenance"] = {
+        **{k: meta[k] for k in ("command", "started_utc", "wall_seconds")},
+        "git_commit": meta["versions"]["git_commit"],
+        "torch_threads": meta["hardware"]["torch_threads"],
+        "file": f"runs/{record['name']}.json",
+    }
+    return run

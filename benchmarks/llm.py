@@ -1,16 +1,24 @@
 #!/usr/bin/env python
-"""LLM: SmolLM2-135M on Shakespeare — validation perplexity of the dense model, of hf-l0 at 0.5 of the attention + FFN
-(non-embedding) parameters and of the one-shot importance baselines at the same size, with the same token budget;
-generate() throughput dense vs pruned.
+"""LLM: SmolLM2-135M on Shakespeare — validation perplexity of the dense model, of the dense model fine-tuned with the
+same budget, of hf-l0 at 0.3 and 0.5 of the attention + FFN (non-embedding) parameters and of the one-shot importance
+baselines at the same size, with the same token budget; generate() throughput dense vs pruned.
 
 Every pruned model starts from the dense model and trains for the same steps on the same blocks with the same loss
 (logit distillation from the dense model + LM loss): hf-l0 learns which heads / neurons / sublayers to remove while
 it trains (`L0Trainer`); each baseline (``--methods``: magnitude, fisher, activation; ``hf_l0.baselines``) removes the
 heads (KV groups) and neurons of lowest importance, scored on the first training batches, down to the parameter count
-hf-l0 reached, then trains. Settings are compared on the ``selection`` split (whole plays held out from training);
-the reported perplexity is the ``validation`` split's (the last two plays).
+hf-l0 reached, then trains. The reference is the dense model fine-tuned for the same steps on the same blocks with
+the LM loss alone (distillation from itself would only pull it back to where it starts): what the budget buys with
+no pruning. Settings, and the best baseline, are chosen on the ``selection`` split (whole plays held out from
+training); the reported perplexity is the ``validation`` split's (the last two plays). Goal: hf-l0's perplexity at
+most 0.8 x the best baseline's at every target.
 
-    python benchmarks/llm.py                       # the committed run: 60 steps, about 30 min on 2 CPU cores
+Every run (dense evaluation, dense fine-tuning, each method x target) writes its own file under
+``<output_dir>/llm/runs/`` as soon as it ends (generate() throughput is measured in the same process, alternating
+with the dense model); a run whose file exists with the same settings is skipped (``--overwrite`` reruns it) and the
+aggregate ``llm.{json,md,png}`` is rebuilt from every run file present (``--collect`` only aggregates).
+
+    python benchmarks/llm.py --targets 0.3 --threads 1   # one target per process; see benchmarks/README.md
     python benchmarks/llm.py --quick --output_dir /tmp/bench
 """
 
@@ -22,6 +30,8 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +46,19 @@ import hf_l0  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     BASELINES,
     Run,
+    RunStore,
     add_method_arguments,
+    add_run_store_arguments,
+    aggregate_run,
     baseline_prune,
     benchmark_parser,
     goal,
     markdown_table,
     parse_methods,
+    provenance_summary,
     record_trajectory,
     recover,
+    run_name,
     set_threads,
     training_arguments,
 )
@@ -53,18 +68,30 @@ from hf_l0.demo.gguf import drop_gguf_quantizer  # noqa: E402
 from hf_l0.demo.scripting import resolve_model_path  # noqa: E402
 from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
-PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the baseline's
+PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the best baseline's
+DEFAULT_TARGETS = (0.3, 0.5)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = benchmark_parser(__doc__, "tiny random Llama, a few blocks and steps")
-    p.add_argument("--target_sparsity", type=float, default=0.5)
+    p.add_argument(
+        "--targets",
+        "--target_sparsity",
+        dest="targets",
+        type=float,
+        nargs="+",
+        default=None,
+        help=f"default: {list(DEFAULT_TARGETS)} (--quick: 0.5)",
+    )
     p.add_argument(
         "--max_steps",
         type=int,
         default=60,
-        help="optimizer steps of each pruning run (60: about 30 min on 2 CPU cores)",
+        help="optimizer steps of each pruning, baseline and dense fine-tuning run (60: ~11 min per hf-l0 run on 1 "
+        "thread)",
     )
+    p.add_argument("--no_dense_finetune", action="store_true", help="skip the dense fine-tuned reference")
+    add_run_store_arguments(p)
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--block_size", type=int, default=128)
     p.add_argument("--learning_rate", type=float, default=1e-4)
@@ -159,217 +186,369 @@ def generate_throughput(
     return {name: new_tokens / statistics.median(seconds) for name, seconds in times.items()}
 
 
+def comparisons(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per target of an aggregate: hf-l0's validation perplexity ÷ the best baseline's (chosen on the selection
+    split), against :data:`PERPLEXITY_GOAL`."""
+    by = {(r["method"], r["target"]): r for r in results["runs"]}
+    rows = []
+    for target in results["targets"]:
+        l0 = by.get(("hf-l0", target))
+        present = [m for m in BASELINES if (m, target) in by]
+        if l0 is None or not present:
+            continue
+        best = min(present, key=lambda m: by[(m, target)]["selection_perplexity"])
+        ratio = l0["perplexity"] / by[(best, target)]["perplexity"]
+        rows.append(
+            {
+                "target": target,
+                "sparsity": l0["sparsity"],
+                "perplexity": l0["perplexity"],
+                "best_baseline": best,
+                "best_baseline_perplexity": by[(best, target)]["perplexity"],
+                "ratio": ratio,
+                "goal": PERPLEXITY_GOAL,
+                "met": ratio <= PERPLEXITY_GOAL,
+            }
+        )
+    return rows
+
+
 def table(results: dict[str, Any]) -> str:
-    b, runs = results["budget"], results["models"]
+    b = results["budget"]
     head = (
         f"**LLM** — {results['model']} on Shakespeare (validation = the last two plays, {b['eval_tokens']:,} "
-        f"tokens); each pruned model trained {b['max_steps']} steps × {b['batch_size']} × {b['block_size']} = "
-        f"{b['train_tokens']:,} tokens (distillation α {b['distill_alpha']}, lr {b['learning_rate']})."
+        f"tokens); each trained model (pruned, and the dense reference) trained {b['max_steps']} steps × "
+        f"{b['batch_size']} × {b['block_size']} = {b['train_tokens']:,} tokens (lr {b['learning_rate']}; pruned "
+        f"models distil from the dense model, α {b['distill_alpha']}; the dense reference uses the LM loss alone). "
+        "Best baseline: lowest selection perplexity."
     )
-    best = results.get("best_baseline")
-    if best is not None:
-        ratio = results["best_baseline_ratio"]
+    for c in results["comparisons"]:
         head += (
-            f" hf-l0 ÷ best baseline ({best}) perplexity: {ratio:.3f} (goal ≤ {PERPLEXITY_GOAL}) "
-            f"{goal(ratio <= PERPLEXITY_GOAL)}."
+            f" At {c['target']:g}: hf-l0 ÷ best baseline ({c['best_baseline']}) perplexity {c['ratio']:.3f} "
+            f"(goal ≤ {PERPLEXITY_GOAL}) {goal(c['met'])}."
         )
+    keys = ("sparsity", "parameters", "selection_perplexity", "perplexity", "tokens_per_second")
+    models = [("dense", results["dense"]), ("dense fine-tuned", results.get("dense_finetuned"))]
+    models += [(f"{r['method']} @ {r['target']:g}", r) for r in results["runs"]]
     rows = [
-        [
-            name,
-            r["sparsity"],
-            r["parameters"],
-            r.get("selection_perplexity"),
-            r["perplexity"],
-            r.get("tokens_per_second"),
-            r.get("train_seconds"),
-        ]
-        for name, r in runs.items()
+        [label, *(r.get(k) for k in keys), r.get("dense_tokens_per_second"), r.get("train_seconds")]
+        for label, r in models
+        if r
     ]
+    lines = markdown_table(
+        [
+            "model",
+            "attention+FFN sparsity",
+            "parameters",
+            "selection perplexity",
+            "val perplexity",
+            "generate tokens/s",
+            "dense tokens/s (same rounds)",
+            "train s",
+        ],
+        rows,
+    )
+    commands = "; ".join(f"`{c}`" for c in results["run_commands"])
     return (
-        head
-        + "\n\n"
-        + markdown_table(
-            [
-                "model",
-                "attention+FFN sparsity",
-                "parameters",
-                "selection perplexity",
-                "val perplexity",
-                "generate tokens/s",
-                "train s",
-            ],
-            rows,
-        )
+        f"{head}\n\n{lines}\n\nBuilt from {results['run_count']} run files (`llm/runs/*.json`, each with its own "
+        f"provenance), {results['run_seconds'] / 3600:.1f} h of compute, commits {', '.join(results['run_commits'])}: "
+        f"{commands}."
     )
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    names = list(results["models"])
-    colors = ["gray", *(f"C{i}" for i in range(len(names) - 1))]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
-    axes[0].bar(names, [results["models"][n]["perplexity"] for n in names], color=colors)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("validation perplexity (log)")
-    axes[1].bar(names, [results["models"][n].get("tokens_per_second") or 0 for n in names], color=colors)
-    axes[1].set_ylabel("generate() tokens/s, batch 1")
-    for ax in axes:
-        ax.tick_params(axis="x", labelrotation=20)
-    fig.suptitle(
-        f"{results['model']} at {results['target_sparsity']:g} sparsity, "
-        f"{results['budget']['train_tokens']:,} training tokens"
-    )
+    methods = [m for m in ("hf-l0", *BASELINES) if any(r["method"] == m for r in results["runs"])]
+    by = {(r["method"], r["target"]): r for r in results["runs"]}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(len(methods), 1)
+    for i, method in enumerate(methods):
+        xs = [j + i * width for j, t in enumerate(results["targets"]) if (method, t) in by]
+        ys = [by[(method, t)]["perplexity"] for t in results["targets"] if (method, t) in by]
+        ax.bar(xs, ys, width, label=method, color=f"C{i}")
+    ax.axhline(results["dense"]["perplexity"], color="gray", linestyle=":", label="dense")
+    if results.get("dense_finetuned"):
+        ax.axhline(results["dense_finetuned"]["perplexity"], color="k", linestyle="--", label="dense fine-tuned")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(results["targets"]))])
+    ax.set_xticklabels([f"sparsity {t:g}" for t in results["targets"]])
+    ax.set_yscale("log")
+    ax.set_ylabel("validation perplexity (log)")
+    ax.set_title(f"{results['model']} on Shakespeare, {results['budget']['train_tokens']:,} training tokens per run")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+@dataclass
+class Context:
+    """What every run of one invocation shares: the blocks, the dense model, the prompt, the store."""
+
+    args: argparse.Namespace
+    store: RunStore
+    dense: torch.nn.Module
+    blocks: dict
+    prompt: dict[str, torch.Tensor]
+    work: Path
+    prunable: float | None = None
+
+    def settings(self, method: str, target: float | None) -> dict[str, Any]:
+        a = self.args
+        shared = {
+            "quick": a.quick,
+            "seed": a.seed,
+            "method": method,
+            "target": target,
+            "steps": a.max_steps,
+            "batch_size": a.batch_size,
+            "block_size": a.block_size,
+            "learning_rate": a.learning_rate,
+            "eval_blocks": a.eval_blocks,
+            "selection_blocks": a.selection_blocks or a.eval_blocks,
+        }
+        if method == "dense_finetuned":
+            return shared
+        shared.update(distill_alpha=a.distill_alpha, distill_temperature=a.distill_temperature)
+        if method == "hf-l0":
+            return {
+                **shared,
+                "gate_learning_rate": a.gate_learning_rate,
+                "gate_init": a.gate_init,
+                "gate_init_batches": a.gate_init_batches,
+                "gate_init_scale": a.gate_init_scale,
+            }
+        return {**shared, "calibration_batches": a.calibration_batches}
+
+    def trainer_arguments(self, name: str) -> dict[str, Any]:
+        a = self.args
+        return training_arguments(
+            self.work / name,
+            per_device_train_batch_size=a.batch_size,
+            max_steps=a.max_steps,
+            seed=a.seed,
+            learning_rate=a.learning_rate,
+            warmup_steps=0.1 * a.max_steps,
+            logging_steps=10,
+        )
+
+    def perplexities(self, model: torch.nn.Module) -> dict[str, float]:
+        return {
+            "selection_perplexity": perplexity(model, self.blocks["selection"]),
+            "perplexity": perplexity(model, self.blocks["validation"]),
+        }
+
+    def throughput(self, model: torch.nn.Module) -> dict[str, float]:
+        """generate() tokens/s of ``model`` and of the dense model, alternating in the same rounds."""
+        a = self.args
+        speed = generate_throughput(
+            {"dense": self.dense, "model": model}, self.prompt, a.new_tokens, a.generate_repeats
+        )
+        return {"tokens_per_second": speed["model"], "dense_tokens_per_second": speed["dense"]}
+
+    def finish(self, name: str, settings: dict[str, Any], result: dict[str, Any], started: datetime) -> dict:
+        print(f"{name}:", {k: v for k, v in result.items() if k != "trajectory"}, flush=True)
+        return self.store.write(name, settings, result, started)
+
+
+def run_dense(ctx: Context) -> dict[str, Any]:
+    settings = {k: v for k, v in ctx.settings("dense", None).items() if k not in ("steps", "learning_rate")}
+    done = ctx.store.finished("dense", settings, ctx.args.overwrite)
+    if done:
+        return done
+    started = datetime.now(timezone.utc)
+    result = {"method": "dense", "sparsity": 0.0, "parameters": ctx.dense.num_parameters()}
+    return ctx.finish("dense", settings, {**result, **ctx.perplexities(ctx.dense)}, started)
+
+
+def run_dense_finetuned(ctx: Context) -> dict[str, Any]:
+    """The dense model trained with the same budget and LM loss (no distillation): the quality reference."""
+    name, settings = run_name("dense_finetuned", None, ctx.args.max_steps), ctx.settings("dense_finetuned", None)
+    done = ctx.store.finished(name, settings, ctx.args.overwrite)
+    if done:
+        return done
+    tf.set_seed(ctx.args.seed)
+    started, start = datetime.now(timezone.utc), time.perf_counter()
+    model = trainable_copy(ctx.dense)
+    tf.Trainer(
+        model=model,
+        args=tf.TrainingArguments(**ctx.trainer_arguments(name)),
+        train_dataset=ctx.blocks["train"],
+        data_collator=default_data_collator,
+    ).train()
+    model.eval()
+    result = {
+        "method": "dense_finetuned",
+        "steps": ctx.args.max_steps,
+        "sparsity": 0.0,
+        "parameters": model.num_parameters(),
+        **ctx.perplexities(model),
+        "train_seconds": time.perf_counter() - start,
+        **ctx.throughput(model),
+    }
+    return ctx.finish(name, settings, result, started)
+
+
+def run_hf_l0(ctx: Context, target: float) -> dict[str, Any]:
+    a, name = ctx.args, run_name("hf-l0", target, ctx.args.max_steps)
+    settings = ctx.settings("hf-l0", target)
+    done = ctx.store.finished(name, settings, a.overwrite)
+    if done:
+        return done
+    tf.set_seed(a.seed)
+    started, start = datetime.now(timezone.utc), time.perf_counter()
+    l0_args = L0TrainingArguments(
+        **ctx.trainer_arguments(name),
+        target_sparsity=target,
+        distill_alpha=a.distill_alpha,
+        distill_temperature=a.distill_temperature,
+        gate_learning_rate=a.gate_learning_rate,
+        gate_init=a.gate_init,
+        gate_init_batches=a.gate_init_batches,
+        gate_init_scale=a.gate_init_scale,
+    )
+    trainer = L0Trainer(
+        model=trainable_copy(ctx.dense),
+        args=l0_args,
+        teacher_model=ctx.dense,
+        train_dataset=ctx.blocks["train"],
+        data_collator=default_data_collator,
+    )
+    trainer.train()
+    compact = trainer.compact_model().eval()
+    result = {
+        "method": "hf-l0",
+        "target": target,
+        "steps": a.max_steps,
+        "sparsity": float(hf_l0.deterministic_sparsity(trainer.model)),
+        "parameters": compact.num_parameters(),
+        **ctx.perplexities(compact),
+        "train_seconds": time.perf_counter() - start,
+        **record_trajectory(trainer, ctx.store.root, name),
+    }
+    del trainer  # frees the gated copy and its optimizer state
+    return ctx.finish(name, settings, {**result, **ctx.throughput(compact)}, started)
+
+
+def run_baseline(ctx: Context, method: str, target: float) -> dict[str, Any]:
+    """``method`` cut to the size hf-l0 reached at ``target``, then recovered with hf-l0's budget: the same blocks,
+    steps, learning rate, schedule, seed and distillation from the same teacher."""
+    a, name = ctx.args, run_name(method, target, ctx.args.max_steps)
+    l0 = ctx.store.get(run_name("hf-l0", target, a.max_steps))
+    if l0 is None:
+        raise SystemExit(f"{method} at {target:g} is cut to hf-l0's size: run hf-l0 at {target:g} first.")
+    settings = {**ctx.settings(method, target), "size_of": [l0["name"], l0["sparsity"]]}
+    done = ctx.store.finished(name, settings, a.overwrite)
+    if done:
+        return done
+    if ctx.prunable is None:
+        ctx.prunable = float(hf_l0.full_size(hf_l0.patch_model(copy.deepcopy(ctx.dense), hf_l0.L0Config())).prunable)
+    size = a.calibration_batches * a.batch_size
+    batches = [
+        default_data_collator([ctx.blocks["train"][j] for j in range(i, min(i + a.batch_size, size))])
+        for i in range(0, min(size, len(ctx.blocks["train"])), a.batch_size)
+    ]
+    tf.set_seed(a.seed)
+    started, start = datetime.now(timezone.utc), time.perf_counter()
+    baseline, scoring_seconds = baseline_prune(method, ctx.dense, l0["sparsity"], batches)
+    one_shot = perplexity(baseline.eval(), ctx.blocks["selection"])
+    recover(
+        baseline.train(),
+        ctx.dense,
+        ctx.blocks["train"],
+        default_data_collator,
+        ctx.trainer_arguments(name),
+        alpha=a.distill_alpha,
+        temperature=a.distill_temperature,
+    )
+    result = {
+        "method": method,
+        "target": target,
+        "steps": a.max_steps,
+        "sparsity": (ctx.dense.num_parameters() - baseline.num_parameters()) / ctx.prunable,
+        "parameters": baseline.num_parameters(),
+        **ctx.perplexities(baseline.eval()),
+        "one_shot_selection_perplexity": one_shot,
+        "scoring_seconds": scoring_seconds,
+        "train_seconds": time.perf_counter() - start,
+        **ctx.throughput(baseline),
+    }
+    return ctx.finish(name, settings, result, started)
+
+
+def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
+    """Rebuild ``llm.{json,md,png}`` from the run files of ``--max_steps`` present."""
+    store = RunStore(run)
+    records = [r for r in store.records() if r["settings"]["quick"] == args.quick]
+    dense = next((r for r in records if r["name"] == "dense"), None)
+    runs = [r for r in records if r.get("target") is not None and r["steps"] == args.max_steps]
+    if dense is None or not runs:
+        print(f"nothing to aggregate yet under {store.runs_dir}", flush=True)
+        return None
+    finetuned = store.get(run_name("dense_finetuned", None, args.max_steps))
+    settings = next((r["settings"] for r in runs if r["method"] == "hf-l0"), runs[0]["settings"])
+    steps, batch, block = settings["steps"], settings["batch_size"], settings["block_size"]
+    order = ("hf-l0", *BASELINES)
+    results: dict[str, Any] = {
+        "format": 2,
+        "model": "tiny random Llama (quick)" if args.quick else "SmolLM2-135M",
+        "targets": sorted({r["target"] for r in runs}),
+        "budget": {
+            "max_steps": steps,
+            "batch_size": batch,
+            "block_size": block,
+            "train_tokens": steps * batch * block,
+            "eval_tokens": settings["eval_blocks"] * block,
+            **{k: settings.get(k) for k in ("learning_rate", "gate_learning_rate", "distill_alpha")},
+            **{
+                k: settings.get(k) for k in ("distill_temperature", "gate_init", "gate_init_batches", "gate_init_scale")
+            },
+        },
+        "dense": aggregate_run(dense),
+        "dense_finetuned": finetuned and aggregate_run(finetuned),
+        "runs": sorted((aggregate_run(r) for r in runs), key=lambda r: (r["target"], order.index(r["method"]))),
+        "generate": {
+            "batch_size": 1,
+            "new_tokens": args.new_tokens,
+            "repeats": args.generate_repeats,
+            "greedy": True,
+            "use_cache": True,
+            "paired_with_dense": True,
+        },
+        **provenance_summary([dense, *runs, *([finetuned] if finetuned else [])]),
+    }
+    results["comparisons"] = comparisons(results)
+    plot(results, run.path(".png"))
+    return run.write(results, table(results))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     methods = parse_methods(args.methods)
     set_threads(args.threads)
     if args.quick:
         args.max_steps, args.batch_size, args.block_size, args.eval_blocks = 2, 2, 32, 4
         args.new_tokens, args.generate_repeats, args.calibration_batches = 4, 1, 2
+        args.targets = args.targets or [0.5]
+    args.targets = args.targets or list(DEFAULT_TARGETS)
     run = Run("llm", args.seed, args.quick, args.output_dir)
-    work = Path(tempfile.mkdtemp(prefix="hf_l0_bench_llm_"))
+    if args.collect:
+        return collect(args, run)
     tf.set_seed(args.seed)
-    dense, tokenizer, blocks = load(args)
-
-    def perplexities(model: torch.nn.Module) -> dict[str, float]:
-        return {
-            "selection_perplexity": perplexity(model, blocks["selection"]),
-            "perplexity": perplexity(model, blocks["validation"]),
-        }
-
+    dense, _, blocks = load(args)
     prompt = {
         k: v[:1, : args.block_size // 2]
         for k, v in default_data_collator([blocks["validation"][0]]).items()
         if k != "labels"
     }
-    common = dict(
-        per_device_train_batch_size=args.batch_size,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        learning_rate=args.learning_rate,
-        warmup_steps=0.1 * args.max_steps,
-        logging_steps=10,
-    )
-    results: dict[str, Any] = {
-        "model": "tiny random Llama (quick)" if args.quick else "SmolLM2-135M",
-        "target_sparsity": args.target_sparsity,
-        "budget": {
-            "max_steps": args.max_steps,
-            "batch_size": args.batch_size,
-            "block_size": args.block_size,
-            "train_tokens": args.max_steps * args.batch_size * args.block_size,
-            "eval_tokens": args.eval_blocks * args.block_size,
-            "learning_rate": args.learning_rate,
-            "gate_learning_rate": args.gate_learning_rate,
-            "distill_alpha": args.distill_alpha,
-            "distill_temperature": args.distill_temperature,
-            "gate_init": args.gate_init,
-            "gate_init_batches": args.gate_init_batches,
-            "gate_init_scale": args.gate_init_scale,
-        },
-        "methods": methods,
-        "calibration": {
-            "batches": args.calibration_batches,
-            "batch_size": args.batch_size,
-            "split": "train (the first blocks)",
-        },
-        "models": {"dense": {"sparsity": 0.0, "parameters": dense.num_parameters(), **perplexities(dense)}},
-    }
-    print("dense:", results["models"]["dense"], flush=True)
-    compact = {"dense": dense}
-
-    sparsity = args.target_sparsity
-    if "hf-l0" in methods:
-        tf.set_seed(args.seed)
-        start = time.perf_counter()
-        l0_args = L0TrainingArguments(
-            **training_arguments(work / "l0", **common),
-            target_sparsity=args.target_sparsity,
-            distill_alpha=args.distill_alpha,
-            distill_temperature=args.distill_temperature,
-            gate_learning_rate=args.gate_learning_rate,
-            gate_init=args.gate_init,
-            gate_init_batches=args.gate_init_batches,
-            gate_init_scale=args.gate_init_scale,
-        )
-        trainer = L0Trainer(
-            model=trainable_copy(dense),
-            args=l0_args,
-            teacher_model=dense,
-            train_dataset=blocks["train"],
-            data_collator=default_data_collator,
-        )
-        trainer.train()
-        sparsity = float(hf_l0.deterministic_sparsity(trainer.model))
-        compact["hf-l0"] = trainer.compact_model().eval()
-        results["models"]["hf-l0"] = {
-            "sparsity": sparsity,
-            "parameters": compact["hf-l0"].num_parameters(),
-            **perplexities(compact["hf-l0"]),
-            "train_seconds": time.perf_counter() - start,
-            **record_trajectory(trainer, args.output_dir, "hf-l0"),
-        }
-        print("hf-l0:", results["models"]["hf-l0"], flush=True)
-        del trainer  # frees the gated copy and its optimizer state before the baselines train
-
-    # Each baseline is cut to the size hf-l0 reached, then recovers with hf-l0's budget: the same blocks, steps,
-    # learning rate, schedule, seed and distillation from the same teacher.
-    size = args.calibration_batches * args.batch_size
-    batches = [
-        default_data_collator([blocks["train"][j] for j in range(i, min(i + args.batch_size, size))])
-        for i in range(0, min(size, len(blocks["train"])), args.batch_size)
-    ]
-    prunable = float(hf_l0.full_size(hf_l0.patch_model(copy.deepcopy(dense), hf_l0.L0Config())).prunable)
-    for method in (m for m in methods if m in BASELINES):
-        tf.set_seed(args.seed)
-        start = time.perf_counter()
-        baseline, scoring_seconds = baseline_prune(method, dense, sparsity, batches)
-        one_shot = perplexity(baseline.eval(), blocks["selection"])
-        compact[method] = recover(
-            baseline.train(),
-            dense,
-            blocks["train"],
-            default_data_collator,
-            training_arguments(work / method, **common),
-            alpha=args.distill_alpha,
-            temperature=args.distill_temperature,
-        )
-        results["models"][method] = {
-            "sparsity": (dense.num_parameters() - baseline.num_parameters()) / prunable,
-            "parameters": baseline.num_parameters(),
-            **perplexities(baseline),
-            "one_shot_selection_perplexity": one_shot,
-            "scoring_seconds": scoring_seconds,
-            "train_seconds": time.perf_counter() - start,
-        }
-        print(f"{method}:", results["models"][method], flush=True)
-
-    throughput = generate_throughput(compact, prompt, args.new_tokens, args.generate_repeats)
-    for name, tokens_per_second in throughput.items():
-        results["models"][name]["tokens_per_second"] = tokens_per_second
-    results["generate"] = {
-        "batch_size": 1,
-        "prompt_tokens": prompt["input_ids"].shape[1],
-        "new_tokens": args.new_tokens,
-        "repeats": args.generate_repeats,
-        "greedy": True,
-        "use_cache": True,
-    }
-    models = results["models"]
-    baselines = [m for m in BASELINES if m in models]
-    if "hf-l0" in models and baselines:
-        # The best baseline by selection perplexity: the choice among them must not look at the reported split.
-        best = min(baselines, key=lambda m: models[m]["selection_perplexity"])
-        results["best_baseline"] = best
-        results["best_baseline_ratio"] = models["hf-l0"]["perplexity"] / models[best]["perplexity"]
-        if "magnitude" in models:
-            results["perplexity_ratio"] = models["hf-l0"]["perplexity"] / models["magnitude"]["perplexity"]
-    plot(results, run.path(".png"))
-    return run.write(results, table(results))
+    ctx = Context(args, RunStore(run), dense, blocks, prompt, Path(tempfile.mkdtemp(prefix="hf_l0_bench_llm_")))
+    run_dense(ctx)
+    if not args.no_dense_finetune:
+        run_dense_finetuned(ctx)
+    for target in args.targets:
+        if "hf-l0" in methods:
+            run_hf_l0(ctx, target)
+        for method in (m for m in methods if m in BASELINES):
+            run_baseline(ctx, method, target)
+    return collect(args, run)
 
 
 if __name__ == "__main__":
