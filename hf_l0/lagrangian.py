@@ -48,6 +48,14 @@ def check_target_sparsity(target_sparsity: float) -> float:
     return float(target_sparsity)
 
 
+def parameter_sparsity(model: nn.Module, deterministic: bool = False) -> torch.Tensor:
+    """The default constrained quantity: the expected sparsity of the prunable parameters (differentiable) or, with
+    ``deterministic=True``, the sparsity :func:`hf_l0.prune_model` would deliver now."""
+    from .size import deterministic_sparsity, expected_sparsity  # local: size imports patch, as this module does
+
+    return deterministic_sparsity(model) if deterministic else expected_sparsity(model)
+
+
 class LagrangianController(nn.Module):
     """Target schedule, the Lagrange multipliers and their update, the penalty term, calibration and final snap.
 
@@ -143,11 +151,7 @@ class LagrangianController(nn.Module):
     def measure(self, model: nn.Module, deterministic: bool = False) -> torch.Tensor:
         """The constrained quantity of ``model``: its expected reduction (differentiable, what the penalty takes) or,
         with ``deterministic=True``, the reduction :func:`hf_l0.prune_model` would deliver now."""
-        if self.metric is not None:
-            return self.metric(model, deterministic)
-        from .size import deterministic_sparsity, expected_sparsity  # local: size imports patch, as this does
-
-        return deterministic_sparsity(model) if deterministic else expected_sparsity(model)
+        return (self.metric or parameter_sparsity)(model, deterministic)
 
     def target(self, step: int | None = None) -> float:
         """The warmed-up target at ``step`` (default: the controller's own step count)."""
@@ -385,9 +389,7 @@ def _bisect_shift(
     iterations: int,
     measure: Callable[[nn.Module, bool], torch.Tensor] | None = None,
 ) -> float:
-    from .size import deterministic_sparsity  # local: size imports patch, which this module also uses
-
-    measure = measure or (lambda m, deterministic: deterministic_sparsity(m))  # only deterministic here
+    measure = measure or parameter_sparsity
     original = [p.detach().clone() for p in params]
 
     def sparsity_at(shift: float) -> float:
