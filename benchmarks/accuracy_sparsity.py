@@ -76,6 +76,7 @@ GOALS = {0.5: 0.99, 0.6: 0.98, 0.75: 0.96, 0.9: 0.92}  # fraction of dense test 
 MARGIN_GOALS = {0.5: 0.0, 0.6: 0.0, 0.75: 1.0, 0.9: 1.0}
 LANDING_TOLERANCE = 0.005  # every hf-l0 run's reached sparsity within target ± this
 DEFAULT_TARGETS = [0.5, 0.6, 0.75, 0.9]
+STRUCTURES_DEFAULT = L0TrainingArguments.__dataclass_fields__["l0_structures"].default
 LABELS = {
     "hf_l0": "hf-l0 (L0 + distillation)",
     "magnitude": "structured magnitude + distillation",
@@ -135,6 +136,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sparsity_warmup_ratio", type=float, default=0.5, help="see L0TrainingArguments")
     p.add_argument("--sparsity_final_phase_ratio", type=float, default=0.1, help="see L0TrainingArguments")
     p.add_argument("--distill_layerwise", action="store_true", help="hf-l0 adds CoFi's layerwise loss")
+    p.add_argument(
+        "--l0_structures",
+        default=STRUCTURES_DEFAULT,
+        help=f"hf-l0's gated structures, comma-separated (default: the library's, {STRUCTURES_DEFAULT})",
+    )
     p.add_argument("--distill_alpha", type=float, default=0.9)
     p.add_argument("--distill_temperature", type=float, default=2.0)
     add_method_arguments(p)
@@ -475,6 +481,7 @@ class Context:
                 "sparsity_warmup_ratio": a.sparsity_warmup_ratio,
                 "sparsity_final_phase_ratio": a.sparsity_final_phase_ratio,
                 "distill_layerwise": a.distill_layerwise,
+                "l0_structures": a.l0_structures,
                 "gate_init": a.gate_init,
                 "gate_init_batches": a.gate_init_batches,
                 "gate_init_scale": a.gate_init_scale,
@@ -574,6 +581,7 @@ def run_hf_l0(ctx: Context, target: float, steps: int) -> dict[str, Any]:
         sparsity_warmup_ratio=a.sparsity_warmup_ratio,
         sparsity_final_phase_ratio=a.sparsity_final_phase_ratio,
         distill_layerwise=a.distill_layerwise,
+        l0_structures=a.l0_structures,
         gate_init=a.gate_init,
         gate_init_batches=a.gate_init_batches,
         gate_init_scale=a.gate_init_scale,
