@@ -72,7 +72,12 @@ class LagrangianController(nn.Module):
     gradient and need no optimizer. ``anti_windup`` (default) empties the integral once the warm-up is over whenever
     it pushes against the measured error: on the ramp the integral learns the push that keeps the sparsity moving,
     and at the end of the ramp that push would carry it past the target, where closed structures barely reopen (the
-    penalty's gradient on a closed gate vanishes), so the overshoot would stay.
+    penalty's gradient on a closed gate vanishes), so the overshoot would stay. ``integral_separation`` (default 0.03)
+    integrates only errors within that distance of the schedule ("integral separation"): far from it the
+    proportional term alone drives. At the start the gates sit where the expected sparsity barely responds
+    (P(z != 0) near 1, and Adam moves every gate at the same pace), so an integral that ran through that dead time
+    would carry the sparsity far past the schedule once the gates cross together; near the schedule it removes the
+    ramp's lag as before.
 
     ``multiplier_update="ascent"`` is CoFi's controller: both multipliers are parameters updated by the training
     optimizer by gradient ascent (a hook negates their gradient), kept for comparison.
@@ -92,6 +97,7 @@ class LagrangianController(nn.Module):
         final_phase_ratio: float = 0.0,
         error_signal: str = "deterministic",
         anti_windup: bool = True,
+        integral_separation: float = 0.03,
         metric: Callable[[nn.Module, bool], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
@@ -110,6 +116,8 @@ class LagrangianController(nn.Module):
             raise ValueError(f"gate_learning_rate={gate_learning_rate} must be > 0 (the gates' optimizer rate).")
         if not 0.0 <= final_phase_ratio < 1.0:
             raise ValueError(f"final_phase_ratio={final_phase_ratio} must lie in [0, 1).")
+        if integral_separation < 0:
+            raise ValueError(f"integral_separation={integral_separation} must be >= 0 (0 integrates every error).")
         if error_signal not in ("deterministic", "expected"):
             raise ValueError(f"error_signal={error_signal!r}: choose deterministic or expected.")
         self.calibration_rate = float(calibration_rate)
@@ -127,6 +135,7 @@ class LagrangianController(nn.Module):
         # a FLOPs or latency cost model plugs in here, and the schedule, PI rule and snap follow it unchanged.
         self.metric = metric
         self.anti_windup = bool(anti_windup)
+        self.integral_separation = float(integral_separation)
         ascent = multiplier_update == "ascent"
         self.lambda_1 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
         self.lambda_2 = nn.Parameter(torch.zeros(()), requires_grad=ascent)
@@ -193,7 +202,8 @@ class LagrangianController(nn.Module):
                     # overshoots, and closed structures hardly reopen (their penalty gradient vanishes): drop it
                     # as soon as it works against the measured error.
                     self.integral.zero_()
-                self.integral += self.integral_gain * error
+                if not self.integral_separation or abs(error) <= self.integral_separation:
+                    self.integral += self.integral_gain * error
                 self.lambda_1.fill_((self.proportional_gain * error + float(self.integral)) / self.gate_learning_rate)
             if self.multiplier_update == "ascent":  # pi measures the deterministic sparsity itself
                 self.calibrate(deterministic, step)
@@ -269,6 +279,7 @@ class LagrangianController(nn.Module):
             "final_phase_ratio": self.final_phase_ratio,
             "error_signal": self.error_signal,
             "anti_windup": self.anti_windup,
+            "integral_separation": self.integral_separation,
         }
 
 

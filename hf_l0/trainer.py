@@ -93,6 +93,7 @@ class L0Trainer(Trainer):
             final_phase_ratio=args.sparsity_final_phase_ratio,
             error_signal=args.controller_error_signal,
             anti_windup=args.controller_anti_windup,
+            integral_separation=args.controller_integral_separation,
             metric=self.cost_target,
         )
 

@@ -98,6 +98,13 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
             "error, so the push that kept the sparsity on the ramp does not carry it past the target."
         },
     )
+    controller_integral_separation: float = field(
+        default=0.03,
+        metadata={
+            "help": "pi controller: integrate only errors within this distance of the schedule (0: all); far from it "
+            "the proportional term alone drives, so the start-up lag does not wind the integral up into an overshoot."
+        },
+    )
     controller_error_signal: str = field(
         default="deterministic",
         metadata={
