@@ -41,7 +41,7 @@ data = data.map(
 loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer))
 
 model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
-hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True, layers=True))  # gates: model.l0_gates
+hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True))  # gates: model.l0_gates
 check_target_reachable(model, args.target_sparsity)  # refuses a target the gated structures cannot reach
 # The same controller L0Trainer runs: PI multiplier update, warm-up schedule, final-phase snap (last 10% of steps).
 controller = LagrangianController(args.target_sparsity, warmup_steps=args.steps // 2, final_phase_ratio=0.1)

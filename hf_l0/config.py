@@ -31,8 +31,12 @@ class L0Config:
         metadata={"help": "Gate hidden dimensions of the residual stream, shared by all layers (CoFi)."},
     )
     layers: bool = field(
-        default=True,
-        metadata={"help": "Gate whole sublayers: one gate per attention block and one per FFN block."},
+        default=False,
+        metadata={
+            "help": "Gate whole sublayers: one gate per attention block and one per FFN block (CoFi). Off by "
+            "default: a sublayer already goes when all its heads or neurons close, and a whole-sublayer gate moves "
+            "the size in steps of a sublayer, which costs accuracy on short budgets."
+        },
     )
     # Deprecated (one release): the target belongs to training (L0TrainingArguments / LagrangianController), not to
     # the structure. Accepted with a FutureWarning, kept as ``config.target_sparsity`` (not saved) and used as the

@@ -117,7 +117,7 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
         metadata={"help": "ascent controller: learning rate of lambda_1, lambda_2 (gradient ascent)."},
     )
     l0_structures: str = field(
-        default="heads,ffn,layers",
+        default="heads,ffn",
         metadata={
             "help": f"Comma-separated structures to gate, from {', '.join(STRUCTURES)}. Ignored when "
             "--l0_config is given."

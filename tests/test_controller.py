@@ -213,3 +213,71 @@ def test_anti_windup_stops_the_overshoot_after_the_warmup():
     gap, overshoot = _drive(anti_windup=True)
     assert plain_gap > BAND and plain_overshoot > BAND, (plain_gap, plain_overshoot)
     assert gap <= BAND and overshoot <= BAND, (gap, overshoot)
+
+
+def test_integral_separation_integrates_only_near_the_schedule():
+    far, near = 0.2, 0.01  # measured sparsity below a fixed target of 0.5 by these
+    for separation, far_integrates in ((0.03, False), (0.0, True)):
+        level = torch.tensor(0.5 - far)
+        controller = LagrangianController(
+            0.5, gate_learning_rate=0.1, integral_separation=separation, metric=lambda model, det, level=level: level
+        )
+        controller.on_step(None, 0)
+        assert (float(controller.integral) != 0.0) == far_integrates, separation
+        assert controller.lambda_1.item() == pytest.approx(
+            (controller.proportional_gain * -far + float(controller.integral)) / 0.1
+        )
+        level.fill_(0.5 - near)
+        before = float(controller.integral)
+        controller.on_step(None, 1)
+        assert float(controller.integral) == pytest.approx(before - controller.integral_gain * near)
+
+
+class _SaturatedGates:
+    """Gates that start all open, where P(z != 0) is near 1 and the sparsity barely responds, descending at Adam's
+    pace (the same step for every gate whatever the push): a dead time, then many gates cross together."""
+
+    def __init__(self, num_gates: int = 64, learning_rate: float = 0.1) -> None:
+        self.log_alpha = torch.linspace(4.6, 3.6, num_gates)
+        self.optimizer_state = (torch.zeros(num_gates), torch.zeros(num_gates), 0)
+        self.learning_rate = learning_rate
+
+    def sparsity(self) -> float:
+        return float(1 - torch.sigmoid(self.log_alpha + 1.6).mean())
+
+    def measure(self, model: torch.nn.Module | None, deterministic: bool) -> torch.Tensor:
+        return torch.tensor(self.sparsity())
+
+    def respond(self, lambda_1: float) -> None:
+        keep = torch.sigmoid(self.log_alpha + 1.6)
+        grad = (0.01 - lambda_1) * keep * (1 - keep)  # the task resists a little, the penalty pushes
+        m, v, t = self.optimizer_state
+        m, v, t = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad * grad, t + 1
+        self.optimizer_state = (m, v, t)
+        step = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+        self.log_alpha = (self.log_alpha - self.learning_rate * step).clamp(-4.6, 4.6)
+
+
+def _gap_after_dead_time(integral_separation: float, steps: int = 300, warmup: int = 150) -> float:
+    plant = _SaturatedGates(learning_rate=25 / warmup)
+    controller = LagrangianController(
+        0.75,
+        warmup_steps=warmup,
+        gate_learning_rate=plant.learning_rate,
+        integral_separation=integral_separation,
+        metric=plant.measure,
+    )
+    gap = 0.0
+    for step in range(steps):
+        controller.on_step(None, step, steps)
+        plant.respond(controller.lambda_1.item())
+        if step >= 0.1 * steps:
+            gap = max(gap, abs(plant.sparsity() - controller.target(step)))
+    return gap
+
+
+def test_integral_separation_stops_the_windup_of_the_dead_time():
+    # An integral that runs through the start-up dead time carries the sparsity far past the schedule once the gates
+    # cross; integrating only near the schedule leaves that to the proportional term, which turns at the crossing.
+    plain, separated = _gap_after_dead_time(0.0), _gap_after_dead_time(0.03)
+    assert plain > 2 * separated, (plain, separated)

@@ -199,7 +199,7 @@ def test_gates_follow_the_mode_of_the_model_they_join():
 
 def test_gate_modules_are_visible_in_named_modules():
     model = make_model("bert", "AutoModelForSequenceClassification")
-    patch_model(model, L0Config(hidden=True))
+    patch_model(model, L0Config(hidden=True, layers=True))
     gates = {name: m for name, m in model.named_modules() if isinstance(m, hf_l0.HardConcreteGate)}
     assert set(gates) == {f"l0_gates.{n}" for n in ("heads", "ffn", "attention_layers", "ffn_layers", "hidden")}
     assert all(isinstance(m.log_alpha, torch.nn.Parameter) for m in gates.values())

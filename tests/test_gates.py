@@ -72,7 +72,7 @@ def test_keep_per_row_and_binary():
         (dict(temperature=-1.0), "temperature"),
         (dict(limit_left=0.1), "limit_left < 0"),
         (dict(target_heads=2, heads=False), "needs its gates"),
-        (dict(target_heads=2), "set layers=False"),
+        (dict(target_heads=2, layers=True), "set layers=False"),
     ],
 )
 def test_config_validation(kwargs, message):
