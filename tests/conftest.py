@@ -93,7 +93,7 @@ def make_model(
 def compact_model(family: str, auto_class: str, config: hf_l0.L0Config | None = None, seed: int = 0):
     """A tiny pruned model: random gates (whole sublayers shut, see ``randomize_gates``), hidden pruning by default."""
     model = make_model(family, auto_class)
-    hf_l0.patch_model(model, config or hf_l0.L0Config(hidden=True))
+    hf_l0.patch_model(model, config or hf_l0.L0Config(hidden=True, layers=True))
     randomize_gates(model, seed=seed)
     return hf_l0.prune_model(model.eval())
 

@@ -37,7 +37,7 @@ def _batches(model, count=2):
 
 
 def _prunable(model) -> float:
-    gated = hf_l0.patch_model(copy.deepcopy(model), hf_l0.L0Config())
+    gated = hf_l0.patch_model(copy.deepcopy(model), hf_l0.L0Config(layers=True))
     return float(hf_l0.full_size(gated).prunable)
 
 
@@ -53,7 +53,7 @@ def _all_scores(model):
 def test_scores_have_the_gates_shapes_and_leave_the_model_alone(family, auto_class):
     model = make_model(family, auto_class)
     before = model_output(model, make_inputs())
-    gated = hf_l0.patch_model(copy.deepcopy(model), hf_l0.L0Config())
+    gated = hf_l0.patch_model(copy.deepcopy(model), hf_l0.L0Config(layers=True))
     gates = hf_l0.get_gates(gated)
     for method, scores in _all_scores(model).items():
         assert set(scores) == {"heads", "ffn"}, method
@@ -69,7 +69,7 @@ def test_scores_have_the_gates_shapes_and_leave_the_model_alone(family, auto_cla
 def test_scorers_keep_a_patched_models_gates_and_mode():
     model = make_model("llama")
     dense_scores = fisher_scores(model, _batches(model))
-    hf_l0.patch_model(model, hf_l0.L0Config())
+    hf_l0.patch_model(model, hf_l0.L0Config(layers=True))
     model.train()
     state = {k: v.clone() for k, v in hf_l0.get_gates(model).state_dict().items()}
     patched_scores = fisher_scores(model, _batches(model))
@@ -213,7 +213,7 @@ def test_importance_prune_rejects_bad_scores_and_sparsity():
 def test_magnitude_baseline_removes_the_requested_share(family):
     model = make_model(family, "AutoModelForSequenceClassification")
     dense = model.num_parameters()
-    hf_l0.patch_model(model, hf_l0.L0Config())
+    hf_l0.patch_model(model, hf_l0.L0Config(layers=True))
     prunable = hf_l0.full_size(model).prunable.item()
     hf_l0.unpatch_model(model)
     compact = magnitude_prune(model, 0.5)

@@ -46,7 +46,7 @@ def test_accuracy_sparsity_quick(out):
     # Quick runs are a few steps on 64 real reviews: too short to beat chance, so check that every number is what it
     # claims to be: accuracies are counts over the test split, sparsities are the saved models' real parameter counts.
     dense_model = tf.AutoModelForSequenceClassification.from_pretrained(out / "models" / "dense")
-    prunable = hf_l0.full_size(hf_l0.patch_model(dense_model, hf_l0.L0Config())).prunable.item()
+    prunable = hf_l0.full_size(hf_l0.patch_model(dense_model, hf_l0.L0Config(layers=True))).prunable.item()
     runs = {r["method"]: r for r in data["runs"]}
     for r in data["runs"]:
         assert (r["test_accuracy"] * data["test_size"]) == pytest.approx(round(r["test_accuracy"] * data["test_size"]))

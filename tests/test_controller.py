@@ -120,7 +120,7 @@ def test_custom_loop_and_trainer_share_the_controller(tmp_path_factory):
     trainer, _ = _pi_run(tmp_path_factory, target)
     torch.manual_seed(0)
     model = _model()
-    hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True))
+    hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True, layers=True))
     model.train()
     controller = LagrangianController(target, warmup_steps=trainer.controller.warmup_steps, gate_learning_rate=GATE_LR)
     optimizer = torch.optim.AdamW(l0_param_groups(model, controller, lr=1e-3, gate_lr=GATE_LR))
@@ -143,7 +143,7 @@ def test_custom_loop_and_trainer_share_the_controller(tmp_path_factory):
 
 def test_on_step_updates_the_multiplier_once_per_step_and_state_round_trips():
     model = _model()
-    hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True))
+    hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True, layers=True))
     controller = LagrangianController(0.5, warmup_steps=10)
     controller.on_step(model, 5)  # dense model, target 0.25: sparsity below the schedule -> lambda_1 < 0
     first = controller.lambda_1.item()

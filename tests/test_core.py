@@ -33,7 +33,7 @@ def all_outputs(model, inputs) -> list[torch.Tensor]:
 def test_pruned_equals_gated(family, auto_class, hidden):
     model = make_model(family, auto_class)
     inputs = make_inputs()
-    patch_model(model, L0Config(hidden=hidden))
+    patch_model(model, L0Config(hidden=hidden, layers=True))
     randomize_gates(model)
     shares = closed_fraction(model)
     for name in ("heads", "ffn") + (("hidden",) if hidden else ()):
@@ -66,7 +66,7 @@ def test_all_gates_open_prunes_to_the_original(family, auto_class):
     inputs = make_inputs()
     reference = model_output(model, inputs)
     dense_params = params(model)
-    patch_model(model, L0Config(hidden=True))
+    patch_model(model, L0Config(hidden=True, layers=True))
     with torch.no_grad():
         for gate in hf_l0.get_gates(model).named_gates().values():
             gate.log_alpha.fill_(10.0)
@@ -83,7 +83,7 @@ def test_unpatch_restores_outputs_bitwise(family):
     reference = model_output(model, inputs)
     modules_before = [(name, type(m)) for name, m in model.named_modules()]
     state_before = {k: v.clone() for k, v in model.state_dict().items()}
-    patch_model(model, L0Config(hidden=True))
+    patch_model(model, L0Config(hidden=True, layers=True))
     randomize_gates(model)
     assert not torch.equal(model_output(model, inputs), reference)
     unpatch_model(model)
@@ -99,7 +99,7 @@ def test_unpatch_restores_outputs_bitwise(family):
 def test_generate_identical_after_pruning(family, attn):
     model = make_model(family, "AutoModelForCausalLM", attn=attn)
     prompt = make_inputs(batch=1, length=5)["input_ids"]
-    patch_model(model, L0Config(hidden=True))
+    patch_model(model, L0Config(hidden=True, layers=True))
     randomize_gates(model, closed_attention_layer=0)  # layer 0 loses its attention: exercises the cache stand-in
     model.eval()
     kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
@@ -118,7 +118,7 @@ def test_sdpa_and_eager_agree_when_gated(family):
     outputs = []
     for attn in ("eager", "sdpa"):
         model = make_model(family, auto_class, attn=attn)
-        patch_model(model, L0Config(hidden=True))
+        patch_model(model, L0Config(hidden=True, layers=True))
         randomize_gates(model)
         outputs.append(model_output(model.eval(), make_inputs()))
     mask = make_inputs()["attention_mask"].bool()
@@ -129,7 +129,7 @@ def test_sdpa_and_eager_agree_when_gated(family):
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
 def test_tied_embeddings_stay_tied(family):
     model = make_model(family, "AutoModelForCausalLM")
-    patch_model(model, L0Config(hidden=True))
+    patch_model(model, L0Config(hidden=True, layers=True))
     assert model.lm_head.weight is model.get_input_embeddings().weight
     randomize_gates(model)
     prune_model(model.eval())
@@ -139,7 +139,7 @@ def test_tied_embeddings_stay_tied(family):
 
 def test_gqa_gate_covers_a_kv_group():
     model = make_model("llama")
-    patch_model(model, L0Config())
+    patch_model(model, L0Config(layers=True))
     gates = hf_l0.get_gates(model)
     assert gates.heads.log_alpha.shape == (3, 2)  # 6 query heads, 2 KV heads -> 2 groups
     with torch.no_grad():
@@ -155,7 +155,7 @@ def test_gqa_gate_covers_a_kv_group():
 
 def test_expected_size_is_differentiable_and_bounded():
     model = make_model("llama")
-    patch_model(model, L0Config(hidden=True))
+    patch_model(model, L0Config(hidden=True, layers=True))
     expected = hf_l0.expected_size(model)
     full = hf_l0.full_size(model)
     assert 0 < expected.total.item() < full.total.item()
@@ -176,7 +176,7 @@ def test_expected_size_is_differentiable_and_bounded():
 )
 def test_compact_model_rebuilds_from_config(family, auto_class):
     model = make_model(family, auto_class)
-    patch_model(model, L0Config(hidden=True))
+    patch_model(model, L0Config(hidden=True, layers=True))
     randomize_gates(model)
     prune_model(model.eval())
     config = copy.deepcopy(model.config)
@@ -189,7 +189,7 @@ def test_compact_model_rebuilds_from_config(family, auto_class):
 
 def test_gates_follow_the_mode_of_the_model_they_join():
     model = make_model("bert", "AutoModelForSequenceClassification")  # already in eval mode
-    patch_model(model, L0Config())
+    patch_model(model, L0Config(layers=True))
     assert not hf_l0.get_gates(model).heads.training
     inputs = make_inputs()
     assert torch.equal(model_output(model, inputs), model_output(model, inputs))
@@ -207,7 +207,7 @@ def test_gate_modules_are_visible_in_named_modules():
 
 def test_training_mode_samples_and_backprop_reaches_gates():
     model = make_model("gpt2")
-    patch_model(model, L0Config(hidden=True, droprate_init=0.5))
+    patch_model(model, L0Config(hidden=True, droprate_init=0.5, layers=True))
     model.train()
     inputs = make_inputs()
     torch.manual_seed(0)
@@ -239,14 +239,14 @@ def test_unsupported_model_type_lists_supported_ones():
         tf.T5Config(vocab_size=50, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)
     )
     with pytest.raises(ValueError, match=r"no adapter for model_type='t5'.*bert.*gpt2.*llama.*qwen2"):
-        patch_model(model, L0Config())
+        patch_model(model, L0Config(layers=True))
 
 
 def test_patching_twice_is_refused():
     model = make_model("bert", "AutoModel")
-    patch_model(model, L0Config())
+    patch_model(model, L0Config(layers=True))
     with pytest.raises(ValueError, match="already patched"):
-        patch_model(model, L0Config())
+        patch_model(model, L0Config(layers=True))
 
 
 def test_prune_unpatched_model_is_refused():
@@ -256,11 +256,11 @@ def test_prune_unpatched_model_is_refused():
 
 def test_patching_a_pruned_model_is_refused():
     model = make_model("gpt2")
-    patch_model(model, L0Config())
+    patch_model(model, L0Config(layers=True))
     randomize_gates(model)
     prune_model(model.eval())
     with pytest.raises(ValueError, match="already pruned"):
-        patch_model(model, L0Config())
+        patch_model(model, L0Config(layers=True))
 
 
 def test_target_larger_than_model_is_refused():
@@ -271,8 +271,8 @@ def test_target_larger_than_model_is_refused():
 def test_hidden_gates_on_unsupported_head_are_refused():
     model = make_model("bert", "AutoModelForMaskedLM")
     with pytest.raises(ValueError, match="hidden-dimension gates are not supported on BertForMaskedLM"):
-        patch_model(model, L0Config(hidden=True))
-    patch_model(model, L0Config(hidden=False))  # heads / FFN / layers work on any head
+        patch_model(model, L0Config(hidden=True, layers=True))
+    patch_model(model, L0Config(hidden=False, layers=True))  # heads / FFN / layers work on any head
 
 
 def test_config_type_is_checked():
@@ -314,7 +314,7 @@ def test_gates_keep_almost_no_extra_activations_for_backward(family, attn):
 def test_pruned_copy_leaves_the_gated_model_gated_and_equals_pruning_it():
     from hf_l0.prune import pruned_copy
 
-    model = hf_l0.patch_model(make_model("llama"), hf_l0.L0Config(hidden=True))
+    model = hf_l0.patch_model(make_model("llama"), hf_l0.L0Config(hidden=True, layers=True))
     with torch.no_grad():
         for gate in hf_l0.get_gates(model).named_gates().values():
             gate.log_alpha.normal_(0.0, 3.0)

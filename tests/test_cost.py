@@ -127,7 +127,7 @@ def test_expected_flops_equal_deterministic_flops_when_gates_are_saturated():
 
 
 def test_attention_scores_grow_with_the_sequence_length():
-    model = patch_model(make_model("gpt2"), L0Config())
+    model = patch_model(make_model("gpt2"), L0Config(layers=True))
     short, long = full_flops(model, 8), full_flops(model, 64)
     assert float(long.ffn) == float(short.ffn) and float(long.fixed) == float(short.fixed)
     config = model.config
@@ -241,7 +241,7 @@ def test_latency_table_is_cached_by_batch_size_and_threads(tmp_path):
     assert len({first.path, other_batch.path, other_threads.path}) == 3
     assert latency_table(model, batch_size=2, threads=1, **settings).loaded
     # a gated model has the same table as its dense original
-    patch_model(model, L0Config())
+    patch_model(model, L0Config(layers=True))
     assert latency_table(model, batch_size=1, threads=1, **settings).loaded
 
 
@@ -262,10 +262,10 @@ def test_bad_latency_targets_are_refused_with_the_reason():
     maximum = LatencyTarget(table).max_reduction(heads_only)
     with pytest.raises(ValueError, match=f"at most {maximum:.4f}"):
         LatencyTarget(table).check_target(heads_only, (maximum + 1.0 - share) / 2)
-    hidden = patch_model(make_model("llama", "AutoModelForSequenceClassification"), L0Config(hidden=True))
+    hidden = patch_model(make_model("llama", "AutoModelForSequenceClassification"), L0Config(hidden=True, layers=True))
     with pytest.raises(ValueError, match="hidden-dimension gates"):
         LatencyTarget(table)(hidden)
-    other = patch_model(make_model("gpt2"), L0Config())
+    other = patch_model(make_model("gpt2"), L0Config(layers=True))
     with pytest.raises(ValueError, match="another model shape"):
         LatencyTarget(table)(other)
 
@@ -372,7 +372,7 @@ def test_latency_target_in_several_processes_needs_one_table():
 
     from hf_l0.cost import cost_target_from_args
 
-    model = patch_model(make_model("gpt2"), L0Config())
+    model = patch_model(make_model("gpt2"), L0Config(layers=True))
     args = SimpleNamespace(
         target_metric="latency",
         target_sparsity=0.3,

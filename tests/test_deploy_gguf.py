@@ -40,7 +40,7 @@ def compact_model(family: str = "llama", seed: int = 0, closed_attention_layer: 
     """Non-uniform compact decoder with hidden pruning and removed sublayers (attention of ``closed_attention_layer``,
     FFN of layer 1, which keeps its attention)."""
     model = llama_with_biases(seed) if family == "llama-biases" else make_model(family, seed=seed)
-    hf_l0.patch_model(model, hf_l0.L0Config(hidden=True))
+    hf_l0.patch_model(model, hf_l0.L0Config(hidden=True, layers=True))
     randomize_gates(model, seed=seed, closed_attention_layer=closed_attention_layer)
     if closed_attention_layer != 0:  # layer 0 keeps attention: the removed one is written with no heads at all
         gates = hf_l0.get_gates(model)
@@ -270,7 +270,7 @@ def test_unsupported_models_are_refused(tmp_path):
     with pytest.raises(ValueError, match="f16"):
         export_gguf(make_model("llama"), tmp_path / "m.gguf", dtype="q4")
     model = make_model("llama")
-    hf_l0.patch_model(model, hf_l0.L0Config())
+    hf_l0.patch_model(model, hf_l0.L0Config(layers=True))
     with pytest.raises(ValueError, match="prune_model"):
         export_gguf(model, tmp_path / "m.gguf")
     assert not any(tmp_path.iterdir())

@@ -17,7 +17,7 @@ def compact_model(family: str, auto_class: str):
     """A compact model with non-uniform layers, hidden pruning, and removed sublayers (attention of layer 0, FFN of
     layer 1)."""
     model = make_model(family, auto_class)
-    hf_l0.patch_model(model, hf_l0.L0Config(hidden=True))
+    hf_l0.patch_model(model, hf_l0.L0Config(hidden=True, layers=True))
     randomize_gates(model)
     compact = hf_l0.prune_model(model).eval()
     layers = compact.config.l0_structure["layers"]
@@ -60,7 +60,7 @@ def test_gated_model_and_bad_path_are_refused(tmp_path):
     model = make_model("bert", "AutoModel")
     with pytest.raises(ValueError, match=r"\.onnx"):
         export_onnx(model, tmp_path / "model.bin")
-    hf_l0.patch_model(model, hf_l0.L0Config())
+    hf_l0.patch_model(model, hf_l0.L0Config(layers=True))
     with pytest.raises(ValueError, match="prune_model"):
         export_onnx(model, tmp_path / "model.onnx")
     assert not any(tmp_path.iterdir())

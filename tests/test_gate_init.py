@@ -16,7 +16,7 @@ from hf_l0.trainer import L0Trainer, L0TrainingArguments
 
 
 def _patched(family: str = "llama"):
-    return hf_l0.patch_model(make_model(family), hf_l0.L0Config())
+    return hf_l0.patch_model(make_model(family), hf_l0.L0Config(layers=True))
 
 
 def _random_scores(model, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -122,7 +122,7 @@ def test_trainer_initializes_gates_from_its_first_batches(tmp_path, method):
     trainer.train()
     assert len(recorder.batches) == 3 and trainer.state.global_step == 2
     # The same scores computed by hand on those batches give the same gates.
-    expected = hf_l0.patch_model(copy.deepcopy(dense), hf_l0.L0Config())
+    expected = hf_l0.patch_model(copy.deepcopy(dense), hf_l0.L0Config(layers=True))
     scorer = hf_l0.fisher_scores if method == "fisher" else hf_l0.activation_scores
     hf_l0.init_gates_from_scores(expected, scorer(copy.deepcopy(dense), recorder.batches))
     for name in ("heads", "ffn"):

@@ -81,7 +81,7 @@ def test_config_validation(kwargs, message):
 
 
 def test_config_roundtrip(tmp_path):
-    config = L0Config(hidden=True, droprate_init=0.2)
+    config = L0Config(hidden=True, droprate_init=0.2, layers=True)
     config.save_pretrained(tmp_path)
     assert L0Config.from_pretrained(tmp_path) == config
     assert L0Config.from_dict(config.to_dict()) == config
@@ -156,7 +156,12 @@ def test_one_gate_table_drives_the_gates_a_config_creates():
     assert {kind.switch for kind in GATE_KINDS} == set(STRUCTURES)
     assert sublayer_gate_names("attention") == ("heads", "attention_layers")
     assert sublayer_gate_names("ffn") == ("ffn", "ffn_layers")
-    for config in (L0Config(hidden=True), L0Config(heads=False, layers=False), L0Config(ffn=False, hidden=True)):
+    configs = (
+        L0Config(hidden=True, layers=True),
+        L0Config(heads=False, layers=False),
+        L0Config(ffn=False, hidden=True, layers=True),
+    )
+    for config in configs:
         model = hf_l0.patch_model(make_model("bert"), config)
         gates = hf_l0.get_gates(model)
         assert list(gates.named_gates()) == [k.name for k in GATE_KINDS if getattr(config, k.switch)]
@@ -170,7 +175,7 @@ def test_one_gate_table_drives_the_gates_a_config_creates():
 def test_deterministic_sparsity_replaces_the_deterministic_keyword():
     from conftest import make_model
 
-    model = hf_l0.patch_model(make_model("llama"), L0Config())
+    model = hf_l0.patch_model(make_model("llama"), L0Config(layers=True))
     with torch.no_grad():
         for gate in hf_l0.get_gates(model).named_gates().values():
             gate.log_alpha.normal_(0.0, 3.0)
@@ -179,3 +184,11 @@ def test_deterministic_sparsity_replaces_the_deterministic_keyword():
     with pytest.warns(DeprecationWarning, match="deterministic_sparsity"):
         assert torch.equal(hf_l0.expected_sparsity(model, deterministic=True), reached)
     assert hf_l0.expected_sparsity(model).requires_grad
+
+
+def test_default_structures_are_heads_and_ffn(tmp_path):
+    # Whole-sublayer gates are opt-in (they move the size a sublayer at a time); the library and the training
+    # arguments agree on the default.
+    assert L0Config().structures == ("heads", "ffn")
+    args = hf_l0.L0TrainingArguments(output_dir=str(tmp_path), report_to="none", target_sparsity=0.5)
+    assert args.resolved_l0_config().structures == L0Config().structures

@@ -103,7 +103,7 @@ def pipeline_result(pipe, task):
 def compact(family, head, config=None, seed=0, gated_diff=None):
     """A pruned tiny model; with a dict ``gated_diff``, records max |gated eval output - compact output| in it."""
     model = make_model(family, head, seed=seed)
-    patch_model(model, config or L0Config(hidden=head != "AutoModelForMaskedLM"))
+    patch_model(model, config or L0Config(hidden=head != "AutoModelForMaskedLM", layers=True))
     randomize_gates(model, seed=seed)
     inputs = head_inputs(head)
     gated = outputs(model, inputs) if gated_diff is not None else None

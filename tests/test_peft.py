@@ -34,7 +34,7 @@ def lora_model(family: str):
 def test_gated_lora_equals_pruned_merged(family, hidden):
     peft_model = lora_model(family)
     inputs = make_inputs()
-    returned = patch_model(peft_model, L0Config(hidden=hidden))
+    returned = patch_model(peft_model, L0Config(hidden=hidden, layers=True))
     assert returned is peft_model and hf_l0.is_patched(peft_model)
     randomize_gates(peft_model)
     peft_model.eval()
@@ -49,7 +49,7 @@ def test_gated_lora_equals_pruned_merged(family, hidden):
 
 def test_gates_and_adapters_train_while_base_weights_stay_frozen():
     peft_model = lora_model("llama")
-    patch_model(peft_model, L0Config(droprate_init=0.5))
+    patch_model(peft_model, L0Config(droprate_init=0.5, layers=True))
     trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
     assert any("log_alpha" in name for name in trainable)
     assert any("lora_" in name for name in trainable)
@@ -100,7 +100,7 @@ def test_l0_trainer_trains_a_lora_model_and_hands_back_a_merged_compact_model(tm
 
 def test_lora_added_after_patching_is_refused():
     model = make_model("llama")
-    patch_model(model, L0Config())
+    patch_model(model, L0Config(layers=True))
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=LORA_TARGETS["llama"]))
     with pytest.raises(RuntimeError, match="Call patch_model after get_peft_model"):
         peft_model(**make_inputs())
@@ -115,7 +115,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(family):
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0  # dropout RNG would differ between the two runs, the gates' must not
-        patch_model(model, L0Config(hidden=True, droprate_init=0.5))
+        patch_model(model, L0Config(hidden=True, droprate_init=0.5, layers=True))
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
@@ -132,7 +132,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(family):
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_bf16_autocast_on_cpu(family):
     model = make_model(family)
-    patch_model(model, L0Config(hidden=True, droprate_init=0.5))
+    patch_model(model, L0Config(hidden=True, droprate_init=0.5, layers=True))
     randomize_gates(model)
     inputs = make_inputs()
     model.train()

@@ -34,7 +34,7 @@ def _count_refreshes(model) -> list[int]:
 def test_inner_model_call_in_eval_uses_eval_gates_after_training_forward(family):
     auto_class, inner = INNER[family]
     model = make_model(family, auto_class)
-    patch_model(model, L0Config(hidden=True, droprate_init=0.3))
+    patch_model(model, L0Config(hidden=True, droprate_init=0.3, layers=True))
     inputs = make_inputs()
     model.train()
     model(**inputs)  # leaves a training sample behind
@@ -54,7 +54,7 @@ def test_inner_model_call_in_eval_uses_eval_gates_after_training_forward(family)
 def test_one_forward_draws_one_sample_for_all_layers(family):
     auto_class, inner = INNER[family]
     model = make_model(family, auto_class)
-    patch_model(model, L0Config(hidden=True, droprate_init=0.3))
+    patch_model(model, L0Config(hidden=True, droprate_init=0.3, layers=True))
     model.train()
     calls = _count_refreshes(model)
     seen: list[int] = []

@@ -182,7 +182,7 @@ def test_minilm_round_trip_and_size(tmp_path, minilm_dir):
     tokenizer = tf.AutoTokenizer.from_pretrained(minilm_dir)
     hf_l0.save_pretrained(dense, tmp_path / "dense", tokenizer)
     model = copy.deepcopy(dense)
-    patch_model(model, L0Config(hidden=True))
+    patch_model(model, L0Config(hidden=True, layers=True))
     randomize_gates(model)
     prune_model(model.eval())
     out = hf_l0.save_pretrained(model, tmp_path / "compact", tokenizer, metrics={"accuracy": 0.5}, speedup=1.7)

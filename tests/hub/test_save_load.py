@@ -42,7 +42,7 @@ def test_dense_model_round_trip(tmp_path):
 
 def test_patched_model_is_not_saved(tmp_path):
     model = make_model("gpt2")
-    patch_model(model, L0Config())
+    patch_model(model, L0Config(layers=True))
     with pytest.raises(ValueError, match="prune_model"):
         hf_l0.save_pretrained(model, tmp_path / "m")
 
