@@ -28,7 +28,7 @@ from .cost import cost_target_from_args
 from .distill import DistillationLoss, LayerwiseDistiller, check_teacher
 from .gate_init import gate_init_callback
 from .lagrangian import GateClamp, LagrangianController, gate_parameters, l0_param_groups, param_group_indices
-from .patch import GATES_ATTR, is_patched, patch_model, transformers_model
+from .patch import GATES_ATTR, get_gates, is_patched, patch_model, transformers_model
 from .prune import pruned_copy
 from .size import deterministic_sparsity, expected_sparsity
 from .training_args import GATE_LR_PER_WARMUP_STEPS, GATE_LR_RANGE, L0TrainingArguments
@@ -386,7 +386,7 @@ class L0Trainer(Trainer):
         os.replace(tmp, path)  # never a half-written state file
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        _check_gates_in_checkpoint(resume_from_checkpoint)
+        _check_gates_in_checkpoint(resume_from_checkpoint, set(get_gates(self.model).named_gates()))
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, L0_STATE_NAME)
         if not os.path.isfile(path):
@@ -452,7 +452,7 @@ def _keep_outside_params(prepare: Any, outside: Any) -> Any:
     return wrapped
 
 
-def _check_gates_in_checkpoint(checkpoint: str) -> None:
+def _check_gates_in_checkpoint(checkpoint: str, gate_names: set[str]) -> None:
     weights = os.path.join(checkpoint, "model.safetensors")
     index = os.path.join(checkpoint, "model.safetensors.index.json")
     if os.path.isfile(weights):
@@ -467,4 +467,12 @@ def _check_gates_in_checkpoint(checkpoint: str) -> None:
         raise ValueError(
             f"{checkpoint} holds no L0 gates (no {GATES_ATTR}.* tensors): it is not an L0Trainer "
             "checkpoint; start a new run instead of resuming from it."
+        )
+    saved = {k.split(".")[1] for k in keys if k.startswith(f"{GATES_ATTR}.")}
+    if saved != gate_names:
+        # The Trainer would load the overlap and drop the rest without an error: the run would not continue exactly.
+        raise ValueError(
+            f"{checkpoint} was trained with the gates {sorted(saved)}, this run has {sorted(gate_names)}: resume "
+            "with the structures it was started with (--l0_structures / --l0_config; whole-sublayer gates, "
+            "'attention_layers' / 'ffn_layers', are the 'layers' structure, off by default)."
         )

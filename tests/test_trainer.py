@@ -192,6 +192,18 @@ def test_resume_from_a_checkpoint_without_gates_fails(tmp_path):
         trainer.train(resume_from_checkpoint=str(tmp_path / "plain"))
 
 
+def test_resume_with_other_gated_structures_fails(tmp_path):
+    # A run started with whole-sublayer gates, resumed under the heads,ffn default, would silently drop those gates.
+    torch.set_num_threads(1)
+    kw = dict(max_steps=2, sparsity_warmup_steps=1, save_strategy="steps", save_steps=2)
+    L0Trainer(
+        model=_wide_bert(), args=_args(tmp_path / "a", l0_structures="heads,ffn,layers", **kw), train_dataset=_dataset()
+    ).train()
+    resumed = L0Trainer(model=_wide_bert(), args=_args(tmp_path / "b", **kw), train_dataset=_dataset())
+    with pytest.raises(ValueError, match=r"trained with the gates .*attention_layers.*--l0_structures"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
+
+
 def test_distillation_loss_decreases(tmp_path):
     torch.set_num_threads(1)
     teacher = _wide_bert(seed=3).eval()
