@@ -64,11 +64,12 @@ from benchmarks.common import (  # noqa: E402
     recover,
     run_name,
     set_threads,
+    train_hf_l0,
     training_arguments,
 )
 from hf_l0.demo import assets, data  # noqa: E402
 from hf_l0.demo.evaluation import evaluate_classifier  # noqa: E402
-from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
+from hf_l0.trainer import L0TrainingArguments  # noqa: E402
 
 GOALS = {0.5: 0.99, 0.6: 0.98, 0.75: 0.96, 0.9: 0.92}  # fraction of dense test accuracy to keep
 # hf-l0's lead over the best baseline (by validation), in test-accuracy points: above it (> 0) at the low targets,
@@ -201,11 +202,6 @@ def calibration_batches(args: argparse.Namespace, train: Any, collator: Any) -> 
     return [
         collator([examples[j] for j in range(i, min(i + size, len(examples)))]) for i in range(0, len(examples), size)
     ]
-
-
-def trainable_copy(teacher: torch.nn.Module) -> torch.nn.Module:
-    """A student initialised from the teacher (the trainers freeze the teacher in place, so re-enable grads)."""
-    return copy.deepcopy(teacher).train().requires_grad_(True)
 
 
 def comparisons(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -570,31 +566,20 @@ def run_hf_l0(ctx: Context, target: float, steps: int) -> dict[str, Any]:
     done = ctx.store.finished(name, settings, a.overwrite)
     if done:
         return done
-    tf.set_seed(a.seed)
     started, start = datetime.now(timezone.utc), time.perf_counter()
-    l0_args = L0TrainingArguments(
-        **ctx.trainer_arguments(name, steps),
+    trainer = train_hf_l0(
+        a,
+        ctx.trainer_arguments(name, steps),
+        ctx.dense,
+        ctx.splits["train"],
+        ctx.collator,
+        processing_class=ctx.tokenizer,
         target_sparsity=target,
-        distill_alpha=a.distill_alpha,
-        distill_temperature=a.distill_temperature,
-        gate_learning_rate=a.gate_learning_rate,
         sparsity_warmup_ratio=a.sparsity_warmup_ratio,
         sparsity_final_phase_ratio=a.sparsity_final_phase_ratio,
         distill_layerwise=a.distill_layerwise,
         l0_structures=a.l0_structures,
-        gate_init=a.gate_init,
-        gate_init_batches=a.gate_init_batches,
-        gate_init_scale=a.gate_init_scale,
     )
-    trainer = L0Trainer(
-        model=trainable_copy(ctx.dense),
-        args=l0_args,
-        teacher_model=ctx.dense,
-        train_dataset=ctx.splits["train"],
-        data_collator=ctx.collator,
-        processing_class=ctx.tokenizer,
-    )
-    trainer.train()
     compact = trainer.compact_model()
     if steps == a.prune_steps:
         trainer.save_model(str(ctx.models_dir / f"hf_l0-{target:g}"))  # the compact model (prune_at_end)

@@ -27,6 +27,7 @@ from transformers import Trainer  # noqa: E402
 
 import hf_l0  # noqa: E402
 from hf_l0.distill import DistillationLoss  # noqa: E402
+from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -203,6 +204,44 @@ class DistillationTrainer(Trainer):
 
 BASELINES = ("magnitude", "fisher", "activation")  # one-shot importance pruning (hf_l0.baselines) + recovery
 METHODS = ("hf-l0", *BASELINES)
+
+
+def trainable_copy(teacher: torch.nn.Module) -> torch.nn.Module:
+    """A student initialised from the teacher (the trainers freeze the teacher in place, so re-enable grads)."""
+    return copy.deepcopy(teacher).train().requires_grad_(True)
+
+
+def train_hf_l0(
+    args: argparse.Namespace,
+    trainer_arguments: dict[str, Any],
+    dense: torch.nn.Module,
+    train_dataset: Any,
+    data_collator: Any,
+    processing_class: Any = None,
+    **l0_arguments: Any,
+) -> L0Trainer:
+    """hf-l0's run in both quality benchmarks: seeded, a student copied from ``dense`` and distilled from it, with
+    the shared method options of ``args`` (distillation, gate learning rate and start) plus ``l0_arguments``."""
+    transformers.set_seed(args.seed)
+    trainer = L0Trainer(
+        model=trainable_copy(dense),
+        args=L0TrainingArguments(
+            **trainer_arguments,
+            distill_alpha=args.distill_alpha,
+            distill_temperature=args.distill_temperature,
+            gate_learning_rate=args.gate_learning_rate,
+            gate_init=args.gate_init,
+            gate_init_batches=args.gate_init_batches,
+            gate_init_scale=args.gate_init_scale,
+            **l0_arguments,
+        ),
+        teacher_model=dense,
+        train_dataset=train_dataset,
+        data_collator=data_collator,
+        processing_class=processing_class,
+    )
+    trainer.train()
+    return trainer
 
 
 def parse_methods(text: str) -> list[str]:

@@ -31,13 +31,14 @@ import transformers as tf  # noqa: E402
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding  # noqa: E402
 
 import hf_l0  # noqa: E402
-from benchmarks.accuracy_sparsity import accuracies, load_model_and_data, trainable_copy  # noqa: E402
+from benchmarks.accuracy_sparsity import accuracies, load_model_and_data  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     RESULTS_DIR,
     Run,
     benchmark_parser,
     markdown_table,
     set_threads,
+    trainable_copy,
     training_arguments,  # noqa: E402
 )
 from hf_l0.cost import compact_flops  # noqa: E402

@@ -60,13 +60,14 @@ from benchmarks.common import (  # noqa: E402
     recover,
     run_name,
     set_threads,
+    train_hf_l0,
+    trainable_copy,
     training_arguments,
 )
 from hf_l0.demo import assets, data  # noqa: E402
 from hf_l0.demo.evaluation import perplexity  # noqa: E402  (the main job's evaluation)
 from hf_l0.demo.gguf import drop_gguf_quantizer  # noqa: E402
 from hf_l0.demo.scripting import resolve_model_path  # noqa: E402
-from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
 PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the best baseline's
 DEFAULT_TARGETS = (0.3, 0.5)
@@ -159,10 +160,6 @@ def load(args: argparse.Namespace) -> tuple[tf.PreTrainedModel, Any, dict]:
             raise ValueError(f"only {len(grouped)} {split} blocks of {args.block_size} tokens, {count} needed.")
         blocks[split] = grouped.select(range(count))
     return model.eval(), tokenizer, blocks
-
-
-def trainable_copy(teacher: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(teacher).train().requires_grad_(True)
 
 
 @torch.inference_mode()
@@ -393,26 +390,10 @@ def run_hf_l0(ctx: Context, target: float) -> dict[str, Any]:
     done = ctx.store.finished(name, settings, a.overwrite)
     if done:
         return done
-    tf.set_seed(a.seed)
     started, start = datetime.now(timezone.utc), time.perf_counter()
-    l0_args = L0TrainingArguments(
-        **ctx.trainer_arguments(name),
-        target_sparsity=target,
-        distill_alpha=a.distill_alpha,
-        distill_temperature=a.distill_temperature,
-        gate_learning_rate=a.gate_learning_rate,
-        gate_init=a.gate_init,
-        gate_init_batches=a.gate_init_batches,
-        gate_init_scale=a.gate_init_scale,
+    trainer = train_hf_l0(
+        a, ctx.trainer_arguments(name), ctx.dense, ctx.blocks["train"], default_data_collator, target_sparsity=target
     )
-    trainer = L0Trainer(
-        model=trainable_copy(ctx.dense),
-        args=l0_args,
-        teacher_model=ctx.dense,
-        train_dataset=ctx.blocks["train"],
-        data_collator=default_data_collator,
-    )
-    trainer.train()
     compact = trainer.compact_model().eval()
     result = {
         "method": "hf-l0",
