@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -177,6 +178,8 @@ class _LaggingPlant:
     multiplier's push with a lag of a few steps, closing is five times easier than reopening (a closed gate's penalty
     gradient vanishes), and every further structure is harder to close than the last (it matters more to the task)."""
 
+    learning_rate = 0.1  # the gates' rate the controller's gains are divided by
+
     def __init__(self) -> None:
         self.sparsity, self.velocity = 0.0, 0.0
 
@@ -189,28 +192,11 @@ class _LaggingPlant:
         self.sparsity = min(max(self.sparsity + self.velocity, 0.0), 1.0)
 
 
-def _drive(anti_windup: bool, target: float = 0.5, steps: int = 200, warmup: int = 100) -> tuple[float, float]:
-    """Largest gap to the schedule after the first 10% of the steps, and the largest overshoot after the warm-up."""
-    plant = _LaggingPlant()
-    controller = LagrangianController(
-        target, warmup_steps=warmup, gate_learning_rate=0.1, anti_windup=anti_windup, metric=plant.measure
-    )
-    gap = overshoot = 0.0
-    for step in range(steps):
-        controller.on_step(None, step, steps)
-        plant.respond(controller.lambda_1.item() * controller.gate_learning_rate)
-        if step >= 0.1 * steps:
-            gap = max(gap, abs(plant.sparsity - controller.target(step)))
-        if step >= warmup:
-            overshoot = max(overshoot, plant.sparsity - target)
-    return gap, overshoot
-
-
 def test_anti_windup_stops_the_overshoot_after_the_warmup():
     # The integral that kept the sparsity on the ramp carries it past the target when the ramp ends; emptying it
     # as soon as it pushes against the error keeps the run in the band.
-    plain_gap, plain_overshoot = _drive(anti_windup=False)
-    gap, overshoot = _drive(anti_windup=True)
+    plain_gap, plain_overshoot = _drive(_LaggingPlant(), 0.5, 200, 100, anti_windup=False)
+    gap, overshoot = _drive(_LaggingPlant(), 0.5, 200, 100, anti_windup=True)
     assert plain_gap > BAND and plain_overshoot > BAND, (plain_gap, plain_overshoot)
     assert gap <= BAND and overshoot <= BAND, (gap, overshoot)
 
@@ -248,7 +234,8 @@ class _SaturatedGates:
     def measure(self, model: torch.nn.Module | None, deterministic: bool) -> torch.Tensor:
         return torch.tensor(self.sparsity())
 
-    def respond(self, lambda_1: float) -> None:
+    def respond(self, push: float) -> None:
+        lambda_1 = push / self.learning_rate
         keep = torch.sigmoid(self.log_alpha + 1.6)
         grad = (0.01 - lambda_1) * keep * (1 - keep)  # the task resists a little, the penalty pushes
         m, v, t = self.optimizer_state
@@ -258,26 +245,29 @@ class _SaturatedGates:
         self.log_alpha = (self.log_alpha - self.learning_rate * step).clamp(-4.6, 4.6)
 
 
-def _gap_after_dead_time(integral_separation: float, steps: int = 300, warmup: int = 150) -> float:
-    plant = _SaturatedGates(learning_rate=25 / warmup)
+def _drive(
+    plant: _LaggingPlant | _SaturatedGates, target: float, steps: int, warmup: int, **controller_options: Any
+) -> tuple[float, float]:
+    """Largest gap to the schedule after the first 10% of the steps, and the largest overshoot after the warm-up, of
+    ``plant`` under the controller (the plant reads the multiplier's push, ``lambda_1 * gate_learning_rate``)."""
     controller = LagrangianController(
-        0.75,
-        warmup_steps=warmup,
-        gate_learning_rate=plant.learning_rate,
-        integral_separation=integral_separation,
-        metric=plant.measure,
+        target, warmup_steps=warmup, gate_learning_rate=plant.learning_rate, metric=plant.measure, **controller_options
     )
-    gap = 0.0
+    gap = overshoot = 0.0
     for step in range(steps):
         controller.on_step(None, step, steps)
-        plant.respond(controller.lambda_1.item())
+        plant.respond(controller.lambda_1.item() * controller.gate_learning_rate)
+        sparsity = float(plant.measure(None, True))
         if step >= 0.1 * steps:
-            gap = max(gap, abs(plant.sparsity() - controller.target(step)))
-    return gap
+            gap = max(gap, abs(sparsity - controller.target(step)))
+        if step >= warmup:
+            overshoot = max(overshoot, sparsity - target)
+    return gap, overshoot
 
 
 def test_integral_separation_stops_the_windup_of_the_dead_time():
     # An integral that runs through the start-up dead time carries the sparsity far past the schedule once the gates
     # cross; integrating only near the schedule leaves that to the proportional term, which turns at the crossing.
-    plain, separated = _gap_after_dead_time(0.0), _gap_after_dead_time(0.03)
+    plain, _ = _drive(_SaturatedGates(learning_rate=25 / 150), 0.75, 300, 150, integral_separation=0.0)
+    separated, _ = _drive(_SaturatedGates(learning_rate=25 / 150), 0.75, 300, 150, integral_separation=0.03)
     assert plain > 2 * separated, (plain, separated)
