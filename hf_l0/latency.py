@@ -5,7 +5,9 @@ A table holds, for one dense model shape, batch size, sequence length, torch thr
 * the time of an attention sublayer with ``k`` heads (KV groups on GQA models) and of an FFN sublayer with ``n``
   neurons, over a grid of widths, with 0 for a sublayer that pruning removes;
 * the fixed time: embeddings, norms, head and the per-layer dispatch that stays when both sublayers of a layer are
-  removed (:func:`hf_l0.prune_model` keeps the layer, with stand-ins that return the output bias).
+  removed (:func:`hf_l0.prune_model` keeps the layer, with stand-ins that return the output bias). On pre-norm
+  decoders such a layer is the identity when neither stand-in returns a bias, and pruning drops it: its share of the
+  fixed time (``layer_s``, the layer with neither sublayer) goes with it.
 
 A sublayer's time is measured on a one-layer copy of the model built by the stock class from the model's own config
 (with the model's weights: speed depends on the values) and cut by :func:`hf_l0.structure.apply_structure`, as the
@@ -18,7 +20,8 @@ compact model is::
     fixed + sum over layers of attention(k_i) + ffn(n_i)
 
 and the expected latency of a gated model replaces ``k_i`` by the expected units and multiplies by the layer gate's
-``P(z != 0)``: differentiable in every ``log_alpha``. Tables are built once and cached on disk (``$HF_L0_CACHE``,
+``P(z != 0)``, less ``layer_s`` times the probability that a droppable layer loses both sublayers: differentiable in
+every ``log_alpha``. Tables are built once and cached on disk (``$HF_L0_CACHE``,
 default ``~/.cache/hf_l0``, under ``latency/``), keyed by all of the above plus the torch version and the grid: a
 different batch size or thread count is measured anew. ``python -m hf_l0 latency-table --model PATH`` shows one.
 """
@@ -42,7 +45,7 @@ from torch import nn
 from .arch import get_adapter
 from .cost import SUBLAYER_GATES, CostTarget
 from .patch import get_gates, transformers_model
-from .size import unit_probabilities
+from .size import dropped_layers, size_layout, unit_probabilities
 from .structure import STRUCTURE_FORMAT, STRUCTURE_KEY, apply_structure
 
 TABLE_FORMAT = 1
@@ -455,11 +458,14 @@ def compact_layers(model: nn.Module) -> list[tuple[int, int]]:
 def predict_latency(table: LatencyTable, model: nn.Module) -> float:
     """Predicted seconds per forward pass of an ungated (dense or pruned) model, from its shapes and the table."""
     layers = compact_layers(model)
-    if len(layers) != table.num_layers:
+    structure = getattr(transformers_model(model).config, STRUCTURE_KEY, None) or {}
+    dropped = len(structure.get("dropped_layers", []))
+    if len(layers) + dropped != table.num_layers:
         raise ValueError(
-            f"the model has {len(layers)} layers but the latency table was measured for {table.num_layers}."
+            f"the model has {len(layers)} layers (and {dropped} dropped) but the latency table was measured for "
+            f"{table.num_layers}."
         )
-    return table.predict(layers)
+    return table.predict(layers) - dropped * table.layer_s
 
 
 def _check_table(model: nn.Module, table: LatencyTable) -> None:
@@ -500,7 +506,8 @@ def _latency(model: nn.Module, table: LatencyTable, mode: str) -> torch.Tensor:
         if layer_gate in probs:
             seconds = seconds * probs[layer_gate]
         total = total + seconds.sum()
-    return total
+    # prune_model drops a decoder layer whose sublayers both output zero, and its dispatch time with it
+    return total - table.layer_s * dropped_layers(probs, size_layout(model), mode)
 
 
 def expected_latency(model: nn.Module, table: LatencyTable, deterministic: bool = False) -> torch.Tensor:
@@ -525,6 +532,8 @@ class LatencyTarget(CostTarget):
         return _latency(model, self.table, mode)
 
     def fixed_cost(self, model: nn.Module) -> float:
+        if get_adapter(transformers_model(model)).can_drop_layers():  # all but one layer can leave the model
+            return self.table.fixed_s - (self.table.num_layers - 1) * self.table.layer_s
         return self.table.fixed_s
 
     def config_dict(self) -> dict[str, Any]:

@@ -34,6 +34,8 @@ class SizeLayout:
     hidden_size: int
     residual_per_dim: int  # parameters per hidden dimension outside the sublayers (embeddings, norms, heads)
     sublayers: dict[str, SublayerCounts]
+    # parameters per hidden dimension that leave with a dropped layer (its norms); 0 where layers are never dropped
+    dropped_layer_per_dim: int = 0
 
 
 def residual_params_per_dim(adapter: ArchAdapter) -> int:
@@ -56,4 +58,10 @@ def layout_of(adapter: ArchAdapter) -> SizeLayout:
             tuple(s.biases_per_unit() for s in found),
             tuple(s.output_bias() for s in found),
         )
-    return SizeLayout(adapter.hidden_size, residual_params_per_dim(adapter), sublayers)
+    dropped_layer_per_dim = 0
+    if adapter.can_drop_layers():
+        norms = adapter.layer_norms(0)
+        dropped_layer_per_dim = (
+            sum(p.numel() for n in norms for p in n.parameters(recurse=False)) // adapter.hidden_size
+        )
+    return SizeLayout(adapter.hidden_size, residual_params_per_dim(adapter), sublayers, dropped_layer_per_dim)

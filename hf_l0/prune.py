@@ -31,13 +31,29 @@ def _fold(sublayer: Sublayer, unit_values: torch.Tensor | None, layer_value: tor
     return SublayerPlan(units.cpu(), keep_bias=layer_open)
 
 
+def _outputs_zero(sublayer: Sublayer, plan: SublayerPlan) -> bool:
+    """Whether the sublayer's stand-in after pruning returns zeros (no unit left, and no output bias kept)."""
+    return len(plan.units) == 0 and (not plan.keep_bias or not sublayer.output_bias())
+
+
+def _layers_to_drop(adapter: Any, plan: PruningPlan, zero: list[list[bool]]) -> list[int]:
+    if not adapter.can_drop_layers():
+        return []
+    empty = [i for i, (attention, ffn) in enumerate(zip(*zero)) if attention and ffn]
+    # A model keeps one layer: the KV cache and the exporters read the sequence length from layer 0.
+    return empty[1:] if len(empty) == adapter.num_layers else empty
+
+
 @torch.no_grad()
-def prune_model(model: nn.Module) -> nn.Module:
+def prune_model(model: nn.Module, drop_empty_layers: bool = True) -> nn.Module:
     """Remove every structure whose deterministic gate is 0 and fold the surviving gate values into the weights.
 
     Returns ``model`` itself, now compact, of the same class, without gates or hooks. Its eval output equals the
     gated model's eval output. Sublayers with no unit left are replaced by stand-ins that return the (kept) output
-    bias. ``model.config.l0_structure`` records the per-layer shapes; :func:`build_compact_model` rebuilds from it.
+    bias. On pre-norm decoders (GPT-2, Llama family) a layer whose attention and FFN both output zero is the identity:
+    with ``drop_empty_layers`` it leaves the model, ``config.num_hidden_layers`` shrinks and the original indices are
+    recorded in ``l0_structure["dropped_layers"]``; encoders (post-norm) keep theirs, as stand-ins.
+    ``model.config.l0_structure`` records the per-layer shapes; :func:`build_compact_model` rebuilds from it.
     The returned model's own ``save_pretrained`` and ``push_to_hub`` write :func:`hf_l0.save_pretrained`'s export
     (see :mod:`hf_l0.own_methods`).
 
@@ -52,15 +68,26 @@ def prune_model(model: nn.Module) -> nn.Module:
     adapter = get_adapter(model)
     hidden = values.get(HIDDEN_GATE)
     plan = PruningPlan(hidden=None if hidden is None or bool(hidden.all()) else hidden.nonzero().squeeze(-1))
+    zero: list[list[bool]] = [[], []]  # per kind (SUBLAYER_KINDS order), per layer: the stand-in outputs zeros
     for i in range(adapter.num_layers):
-        for kind in SUBLAYER_KINDS:
+        for kind, kind_zero in zip(SUBLAYER_KINDS, zero):
             sublayer, (unit_gate, layer_gate) = getattr(adapter, kind)(i), sublayer_gate_names(kind)
             steps = getattr(plan, kind)  # plan.attention / plan.ffn
             unit_values = values[unit_gate][i] if unit_gate in values else None
             layer_value = values[layer_gate][i] if layer_gate in values else None
             steps.append(_fold(sublayer, unit_values, layer_value))
+            kind_zero.append(_outputs_zero(sublayer, steps[-1]))
     apply_plan(model, plan)
-    setattr(model.config, STRUCTURE_KEY, structure_of(adapter, plan))
+    dropped = _layers_to_drop(adapter, plan, zero) if drop_empty_layers else []
+    if dropped:
+        adapter.drop_layers(dropped)
+        plan.attention = [step for i, step in enumerate(plan.attention) if i not in dropped]
+        plan.ffn = [step for i, step in enumerate(plan.ffn) if i not in dropped]
+        adapter = get_adapter(model)
+    structure = structure_of(adapter, plan)
+    if dropped:
+        structure["dropped_layers"] = dropped
+    setattr(model.config, STRUCTURE_KEY, structure)
     # model.save_pretrained / push_to_hub (and so Trainer.save_model) must not write a stock config that
     # would load a dense or randomly filled model: they write hf_l0.save_pretrained's export instead.
     return bind_compact_methods(model)

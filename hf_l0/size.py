@@ -5,8 +5,9 @@ For each sublayer (CoFi's outer products, gates independent):
 unit and hidden dimension (input rows + output columns), ``B_u`` the input-projection biases per unit, ``B_out`` 1 when
 the output projection has a bias (kept while the layer gate is open, even with no unit left), and ``E[d]`` the
 expected number of hidden dimensions. Outside the sublayers, hidden gates also shrink embeddings, norms and the
-Linear heads that read the residual stream. With P replaced by ``1[z != 0]`` of the deterministic gates, the count
-equals the parameters of the model that :func:`hf_l0.prune_model` returns.
+Linear heads that read the residual stream; on decoders, a layer that loses both sublayers leaves with its norms
+(:func:`dropped_layers`). With P replaced by ``1[z != 0]`` of the deterministic gates, the count equals the
+parameters of the model that :func:`hf_l0.prune_model` returns.
 """
 
 from __future__ import annotations
@@ -62,15 +63,41 @@ def unit_probabilities(model: nn.Module, mode: SizeMode) -> dict[str, torch.Tens
     return {name: (value != 0).double() for name, value in gates.deterministic().items()}
 
 
-def _layout(model: nn.Module) -> SizeLayout:
+def size_layout(model: nn.Module) -> SizeLayout:
+    """The dense parameter counts of a gated model (kept on its gates, read once)."""
     gates = get_gates(model)
     if gates.size_layout is None:  # gates built by hand instead of by patch_model
         gates.size_layout = layout_of(get_adapter(transformers_model(model)))
     return gates.size_layout
 
 
+def dropped_layers(probs: dict[str, torch.Tensor], layout: SizeLayout, mode: SizeMode) -> torch.Tensor:
+    """How many layers :func:`hf_l0.prune_model` drops (expected: a sum of probabilities, differentiable).
+
+    A layer leaves when both its sublayers output zero: the layer gate shut or, without an output bias, every unit
+    shut (units are independent, so ``P = prod(1 - P(u))``). Only where the family allows it (pre-norm decoders);
+    a model keeps one layer.
+    """
+    if not layout.dropped_layer_per_dim:
+        return torch.zeros((), dtype=torch.float64)
+    removed = None
+    for kind in SUBLAYER_KINDS:
+        unit_gate, layer_gate = sublayer_gate_names(kind)
+        counts = layout.sublayers[kind]
+        output_bias = torch.tensor(counts.output_bias, dtype=torch.float64)
+        open_layer = probs.get(layer_gate, torch.ones(len(counts.num_units), dtype=torch.float64))
+        output_bias = output_bias.to(open_layer.device)
+        all_shut = (1.0 - probs[unit_gate]).prod(-1) if unit_gate in probs else torch.zeros_like(open_layer)
+        zero = 1.0 - open_layer * torch.where(output_bias > 0, torch.ones_like(all_shut), 1.0 - all_shut)
+        removed = zero if removed is None else removed * zero
+    count = removed.sum()
+    if mode != "expected":
+        count = count.clamp(max=len(removed) - 1)
+    return count
+
+
 def _size(model: nn.Module, mode: SizeMode) -> SizeReport:
-    layout = _layout(model)
+    layout = size_layout(model)
     probs = unit_probabilities(model, mode)
     device = next(get_gates(model).parameters()).device
     one = torch.ones((), dtype=torch.float64, device=device)
@@ -85,7 +112,10 @@ def _size(model: nn.Module, mode: SizeMode) -> SizeReport:
         if layer_gate in probs:
             size = size * probs[layer_gate]
         totals[kind] = size.sum()
-    return SizeReport(totals["attention"], totals["ffn"], layout.residual_per_dim * hidden)
+    residual = layout.residual_per_dim * hidden
+    if layout.dropped_layer_per_dim:  # a dropped layer takes its norms with it
+        residual = residual - dropped_layers(probs, layout, mode) * layout.dropped_layer_per_dim * hidden
+    return SizeReport(totals["attention"], totals["ffn"], residual)
 
 
 def expected_size(model: nn.Module) -> SizeReport:

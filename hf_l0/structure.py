@@ -13,7 +13,10 @@ copied into those directories.
                  "intermediate_size": n, "ffn_output_bias": bool}, ...]}
 
 A unit of attention is a head (MHA) or a KV group (GQA: one KV head and its query heads). A sublayer with 0 units
-was removed whole and is replaced by a stand-in that returns its (kept) output bias.
+was removed whole and is replaced by a stand-in that returns its (kept) output bias. On decoders, a layer whose two
+sublayers were both removed with no bias left can leave the model: ``layers`` then lists only the layers kept (as many
+as ``num_hidden_layers`` in the config) and the optional ``"dropped_layers"`` names the original indices of the others,
+for the record (rebuilding does not need it).
 """
 
 from __future__ import annotations
@@ -41,13 +44,17 @@ class LayerStructure(TypedDict):
     ffn_output_bias: bool
 
 
-class L0Structure(TypedDict):
-    """``config.l0_structure``, the persisted description of a compact model's shapes (format 1)."""
-
+class _RequiredStructure(TypedDict):
     format: int
     hidden_size: int
     head_dim: int
     layers: list[LayerStructure]
+
+
+class L0Structure(_RequiredStructure, total=False):
+    """``config.l0_structure``, the persisted description of a compact model's shapes (format 1)."""
+
+    dropped_layers: list[int]  # original indices of the layers pruning removed (identity layers)
 
 
 @dataclass
@@ -132,6 +139,9 @@ def validate_structure(structure: Any, adapter: ArchAdapter) -> None:
         raise ValueError(f"{where}.hidden_size={hidden!r} must be an int in [1, {adapter.hidden_size}].")
     if head_dim != adapter.head_dim():
         raise ValueError(f"{where}.head_dim={head_dim!r} contradicts the config (head_dim {adapter.head_dim()}).")
+    dropped = structure.get("dropped_layers", [])
+    if not isinstance(dropped, list) or any(not isinstance(i, int) or i < 0 for i in dropped):
+        raise ValueError(f"{where}.dropped_layers={dropped!r} must be a list of layer indices (ints >= 0).")
     adapter.check_supported(gate_hidden=hidden != adapter.hidden_size)
     group = adapter.query_heads_per_unit()
     limits = (

@@ -46,7 +46,9 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def randomize_gates(model, seed: int = 0, closed_attention_layer: int = 0, closed_ffn_layer: int = 1) -> None:
     """Random log_alpha (a good share of every structure closes) plus whole sublayers forced shut: every unit of
-    attention in ``closed_attention_layer`` and the layer gate of the FFN in ``closed_ffn_layer``."""
+    attention in ``closed_attention_layer`` and the layer gate of the FFN in ``closed_ffn_layer``. The other sublayer
+    of those two layers stays (its layer gate open), so no layer loses both: decoders would drop it (see the tests of
+    dropped layers, which shut both on purpose)."""
     gates = hf_l0.get_gates(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -55,6 +57,7 @@ def randomize_gates(model, seed: int = 0, closed_attention_layer: int = 0, close
         if hasattr(gates, "heads"):
             gates.heads.log_alpha[closed_attention_layer] = -10.0
         if hasattr(gates, "ffn_layers"):
+            gates.ffn_layers.log_alpha[closed_attention_layer] = 10.0
             gates.ffn_layers.log_alpha[closed_ffn_layer] = -10.0
             gates.attention_layers.log_alpha[closed_ffn_layer] = 10.0
 

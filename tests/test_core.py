@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 import transformers as tf
-from conftest import DECODERS, ENCODERS, TASK_MODELS, make_inputs, make_model, model_output
-from helpers import randomize_gates
+from conftest import CONFIGS, DECODERS, ENCODERS, TASK_MODELS, make_inputs, make_model, model_output
+from helpers import randomize_, randomize_gates
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model, unpatch_model
@@ -324,3 +324,114 @@ def test_pruned_copy_leaves_the_gated_model_gated_and_equals_pruning_it():
     assert compact.config.l0_structure == reference.config.l0_structure
     for (name, a), (_, b) in zip(compact.state_dict().items(), reference.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+# -- identity layers leave decoders ------------------------------------------------------------------------------------
+def shut_layers(model, layers) -> None:
+    """Both sublayers of each of ``layers`` removed: the attention by its units, the FFN by its layer gate."""
+    gates = hf_l0.get_gates(model)
+    with torch.no_grad():
+        for i in layers:
+            gates.heads.log_alpha[i] = -10.0
+            gates.ffn_layers.log_alpha[i] = -10.0
+            gates.attention_layers.log_alpha[i] = 10.0  # open: the bias survives unless the units take it (no bias)
+
+
+def gated_decoder(family: str, closed_layers, **config_fields):
+    config = CONFIGS[family]()
+    config = type(config).from_dict({**config.to_dict(), **config_fields})
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = randomize_(tf.AutoModelForCausalLM.from_config(config))
+    patch_model(model, L0Config(hidden=True, layers=True))
+    randomize_gates(model)
+    gates = hf_l0.get_gates(model)
+    with torch.no_grad():  # every other layer keeps both sublayers (random widths, one unit at least)
+        for gate in (gates.heads, gates.ffn):
+            gate.log_alpha[:, 0] = 10.0
+        gates.attention_layers.log_alpha.fill_(10.0)
+        gates.ffn_layers.log_alpha.fill_(10.0)
+    shut_layers(model, closed_layers)
+    if family == "gpt2":  # GPT-2's output projections have biases: only the layer gates take them
+        with torch.no_grad():
+            hf_l0.get_gates(model).attention_layers.log_alpha[list(closed_layers)] = -10.0
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "family, config_fields",
+    [
+        ("llama", {}),
+        ("gpt2", {}),
+        # sliding-window layers: the cache and the masks read config.layer_types per layer
+        (
+            "qwen2",
+            {
+                "use_sliding_window": True,
+                "sliding_window": 4,
+                "layer_types": ["full_attention", "sliding_attention", "full_attention"],
+            },
+        ),
+    ],
+    ids=["llama", "gpt2", "qwen2-sliding"],
+)
+def test_a_layer_with_both_sublayers_removed_leaves_a_decoder(family, config_fields, tmp_path):
+    model = gated_decoder(family, closed_layers=[0], **config_fields)
+    inputs, prompt = make_inputs(length=11), make_inputs(batch=1, length=5)["input_ids"]
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
+    gated_outputs, gated_tokens = model_output(model, inputs), model.generate(prompt, **kwargs)
+    layer_types = getattr(model.config, "layer_types", None)
+    prune_model(model)
+    assert len(hf_l0.arch.get_adapter(model).layers()) == model.config.num_hidden_layers == 2
+    assert model.config.l0_structure["dropped_layers"] == [0] and len(model.config.l0_structure["layers"]) == 2
+    if layer_types is not None:
+        assert model.config.layer_types == layer_types[1:]
+    mask = inputs["attention_mask"].bool()
+    assert (model_output(model, inputs) - gated_outputs).abs()[mask].max() <= TOL
+    # layer 0 is gone: the cache must be renumbered, or generate() loses the sequence length
+    assert torch.equal(model.generate(prompt, **kwargs), gated_tokens)
+    rebuilt = hf_l0.build_compact_model(type(model), copy.deepcopy(model.config))
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert torch.equal(model_output(rebuilt.eval(), inputs), model_output(model, inputs))
+    hf_l0.save_pretrained(model, tmp_path)  # its card lists layers by their original index
+    rows = (tmp_path / "README.md").read_text().split("## Kept structure")[1]
+    assert "| 0 | 0/" in rows and "layer dropped |" in rows and "| 2 | " in rows and "| 3 | " not in rows
+    loaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert loaded.config.num_hidden_layers == 2
+    assert (model_output(loaded, inputs) - gated_outputs).abs()[mask].max() <= TOL
+
+
+@pytest.mark.parametrize(
+    "family, config_fields",
+    [("bert", {}), ("gpt2", {"scale_attn_by_inverse_layer_idx": True}), ("llama", {})],
+    ids=["bert-post-norm", "gpt2-scale-by-layer-index", "llama-drop_empty_layers=False"],
+)
+def test_layers_stay_where_dropping_would_change_the_outputs_or_is_turned_off(family, config_fields):
+    if family == "bert":
+        model = make_model("bert", "AutoModelForSequenceClassification")
+        patch_model(model, L0Config(layers=True))
+        randomize_gates(model)
+        shut_layers(model, [0])
+        with torch.no_grad():
+            hf_l0.get_gates(model).attention_layers.log_alpha[0] = -10.0
+        model.eval()
+    else:
+        model = gated_decoder(family, closed_layers=[0], **config_fields)
+    inputs = make_inputs()
+    gated = model_output(model, inputs)
+    prune_model(model, drop_empty_layers=family != "llama")
+    assert len(hf_l0.arch.get_adapter(model).layers()) == 3 and "dropped_layers" not in model.config.l0_structure
+    mask = inputs["attention_mask"].bool()
+    diff = (model_output(model, inputs) - gated).abs()
+    assert (diff[mask] if diff.dim() == 3 else diff).max() <= TOL
+
+
+def test_a_decoder_with_every_layer_removed_keeps_one():
+    model = gated_decoder("llama", closed_layers=[0, 1, 2])
+    inputs, prompt = make_inputs(), make_inputs(batch=1, length=5)["input_ids"]
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    gated, gated_tokens = model_output(model, inputs), model.generate(prompt, **kwargs)
+    prune_model(model)
+    assert model.config.num_hidden_layers == 1 and model.config.l0_structure["dropped_layers"] == [1, 2]
+    assert (model_output(model, inputs) - gated).abs()[inputs["attention_mask"].bool()].max() <= TOL
+    assert torch.equal(model.generate(prompt, **kwargs), gated_tokens)

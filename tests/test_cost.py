@@ -218,6 +218,22 @@ def test_expected_latency_equals_deterministic_latency_when_gates_are_saturated(
     assert expected == pytest.approx(float(expected_latency(model, table, deterministic=True)), rel=1e-12)
 
 
+def test_a_dropped_decoder_layer_takes_its_dispatch_time_with_it():
+    model = make_model("llama", "AutoModelForSequenceClassification")
+    table = synthetic_table(model)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    random_gates(model, 0)  # layer 0 loses its attention (by its units: Llama's o_proj has no bias to keep)
+    with torch.no_grad():
+        hf_l0.get_gates(model).ffn_layers.log_alpha[0] = -10.0  # ... and its FFN: the layer is the identity
+    model.eval()
+    deterministic = float(expected_latency(model, table, deterministic=True))
+    dropped = prune_model(copy.deepcopy(model))
+    kept = prune_model(copy.deepcopy(model), drop_empty_layers=False)
+    assert dropped.config.l0_structure["dropped_layers"] == [0]
+    assert predict_latency(table, dropped) == pytest.approx(deterministic, rel=1e-12)
+    assert predict_latency(table, kept) - deterministic == pytest.approx(table.layer_s, rel=1e-9)
+
+
 def test_latency_table_is_cached_by_batch_size_and_threads(tmp_path):
     model = make_model("bert", "AutoModelForSequenceClassification")
     settings = {
@@ -250,7 +266,9 @@ def test_bad_latency_targets_are_refused_with_the_reason():
     table = synthetic_table(model)
     patch_model(model, L0Config(heads=True, ffn=True, layers=True))
     target = LatencyTarget(table)
-    share = table.fixed_s / table.predict_dense()
+    # what no gate removes: the fixed time, less the dispatch of every layer but one (a decoder drops empty layers)
+    share = (table.fixed_s - 2 * table.layer_s) / table.predict_dense()
+    assert target.fixed_cost(model) / table.predict_dense() == pytest.approx(share)
     with pytest.raises(ValueError, match=f"fixed latency .* is {share:.4f} of the dense latency"):
         target.check_target(model, 1.0 - share / 2)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):

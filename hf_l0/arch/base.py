@@ -141,6 +141,18 @@ class ArchAdapter(ABC):
     def remove_ffn(self, layer_idx: int, keep_bias: bool) -> None:
         """Replace a whole FFN sublayer by a stand-in returning its output bias (``keep_bias``) or zeros."""
 
+    def can_drop_layers(self) -> bool:
+        """Whether a layer whose two sublayers both output zero can leave the model (it is then the identity)."""
+        return False
+
+    def layer_norms(self, layer_idx: int) -> list[nn.Module]:
+        """The residual norms inside a layer (they leave with it when the layer is dropped)."""
+        return []
+
+    def drop_layers(self, indices: list[int]) -> None:
+        """Remove the layers at ``indices`` and renumber the rest (only when :meth:`can_drop_layers`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot drop layers.")
+
     # -- checks ------------------------------------------------------------------------------------------------------
     def check_supported(self, gate_hidden: bool) -> None:  # noqa: B027 (optional hook)
         """Raise a clear error when this particular model can't be gated as asked."""
@@ -199,8 +211,35 @@ class DecoderAdapter(ArchAdapter):
         output = ConstantProjection(out_features(proj), proj.bias if keep_bias else None)
         setattr(layer, self.ffn_attr, RemovedMLP(self.ffn_output_attr, output))
 
+    def can_drop_layers(self) -> bool:
+        # Pre-norm: a layer adds its sublayers' outputs to the residual stream, so with both at zero it is the
+        # identity, norms included (their outputs only feed the removed sublayers).
+        return True
+
+    def drop_layers(self, indices: list[int]) -> None:
+        """Remove the layers at ``indices``; the others are renumbered so the KV cache stays dense, and the config's
+        ``num_hidden_layers`` (and ``layer_types``, which the cache and masks read per layer) follow."""
+        drop = set(indices)
+        layers = getattr(self.base, self.layers_attr)
+        kept = [layer for i, layer in enumerate(layers) if i not in drop]
+        for new_idx, layer in enumerate(kept):
+            if hasattr(layer, "layer_idx"):
+                layer.layer_idx = new_idx
+            attention = getattr(layer, self.attention_attr)
+            if getattr(attention, "layer_idx", None) is not None:
+                attention.layer_idx = new_idx
+        setattr(self.base, self.layers_attr, nn.ModuleList(kept))
+        layer_types = getattr(self.config, "layer_types", None)
+        if layer_types is not None:
+            self.config.layer_types = [t for i, t in enumerate(layer_types) if i not in drop]
+        self.config.num_hidden_layers = len(kept)
+
+    def layer_norms(self, layer_idx: int) -> list[nn.Module]:
+        layer = self.layers()[layer_idx]
+        return [getattr(layer, name) for name in self.layer_norm_attrs]
+
     def residual_stream(self) -> ResidualStream:
-        norms = [getattr(layer, name) for layer in self.layers() for name in self.layer_norm_attrs]
+        norms = [norm for i in range(self.num_layers) for norm in self.layer_norms(i)]
         norms.append(getattr(self.base, self.final_norm_attr))
         embeddings = [getattr(self.base, name) for name in self.embedding_attrs]
         return ResidualStream(embeddings, norms, self.top_level_consumers())

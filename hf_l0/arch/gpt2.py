@@ -54,6 +54,11 @@ class GPT2Adapter(DecoderAdapter):
         attn.num_heads = num_units
         attn.split_size = num_units * attn.head_dim
 
+    def can_drop_layers(self) -> bool:
+        # With scale_attn_by_inverse_layer_idx the attention scale depends on the layer's index: renumbering the
+        # layers after a dropped one would change their outputs.
+        return not self.config.scale_attn_by_inverse_layer_idx
+
     def check_supported(self, gate_hidden: bool) -> None:
         if getattr(self.config, "add_cross_attention", False):
             raise ValueError("GPT-2 with cross-attention (add_cross_attention=True) is not supported by hf-l0.")

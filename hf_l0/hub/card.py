@@ -74,7 +74,9 @@ def structure_heatmap(path: str | os.PathLike, structure: dict, model: nn.Module
                 color="white" if fractions[i][j] < 0.6 else "black",
             )
     ax.set_xticks(range(len(columns)), [name for name, _, _ in columns])
-    ax.set_yticks(range(len(layers)), [str(i) for i in range(len(layers))])
+    dropped = structure.get("dropped_layers", [])
+    original = [i for i in range(len(layers) + len(dropped)) if i not in dropped]  # dropped layers have no row
+    ax.set_yticks(range(len(layers)), [str(i) for i in original])
     ax.set_ylabel("layer")
     ax.set_title(f"kept structure (hidden {structure['hidden_size']}/{hidden})", fontsize=9)
     fig.colorbar(image, ax=ax, label="fraction kept")
@@ -179,7 +181,8 @@ def model_card(
         heads, kv, ffn, hidden = _dense_layer_sizes(model)
         kept_units = sum(layer["attention_heads"] for layer in structure["layers"])
         kept_ffn = sum(layer["intermediate_size"] for layer in structure["layers"])
-        n = len(structure["layers"])
+        dropped = structure.get("dropped_layers", [])
+        n = len(structure["layers"]) + len(dropped)  # the dense model's layers
         parts += [
             f"Attention heads kept: {kept_units}/{heads * n} ({kept_units / (heads * n):.1%}); FFN neurons "
             f"kept: {kept_ffn}/{ffn * n} ({kept_ffn / (ffn * n):.1%}); hidden size "
@@ -191,7 +194,12 @@ def model_card(
         if heatmap:
             parts += [f"![kept structure per layer]({heatmap})", ""]
         parts += ["| layer | query heads | KV heads | FFN neurons | attention | FFN |", "|---:|---:|---:|---:|---|---|"]
-        for i, layer in enumerate(structure["layers"]):
+        kept_layers = iter(structure["layers"])
+        for i in range(n):
+            if i in dropped:
+                parts.append(f"| {i} | 0/{heads} | 0/{kv} | 0/{ffn} | layer dropped | layer dropped |")
+                continue
+            layer = next(kept_layers)
             attention = (
                 "kept"
                 if layer["key_value_heads"]
