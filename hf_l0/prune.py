@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import Sublayer, get_adapter
+from .arch import ArchAdapter, Sublayer, get_adapter
 from .config import L0Config
 from .gates import HIDDEN_GATE, SUBLAYER_KINDS, sublayer_gate_names, whole_tensor
 from .own_methods import bind_compact_methods
@@ -36,7 +36,7 @@ def _outputs_zero(sublayer: Sublayer, plan: SublayerPlan) -> bool:
     return len(plan.units) == 0 and (not plan.keep_bias or not sublayer.output_bias())
 
 
-def _layers_to_drop(adapter: Any, plan: PruningPlan, zero: list[list[bool]]) -> list[int]:
+def _layers_to_drop(adapter: ArchAdapter, zero: list[list[bool]]) -> list[int]:
     if not adapter.can_drop_layers():
         return []
     empty = [i for i, (attention, ffn) in enumerate(zip(*zero)) if attention and ffn]
@@ -52,7 +52,8 @@ def prune_model(model: nn.Module, drop_empty_layers: bool = True) -> nn.Module:
     gated model's eval output. Sublayers with no unit left are replaced by stand-ins that return the (kept) output
     bias. On pre-norm decoders (GPT-2, Llama family) a layer whose attention and FFN both output zero is the identity:
     with ``drop_empty_layers`` it leaves the model, ``config.num_hidden_layers`` shrinks and the original indices are
-    recorded in ``l0_structure["dropped_layers"]``; encoders (post-norm) keep theirs, as stand-ins.
+    recorded in ``l0_structure["dropped_layers"]``; encoders (post-norm) keep theirs, as stand-ins. The parameter
+    count and latency models (:func:`hf_l0.deterministic_size`, latency targets) assume such layers are dropped.
     ``model.config.l0_structure`` records the per-layer shapes; :func:`build_compact_model` rebuilds from it.
     The returned model's own ``save_pretrained`` and ``push_to_hub`` write :func:`hf_l0.save_pretrained`'s export
     (see :mod:`hf_l0.own_methods`).
@@ -78,7 +79,7 @@ def prune_model(model: nn.Module, drop_empty_layers: bool = True) -> nn.Module:
             steps.append(_fold(sublayer, unit_values, layer_value))
             kind_zero.append(_outputs_zero(sublayer, steps[-1]))
     apply_plan(model, plan)
-    dropped = _layers_to_drop(adapter, plan, zero) if drop_empty_layers else []
+    dropped = _layers_to_drop(adapter, zero) if drop_empty_layers else []
     if dropped:
         adapter.drop_layers(dropped)
         plan.attention = [step for i, step in enumerate(plan.attention) if i not in dropped]
