@@ -97,21 +97,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         nargs="+",
         default=[2.0, 3.0, 5.0],
-        help="speedups S over the dense model: each run targets the latency reduction 1 - 1/S (dense latency / S)",
+        help="speedups S over the dense model: each run targets the latency reduction 1 - 1/S, i.e. dense latency / S "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--flops_targets",
         type=float,
         nargs="+",
         default=[0.5, 0.667, 0.8],
-        help="FLOPs reductions 1 - compact / dense (FLOPs per token at --latency_seq_len)",
+        help="FLOPs reductions 1 - compact / dense (FLOPs per token at --latency_seq_len; default: %(default)s)",
     )
     p.add_argument(
         "--param_targets",
         type=float,
         nargs="+",
         default=[0.5, 0.7, 0.85],
-        help="parameter sparsities (attention + FFN) for the comparison at equal measured latency",
+        help="parameter sparsities (attention + FFN), the comparison at equal measured latency (default: %(default)s)",
     )
     p.add_argument(
         "--latency_batch_sizes",
@@ -119,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=[1, 32],
         help="batch sizes the latency targets are set (and every compact model timed) at; each its own table and "
-        "runs. One process per batch size shares the store.",
+        "runs (default: %(default)s). One process per batch size can share the store.",
     )
     p.add_argument("--latency_seq_len", type=int, default=128, help="tokens per sequence of the latency / FLOPs cost")
     p.add_argument("--latency_threads", type=int, default=1, help="torch threads of the table and of the timings")
@@ -130,7 +131,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dense_learning_rate", type=float, default=d.dense_learning_rate)
     p.add_argument("--prune_steps", type=int, default=d.prune_steps, help="optimizer steps of every run")
     p.add_argument("--learning_rate", type=float, default=d.learning_rate)
-    p.add_argument("--batch_size", type=int, default=d.batch_size, help="training batch (the latency's: see above)")
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=d.batch_size,
+        help="training batch (the timings' batch: --latency_batch_sizes)",
+    )
     p.add_argument("--max_length", type=int, default=d.max_length, help="training / evaluation truncation")
     p.add_argument("--gate_learning_rate", type=float, default=d.gate_learning_rate)
     p.add_argument("--sparsity_warmup_ratio", type=float, default=d.sparsity_warmup_ratio)
@@ -170,6 +176,15 @@ class Context:
     models_dir: Path
     work: Path
     tables: dict[int, LatencyTable]
+
+    def overwrite(self, name: str) -> bool:
+        """``--overwrite``, except for a run another process (or this one) wrote since this process started: with
+        --overwrite on every process, a shared run one of them has just rerun must not run again."""
+        stored = self.store.get(name)
+        fresh = stored is not None and stored["provenance"]["started_utc"] >= self.store.run.started.isoformat(
+            timespec="seconds"
+        )
+        return self.args.overwrite and not fresh
 
     def settings(self, metric: str, target: float) -> dict[str, Any]:
         """What a training run's result depends on; a stored run with other settings is not this run."""
@@ -287,7 +302,7 @@ def run_latency(ctx: Context, speedup: float, batch_size: int) -> dict[str, Any]
     a = ctx.args
     name, target = latency_run_name(speedup, batch_size, a.prune_steps), 1.0 - 1.0 / speedup
     settings = {**ctx.settings("latency", target), "target_speedup": speedup, **ctx.timing_settings(batch_size)}
-    done = ctx.store.finished(name, settings, a.overwrite)
+    done = ctx.store.finished(name, settings, ctx.overwrite(name))
     if done:
         return done
     started = datetime.now(timezone.utc)
@@ -301,17 +316,18 @@ def run_latency(ctx: Context, speedup: float, batch_size: int) -> dict[str, Any]
     return ctx.store.write(name, settings, {**head, "steps": a.prune_steps, **result}, started)
 
 
-def run_shared(ctx: Context, metric: str, target: float) -> dict[str, Any] | None:
+def run_shared(ctx: Context, metric: str, target: float, quiet: bool = False) -> dict[str, Any] | None:
     """hf-l0 to ``target`` of ``metric`` (params or flops), its compact model saved for the timings; None while
     another process runs it."""
     a = ctx.args
     name = run_name(metric, target, a.prune_steps)
     settings = ctx.settings(metric, target)
-    done = ctx.store.finished(name, settings, a.overwrite)
+    done = ctx.store.finished(name, settings, ctx.overwrite(name))
     if done:
         return done
     if not ctx.store.claim(name):
-        print(f"{name}: running in another process, timed when it is done", flush=True)
+        if not quiet:
+            print(f"{name}: running in another process, timed when it is done", flush=True)
         return None
     try:
         started = datetime.now(timezone.utc)
@@ -337,7 +353,7 @@ def run_timing(ctx: Context, trained: dict[str, Any], batch_size: int) -> dict[s
     stored = ctx.store.get(name)
     # a timing of an earlier training of this run is stale, not a conflict: time the model there now
     stale = stored is not None and stored["settings"].get("trained") != settings["trained"]
-    done = ctx.store.finished(name, settings, ctx.args.overwrite or stale)
+    done = ctx.store.finished(name, settings, ctx.overwrite(name) or stale)
     if done:
         return done
     started = datetime.now(timezone.utc)
@@ -451,7 +467,11 @@ def summarize(runs: list[dict[str, Any]], batch_sizes: list[int]) -> dict[str, A
 def plot(results: dict[str, Any], path: Path) -> None:
     panels = results["per_batch_size"]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    styles = {"params": ("o--", "params-targeted"), "latency": ("s-", "latency-targeted"), "flops": ("^:", "FLOPs-targeted")}
+    styles = {
+        "params": ("o--", "params-targeted"),
+        "latency": ("s-", "latency-targeted"),
+        "flops": ("^:", "FLOPs-targeted"),
+    }
     for ax, panel in zip(axes[0], panels):
         for metric, (style, label) in styles.items():
             ps = panel["points"][metric]
@@ -604,13 +624,13 @@ def wait_for(ctx: Context, pending: list[tuple[str, float]]) -> None:
     it here if that process died before writing it)."""
     while pending:
         for metric, target in list(pending):
-            trained = ctx.store.get(run_name(metric, target, ctx.args.prune_steps)) or run_shared(ctx, metric, target)
+            trained = run_shared(ctx, metric, target, quiet=True)  # stored by now, or taken over from a dead process
             if trained is not None:
                 for b in ctx.args.latency_batch_sizes:
                     run_timing(ctx, trained, b)
                 pending.remove((metric, target))
         if pending:
-            time.sleep(POLL_SECONDS)
+            time.sleep(1.0 if ctx.args.quick else POLL_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -646,8 +666,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     for t in tables.values():
         print(t.summary(), flush=True)
     if args.quick:  # a tiny model's time is mostly fixed cost: a reachable speedup, and one the trainer refuses
-        t = tables[args.latency_batch_sizes[0]]
-        reachable = 0.5 * (1.0 - t.fixed_s / t.predict_dense())
+        reachable = 0.5 * min(1.0 - t.fixed_s / t.predict_dense() for t in tables.values())
         args.latency_targets = [round(1.0 / (1.0 - reachable), 2), 1000.0]
     ctx = Context(
         args=args,
