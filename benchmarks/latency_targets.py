@@ -330,6 +330,9 @@ def run_shared(ctx: Context, metric: str, target: float, quiet: bool = False) ->
             print(f"{name}: running in another process, timed when it is done", flush=True)
         return None
     try:
+        done = ctx.store.finished(name, settings, ctx.overwrite(name))  # written between the look and the claim?
+        if done:
+            return done
         started = datetime.now(timezone.utc)
         trainer, result = ctx.train(name, metric, target, None)
         if trainer is not None:
@@ -585,7 +588,10 @@ def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
     if dense is None or not records:
         print(f"nothing to aggregate yet under {store.runs_dir}", flush=True)
         return None
-    for r in records:  # a timing names the training run whose compact model it timed
+    # a timing names the training run whose compact model it timed; one of an earlier training of it is left out
+    trained_at = {r["name"]: r["provenance"]["started_utc"] for r in records if "of" not in r}
+    records = [r for r in records if "of" not in r or trained_at.get(r["of"]) == r["settings"]["trained"][1]]
+    for r in records:
         r["kind"] = "timing" if "of" in r else "train"
     runs = [{**aggregate_run(r), "name": r["name"], "kind": r["kind"]} for r in records]
     batch_sizes = sorted({r["batch_size"] for r in runs if r.get("batch_size") is not None})
@@ -600,7 +606,7 @@ def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
             "seq_len": timed.get("latency_seq_len", args.latency_seq_len),
             "threads": timed.get("latency_threads", args.latency_threads),
             "batch_sizes": batch_sizes,
-            "tables": sorted({tuple(r["settings"]["table"])[0] for r in records if "table" in r["settings"]}),
+            "tables": sorted({r["settings"]["table"][0] for r in records if "table" in r["settings"]}),
         },
         "budget": {
             "prune_steps": args.prune_steps,

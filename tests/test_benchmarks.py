@@ -269,3 +269,18 @@ def test_run_store_claim(tmp_path):
     assert store.claim("b")
     (store.runs_dir / "c.lock").write_text(f"another-host {int(dead.stdout)}")
     assert not store.claim("c")  # another machine's process: its liveness is unknown here
+
+
+def test_latency_targets_equal_latency_interpolates_where_both_reach():
+    from benchmarks.latency_targets import equal_latency
+
+    params = [{"measured_speedup": 1.5, "test_accuracy": 0.8}, {"measured_speedup": 3.0, "test_accuracy": 0.7}]
+    latency = [{"measured_speedup": 4.0, "test_accuracy": 0.75}, {"measured_speedup": 2.0, "test_accuracy": 0.82}]
+    rows = equal_latency(params, sorted(latency, key=lambda p: p["measured_speedup"]))
+    assert [r["speedup"] for r in rows] == pytest.approx([2.0, 2.25, 2.5, 2.75, 3.0])  # the range both cover
+    assert rows[0]["params_test_accuracy"] == pytest.approx(0.8 - 0.1 / 3) and rows[0]["latency_test_accuracy"] == 0.82
+    assert rows[-1]["params_test_accuracy"] == pytest.approx(0.7) and rows[-1][
+        "latency_test_accuracy"
+    ] == pytest.approx(0.785)
+    assert all(r["met"] == (r["latency_test_accuracy"] >= r["params_test_accuracy"]) for r in rows)
+    assert equal_latency(params, [{"measured_speedup": 3.5, "test_accuracy": 0.9}]) == []  # no common speedup
