@@ -51,7 +51,13 @@ from transformers import DataCollatorWithPadding  # noqa: E402
 
 import hf_l0  # noqa: E402
 from benchmarks import accuracy_sparsity  # noqa: E402
-from benchmarks.accuracy_sparsity import accuracies, dense_stage, load_model_and_data, runs_line  # noqa: E402
+from benchmarks.accuracy_sparsity import (  # noqa: E402
+    accuracies,
+    dense_location,
+    dense_stage,
+    load_model_and_data,
+    runs_line,
+)
 from benchmarks.common import (  # noqa: E402
     ROOT,
     Run,
@@ -625,6 +631,21 @@ def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
 # --- main ------------------------------------------------------------------------------------------------------------
 
 
+def check_teacher(dense_store: RunStore, args: argparse.Namespace, models_dir: Path) -> None:
+    """Stop before the dense stage would replace accuracy_sparsity's teacher record (its runs name that teacher, so
+    they would no longer resume): when ``runs/dense.json`` names another model than this one, or one not here."""
+    record = dense_store.get("dense")
+    path, shown = dense_location(args, models_dir)
+    if record is None or (record["model_path"] == shown and (path / "config.json").is_file()):
+        return
+    problem = "is not on this machine" if record["model_path"] == shown else f"is not the teacher asked for ({shown})"
+    raise SystemExit(
+        f"{dense_store.path('dense')} names the dense teacher {record['model_path']}, which {problem}: run from the "
+        f"checkout that holds it (git-ignored), or copy it to {path}; or choose another --output_dir (a store of its "
+        "own, with its own dense stage)."
+    )
+
+
 def wait_for(ctx: Context, pending: list[tuple[str, float]]) -> None:
     """The shared runs another process claimed: time each at this process's batch sizes once it is written (or run
     it here if that process died before writing it)."""
@@ -655,8 +676,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return collect(args, run)
     store = RunStore(run)
     models_dir = Path(args.models_dir or Path(args.output_dir) / "models")
-    model, tokenizer, splits = load_model_and_data(args)
     dense_store = RunStore(Run("accuracy_sparsity", args.seed, args.quick, args.output_dir))
+    check_teacher(dense_store, args, models_dir)
+    model, tokenizer, splits = load_model_and_data(args)
     dense, dense_record = dense_stage(args, dense_store, models_dir, model, splits, tokenizer)
     tables = {
         b: latency_table(

@@ -254,6 +254,9 @@ def test_latency_targets_quick(out):
     assert {p: p.stat().st_mtime_ns for p in (out / "latency_targets" / "runs").glob("*.json")} == files
     assert [r["name"] for r in again["runs"]] == [r["name"] for r in data["runs"]]
     assert not list((out / "latency_targets" / "runs").glob("*.lock"))
+    # another teacher than the one accuracy_sparsity's runs name would replace its record: refused before anything runs
+    with pytest.raises(SystemExit, match="is not the teacher asked for"):
+        latency_targets.main(["--quick", "--output_dir", str(out), "--dense_model", str(out / "another")])
 
 
 def test_run_store_claim(tmp_path):
