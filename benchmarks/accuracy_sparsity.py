@@ -497,13 +497,18 @@ class Context:
         )
 
 
+def dense_location(args: argparse.Namespace, models_dir: Path) -> tuple[Path, str]:
+    """Where the dense teacher is (``--dense_model`` or ``<models_dir>/dense``), and how its run file names it."""
+    path = Path(args.dense_model or models_dir / "dense").resolve()
+    # relative to the repository when inside it: the run files are committed and must not name this machine's paths
+    return path, str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def dense_stage(args: argparse.Namespace, store: RunStore, models_dir: Path, model: Any, splits: dict, tokenizer: Any):
     """The dense teacher and its run record: reused when ``runs/dense.json`` names the same model directory, else
     fine-tuned from ``model`` and saved to ``<models_dir>/dense`` (or, with ``--dense_model``, loaded and scored)."""
     collator = DataCollatorWithPadding(tokenizer)
-    path = Path(args.dense_model or models_dir / "dense").resolve()
-    # relative to the repository when inside it: the run files are committed and must not name this machine's paths
-    shown = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    path, shown = dense_location(args, models_dir)
     record = store.get("dense")
     retrain = args.overwrite and args.stage == "dense" and not args.dense_model
     if record and record["model_path"] == shown and (path / "config.json").is_file() and not retrain:

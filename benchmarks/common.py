@@ -157,6 +157,11 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
         default="hf-l0,magnitude,fisher,activation",
         help="comma-separated, from hf-l0, magnitude, fisher, activation",
     )
+    add_gate_arguments(p)
+
+
+def add_gate_arguments(p: argparse.ArgumentParser) -> None:
+    """How hf-l0's gates start (what `train_hf_l0` reads besides the distillation options)."""
     p.add_argument("--gate_init", default="uniform", help="hf-l0's gate start (see L0TrainingArguments.gate_init)")
     p.add_argument("--gate_init_batches", type=int, default=16)
     p.add_argument("--gate_init_scale", type=float, default=1.0)
@@ -222,8 +227,26 @@ def train_hf_l0(
 ) -> L0Trainer:
     """hf-l0's run in both quality benchmarks: seeded, a student copied from ``dense`` and distilled from it, with
     the shared method options of ``args`` (distillation, gate learning rate and start) plus ``l0_arguments``."""
+    trainer = hf_l0_trainer(
+        args, trainer_arguments, dense, train_dataset, data_collator, processing_class, **l0_arguments
+    )
+    trainer.train()
+    return trainer
+
+
+def hf_l0_trainer(
+    args: argparse.Namespace,
+    trainer_arguments: dict[str, Any],
+    dense: torch.nn.Module,
+    train_dataset: Any,
+    data_collator: Any,
+    processing_class: Any = None,
+    **l0_arguments: Any,
+) -> L0Trainer:
+    """:func:`train_hf_l0`'s trainer before it trains: its constructor raises the ``ValueError`` of an unreachable
+    target (``L0Trainer`` checks it against the gated model), which a benchmark may record instead of a run."""
     transformers.set_seed(args.seed)
-    trainer = L0Trainer(
+    return L0Trainer(
         model=trainable_copy(dense),
         args=L0TrainingArguments(
             **trainer_arguments,
@@ -240,8 +263,6 @@ def train_hf_l0(
         data_collator=data_collator,
         processing_class=processing_class,
     )
-    trainer.train()
-    return trainer
 
 
 def parse_methods(text: str) -> list[str]:
@@ -393,6 +414,42 @@ class RunStore:
     def get(self, name: str) -> dict[str, Any] | None:
         path = self.path(name)
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def claim(self, name: str) -> bool:
+        """Take run ``name`` for this process (a ``<name>.lock`` file made atomically), so processes that share
+        a run list don't both train it; False while another live process on this host holds it. A lock left by a
+        process that died is taken over. :meth:`release` it when the run ends, written or not."""
+        path = self.runs_dir / f"{name}.lock"
+        me = f"{platform.node()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    host, pid = path.read_text().split()
+                except (OSError, ValueError):
+                    return False  # being written, or unreadable: leave it to its owner
+                if host != platform.node() or _alive(int(pid)):
+                    return False
+                path.unlink(missing_ok=True)  # its process is gone: the run never ended
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return True
+        return False
+
+    def release(self, name: str) -> None:
+        (self.runs_dir / f"{name}.lock").unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def provenance_summary(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -215,11 +215,75 @@ def test_latency_table_quick(out):
 
 def test_latency_targets_quick(out):
     from benchmarks import latency_targets
+    from hf_l0.cost import compact_flops
 
     data = latency_targets.main(["--quick", "--output_dir", str(out)])
-    assert json.loads((out / "latency_targets.json").read_text())["quick"] is True
-    assert [r["metric"] for r in data["runs"]] == ["params", "latency"]
-    params, latency = data["runs"]
-    assert abs(params["parameter_sparsity"] - params["target"]) <= 0.05
-    assert abs(latency["predicted_latency_reduction"] - latency["target"]) <= 0.05  # what the table predicts
-    assert common.finite_numbers(data)
+    _check_outputs(out, "latency_targets")
+    runs = {r["name"]: r for r in data["runs"]}
+    # per batch size: a reachable latency target (trained, timed) and one the trainer refuses (recorded, not trained)
+    for b in (1, 2):
+        trained, refused = sorted(
+            (r for r in data["runs"] if r.get("batch_size") == b and r["metric"] == "latency"),
+            key=lambda r: r["target"],
+        )
+        assert refused["target_speedup"] == 1000 and "cannot be reached" in refused["refused"]
+        assert "test_accuracy" not in refused and "train_seconds" not in refused
+        assert trained["refused"] is None and trained["target"] == pytest.approx(1 - 1 / trained["target_speedup"])
+        assert abs(trained["predicted_latency_reduction"] - trained["target"]) <= 0.05  # what the table predicts
+        # the reported numbers are ratios of the reported timings
+        assert trained["measured_speedup"] == pytest.approx(trained["dense_ms"] / trained["compact_ms"])
+        assert trained["latency_error"] == pytest.approx(trained["target_speedup"] / trained["measured_speedup"] - 1)
+        rows = next(p for p in data["per_batch_size"] if p["batch_size"] == b)["latency_targets"]
+        assert [r["refused"] is None for r in rows] == [True, False]
+    # params and FLOPs runs: trained once, their saved compact model timed at each batch size in its own file
+    dense = tf.AutoModelForSequenceClassification.from_pretrained(out / "models" / "dense")
+    for metric in ("params", "flops"):
+        (train,) = (r for r in data["runs"] if r["metric"] == metric and r["kind"] == "train")
+        timings = [r for r in data["runs"] if r["metric"] == metric and r["kind"] == "timing"]
+        assert sorted(r["batch_size"] for r in timings) == [1, 2] and {r["of"] for r in timings} == {train["name"]}
+        compact = hf_l0.from_pretrained(Path(train["model_path"]))
+        reached = 1 - compact_flops(compact, 16) / compact_flops(dense, 16)
+        assert reached == pytest.approx(train["flops_reduction"])
+    assert abs(runs["params-t0.5-s6"]["parameter_sparsity"] - 0.5) <= 0.05
+    flops = runs["flops-t0.5-s6"]
+    assert flops["flops_error"] == pytest.approx((1 - flops["flops_reduction"]) / 0.5 - 1)
+    assert data["run_count"] == len(data["runs"]) + 1  # and the dense stage's file
+    # a second invocation finds every run file and runs nothing
+    files = {p: p.stat().st_mtime_ns for p in (out / "latency_targets" / "runs").glob("*.json")}
+    again = latency_targets.main(["--quick", "--output_dir", str(out)])
+    assert {p: p.stat().st_mtime_ns for p in (out / "latency_targets" / "runs").glob("*.json")} == files
+    assert [r["name"] for r in again["runs"]] == [r["name"] for r in data["runs"]]
+    assert not list((out / "latency_targets" / "runs").glob("*.lock"))
+    # another teacher than the one accuracy_sparsity's runs name would replace its record: refused before anything runs
+    with pytest.raises(SystemExit, match="is not the teacher asked for"):
+        latency_targets.main(["--quick", "--output_dir", str(out), "--dense_model", str(out / "another")])
+
+
+def test_run_store_claim(tmp_path):
+    """Processes sharing a store take a run by its lock file; a lock whose process died is taken over."""
+    import subprocess
+
+    store = common.RunStore(common.Run("claims", 0, True, tmp_path))
+    assert store.claim("a") and not store.claim("a")  # held (by this live process)
+    store.release("a")
+    assert store.claim("a")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (store.runs_dir / "b.lock").write_text(f"{__import__('platform').node()} {int(dead.stdout)}")
+    assert store.claim("b")
+    (store.runs_dir / "c.lock").write_text(f"another-host {int(dead.stdout)}")
+    assert not store.claim("c")  # another machine's process: its liveness is unknown here
+
+
+def test_latency_targets_equal_latency_interpolates_where_both_reach():
+    from benchmarks.latency_targets import equal_latency
+
+    params = [{"measured_speedup": 1.5, "test_accuracy": 0.8}, {"measured_speedup": 3.0, "test_accuracy": 0.7}]
+    latency = [{"measured_speedup": 4.0, "test_accuracy": 0.75}, {"measured_speedup": 2.0, "test_accuracy": 0.82}]
+    rows = equal_latency(params, sorted(latency, key=lambda p: p["measured_speedup"]))
+    assert [r["speedup"] for r in rows] == pytest.approx([2.0, 2.25, 2.5, 2.75, 3.0])  # the range both cover
+    assert rows[0]["params_test_accuracy"] == pytest.approx(0.8 - 0.1 / 3) and rows[0]["latency_test_accuracy"] == 0.82
+    assert rows[-1]["params_test_accuracy"] == pytest.approx(0.7) and rows[-1][
+        "latency_test_accuracy"
+    ] == pytest.approx(0.785)
+    assert all(r["met"] == (r["latency_test_accuracy"] >= r["params_test_accuracy"]) for r in rows)
+    assert equal_latency(params, [{"measured_speedup": 3.5, "test_accuracy": 0.9}]) == []  # no common speedup
