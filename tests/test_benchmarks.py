@@ -229,7 +229,9 @@ def test_latency_targets_quick(out):
         assert refused["target_speedup"] == 1000 and "cannot be reached" in refused["refused"]
         assert "test_accuracy" not in refused and "train_seconds" not in refused
         assert trained["refused"] is None and trained["target"] == pytest.approx(1 - 1 / trained["target_speedup"])
-        assert abs(trained["predicted_latency_reduction"] - trained["target"]) <= 0.05  # what the table predicts
+        # What the table predicts, near the target: 6 steps on a tiny model whose table is one round of timings,
+        # where one sublayer is several hundredths of the latency (landing precision: test_cost.py).
+        assert abs(trained["predicted_latency_reduction"] - trained["target"]) <= 0.15
         # the reported numbers are ratios of the reported timings
         assert trained["measured_speedup"] == pytest.approx(trained["dense_ms"] / trained["compact_ms"])
         assert trained["latency_error"] == pytest.approx(trained["target_speedup"] / trained["measured_speedup"] - 1)
