@@ -354,7 +354,11 @@ def test_prune_clm_to_a_latency_target(tmp_path, tokenizer, monkeypatch):
     )
     assert summary["target_metric"] == "latency" and summary["cost_batch_size"] == 2
     # the run lands on the target as the table predicts it; the measured reduction is reported next to it
-    assert abs(summary["predicted_latency_reduction"] - target) <= TARGET_TOL, summary
+    # ... up to one step of the table: on so small a model one KV group is a few hundredths of the latency and FFN
+    # widths above a few neurons time alike, so the target can fall between two reachable latencies
+    steps = [b - a for column in (table.attention_s, table.ffn_s) for a, b in zip(column, column[1:])]
+    tolerance = max(TARGET_TOL, max(steps) / table.predict_dense())
+    assert abs(summary["predicted_latency_reduction"] - target) <= tolerance, (summary, tolerance)
     assert -1.0 < summary["measured_latency_reduction"] < 1.0
     assert summary["pruned_gflops_per_token"] < summary["dense_gflops_per_token"]
     assert len(list((tmp_path / "cache" / "latency").glob("LlamaForCausalLM-b2-s16-t1-*.json"))) == 1
