@@ -57,6 +57,7 @@ from benchmarks.common import (  # noqa: E402
     baseline_prune,
     benchmark_parser,
     goal,
+    hf_l0_trainer,
     markdown_table,
     parse_methods,
     provenance_summary,
@@ -64,7 +65,6 @@ from benchmarks.common import (  # noqa: E402
     recover,
     run_name,
     set_threads,
-    train_hf_l0,
     training_arguments,
 )
 from hf_l0.demo import assets, data  # noqa: E402
@@ -572,7 +572,7 @@ def run_hf_l0(ctx: Context, target: float, steps: int) -> dict[str, Any]:
     if done:
         return done
     started, start = datetime.now(timezone.utc), time.perf_counter()
-    trainer = train_hf_l0(
+    trainer = hf_l0_trainer(
         a,
         ctx.trainer_arguments(name, steps),
         ctx.dense,
@@ -585,6 +585,7 @@ def run_hf_l0(ctx: Context, target: float, steps: int) -> dict[str, Any]:
         distill_layerwise=a.distill_layerwise,
         l0_structures=a.l0_structures,
     )
+    trainer.train()
     compact = trainer.compact_model()
     if steps == a.prune_steps:
         trainer.save_model(str(ctx.models_dir / f"hf_l0-{target:g}"))  # the compact model (prune_at_end)

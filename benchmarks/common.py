@@ -161,7 +161,7 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_gate_arguments(p: argparse.ArgumentParser) -> None:
-    """How hf-l0's gates start (what `train_hf_l0` reads besides the distillation options)."""
+    """How hf-l0's gates start (what `hf_l0_trainer` reads besides the distillation options)."""
     p.add_argument("--gate_init", default="uniform", help="hf-l0's gate start (see L0TrainingArguments.gate_init)")
     p.add_argument("--gate_init_batches", type=int, default=16)
     p.add_argument("--gate_init_scale", type=float, default=1.0)
@@ -216,24 +216,6 @@ def trainable_copy(teacher: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(teacher).train().requires_grad_(True)
 
 
-def train_hf_l0(
-    args: argparse.Namespace,
-    trainer_arguments: dict[str, Any],
-    dense: torch.nn.Module,
-    train_dataset: Any,
-    data_collator: Any,
-    processing_class: Any = None,
-    **l0_arguments: Any,
-) -> L0Trainer:
-    """hf-l0's run in both quality benchmarks: seeded, a student copied from ``dense`` and distilled from it, with
-    the shared method options of ``args`` (distillation, gate learning rate and start) plus ``l0_arguments``."""
-    trainer = hf_l0_trainer(
-        args, trainer_arguments, dense, train_dataset, data_collator, processing_class, **l0_arguments
-    )
-    trainer.train()
-    return trainer
-
-
 def hf_l0_trainer(
     args: argparse.Namespace,
     trainer_arguments: dict[str, Any],
@@ -243,8 +225,10 @@ def hf_l0_trainer(
     processing_class: Any = None,
     **l0_arguments: Any,
 ) -> L0Trainer:
-    """:func:`train_hf_l0`'s trainer before it trains: its constructor raises the ``ValueError`` of an unreachable
-    target (``L0Trainer`` checks it against the gated model), which a benchmark may record instead of a run."""
+    """hf-l0's run in the quality benchmarks, not yet trained: seeded, a student copied from ``dense`` and distilled
+    from it, with the shared method options of ``args`` (distillation, gate learning rate and start) plus
+    ``l0_arguments``. Its constructor raises the ``ValueError`` of an unreachable target (``L0Trainer`` checks it
+    against the gated model), which a benchmark may record instead of a run."""
     transformers.set_seed(args.seed)
     return L0Trainer(
         model=trainable_copy(dense),

@@ -37,7 +37,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,6 @@ from benchmarks.common import (  # noqa: E402
     record_trajectory,
     run_name,
     set_threads,
-    training_arguments,
 )
 from hf_l0.cost import compact_flops  # noqa: E402
 from hf_l0.latency import LatencyTable, latency_inputs, latency_table, predict_latency  # noqa: E402
@@ -159,6 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_gate_arguments(p)
     args = p.parse_args(argv)
     args.stage = "all"  # what dense_stage reads: this script never stops after the dense stage
+    args.distill_layerwise = d.distill_layerwise  # accuracy_sparsity's hf-l0 run, which these runs share settings with
     for speedup in args.latency_targets:
         if speedup <= 1.0:
             p.error(f"--latency_targets {speedup:g}: a speedup over the dense model, above 1 (2 = half its latency).")
@@ -169,19 +169,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @dataclass
-class Context:
-    """What every run of one invocation shares: data, dense teacher, store, latency tables."""
+class Context(accuracy_sparsity.Context):
+    """What every run of one invocation shares: accuracy_sparsity's (data, dense teacher, store, the hf-l0 run's
+    settings and trainer arguments) plus the latency tables."""
 
-    args: argparse.Namespace
-    store: RunStore
-    tokenizer: Any
-    splits: dict
-    collator: Any
-    dense: torch.nn.Module
-    dense_record: dict[str, Any]
-    models_dir: Path
-    work: Path
-    tables: dict[int, LatencyTable]
+    tables: dict[int, LatencyTable] = field(default_factory=dict)
 
     def overwrite(self, name: str) -> bool:
         """``--overwrite``, except for a run another process (or this one) wrote since this process started: with
@@ -192,28 +184,12 @@ class Context:
         )
         return self.args.overwrite and not fresh
 
-    def settings(self, metric: str, target: float) -> dict[str, Any]:
-        """What a training run's result depends on; a stored run with other settings is not this run."""
+    def run_settings(self, metric: str, target: float) -> dict[str, Any]:
+        """What a training run's result depends on: accuracy_sparsity's hf-l0 run, plus the cost it targets."""
         a = self.args
         return {
-            "quick": a.quick,
-            "seed": a.seed,
+            **self.settings("hf_l0", target, a.prune_steps),
             "metric": metric,
-            "target": target,
-            "steps": a.prune_steps,
-            "teacher": [self.dense_record["model_path"], self.dense_record["provenance"]["started_utc"]],
-            "batch_size": a.batch_size,
-            "max_length": a.max_length,
-            "learning_rate": a.learning_rate,
-            "distill_alpha": a.distill_alpha,
-            "distill_temperature": a.distill_temperature,
-            "gate_learning_rate": a.gate_learning_rate,
-            "sparsity_warmup_ratio": a.sparsity_warmup_ratio,
-            "sparsity_final_phase_ratio": a.sparsity_final_phase_ratio,
-            "l0_structures": a.l0_structures,
-            "gate_init": a.gate_init,
-            "gate_init_batches": a.gate_init_batches,
-            "gate_init_scale": a.gate_init_scale,
             "cost_seq_len": None if metric == "params" else a.latency_seq_len,
         }
 
@@ -237,18 +213,10 @@ class Context:
         if metric == "latency":
             table = self.tables[batch_size]
             cost.update(cost_batch_size=batch_size, cost_threads=a.latency_threads, latency_table=table.path)
-        arguments = training_arguments(
-            self.work / name,
-            max_steps=a.prune_steps,
-            learning_rate=a.learning_rate,
-            per_device_train_batch_size=a.batch_size,
-            seed=a.seed,
-            warmup_steps=0.1 * a.prune_steps,
-        )
         try:
             trainer = hf_l0_trainer(
                 a,
-                arguments,
+                self.trainer_arguments(name, a.prune_steps),
                 self.dense,
                 self.splits["train"],
                 self.collator,
@@ -256,6 +224,7 @@ class Context:
                 target_sparsity=target,
                 sparsity_warmup_ratio=a.sparsity_warmup_ratio,
                 sparsity_final_phase_ratio=a.sparsity_final_phase_ratio,
+                distill_layerwise=a.distill_layerwise,
                 l0_structures=a.l0_structures,
                 **cost,
             )
@@ -307,7 +276,7 @@ def run_latency(ctx: Context, speedup: float, batch_size: int) -> dict[str, Any]
     """hf-l0 to the latency ``dense / speedup`` at ``batch_size``, timed there (or its stored record)."""
     a = ctx.args
     name, target = latency_run_name(speedup, batch_size, a.prune_steps), 1.0 - 1.0 / speedup
-    settings = {**ctx.settings("latency", target), "target_speedup": speedup, **ctx.timing_settings(batch_size)}
+    settings = {**ctx.run_settings("latency", target), "target_speedup": speedup, **ctx.timing_settings(batch_size)}
     done = ctx.store.finished(name, settings, ctx.overwrite(name))
     if done:
         return done
@@ -327,7 +296,7 @@ def run_shared(ctx: Context, metric: str, target: float, quiet: bool = False) ->
     another process runs it."""
     a = ctx.args
     name = run_name(metric, target, a.prune_steps)
-    settings = ctx.settings(metric, target)
+    settings = ctx.run_settings(metric, target)
     done = ctx.store.finished(name, settings, ctx.overwrite(name))
     if done:
         return done

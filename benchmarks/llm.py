@@ -53,6 +53,7 @@ from benchmarks.common import (  # noqa: E402
     baseline_prune,
     benchmark_parser,
     goal,
+    hf_l0_trainer,
     markdown_table,
     parse_methods,
     provenance_summary,
@@ -60,7 +61,6 @@ from benchmarks.common import (  # noqa: E402
     recover,
     run_name,
     set_threads,
-    train_hf_l0,
     trainable_copy,
     training_arguments,
 )
@@ -391,9 +391,10 @@ def run_hf_l0(ctx: Context, target: float) -> dict[str, Any]:
     if done:
         return done
     started, start = datetime.now(timezone.utc), time.perf_counter()
-    trainer = train_hf_l0(
+    trainer = hf_l0_trainer(
         a, ctx.trainer_arguments(name), ctx.dense, ctx.blocks["train"], default_data_collator, target_sparsity=target
     )
+    trainer.train()
     compact = trainer.compact_model().eval()
     result = {
         "method": "hf-l0",
