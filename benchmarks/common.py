@@ -146,6 +146,14 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def load_average() -> str:
+    """``/proc/loadavg``, recorded next to timings: they mean something only on an otherwise idle machine."""
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
 def goal(met: bool) -> str:
     return "✅" if met else "❌"
 
@@ -389,6 +397,18 @@ class RunStore:
         tmp.write_text(json.dumps(record, indent=2, default=float) + "\n")
         os.replace(tmp, self.path(name))
         print(f"{name}: written to {self.path(name)}", flush=True)
+        return record
+
+    def amend(self, name: str, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        """Add ``key`` (a later measurement of a finished run, with this invocation's provenance) to its record,
+        atomically; the run's own settings, numbers and provenance stay as they are. Returns the record."""
+        record = self.get(name)
+        if record is None:
+            raise KeyError(f"no finished run {name} under {self.runs_dir}")
+        record[key] = {**value, "provenance": self.run.metadata()}
+        tmp = self.path(name).with_suffix(f".json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=2, default=float) + "\n")
+        os.replace(tmp, self.path(name))
         return record
 
     def records(self) -> list[dict[str, Any]]:

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench
 from benchmarks import accuracy_sparsity, llm  # noqa: E402
 from benchmarks.accuracy_sparsity import DEFAULT_TARGETS, GOALS, LANDING_TOLERANCE, MARGIN_GOALS  # noqa: E402
 from benchmarks.common import BASELINES, RESULTS_DIR, ROOT, goal, markdown_table  # noqa: E402
+from benchmarks.latency_table import TABLE_ERROR_GOAL  # noqa: E402
+from benchmarks.latency_targets import FLOPS_TOLERANCE, LATENCY_TOLERANCE  # noqa: E402
 from benchmarks.llm import PERPLEXITY_GOAL  # noqa: E402
 from benchmarks.speed import MEMORY_GOAL, SPEEDUP_GOAL, STEP_GOAL  # noqa: E402
 
@@ -33,7 +35,9 @@ TITLES = {
     "accuracy_steps": "accuracy vs steps",
     "speed": "speed",
     "llm": "LLM",
+    "latency_targets": "latency and FLOPs targets",
 }
+LATENCY_TABLES = "latency"  # latency_table.py's results folder, one file per batch size
 CURVE_STEPS, CURVE_TARGET = (100, 300, 1000), 0.75  # the steps curve the README asks for (accuracy_sparsity.py)
 NOT_RUN = "not run yet"
 
@@ -83,6 +87,8 @@ def headline_rows(results_dir: Path) -> list[list[Any]]:
             ]
         )
     rows += llm_rows(_load(results_dir, "llm"))
+    rows += latency_table_rows(results_dir / LATENCY_TABLES)
+    rows += latency_target_rows(_load(results_dir, "latency_targets"))
     return rows
 
 
@@ -234,6 +240,81 @@ def llm_rows(data: dict[str, Any] | None) -> list[list[Any]]:
                 f"{dense_speed:.1f} → {r['tokens_per_second']:.1f}",
                 "–",
                 "–",
+            ]
+        )
+    return rows
+
+
+def latency_table_rows(folder: Path) -> list[list[Any]]:
+    """Per measured batch size: the median error of the latency table's predictions over random compact shapes."""
+    tables = [json.loads(p.read_text()) for p in folder.glob("latency_table_b*.json")]
+    if not tables:
+        return [["latency table: predicted vs measured latency of random compact shapes", NOT_RUN, "–", "–"]]
+    rows = []
+    for t in sorted(tables, key=lambda t: (t["batch_size"], t["seq_len"], t["threads"])):
+        rows.append(
+            [
+                f"latency table, {t['model']}, batch {t['batch_size']} × {t['seq_len']}, {t['threads']} thread(s): "
+                f"predicted vs measured latency of {len(t['shapes'])} random compact shapes",
+                f"median \\|error\\| {t['median_abs_error']:.1%} (max {t['max_abs_error']:.1%}; of the predicted "
+                f"speedup {t['median_abs_speedup_error']:.1%})",
+                f"≤ {TABLE_ERROR_GOAL:.0%}",
+                goal(t["median_abs_error"] <= TABLE_ERROR_GOAL),
+            ]
+        )
+    return rows
+
+
+def latency_target_rows(data: dict[str, Any] | None) -> list[list[Any]]:
+    """Per batch size: where each latency target landed (measured against the dense model alongside) and the
+    accuracy of latency- vs params-targeted models at equal measured speedup; then where the FLOPs targets landed."""
+    if not data:
+        return [["latency targets (dense latency ÷ 2, ÷ 3, ÷ 5): measured ÷ target latency − 1", NOT_RUN, "–", "–"]]
+    model, seq_len, rows = data["model"], data["latency"]["seq_len"], []
+    for panel in data["per_batch_size"]:
+        b, targets, compared = panel["batch_size"], panel["latency_targets"], panel["equal_latency"]
+        if targets:
+            landed = [r["met"] for r in targets if r["met"] is not None]
+            rows.append(
+                [
+                    f"{model} pruned to dense latency ÷ S, batch {b} × {seq_len}: measured speedup "
+                    "(measured ÷ target latency − 1)",
+                    "; ".join(
+                        f"÷{r['target_speedup']:g}: refused"
+                        if r["refused"]
+                        else f"÷{r['target_speedup']:g} → {r['measured_speedup']:.2f}× ({r['latency_error']:+.1%})"
+                        for r in targets
+                    ),
+                    f"± {LATENCY_TOLERANCE:.0%}",
+                    goal(all(landed)) if landed else "–",
+                ]
+            )
+        if compared:
+            rows.append(
+                [
+                    f"… test acc. at equal measured speedup, batch {b}: latency- vs params-targeted (same steps)",
+                    ", ".join(
+                        f"{c['speedup']:.2f}×: {c['latency_test_accuracy']:.3f} vs {c['params_test_accuracy']:.3f}"
+                        for c in compared
+                    ),
+                    "≥",
+                    goal(all(c["met"] for c in compared)),
+                ]
+            )
+    flops = data["flops_targets"]
+    if flops:
+        landed = [r["met"] for r in flops if r["met"] is not None]
+        rows.append(
+            [
+                f"{model} FLOPs targets ({seq_len} tokens): reached FLOPs reduction (reached ÷ target FLOPs − 1)",
+                ", ".join(
+                    f"{r['target']:g}: refused"
+                    if r["refused"]
+                    else f"{r['target']:g} → {r['flops_reduction']:.4f} ({r['flops_error']:+.2%})"
+                    for r in flops
+                ),
+                f"± {FLOPS_TOLERANCE:.0%}",
+                goal(all(landed)) if landed else "–",
             ]
         )
     return rows

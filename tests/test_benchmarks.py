@@ -3,6 +3,7 @@ exist, carry the run metadata and hold finite numbers. Outputs go to tmp_path, n
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import sys
@@ -178,34 +179,15 @@ def test_llm_quick(out, capsys):
     assert _stable(llm.main(["--quick", "--output_dir", str(out), "--collect"])) == _stable(data)
 
 
-def test_update_readme_fills_markers_from_results(out, tmp_path):
-    if not (out / "llm.json").is_file():
-        pytest.skip("needs the quick results of the tests above")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n## Benchmarks\n\n{update_readme.START}\nstale\n{update_readme.END}\n\n## Next\n")
-    assert update_readme.main(["--readme", str(readme), "--results_dir", str(out), "--check"]) == 1
-    assert update_readme.main(["--readme", str(readme), "--results_dir", str(out)]) == 0
-    text = readme.read_text()
-    assert "stale" not in text and "| benchmark | result | goal | met |" in text and "speed.png" in text
-    assert "accuracy_steps.png" in text and "hf-l0 − best baseline" in text and "not run yet" in text
-    assert text.endswith("## Next\n")
-    assert update_readme.main(["--readme", str(readme), "--results_dir", str(out), "--check"]) == 0
-
-
-def test_committed_readme_section_is_generated():
-    """The README's headline table is exactly what update_readme renders from the committed results."""
-    assert update_readme.main(["--check"]) == 0, "run python benchmarks/update_readme.py"
-
-
 def test_latency_table_quick(out):
     from benchmarks import latency_table
 
-    data = latency_table.main(["--quick", "--output_dir", str(out)])
-    saved = json.loads((out / "latency_table_b1_s16_t1.json").read_text())
+    data = latency_table.main(["--quick", "--output_dir", str(out / "latency")])  # the default layout
+    saved = json.loads((out / "latency" / "latency_table_b1_s16_t1.json").read_text())
     assert (
         saved["quick"] is True
         and common.finite_numbers(saved)
-        and "QUICK" in (out / "latency_table_b1_s16_t1.md").read_text()
+        and "QUICK" in (out / "latency" / "latency_table_b1_s16_t1.md").read_text()
     )
     assert len(data["shapes"]) == 3
     for row in data["shapes"]:  # the reported errors are those of the reported times
@@ -216,6 +198,7 @@ def test_latency_table_quick(out):
 def test_latency_targets_quick(out):
     from benchmarks import latency_targets
     from hf_l0.cost import compact_flops
+    from hf_l0.structure import apply_structure
 
     data = latency_targets.main(["--quick", "--output_dir", str(out)])
     _check_outputs(out, "latency_targets")
@@ -256,9 +239,75 @@ def test_latency_targets_quick(out):
     assert {p: p.stat().st_mtime_ns for p in (out / "latency_targets" / "runs").glob("*.json")} == files
     assert [r["name"] for r in again["runs"]] == [r["name"] for r in data["runs"]]
     assert not list((out / "latency_targets" / "runs").glob("*.lock"))
+    # --retime: every timing measured again on the shape its training run recorded; the aggregate reads the new one
+    before = {r["name"]: r for r in again["runs"] if r.get("measured_speedup") is not None}
+    retimed = latency_targets.main(["--quick", "--output_dir", str(out), "--retime"])
+    assert sorted(r["name"] for r in retimed["runs"] if r.get("retimed")) == sorted(before)
+    for r in retimed["runs"]:
+        if r["name"] in before:
+            assert r["timing_during_training"]["measured_speedup"] == before[r["name"]]["measured_speedup"]
+            assert r["measured_speedup"] == pytest.approx(r["dense_ms"] / r["compact_ms"])
+            assert r["predicted_latency_reduction"] == pytest.approx(before[r["name"]]["predicted_latency_reduction"])
+            if r["metric"] == "latency":
+                assert r["latency_error"] == pytest.approx(r["target_speedup"] / r["measured_speedup"] - 1)
+    assert "measured again once training was done" in (out / "latency_targets.md").read_text()
+    # the shape rebuilt from the recorded structure is the trained compact model's
+    train = runs["params-t0.5-s6"]
+    rebuilt = apply_structure(copy.deepcopy(dense), train["structure"])
+    assert rebuilt.num_parameters() == hf_l0.from_pretrained(Path(train["model_path"])).num_parameters()
     # another teacher than the one accuracy_sparsity's runs name would replace its record: refused before anything runs
     with pytest.raises(SystemExit, match="is not the teacher asked for"):
         latency_targets.main(["--quick", "--output_dir", str(out), "--dense_model", str(out / "another")])
+
+
+def test_update_readme_fills_markers_from_results(out, tmp_path):
+    if not all((out / f"{name}.json").is_file() for name in ("llm", "latency_targets")):
+        pytest.skip("needs the quick results of the tests above")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Benchmarks\n\n{update_readme.START}\nstale\n{update_readme.END}\n\n## Next\n")
+    assert update_readme.main(["--readme", str(readme), "--results_dir", str(out), "--check"]) == 1
+    assert update_readme.main(["--readme", str(readme), "--results_dir", str(out)]) == 0
+    text = readme.read_text()
+    assert "stale" not in text and "| benchmark | result | goal | met |" in text and "speed.png" in text
+    assert "accuracy_steps.png" in text and "hf-l0 − best baseline" in text and "not run yet" in text
+    # the latency rows: table accuracy per batch size, latency targets and equal-latency accuracy, FLOPs targets
+    assert "latency_targets.png" in text and "median \\|error\\|" in text and "pruned to dense latency ÷" in text
+    assert "FLOPs targets" in text
+    assert text.endswith("## Next\n")
+    assert update_readme.main(["--readme", str(readme), "--results_dir", str(out), "--check"]) == 0
+
+
+def test_update_readme_latency_target_rows():
+    """Each latency target's landing (a refused one said so), the equal-latency comparison and the FLOPs landing;
+    a batch size's goal is met only when every trained target landed."""
+    panel = {
+        "batch_size": 1,
+        "latency_targets": [
+            {"target_speedup": 2, "refused": None, "measured_speedup": 2.04, "latency_error": -0.02, "met": True},
+            {"target_speedup": 5, "refused": None, "measured_speedup": 4.5, "latency_error": 0.111, "met": False},
+            {"target_speedup": 99, "refused": "cannot be reached", "met": None},
+        ],
+        "equal_latency": [
+            {"speedup": 2.0, "latency_test_accuracy": 0.81, "params_test_accuracy": 0.8, "met": True},
+            {"speedup": 3.0, "latency_test_accuracy": 0.75, "params_test_accuracy": 0.76, "met": False},
+        ],
+    }
+    flops = [{"target": 0.5, "refused": None, "flops_reduction": 0.5004, "flops_error": -0.0008, "met": True}]
+    data = {"model": "m", "latency": {"seq_len": 128}, "per_batch_size": [panel], "flops_targets": flops}
+    latency, equal, reached = update_readme.latency_target_rows(data)
+    assert latency[1] == "÷2 → 2.04× (-2.0%); ÷5 → 4.50× (+11.1%); ÷99: refused" and latency[3] == common.goal(False)
+    assert equal[1] == "2.00×: 0.810 vs 0.800, 3.00×: 0.750 vs 0.760" and equal[3] == common.goal(False)
+    assert reached[1] == "0.5 → 0.5004 (-0.08%)" and reached[3] == common.goal(True)
+    panel["latency_targets"].pop(1)
+    panel["equal_latency"].pop()
+    latency, equal, _ = update_readme.latency_target_rows(data)
+    assert latency[3] == equal[3] == common.goal(True)
+    assert update_readme.latency_target_rows(None)[0][1] == update_readme.NOT_RUN
+
+
+def test_committed_readme_section_is_generated():
+    """The README's headline table is exactly what update_readme renders from the committed results."""
+    assert update_readme.main(["--check"]) == 0, "run python benchmarks/update_readme.py"
 
 
 def test_run_store_claim(tmp_path):
