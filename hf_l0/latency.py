@@ -9,13 +9,15 @@ A table holds, for one dense model shape, batch size, sequence length, torch thr
   decoders such a layer is the identity when neither stand-in returns a bias, and pruning drops it: its share of the
   fixed time (``layer_s``, the layer with neither sublayer) goes with it.
 
-A sublayer's time is measured on a one-layer copy of the model built by the stock class from the model's own config
-(with the model's weights: speed depends on the values) and cut by :func:`hf_l0.structure.apply_structure`, as the
-layer replays the inputs it received in a forward pass: the layer with ``k`` heads and no FFN, minus the layer with
-neither. The fixed time is the whole model with every
-sublayer removed, measured directly. Widths between grid points are interpolated linearly, and each column is made
-non-decreasing by a least-squares fit (a wider sublayer never counts as faster), so the predicted latency of the
-compact model is::
+A sublayer's time is measured inside the whole model, built by the stock class from the model's own config (with the
+model's weights: speed depends on the values) and cut by :func:`hf_l0.structure.apply_structure`: the model whose
+every layer keeps ``k`` heads and no FFN, minus the model with every sublayer removed (the fixed time, measured
+directly), divided by the number of layers. (A layer timed alone, replaying its inputs with its weights hot in cache,
+ran ~0.4 ms faster per sublayer than inside MiniLM at batch 1, so narrow compact models looked up to 8% faster than
+they were.) The grid's models share everything outside the layers; their layers take about half the memory of
+``len(grid)`` dense models' layers: pass a coarser grid for a large model. Widths between grid points are
+interpolated linearly, and each column is made non-decreasing by a least-squares fit (a wider sublayer never counts
+as faster), so the predicted latency of the compact model is::
 
     fixed + sum over layers of attention(k_i) + ffn(n_i)
 
@@ -48,7 +50,7 @@ from .patch import get_gates, transformers_model
 from .size import dropped_layers, size_layout, unit_probabilities
 from .structure import STRUCTURE_FORMAT, STRUCTURE_KEY, apply_structure
 
-TABLE_FORMAT = 1
+TABLE_FORMAT = 2  # 2: widths timed inside the whole model (1 timed one layer alone)
 
 
 def default_cache_dir() -> Path:
@@ -67,7 +69,7 @@ class LatencyTable:
     ffn_s: list[float]
     fixed_s: float  # everything that no gate removes
     dense_s: float  # the dense model measured whole (a check of the table: compare with predict_dense())
-    layer_s: float  # a one-layer model's layer with both sublayers removed (its share of the fixed time)
+    layer_s: float  # a layer with both sublayers removed, timed alone (its share of the fixed time)
     raw: dict[str, Any] = field(default_factory=dict)  # medians before the subtraction, for inspection
     path: str | None = field(default=None, compare=False)
     loaded: bool = field(default=False, compare=False)  # read from the cache rather than measured now
@@ -300,56 +302,59 @@ def measure_latency_table(
         attention_grid or default_grid(shape["attention_units"]), shape["attention_units"], "attention"
     )
     ffn_grid = _check_grid(ffn_grid or default_grid(shape["intermediate_size"]), shape["intermediate_size"], "FFN")
+    num_layers = shape["num_layers"]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        one_layer = _fresh(target, dtype, num_layers=1)
-        inputs = latency_inputs(one_layer, batch_size, seq_len)
-        args, kwargs = _layer_call(one_layer, inputs)
-        layers: dict[str, Any] = {}
-        # the copies share everything outside the layer (a 50k-token embedding copied 30 times would take GBs)
-        layer_params = {id(p) for p in get_adapter(one_layer).layers()[0].parameters()}
-        shared = {id(p): p for p in one_layer.parameters() if id(p) not in layer_params}
+        dense = _fresh(target, dtype)
+        inputs = latency_inputs(dense, batch_size, seq_len)
+        # the copies share everything outside the layers (a 50k-token embedding copied 30 times would take GBs)
+        layer_params = {id(p) for layer in get_adapter(dense).layers() for p in layer.parameters()}
+        shared = {id(p): p for p in dense.parameters() if id(p) not in layer_params}
+        calls: dict[str, Any] = {}
         for kind, grid in (("attention", attention_grid), ("ffn", ffn_grid)):
             for units in grid:
                 if units == 0 and kind == "ffn":
-                    continue  # the same layer as attention 0: neither sublayer
-                model_k = apply_structure(
-                    copy.deepcopy(one_layer, dict(shared)),
-                    _structure(shape, 1, units if kind == "attention" else 0, units if kind == "ffn" else 0),
+                    continue  # the same model as attention 0: no sublayer at all, the fixed time
+                whole = apply_structure(
+                    copy.deepcopy(dense, dict(shared)),
+                    _structure(shape, num_layers, units if kind == "attention" else 0, units if kind == "ffn" else 0),
                 )
-                layer = get_adapter(model_k).layers()[0]
-                layers[f"{kind}:{units}"] = lambda layer=layer: layer(*args, **kwargs)
-        removed = apply_structure(_fresh(target, dtype), _structure(shape, shape["num_layers"], 0, 0))
-        dense = _fresh(target, dtype)
-        layers["fixed"] = lambda: removed(**inputs)
-        layers["dense"] = lambda: dense(**inputs)
+                calls[f"{kind}:{units}"] = lambda whole=whole: whole(**inputs)
+        # a layer with neither sublayer, replaying the inputs it receives: the dispatch time a dropped layer saves
+        one_layer = _fresh(target, dtype, num_layers=1)
+        args, kwargs = _layer_call(one_layer, latency_inputs(one_layer, batch_size, seq_len))
+        empty = get_adapter(apply_structure(one_layer, _structure(shape, 1, 0, 0))).layers()[0]
+        calls["empty_layer"] = lambda: empty(*args, **kwargs)
+        calls["dense"] = lambda: dense(**inputs)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=rounds * len(layers), desc="latency table", unit="config")
+            bar = tqdm(total=rounds * len(calls), desc="latency table", unit="config")
         try:
-            medians = _time_rounds(layers, repeats, rounds, warmup, bar)
+            medians = _time_rounds(calls, repeats, rounds, warmup, bar)
         finally:
             if bar is not None:
                 bar.close()
     finally:
         torch.set_num_threads(previous)
-    base = medians["attention:0"]
-    # 0 for a removed sublayer stays exact: the fit runs over the measured widths only
-    attention_s = [0.0, *_non_decreasing([max(medians[f"attention:{u}"] - base, 0.0) for u in attention_grid[1:]])]
-    ffn_s = [0.0, *_non_decreasing([max(medians[f"ffn:{u}"] - base, 0.0) for u in ffn_grid[1:]])]
+    fixed = medians["attention:0"]
+
+    def per_layer(kind: str, grid: list[int]) -> list[float]:
+        # 0 for a removed sublayer stays exact: the fit runs over the measured widths only
+        return [0.0, *_non_decreasing([max(medians[f"{kind}:{u}"] - fixed, 0.0) / num_layers for u in grid[1:]])]
+
     key = _table_key(shape, batch_size, seq_len, threads, dtype, attention_grid, ffn_grid, repeats, rounds)
     return LatencyTable(
         key=key,
         attention_units=attention_grid,
-        attention_s=attention_s,
+        attention_s=per_layer("attention", attention_grid),
         ffn_units=ffn_grid,
-        ffn_s=ffn_s,
-        fixed_s=medians["fixed"],
+        ffn_s=per_layer("ffn", ffn_grid),
+        fixed_s=fixed,
         dense_s=medians["dense"],
-        layer_s=base,
+        layer_s=min(medians["empty_layer"], fixed / num_layers),
         raw=medians,
     )
 
@@ -370,6 +375,7 @@ def _table_key(
     )
     ffn_grid = _check_grid(ffn_grid or default_grid(shape["intermediate_size"]), shape["intermediate_size"], "FFN")
     return {
+        "format": TABLE_FORMAT,  # how the table is measured: a table of another format is measured anew
         "shape": shape,
         "batch_size": batch_size,
         "seq_len": seq_len,
