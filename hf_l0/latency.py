@@ -253,13 +253,15 @@ def latency_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[str,
 
 @torch.inference_mode()
 def _time_rounds(calls: dict[str, Any], repeats: int, rounds: int, warmup: int, progress: Any) -> dict[str, float]:
-    """Median seconds of each call; the calls take turns round by round, so a slow spell hits them alike."""
+    """Median seconds of each call; the calls take turns round by round, so a slow spell hits them alike, and every
+    other round runs them in reverse order, so a machine that slows down or speeds up over a round favours none."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     for call in calls.values():
         for _ in range(warmup):
             call()
-    for _ in range(rounds):
-        for name, call in calls.items():
+    for round_index in range(rounds):
+        order = list(calls.items())
+        for name, call in order if round_index % 2 == 0 else reversed(order):
             for _ in range(repeats):
                 start = time.perf_counter()
                 call()
