@@ -265,6 +265,13 @@ class Context(accuracy_sparsity.Context):
             result["flops_error"] = (1.0 - flops_reduction) / (1.0 - target) - 1.0
         return trainer, result
 
+    def save_compact(self, trainer: Any, name: str) -> str:
+        """Save the run's compact model (prune_at_end) under ``<models_dir>/latency_targets/<name>``; its path,
+        relative to the repository when inside it (the run files are committed and must not name this machine)."""
+        path = (self.models_dir / NAME / name).resolve()
+        trainer.save_model(str(path))
+        return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
     def time(self, compact: torch.nn.Module, batch_size: int) -> dict[str, Any]:
         """The compact model against the dense one at ``batch_size``: predicted and measured latency (ratios)."""
         a, table = self.args, self.tables[batch_size]
@@ -297,6 +304,7 @@ def run_latency(ctx: Context, speedup: float, batch_size: int) -> dict[str, Any]
     head = {"metric": "latency", "target": target, "target_speedup": speedup, "batch_size": batch_size}
     trainer, result = ctx.train(name, "latency", target, batch_size)
     if trainer is not None:
+        result["model_path"] = ctx.save_compact(trainer, name)  # for --retime
         timing = ctx.time(trainer.compact_model(), batch_size)
         # measured / target latency - 1 = (dense / speedup_measured) / (dense / speedup_target) - 1
         result.update(timing, latency_error=speedup / timing["measured_speedup"] - 1.0)
@@ -323,11 +331,8 @@ def run_shared(ctx: Context, metric: str, target: float, quiet: bool = False) ->
             return done
         started = datetime.now(timezone.utc)
         trainer, result = ctx.train(name, metric, target, None)
-        if trainer is not None:
-            path = (ctx.models_dir / NAME / name).resolve()
-            trainer.save_model(str(path))  # the compact model (prune_at_end), timed by every batch size's process
-            # relative to the repository when inside it: the run files are committed and must not name this machine
-            result["model_path"] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+        if trainer is not None:  # the compact model, timed by every batch size's process
+            result["model_path"] = ctx.save_compact(trainer, name)
         print({k: v for k, v in result.items() if k not in ("trajectory", "structure")}, flush=True)
         head = {"metric": metric, "target": target, "steps": a.prune_steps}
         return ctx.store.write(name, settings, {**head, **result}, started)
@@ -362,10 +367,18 @@ def run_timing(ctx: Context, trained: dict[str, Any], batch_size: int) -> dict[s
     return ctx.store.write(name, settings, result, started)
 
 
+def _saved_model(record: dict[str, Any]) -> Path | None:
+    if not record.get("model_path"):
+        return None
+    path = Path(record["model_path"])
+    path = path if path.is_absolute() else ROOT / path
+    return path if (path / "config.json").is_file() else None
+
+
 def retime(ctx: Context) -> None:
-    """Every stored timing measured again here (see ``--retime``): the compact shape rebuilt from its training run's
-    ``structure`` (timing depends on the shape, not the weights), timed against the dense teacher as during
-    training, and added to the run file as ``retimed``."""
+    """Every stored timing measured again here (see ``--retime``): the training run's saved compact model (or, when
+    it is not on this machine, its ``structure`` cut from the dense teacher), timed against the dense teacher as
+    during training, and added to the run file as ``retimed``."""
     records = ctx.store.records()
     trained = {r["name"]: r for r in records if "of" not in r}
     timed = [r for r in records if not r.get("refused") and "measured_speedup" in r]
@@ -374,8 +387,13 @@ def retime(ctx: Context) -> None:
         source = trained.get(record.get("of", record["name"]))
         if source is None or record["batch_size"] not in ctx.tables:
             continue  # a timing whose training record is gone, or of a batch size this invocation has no table of
-        compact = apply_structure(copy.deepcopy(ctx.dense), source["structure"]).eval()
+        saved = _saved_model(source)
+        # the saved model when it is here (speed depends a little on the weights), else its shape cut from the dense
+        compact = (
+            hf_l0.from_pretrained(saved) if saved else apply_structure(copy.deepcopy(ctx.dense), source["structure"])
+        ).eval()
         timing = ctx.time(compact, record["batch_size"])
+        timing["timed_model"] = "saved" if saved else "structure"
         if record["metric"] == "latency":
             timing["latency_error"] = record["target_speedup"] / timing["measured_speedup"] - 1.0
         timing["load_average"] = load_average()

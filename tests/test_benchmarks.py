@@ -247,6 +247,7 @@ def test_latency_targets_quick(out):
         if r["name"] in before:
             assert r["timing_during_training"]["measured_speedup"] == before[r["name"]]["measured_speedup"]
             assert r["measured_speedup"] == pytest.approx(r["dense_ms"] / r["compact_ms"])
+            assert r["timed_model"] == "saved"  # every run saves its compact model, latency runs included
             assert r["predicted_latency_reduction"] == pytest.approx(before[r["name"]]["predicted_latency_reduction"])
             if r["metric"] == "latency":
                 assert r["latency_error"] == pytest.approx(r["target_speedup"] / r["measured_speedup"] - 1)
