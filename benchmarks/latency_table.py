@@ -8,8 +8,8 @@ compact shapes (per-layer heads and FFN widths, some sublayers removed whole) ar
 the relative error, and the same for the speedup (compact over dense time, which cancels a machine-wide slowdown
 between the table and the timing). Run it on a quiet machine when possible: it reports the load average.
 
-    python benchmarks/latency_table.py --batch_size 1                          # ~3 min on 1 thread
-    python benchmarks/latency_table.py --batch_size 32 --repeats 2 --rounds 2  # ~15 min
+    python benchmarks/latency_table.py --batch_size 1                          # ~1 min on 1 thread
+    python benchmarks/latency_table.py --batch_size 32 --repeats 2 --rounds 2  # ~6 min
     python benchmarks/latency_table.py --quick --output_dir /tmp/bench
 """
 
