@@ -265,6 +265,13 @@ def latency_table_rows(folder: Path) -> list[list[Any]]:
     return rows
 
 
+def _landing_row(what: str, runs: list[dict[str, Any]], label: Any, landed_at: Any, tolerance: float) -> list[Any]:
+    """One row for a set of targets: where each landed (or that it was refused); met when every trained one did."""
+    met = [r["met"] for r in runs if r["met"] is not None]
+    shown = "; ".join(f"{label(r)}: refused" if r["refused"] else f"{label(r)} → {landed_at(r)}" for r in runs)
+    return [what, shown, f"± {tolerance:.0%}", goal(all(met)) if met else "–"]
+
+
 def latency_target_rows(data: dict[str, Any] | None) -> list[list[Any]]:
     """Per batch size: where each latency target landed (measured against the dense model alongside) and the
     accuracy of latency- vs params-targeted models at equal measured speedup; then where the FLOPs targets landed."""
@@ -274,20 +281,15 @@ def latency_target_rows(data: dict[str, Any] | None) -> list[list[Any]]:
     for panel in data["per_batch_size"]:
         b, targets, compared = panel["batch_size"], panel["latency_targets"], panel["equal_latency"]
         if targets:
-            landed = [r["met"] for r in targets if r["met"] is not None]
             rows.append(
-                [
+                _landing_row(
                     f"{model} pruned to dense latency ÷ S, batch {b} × {seq_len}: measured speedup "
                     "(measured ÷ target latency − 1)",
-                    "; ".join(
-                        f"÷{r['target_speedup']:g}: refused"
-                        if r["refused"]
-                        else f"÷{r['target_speedup']:g} → {r['measured_speedup']:.2f}× ({r['latency_error']:+.1%})"
-                        for r in targets
-                    ),
-                    f"± {LATENCY_TOLERANCE:.0%}",
-                    goal(all(landed)) if landed else "–",
-                ]
+                    targets,
+                    lambda r: f"÷{r['target_speedup']:g}",
+                    lambda r: f"{r['measured_speedup']:.2f}× ({r['latency_error']:+.1%})",
+                    LATENCY_TOLERANCE,
+                )
             )
         if compared:
             rows.append(
@@ -301,21 +303,15 @@ def latency_target_rows(data: dict[str, Any] | None) -> list[list[Any]]:
                     goal(all(c["met"] for c in compared)),
                 ]
             )
-    flops = data["flops_targets"]
-    if flops:
-        landed = [r["met"] for r in flops if r["met"] is not None]
+    if data["flops_targets"]:
         rows.append(
-            [
+            _landing_row(
                 f"{model} FLOPs targets ({seq_len} tokens): reached FLOPs reduction (reached ÷ target FLOPs − 1)",
-                ", ".join(
-                    f"{r['target']:g}: refused"
-                    if r["refused"]
-                    else f"{r['target']:g} → {r['flops_reduction']:.4f} ({r['flops_error']:+.2%})"
-                    for r in flops
-                ),
-                f"± {FLOPS_TOLERANCE:.0%}",
-                goal(all(landed)) if landed else "–",
-            ]
+                data["flops_targets"],
+                lambda r: f"{r['target']:g}",
+                lambda r: f"{r['flops_reduction']:.4f} ({r['flops_error']:+.2%})",
+                FLOPS_TOLERANCE,
+            )
         )
     return rows
 
