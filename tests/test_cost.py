@@ -261,6 +261,39 @@ def test_latency_table_is_cached_by_batch_size_and_threads(tmp_path):
     assert latency_table(model, batch_size=1, threads=1, **settings).loaded
 
 
+def test_latency_table_turns_whole_model_timings_into_per_layer_times(monkeypatch):
+    """Each width is timed in the whole model (every layer at that width): the table's time per layer is that
+    model's time less the fixed time, over the number of layers. Timings here come from a known additive model."""
+    import hf_l0.latency as latency
+
+    model = make_model("bert", "AutoModelForSequenceClassification")
+    layers = model.config.num_hidden_layers
+    fixed, empty_layer = 0.010, 0.001
+    per_layer = {"attention": lambda u: 0.002 * u, "ffn": lambda n: 0.0001 * n}
+    grids = {"attention": [0, 2, 4], "ffn": [0, 18, 37]}
+    dense = fixed + layers * (per_layer["attention"](4) + per_layer["ffn"](37))
+    timed = []
+
+    def fake_time_rounds(calls, repeats, rounds, warmup, progress):
+        timed.append(sorted(calls))
+        medians = {"empty_layer": empty_layer, "dense": dense}
+        for name in calls:
+            if ":" in name:
+                kind, units = name.split(":")
+                medians[name] = fixed + layers * per_layer[kind](int(units))
+        return medians
+
+    monkeypatch.setattr(latency, "_time_rounds", fake_time_rounds)
+    table = latency.measure_latency_table(
+        model, seq_len=8, attention_grid=grids["attention"], ffn_grid=grids["ffn"], progress=False
+    )
+    assert timed == [sorted(["attention:0", "attention:2", "attention:4", "ffn:18", "ffn:37", "empty_layer", "dense"])]
+    assert table.fixed_s == fixed and table.layer_s == empty_layer and table.dense_s == dense
+    for kind, times in (("attention", table.attention_s), ("ffn", table.ffn_s)):
+        assert times == pytest.approx([per_layer[kind](u) for u in grids[kind]], abs=1e-15)
+    assert table.predict_dense() == pytest.approx(dense)
+
+
 def test_bad_latency_targets_are_refused_with_the_reason():
     model = make_model("llama", "AutoModelForSequenceClassification")
     table = synthetic_table(model)
