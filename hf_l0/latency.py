@@ -356,6 +356,7 @@ def measure_latency_table(
         ffn_s=per_layer("ffn", ffn_grid),
         fixed_s=fixed,
         dense_s=medians["dense"],
+        # at most the fixed time's share per layer, so what stays when all but one layer drop is never negative
         layer_s=min(medians["empty_layer"], fixed / num_layers),
         raw=medians,
     )
