@@ -393,9 +393,7 @@ class RunStore:
         meta["started_utc"] = started.isoformat(timespec="seconds")
         meta["wall_seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
         record = {"name": name, "settings": settings, **result, "provenance": meta}
-        tmp = self.path(name).with_suffix(f".json.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=2, default=float) + "\n")
-        os.replace(tmp, self.path(name))
+        self._replace(name, record)
         print(f"{name}: written to {self.path(name)}", flush=True)
         return record
 
@@ -406,10 +404,14 @@ class RunStore:
         if record is None:
             raise KeyError(f"no finished run {name} under {self.runs_dir}")
         record[key] = {**value, "provenance": self.run.metadata()}
+        self._replace(name, record)
+        return record
+
+    def _replace(self, name: str, record: dict[str, Any]) -> None:
+        """Write run ``name``'s file atomically (tmp + ``os.replace``): a reader never sees half a record."""
         tmp = self.path(name).with_suffix(f".json.tmp{os.getpid()}")
         tmp.write_text(json.dumps(record, indent=2, default=float) + "\n")
         os.replace(tmp, self.path(name))
-        return record
 
     def records(self) -> list[dict[str, Any]]:
         """Every finished run's record, in file-name order."""

@@ -353,8 +353,7 @@ def run_timing(ctx: Context, trained: dict[str, Any], batch_size: int) -> dict[s
     if done:
         return done
     started = datetime.now(timezone.utc)
-    path = Path(trained["model_path"])
-    compact = hf_l0.from_pretrained(path if path.is_absolute() else ROOT / path).eval()
+    compact = hf_l0.from_pretrained(_model_dir(trained)).eval()
     result = {
         "metric": trained["metric"],
         "target": trained["target"],
@@ -367,11 +366,17 @@ def run_timing(ctx: Context, trained: dict[str, Any], batch_size: int) -> dict[s
     return ctx.store.write(name, settings, result, started)
 
 
+def _model_dir(record: dict[str, Any]) -> Path:
+    """Where a run's saved compact model is: its ``model_path``, relative to the repository unless absolute."""
+    path = Path(record["model_path"])
+    return path if path.is_absolute() else ROOT / path
+
+
 def _saved_model(record: dict[str, Any]) -> Path | None:
+    """The run's saved compact model if it is on this machine."""
     if not record.get("model_path"):
         return None
-    path = Path(record["model_path"])
-    path = path if path.is_absolute() else ROOT / path
+    path = _model_dir(record)
     return path if (path / "config.json").is_file() else None
 
 
