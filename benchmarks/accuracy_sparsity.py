@@ -5,7 +5,7 @@
 2. Per target: `L0Trainer` prunes the dense model to the target (logit distillation from the teacher); its compact
    model is saved under ``<models_dir>/hf_l0-<target>`` (read by ``speed.py``).
 3. Per target and baseline (``--methods``): the heads and FFN neurons of lowest importance go from the dense model
-   (``hf_l0.baselines``: weight magnitude; Fisher on calibration examples of the training split; mean activation
+   (``hf_l0.pruning.baselines``: weight magnitude; Fisher on calibration examples of the training split; mean activation
    (Minitron) on the same examples), down to the parameter count hf-l0 reached (the target without hf-l0), then the
    model fine-tunes with hf-l0's recovery budget: the same distillation loss, teacher, steps, schedule and seed.
 
@@ -69,7 +69,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from hf_l0.demo import assets, data  # noqa: E402
 from hf_l0.demo.evaluation import evaluate_classifier  # noqa: E402
-from hf_l0.trainer import L0TrainingArguments  # noqa: E402
+from hf_l0.training.trainer import L0TrainingArguments  # noqa: E402
 
 GOALS = {0.5: 0.99, 0.6: 0.98, 0.75: 0.96, 0.9: 0.92}  # fraction of dense test accuracy to keep
 # hf-l0's lead over the best baseline (by validation), in test-accuracy points: above it (> 0) at the low targets,

@@ -26,8 +26,8 @@ import transformers  # noqa: E402
 from transformers import Trainer  # noqa: E402
 
 import hf_l0  # noqa: E402
-from hf_l0.distill import DistillationLoss  # noqa: E402
-from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
+from hf_l0.training.distill import DistillationLoss  # noqa: E402
+from hf_l0.training.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -215,7 +215,7 @@ class DistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-BASELINES = ("magnitude", "fisher", "activation")  # one-shot importance pruning (hf_l0.baselines) + recovery
+BASELINES = ("magnitude", "fisher", "activation")  # one-shot importance pruning (hf_l0.pruning.baselines) + recovery
 METHODS = ("hf-l0", *BASELINES)
 
 
@@ -323,7 +323,7 @@ def record_trajectory(trainer: Any, output_dir: str | os.PathLike, name: str) ->
     """The sparsity trajectory of an `L0Trainer` run, written as ``trajectories/<name>/sparsity_trajectory.{json,png}``
     under the benchmark's output directory; returns what the run's JSON records (largest gap to the schedule after
     the first 10% of the steps, and the rows)."""
-    from hf_l0.trajectory import trajectory_from_log_history, write_sparsity_trajectory
+    from hf_l0.training.trajectory import trajectory_from_log_history, write_sparsity_trajectory
 
     rows = trajectory_from_log_history(trainer.state.log_history)
     summary = write_sparsity_trajectory(

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """llama.cpp: a compact SmolLM2 exported with `hf_l0.export_gguf` against transformers, and its decode speed.
 
-SmolLM2-135M (the packaged GGUF, dequantized to float32 by transformers) is magnitude-pruned (`hf_l0.baselines`: KV
-groups and FFN neurons ranked by weight norm across layers, so layers keep different shapes) to ``--sparsity``; no
+SmolLM2-135M (the packaged GGUF, dequantized to float32 by transformers) is magnitude-pruned (`hf_l0.pruning.baselines`:
+KV groups and FFN neurons ranked by weight norm across layers, so layers keep different shapes) to ``--sparsity``; no
 training, since agreement with the transformers compact model and speed depend on the export only. Both models are
 exported to f32 GGUF (tokenizer copied from the source GGUF) and run in llama.cpp through llama-cpp-python:
 
@@ -36,10 +36,10 @@ import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 
 from benchmarks.common import Run, benchmark_parser, goal, markdown_table, set_threads  # noqa: E402
-from hf_l0.baselines import magnitude_prune  # noqa: E402
 from hf_l0.demo import assets, data  # noqa: E402
 from hf_l0.demo.gguf import drop_gguf_quantizer  # noqa: E402
 from hf_l0.deploy.gguf_export import export_gguf  # noqa: E402
+from hf_l0.pruning.baselines import magnitude_prune  # noqa: E402
 
 PROMPT_TOKENS = 32
 LOGIT_GOAL, SPEED_GOAL = 1e-2, 0.9

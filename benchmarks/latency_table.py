@@ -3,8 +3,8 @@
 
 The packaged MiniLM's latency table is measured anew (batch x sequence length, one thread by default), then random
 compact shapes (per-layer heads and FFN widths, some sublayers removed whole) are cut from the real model with
-``hf_l0.structure.apply_structure`` and timed against the dense model, the two taking turns forward by forward
-(``hf_l0.measure.latency_speedup``, medians). For each shape: the latency the table predicts, the measured one and
+``hf_l0.pruning.structure.apply_structure`` and timed against the dense model, the two taking turns forward by forward
+(``hf_l0.cost.measure.latency_speedup``, medians). For each shape: the latency the table predicts, the measured one and
 the relative error, and the same for the speedup (compact over dense time, which cancels a machine-wide slowdown
 between the table and the timing). Run it on a quiet machine when possible: it reports the load average.
 
@@ -29,10 +29,10 @@ import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 
 from benchmarks.common import RESULTS_DIR, Run, benchmark_parser, load_average, markdown_table  # noqa: E402
+from hf_l0.cost.latency import _structure, latency_inputs, latency_table, predict_latency  # noqa: E402
+from hf_l0.cost.measure import latency_speedup  # noqa: E402
 from hf_l0.demo import assets  # noqa: E402
-from hf_l0.latency import _structure, latency_inputs, latency_table, predict_latency  # noqa: E402
-from hf_l0.measure import latency_speedup  # noqa: E402
-from hf_l0.structure import apply_structure  # noqa: E402
+from hf_l0.pruning.structure import apply_structure  # noqa: E402
 
 TABLE_ERROR_GOAL = 0.05  # median |predicted / measured latency - 1| over the random shapes
 

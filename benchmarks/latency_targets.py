@@ -7,15 +7,15 @@ logit distillation from the dense teacher):
 1. The dense teacher is ``accuracy_sparsity.py``'s dense stage (``<models_dir>/dense`` and its run file
    ``<output_dir>/accuracy_sparsity/runs/dense.json``): reused when present, fine-tuned and saved there otherwise.
 2. Per batch size of ``--latency_batch_sizes`` (x ``--latency_seq_len`` tokens, ``--latency_threads`` threads): the
-   dense model's latency table (``hf_l0.latency.latency_table``, cached under ``<output_dir>/latency_targets/tables``)
-   and one run per ``--latency_targets`` speedup S, pruned to the latency reduction 1 - 1/S that the table predicts
-   (``target_metric="latency"``). Its compact model is timed against the dense one at that batch size.
-3. Shared by the batch sizes: one run per ``--flops_targets`` reduction (``target_metric="flops"``, FLOPs per token
-   at ``--latency_seq_len``) and per ``--param_targets`` sparsity (``target_metric="params"``, the comparison). Their
-   compact models are saved (``<models_dir>/latency_targets/<run>``) and timed at each batch size in its own run
-   file, by whichever process runs that batch size.
+   dense model's latency table (``hf_l0.cost.latency.latency_table``, cached under
+   ``<output_dir>/latency_targets/tables``) and one run per ``--latency_targets`` speedup S, pruned to the latency
+   reduction 1 - 1/S that the table predicts (``target_metric="latency"``). Its compact model is timed against the dense
+one at that batch size. 3. Shared by the batch sizes: one run per ``--flops_targets`` reduction
+   (``target_metric="flops"``, FLOPs per token at ``--latency_seq_len``) and per ``--param_targets`` sparsity
+   (``target_metric="params"``, the comparison). Their compact models are saved (``<models_dir>/latency_targets/<run>``)
+   and timed at each batch size in its own run file, by whichever process runs that batch size.
 
-Timings are medians of dense and compact taking turns forward by forward (``hf_l0.measure.latency_speedup``), so
+Timings are medians of dense and compact taking turns forward by forward (``hf_l0.cost.measure.latency_speedup``), so
 only their ratios mean something: the speedup, and the latency error measured / target - 1 where the target latency
 is the dense latency measured alongside, divided by S. A target the model cannot reach (below the fixed cost's
 share: ``L0Trainer`` refuses it with a ValueError) is stored as a refused run with the message, without training.
@@ -79,16 +79,16 @@ from benchmarks.common import (  # noqa: E402
     run_name,
     set_threads,
 )
-from hf_l0.cost import compact_flops  # noqa: E402
-from hf_l0.latency import LatencyTable, latency_inputs, latency_table, predict_latency  # noqa: E402
-from hf_l0.measure import latency_speedup  # noqa: E402
-from hf_l0.structure import apply_structure  # noqa: E402
+from hf_l0.cost.flops import compact_flops  # noqa: E402
+from hf_l0.cost.latency import LatencyTable, latency_inputs, latency_table, predict_latency  # noqa: E402
+from hf_l0.cost.measure import latency_speedup  # noqa: E402
+from hf_l0.pruning.structure import apply_structure  # noqa: E402
 
 NAME = "latency_targets"
 LATENCY_TOLERANCE = 0.05  # |measured latency / target latency - 1|
 FLOPS_TOLERANCE = 0.01  # |reached FLOPs / target FLOPs - 1|
 SHARED = ("params", "flops")  # trained once, timed at every batch size
-REFUSALS = ("cannot be reached", "is impossible")  # the ValueErrors of an unreachable target (hf_l0.cost / size)
+REFUSALS = ("cannot be reached", "is impossible")  # the ValueErrors of an unreachable target (hf_l0.cost.flops / size)
 POLL_SECONDS = 30.0
 # The budget and the dense stage are accuracy_sparsity's: the same teacher, and params runs comparable to its hf-l0's.
 SHARED_DEFAULTS = accuracy_sparsity.parse_args([])

@@ -5,11 +5,11 @@ baselines at the same size, with the same token budget; generate() throughput de
 
 Every pruned model starts from the dense model and trains for the same steps on the same blocks with the same loss
 (logit distillation from the dense model + LM loss): hf-l0 learns which heads / neurons / sublayers to remove while
-it trains (`L0Trainer`); each baseline (``--methods``: magnitude, fisher, activation; ``hf_l0.baselines``) removes the
-heads (KV groups) and neurons of lowest importance, scored on the first training batches, down to the parameter count
-hf-l0 reached, then trains. The reference is the dense model fine-tuned for the same steps on the same blocks with
-the LM loss alone (distillation from itself would only pull it back to where it starts): what the budget buys with
-no pruning. Settings, and the best baseline, are chosen on the ``selection`` split (whole plays held out from
+it trains (`L0Trainer`); each baseline (``--methods``: magnitude, fisher, activation; ``hf_l0.pruning.baselines``)
+removes the heads (KV groups) and neurons of lowest importance, scored on the first training batches, down to the
+parameter count hf-l0 reached, then trains. The reference is the dense model fine-tuned for the same steps on the same
+blocks with the LM loss alone (distillation from itself would only pull it back to where it starts): what the budget
+buys with no pruning. Settings, and the best baseline, are chosen on the ``selection`` split (whole plays held out from
 training); the reported perplexity is the ``validation`` split's (the last two plays). Goal: hf-l0's perplexity at
 most 0.8 x the best baseline's at every target.
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """ONNX Runtime: latency of a compact MiniLM against the dense one, both exported with `hf_l0.export_onnx`.
 
-The packaged all-MiniLM-L6-v2 (bare encoder, ``last_hidden_state``) is magnitude-pruned (`hf_l0.baselines`, heads and
-FFN neurons ranked by weight norm across layers) to ``--sparsity``: no training, since latency depends on the shapes
-only. Both ONNX files run in ONNX Runtime (CPU provider, ``--threads`` intra-op threads, one inter-op thread) at batch
-1 x 128 and 32 x 128 tokens, the two sessions taking turns run by run; medians. Parity: max |ONNX - PyTorch| of both
-files at each benchmark shape.
+The packaged all-MiniLM-L6-v2 (bare encoder, ``last_hidden_state``) is magnitude-pruned (`hf_l0.pruning.baselines`,
+heads and FFN neurons ranked by weight norm across layers) to ``--sparsity``: no training, since latency depends on the
+shapes only. Both ONNX files run in ONNX Runtime (CPU provider, ``--threads`` intra-op threads, one inter-op thread) at
+batch 1 x 128 and 32 x 128 tokens, the two sessions taking turns run by run; medians. Parity: max |ONNX - PyTorch| of
+both files at each benchmark shape.
 
     python benchmarks/onnx_speed.py --threads 1                # ~3 min on 2 CPU cores
     python benchmarks/onnx_speed.py --quick --output_dir /tmp/bench
@@ -28,10 +28,10 @@ import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 
 from benchmarks.common import Run, benchmark_parser, markdown_table, set_threads  # noqa: E402
-from hf_l0.baselines import magnitude_prune  # noqa: E402
+from hf_l0.cost.measure import forward_flops  # noqa: E402
 from hf_l0.demo import assets  # noqa: E402
 from hf_l0.deploy.onnx import check_onnx, example_inputs, export_onnx  # noqa: E402
-from hf_l0.measure import forward_flops  # noqa: E402
+from hf_l0.pruning.baselines import magnitude_prune  # noqa: E402
 
 SEQ_LEN = 128
 

@@ -33,10 +33,10 @@ from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 
 import hf_l0  # noqa: E402
 from benchmarks.common import Run, benchmark_parser, goal, markdown_table, set_threads, training_arguments  # noqa: E402
-from hf_l0.baselines import magnitude_prune  # noqa: E402
+from hf_l0.cost.measure import forward_flops, latency_speedup  # noqa: E402
 from hf_l0.demo import assets, data  # noqa: E402
-from hf_l0.measure import forward_flops, latency_speedup  # noqa: E402
-from hf_l0.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
+from hf_l0.pruning.baselines import magnitude_prune  # noqa: E402
+from hf_l0.training.trainer import L0Trainer, L0TrainingArguments  # noqa: E402
 
 SEQ_LEN = 128
 TRAIN_SEQ_LEN = 64  # the accuracy benchmark's training shape

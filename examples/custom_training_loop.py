@@ -16,10 +16,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 import hf_l0
 from hf_l0 import LagrangianController, save_pretrained
+from hf_l0.cost.size import check_target_reachable
 from hf_l0.demo import assets
-from hf_l0.lagrangian import l0_param_groups
-from hf_l0.patch import get_gates
-from hf_l0.size import check_target_reachable
+from hf_l0.gates.patch import get_gates
+from hf_l0.training.lagrangian import l0_param_groups
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default=str(assets.minilm_dir()))

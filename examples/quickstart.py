@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hf_l0
+from hf_l0.cost.measure import latency_speedup
 from hf_l0.demo import assets
-from hf_l0.measure import latency_speedup
-from hf_l0.patch import get_gates
+from hf_l0.gates.patch import get_gates
 
 
 def main() -> None:

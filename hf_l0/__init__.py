@@ -1,17 +1,9 @@
 """hf-l0: structured L0 pruning (hard concrete gates, CoFi / Sheared-LLaMA) for stock transformers models."""
 
 from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
-from .baselines import activation_scores, fisher_scores, importance_prune, magnitude_prune, magnitude_scores
-from .config import L0Config
-from .cost import compact_flops, deterministic_flops, expected_flops, full_flops
-from .gate_init import init_gates_from_scores
-from .gates import HardConcreteGate
-from .hub import export_plan, from_pretrained, push_to_hub, save_pretrained
-from .lagrangian import LagrangianController
-from .latency import LatencyTable, expected_latency, latency_table, predict_latency
-from .patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
-from .prune import build_compact_model, prune_model
-from .size import (
+from .cost.flops import compact_flops, deterministic_flops, expected_flops, full_flops
+from .cost.latency import LatencyTable, expected_latency, latency_table, predict_latency
+from .cost.size import (
     SizeReport,
     check_target_reachable,
     deterministic_size,
@@ -21,6 +13,15 @@ from .size import (
     full_size,
     max_reachable_sparsity,
 )
+from .gates.config import L0Config
+from .gates.hard_concrete import HardConcreteGate
+from .gates.patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
+from .hub import export_plan, from_pretrained, push_to_hub, save_pretrained
+from .pruning.baselines import activation_scores, fisher_scores, importance_prune, magnitude_prune, magnitude_scores
+from .pruning.prune import prune_model
+from .pruning.structure import build_compact_model
+from .training.gate_init import init_gates_from_scores
+from .training.lagrangian import LagrangianController
 from .version import __version__ as __version__
 
 __all__ = [
@@ -74,11 +75,11 @@ __all__ = [
 def __getattr__(name: str):
     # The trainer and its arguments pull in transformers.Trainer (and accelerate): import them only when asked for.
     if name == "L0Trainer":
-        from .trainer import L0Trainer
+        from .training.trainer import L0Trainer
 
         return L0Trainer
     if name == "L0TrainingArguments":
-        from .training_args import L0TrainingArguments
+        from .training.training_args import L0TrainingArguments
 
         return L0TrainingArguments
     # Deployment exports import onnx / gguf only when used (the deploy extra).

@@ -16,9 +16,9 @@ import torch
 def _latency_table(args: argparse.Namespace) -> int:
     import transformers as tf
 
+    from .cost.latency import latency_table
     from .demo.gguf import drop_gguf_quantizer
     from .demo.scripting import resolve_model_path
-    from .latency import latency_table
 
     path, gguf_file = resolve_model_path(args.model, args.gguf_file)
     config = tf.AutoConfig.from_pretrained(path, gguf_file=gguf_file)
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "latency-table",
         help="measure (or load from the cache) a model's latency table on this machine",
         description="Time an attention sublayer with k heads and an FFN sublayer with n neurons over a grid of "
-        "widths, plus the fixed cost, at one batch shape, thread count and dtype; cached (see hf_l0.latency).",
+        "widths, plus the fixed cost, at one batch shape, thread count and dtype; cached (see hf_l0.cost.latency).",
     )
     table.add_argument("--model", required=True, help="model directory, Hub id, or hf_l0:minilm / hf_l0:smollm2")
     table.add_argument("--gguf-file", default=None, help="GGUF file inside --model, for GGUF checkpoints")

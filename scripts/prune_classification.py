@@ -32,11 +32,11 @@ from transformers import (
 import hf_l0
 from hf_l0 import L0Trainer, L0TrainingArguments
 from hf_l0.arch import get_adapter
-from hf_l0.cost import cost_target_summary
+from hf_l0.cost.targets import cost_target_summary
 from hf_l0.demo import data as hf_l0_data
 from hf_l0.demo.evaluation import compute_metrics, evaluate_classifier
 from hf_l0.demo.scripting import compare_latency, count_parameters, parse_arguments, report, resolve_model_path
-from hf_l0.distill import check_teacher
+from hf_l0.training.distill import check_teacher
 
 logger = logging.getLogger("prune_classification")
 PACKAGED_DATASETS = {"hf_l0:rotten_tomatoes": hf_l0_data.rotten_tomatoes}

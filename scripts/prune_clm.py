@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, 
 import hf_l0
 from hf_l0 import L0Trainer, L0TrainingArguments
 from hf_l0.arch import get_adapter
-from hf_l0.cost import cost_target_summary
+from hf_l0.cost.targets import cost_target_summary
 from hf_l0.demo.data import group_texts
 from hf_l0.demo.evaluation import perplexity
 from hf_l0.demo.gguf import drop_gguf_quantizer

@@ -16,7 +16,7 @@ import torch
 import transformers as tf
 from datasets import Dataset
 
-from hf_l0.trainer import L0Trainer, L0TrainingArguments
+from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
 
 VOCAB, STEPS, SAVE_STEPS, WARMUP, FINAL_PHASE = 101, 12, 5, 6, 0.25  # final phase: steps 9..11; checkpoints 5, 10
 

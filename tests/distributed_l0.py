@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 import hf_l0
-from hf_l0.trainer import L0Trainer, L0TrainingArguments
+from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
 
 GLOBAL_BATCH, STEPS, SEQ = 8, 12, 16
 SAVE_STEPS = int(os.environ.get("L0_SAVE_STEPS", "0"))  # checkpoints (sharded under FSDP) every N steps

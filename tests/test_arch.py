@@ -8,7 +8,7 @@ from conftest import make_model
 
 from hf_l0.arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
 from hf_l0.arch.base import DecoderAdapter
-from hf_l0.stand_ins import RemovedAttention, RemovedMLP
+from hf_l0.pruning.stand_ins import RemovedAttention, RemovedMLP
 
 
 def test_an_incomplete_adapter_fails_at_registration_and_at_construction():

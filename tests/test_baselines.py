@@ -6,7 +6,7 @@ from conftest import make_inputs, make_model, model_output
 
 import hf_l0
 from hf_l0.arch import get_adapter
-from hf_l0.baselines import (
+from hf_l0.pruning.baselines import (
     activation_scores,
     fisher_scores,
     importance_prune,
@@ -15,7 +15,7 @@ from hf_l0.baselines import (
     magnitude_scores,
     set_gates_to_masks,
 )
-from hf_l0.slicing import base_layer, linear_axes, unit_rows
+from hf_l0.pruning.slicing import base_layer, linear_axes, unit_rows
 
 FAMILIES = [
     ("bert", "AutoModelForSequenceClassification"),

@@ -197,8 +197,8 @@ def test_latency_table_quick(out):
 
 def test_latency_targets_quick(out):
     from benchmarks import latency_targets
-    from hf_l0.cost import compact_flops
-    from hf_l0.structure import apply_structure
+    from hf_l0.cost.flops import compact_flops
+    from hf_l0.pruning.structure import apply_structure
 
     data = latency_targets.main(["--quick", "--output_dir", str(out)])
     _check_outputs(out, "latency_targets")

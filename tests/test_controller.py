@@ -14,8 +14,8 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 import hf_l0
-from hf_l0.lagrangian import LagrangianController, l0_param_groups
-from hf_l0.trainer import L0Trainer, L0TrainingArguments
+from hf_l0.training.lagrangian import LagrangianController, l0_param_groups
+from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
 
 VOCAB = 101
 STEPS = 150

@@ -312,7 +312,7 @@ def test_gates_keep_almost_no_extra_activations_for_backward(family, attn):
 
 
 def test_pruned_copy_leaves_the_gated_model_gated_and_equals_pruning_it():
-    from hf_l0.prune import pruned_copy
+    from hf_l0.pruning.prune import pruned_copy
 
     model = hf_l0.patch_model(make_model("llama"), hf_l0.L0Config(hidden=True, layers=True))
     with torch.no_grad():

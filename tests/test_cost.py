@@ -10,16 +10,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
-from hf_l0.cost import (
+from hf_l0.cost.flops import (
     FlopsTarget,
     compact_flops,
     deterministic_flops,
     expected_flops,
     flops_reduction,
     full_flops,
-    make_cost_target,
 )
-from hf_l0.latency import (
+from hf_l0.cost.latency import (
     LatencyTable,
     LatencyTarget,
     _model_shape,
@@ -29,11 +28,12 @@ from hf_l0.latency import (
     latency_table,
     predict_latency,
 )
-from hf_l0.measure import forward_flops
+from hf_l0.cost.measure import forward_flops
+from hf_l0.cost.targets import make_cost_target
 
 SEQ_LEN = 9
 # (family, auto class): FlopCounterMode counts what actually runs, so only heads applied to every token (a BERT pooler
-# reads one token per sequence; hf-l0 counts every Linear per token, as hf_l0.measure.forward_flops does).
+# reads one token per sequence; hf-l0 counts every Linear per token, as hf_l0.cost.measure.forward_flops does).
 PER_TOKEN_MODELS = [
     ("bert", "AutoModelForTokenClassification"),
     ("gpt2", "AutoModelForCausalLM"),
@@ -264,7 +264,7 @@ def test_latency_table_is_cached_by_batch_size_and_threads(tmp_path):
 def test_latency_table_turns_whole_model_timings_into_per_layer_times(monkeypatch):
     """Each width is timed in the whole model (every layer at that width): the table's time per layer is that
     model's time less the fixed time, over the number of layers. Timings here come from a known additive model."""
-    import hf_l0.latency as latency
+    import hf_l0.cost.latency as latency
 
     model = make_model("bert", "AutoModelForSequenceClassification")
     layers = model.config.num_hidden_layers
@@ -355,7 +355,7 @@ def test_trainer_prunes_to_a_flops_target(tmp_path):
     import transformers as tf
     from datasets import Dataset
 
-    from hf_l0.trainer import L0Trainer, L0TrainingArguments
+    from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -406,7 +406,7 @@ def test_trainer_prunes_to_a_flops_target(tmp_path):
 
 
 def test_bad_target_metric_arguments_are_refused(tmp_path):
-    from hf_l0.trainer import L0TrainingArguments
+    from hf_l0.training.trainer import L0TrainingArguments
 
     with pytest.raises(ValueError, match="target_metric='speed'"):
         L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="speed")
@@ -421,7 +421,7 @@ def test_bad_target_metric_arguments_are_refused(tmp_path):
 def test_latency_target_in_several_processes_needs_one_table():
     from types import SimpleNamespace
 
-    from hf_l0.cost import cost_target_from_args
+    from hf_l0.cost.targets import cost_target_from_args
 
     model = patch_model(make_model("gpt2"), L0Config(layers=True))
     args = SimpleNamespace(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import runpy
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,13 +57,3 @@ def test_perplexity_is_exp_of_the_mean_loss():
     with torch.no_grad():
         losses = [model(input_ids=b["input_ids"][None], labels=b["labels"][None]).loss.item() for b in blocks]
     assert perplexity(model, blocks, batch_size=2) == pytest.approx(np.exp(np.mean(losses)), rel=1e-5)
-
-
-def test_old_data_command_line_still_runs_with_a_warning(monkeypatch, capsys):
-    """``python -m hf_l0.data`` (README of earlier releases) runs ``python -m hf_l0.demo.data``."""
-    from hf_l0.demo import assets
-
-    monkeypatch.setattr(sys, "argv", ["hf_l0.data", "path", "minilm"])
-    with pytest.warns(FutureWarning, match="hf_l0.data moved to hf_l0.demo.data"):
-        runpy.run_module("hf_l0.data", run_name="__main__")
-    assert capsys.readouterr().out.strip() == str(assets.minilm_dir())

@@ -12,7 +12,7 @@ from conftest import VOCAB, make_model
 from datasets import Dataset
 
 import hf_l0
-from hf_l0.trainer import L0Trainer, L0TrainingArguments
+from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
 
 
 def _patched(family: str = "llama"):

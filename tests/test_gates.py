@@ -89,28 +89,25 @@ def test_config_roundtrip(tmp_path):
         L0Config.from_dict({"hiden": True})
 
 
-def test_config_target_sparsity_is_deprecated_but_still_the_training_target(tmp_path):
-    """The target belongs to training: L0Config(target_sparsity=...) warns, is not saved with the structure, and is
-    the training target when the arguments set none; its bad values get the one message every target gets."""
-    from hf_l0 import trainer
-    from hf_l0.training_args import L0TrainingArguments
-
-    assert hf_l0.L0TrainingArguments is trainer.L0TrainingArguments is L0TrainingArguments  # old import paths work
-    with pytest.warns(FutureWarning, match="deprecated.*L0TrainingArguments"):
-        config = L0Config(hidden=True, target_sparsity=0.6)
-    assert config.target_sparsity == 0.6 and "target_sparsity" not in config.to_dict()
-    assert L0Config.from_dict(config.to_dict()) == config
-    with pytest.warns(FutureWarning, match="set --target_sparsity 0.6 on the training arguments"):
-        args = L0TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], l0_config=config)
-    assert args.target_sparsity == 0.6 and args.resolved_l0_config() == config
-    for target in (0.0, 1.0):
-        with pytest.warns(FutureWarning), pytest.raises(ValueError, match="must lie strictly between 0 and 1"):
-            L0Config(target_sparsity=target)
+def test_the_target_is_a_training_setting_not_a_config_field(tmp_path):
+    """L0Config describes structure only: a target in it is refused with where to set it instead."""
+    with pytest.raises(TypeError):
+        L0Config(hidden=True, target_sparsity=0.6)
+    with pytest.raises(ValueError, match="target_sparsity is not an L0Config field.*L0TrainingArguments"):
+        L0Config.from_dict({"heads": True, "target_sparsity": 0.6})
+    with pytest.raises(ValueError, match="target_sparsity is not an L0Config field"):
+        hf_l0.L0TrainingArguments(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            report_to=[],
+            target_sparsity=0.5,
+            l0_config={"heads": True, "target_sparsity": 0.6},
+        )
 
 
 def test_gate_scaling_gradients_equal_plain_multiplication():
     """The gate product keeps its output (not its input) for backward and recovers the input from it."""
-    from hf_l0.patch import _GateScale
+    from hf_l0.gates.patch import _GateScale
 
     x = torch.randn(3, 5, 6, dtype=torch.double, requires_grad=True)
     for scale in (torch.rand(6, dtype=torch.double) + 0.05, torch.tensor(0.3, dtype=torch.double)):
@@ -149,9 +146,9 @@ def test_one_gate_table_drives_the_gates_a_config_creates():
     sizes' per-layer counts are a declared attribute computed at patch time (not a hidden cache)."""
     from conftest import make_model
 
-    from hf_l0.config import STRUCTURES
-    from hf_l0.gates import GATE_KINDS, sublayer_gate_names
-    from hf_l0.layout import SizeLayout
+    from hf_l0.cost.layout import SizeLayout
+    from hf_l0.gates.config import STRUCTURES
+    from hf_l0.gates.hard_concrete import GATE_KINDS, sublayer_gate_names
 
     assert {kind.switch for kind in GATE_KINDS} == set(STRUCTURES)
     assert sublayer_gate_names("attention") == ("heads", "attention_layers")
@@ -168,11 +165,9 @@ def test_one_gate_table_drives_the_gates_a_config_creates():
         assert isinstance(gates.size_layout, SizeLayout)
         hf_l0.expected_sparsity(model)
         assert "_size_layout" not in vars(gates)
-        with pytest.warns(DeprecationWarning, match="named_gates"):
-            assert gates.gates() == gates.named_gates()
 
 
-def test_deterministic_sparsity_replaces_the_deterministic_keyword():
+def test_deterministic_sparsity_is_what_pruning_keeps_and_has_no_gradient():
     from conftest import make_model
 
     model = hf_l0.patch_model(make_model("llama"), L0Config(layers=True))
@@ -181,8 +176,6 @@ def test_deterministic_sparsity_replaces_the_deterministic_keyword():
             gate.log_alpha.normal_(0.0, 3.0)
     reached = hf_l0.deterministic_sparsity(model)
     assert 0.0 < reached.item() < 1.0 and not reached.requires_grad
-    with pytest.warns(DeprecationWarning, match="deterministic_sparsity"):
-        assert torch.equal(hf_l0.expected_sparsity(model, deterministic=True), reached)
     assert hf_l0.expected_sparsity(model).requires_grad
 
 

@@ -315,7 +315,7 @@ CASES = [
 def test_corrupted_directory_is_refused_and_runs_nothing(tmp_path, sources, name, source, corrupt, error, message):
     d = tmp_path / name
     shutil.copytree(sources[0][source], d, symlinks=True)
-    for planted in ("modeling_hf_l0.py", "hf_l0_remote.py", "hf_l0_checkpoint.py", "__init__.py"):
+    for planted in ("modeling_hf_l0.py", "hf_l0_hub_remote.py", "hf_l0_hub_checkpoint.py", "__init__.py"):
         (d / planted).write_text(PLANTED)
     corrupt(d)
     with pytest.raises(error, match=message):
@@ -351,7 +351,7 @@ def test_transformers_without_trust_remote_code_runs_nothing(tmp_path, sources, 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("name", ["int8-where-fp32", "index-traversal", "missing-tensor", "extra-tensor"])
 def test_remote_code_classes_refuse_the_same(tmp_path, sources, monkeypatch, name):
-    """With trust_remote_code the written classes run the same checks (hf_l0.checkpoint.check_weights)."""
+    """With trust_remote_code the written classes run the same checks (hf_l0.hub.checkpoint.check_weights)."""
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
     _, source, corrupt, error, message = next(c for c in CASES if c[0] == name)
     d = tmp_path / name

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
-from hf_l0.own_methods import has_compact_methods
+from hf_l0.hub.own_methods import has_compact_methods
 
 TOL = 1e-5
 

@@ -129,7 +129,7 @@ def test_unreachable_target_is_refused_with_the_maximum():
     [("ffn", 0.9, False), ("heads", 0.8, False), ("heads,ffn", 0.9, True), ("ffn,layers", 0.9, True)],
 )
 def test_trainer_refuses_unreachable_target_before_training(tmp_path, structures, target, ok):
-    from hf_l0.trainer import L0Trainer, L0TrainingArguments
+    from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
 
     model = make_model("gpt2")
     args = L0TrainingArguments(

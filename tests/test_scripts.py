@@ -319,7 +319,7 @@ def test_prune_clm_to_a_latency_target(tmp_path, tokenizer, monkeypatch):
     (tmp_path / "validation.txt").write_text(text[:400])
     # measured first (the script then loads it from the cache) to pick a reachable target: on so small a model the
     # fixed cost (embeddings, norms, head, dispatch) is most of the time
-    from hf_l0.latency import latency_table
+    from hf_l0.cost.latency import latency_table
 
     table = latency_table(
         tf.LlamaForCausalLM.from_pretrained(tmp_path / "llama"), batch_size=2, seq_len=16, threads=1, progress=False

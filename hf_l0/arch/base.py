@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import nn
 
-from ..slicing import base_layer, in_features, out_features
-from ..stand_ins import ConstantProjection, RemovedAttention, RemovedMLP
+from ..pruning.slicing import base_layer, in_features, out_features
+from ..pruning.stand_ins import ConstantProjection, RemovedAttention, RemovedMLP
 
 if TYPE_CHECKING:
-    from ..structure import L0Structure
+    from ..pruning.structure_format import L0Structure
 
 SublayerKind = Literal["attention", "ffn"]
 

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..slicing import out_features
-from ..stand_ins import EmptySelfAttention
+from ..pruning.slicing import out_features
+from ..pruning.stand_ins import EmptySelfAttention
 from .base import ArchAdapter, Projection, ResidualStream, Sublayer, register_adapter
 
 if TYPE_CHECKING:
-    from ..structure import L0Structure
+    from ..pruning.structure_format import L0Structure
 
 # Task heads whose input is the sequence output (so hidden-dimension pruning slices their input), by class suffix.
 # Sequence classification reads either the pooler (BERT) or the first token through ``classifier.dense``

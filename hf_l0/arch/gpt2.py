@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..slicing import out_features
+from ..pruning.slicing import out_features
 from .base import DecoderAdapter, Projection, Sublayer, register_adapter
 
 if TYPE_CHECKING:
-    from ..structure import L0Structure
+    from ..pruning.structure_format import L0Structure
 
 
 @register_adapter

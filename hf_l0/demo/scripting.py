@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..measure import latency_speedup
+from ..cost.measure import latency_speedup
 from . import assets
-from .gguf import drop_gguf_quantizer  # noqa: F401  (hf_l0.scripting's name of earlier releases)
 
 PACKAGED_PREFIX = "hf_l0:"
 PACKAGED_MODELS = {
@@ -56,7 +55,7 @@ def count_parameters(model: nn.Module) -> int:
 def compare_latency(
     dense: nn.Module, compact: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 20, threads: int | None = None
 ) -> dict[str, float]:
-    """Side-by-side CPU latency (:func:`hf_l0.measure.latency_speedup`, the models taking turns) in the summary's
+    """Side-by-side CPU latency (:func:`hf_l0.cost.measure.latency_speedup`, the models taking turns) in the summary's
     fields."""
     timing = latency_speedup(dense, compact, inputs, repeats=max(1, repeats // 3), rounds=3, threads=threads)
     return {

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..patch import is_patched, transformers_model
-from ..stand_ins import RemovedAttention, RemovedMLP
+from ..gates.patch import is_patched, transformers_model
+from ..pruning.stand_ins import RemovedAttention, RemovedMLP
 
 ARCH = "deci"
 MODEL_TYPES = ("llama", "mistral", "qwen2")

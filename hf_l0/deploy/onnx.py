@@ -1,7 +1,8 @@
 """Export a compact (or dense) transformers model to ONNX for ONNX Runtime, and check the file against PyTorch.
 
 Compact models keep their stock transformers classes; removed sublayers are small torch modules
-(:mod:`hf_l0.stand_ins`) whose outputs are constants, so tracing exports every shape hf-l0 makes, layer by layer.
+(:mod:`hf_l0.pruning.stand_ins`) whose outputs are constants, so tracing exports every shape hf-l0 makes, layer by
+layer.
 
 optimum's ONNX exporter is not used: ``optimum-onnx`` 0.1.0 (the newest) requires ``transformers<4.58`` and fails to
 import on transformers v5 (``ImportError: cannot import name 'get_parameter_dtype'``).
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..patch import is_patched, transformers_model
+from ..gates.patch import is_patched, transformers_model
 
 INSTALL_HINT = 'pip install "hf-l0[deploy]"'
 

@@ -14,7 +14,7 @@
 
 Both kinds load with :func:`from_pretrained` here without executing code from the directory, from safetensors only,
 strictly. Saving is atomic. A compact model's own ``save_pretrained`` / ``push_to_hub`` (and so
-``Trainer.save_model``) come here too (:mod:`hf_l0.own_methods`).
+``Trainer.save_model``) come here too (:mod:`hf_l0.hub.own_methods`).
 
 The modules: :mod:`~hf_l0.hub.export` (which export, ``l0_export``), :mod:`~hf_l0.hub.remote_code` (the copied
 files), :mod:`~hf_l0.hub.save` (atomic save, upload), :mod:`~hf_l0.hub.load` (strict loading),
@@ -38,7 +38,6 @@ from .load import from_pretrained, load_config, load_weights_strictly, tied_grou
 from .remote_code import (
     MODELING_FILE,
     PORTABLE_MODULES,
-    REMOTE_CODE_MODULES,
     REMOTE_CODE_PREFIX,
     flat_module_name,
     flatten_imports,
@@ -56,7 +55,6 @@ __all__ = [
     "MODELING_FILE",
     "PIPELINE_TAGS",
     "PORTABLE_MODULES",
-    "REMOTE_CODE_MODULES",
     "REMOTE_CODE_PREFIX",
     "CompactModelUpload",
     "ExportPlan",

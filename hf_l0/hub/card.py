@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..arch import get_adapter
-from ..structure import STRUCTURE_KEY
+from ..pruning.structure_format import STRUCTURE_KEY
 from .export import EXPORT_KEY, PIPELINE_TAGS, auto_class_name, dense_parameter_count, export_plan
 
 CARD_FILE = "README.md"

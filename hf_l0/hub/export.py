@@ -17,7 +17,7 @@ from torch import nn
 
 from ..arch import get_adapter
 from ..arch.base import base_model_type
-from ..structure import STRUCTURE_KEY
+from ..pruning.structure_format import STRUCTURE_KEY
 from ..version import __version__
 
 EXPORT_KEY = "l0_export"

@@ -1,8 +1,8 @@
 """Loading a saved directory (native, remote-code or dense) without executing any code from it.
 
-The config is read as JSON, compact shapes are rebuilt by hf-l0's own :mod:`hf_l0.structure`, and the weights come
-from safetensors only, strictly: the checks and the mismatch report are :mod:`hf_l0.checkpoint`'s, the same ones the
-remote-code classes run (:mod:`hf_l0.remote`).
+The config is read as JSON, compact shapes are rebuilt by hf-l0's own :mod:`hf_l0.pruning.structure`, and the weights
+come from safetensors only, strictly: the checks and the mismatch report are :mod:`hf_l0.hub.checkpoint`'s, the same
+ones the remote-code classes run (:mod:`hf_l0.hub.remote`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from torch import nn
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from ..arch.base import MODEL_TYPE_PREFIX, base_model_type
-from ..checkpoint import _tied_groups, check_weights, checkpoint_files, read_safetensors_header
-from ..own_methods import bind_compact_methods
-from ..prune import build_compact_model
-from ..structure import STRUCTURE_KEY
+from ..pruning.structure import build_compact_model
+from ..pruning.structure_format import STRUCTURE_KEY
+from .checkpoint import _tied_groups, check_weights, checkpoint_files, read_safetensors_header
 from .export import EXPORT_KEY
+from .own_methods import bind_compact_methods
 
 
 def _resolve_directory(directory: str | os.PathLike) -> Path:
@@ -130,7 +130,7 @@ def load_weights_strictly(model: nn.Module, directory: str | os.PathLike) -> nn.
     """Load a directory's safetensors weights into ``model``; any missing, unexpected or mis-shaped tensor, a tensor
     of another dtype than ``config.json`` declares, a truncated file, a shard outside the directory or an index that
     disagrees with its shards raises a ValueError naming the file and tensor
-    (:func:`hf_l0.checkpoint.check_weights`)."""
+    (:func:`hf_l0.hub.checkpoint.check_weights`)."""
     directory = Path(directory)
     found = check_weights(model, str(directory))
     state = {}
@@ -194,8 +194,8 @@ def from_pretrained(
     directory: str | os.PathLike, model_class: type | None = None, dtype: torch.dtype | None = None
 ) -> nn.Module:
     """Load a model saved by :func:`save_pretrained` (native, remote-code or dense) without executing any code from
-    the directory: the config is read as JSON, compact shapes are rebuilt by :mod:`hf_l0.structure` (part of hf-l0),
-    weights come from safetensors only and load strictly (see :func:`load_weights_strictly`).
+    the directory: the config is read as JSON, compact shapes are rebuilt by :mod:`hf_l0.pruning.structure` (part of
+    hf-l0), weights come from safetensors only and load strictly (see :func:`load_weights_strictly`).
 
     The model is first built on the meta device and checked against the weights' headers (names, shapes, dtypes),
     so a hostile config (huge sizes, wrong layer lists) fails before any memory is allocated. ``architectures`` may

@@ -23,19 +23,19 @@ from .export import auto_class_name
 
 MODELING_FILE = "modeling_hf_l0.py"
 # The portable set: the modules a remote-code directory holds copies of, plus the model family's adapter module
-# (hf_l0.arch.<family>); everything ``hf_l0.remote.CompactModelMixin`` needs. The rule: a portable module imports
+# (hf_l0.arch.<family>); everything ``hf_l0.hub.remote.CompactModelMixin`` needs. The rule: a portable module imports
 # only the standard library, torch, transformers and other portable modules (never the rest of hf_l0), because the
 # directory must load where hf_l0 is not installed. ``flatten_imports`` refuses any other hf_l0 import when saving,
 # and a static test checks the rule over this list and every adapter module.
 PORTABLE_MODULES = (
-    "hf_l0.slicing",
-    "hf_l0.stand_ins",
+    "hf_l0.pruning.slicing",
+    "hf_l0.pruning.stand_ins",
+    "hf_l0.pruning.structure_format",
     "hf_l0.arch.base",
-    "hf_l0.structure",
-    "hf_l0.checkpoint",
-    "hf_l0.remote",
+    "hf_l0.pruning.structure",
+    "hf_l0.hub.checkpoint",
+    "hf_l0.hub.remote",
 )
-REMOTE_CODE_MODULES = PORTABLE_MODULES  # the name of earlier releases
 REMOTE_CODE_PREFIX = "hf_l0_"
 
 
@@ -114,7 +114,7 @@ def remote_code_files(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]
         f"from transformers import {', '.join(names)}",
         "",
         f"from .{table[adapter_cls.__module__]} import {adapter_cls.__name__}  # noqa: F401  (registers the adapter)",
-        f"from .{table['hf_l0.remote']} import CompactModelMixin",
+        f"from .{table['hf_l0.hub.remote']} import CompactModelMixin",
         "",
         "",
         f"class L0{config_cls}({config_cls}):",

@@ -19,8 +19,8 @@ from torch import nn
 from transformers.utils import PushToHubMixin
 
 from ..arch.base import MODEL_TYPE_PREFIX
-from ..patch import is_patched
-from ..structure import STRUCTURE_KEY
+from ..gates.patch import is_patched
+from ..pruning.structure_format import STRUCTURE_KEY
 from .card import write_model_card
 from .export import EXPORT_KEY, ExportPlan, auto_class_name, export_plan, export_record
 from .remote_code import MODELING_FILE, REMOTE_CODE_PREFIX, remote_code_files

@@ -77,7 +77,7 @@ def test_portable_modules_import_only_torch_transformers_stdlib_and_each_other()
 @pytest.mark.parametrize(
     "line, target",
     [
-        ("from ..patch import get_gates", "hf_l0.patch"),
+        ("from ..gates.patch import get_gates", "hf_l0.gates.patch"),
         ("from .llama import LlamaAdapter", "hf_l0.arch.llama"),
         ("import numpy", "numpy"),
         ("from safetensors import safe_open", "safetensors"),
@@ -89,7 +89,11 @@ def test_portable_rule_check_flags_other_imports(line, target):
     assert portable_violations(source, "hf_l0.arch.foo") == [f"hf_l0.arch.foo line 6 imports {target}"]
 
 
-FLAT = {"hf_l0.slicing": "hf_l0_slicing", "hf_l0.arch.base": "hf_l0_arch_base", "hf_l0.stand_ins": "hf_l0_stand_ins"}
+FLAT = {
+    "hf_l0.pruning.slicing": "hf_l0_pruning_slicing",
+    "hf_l0.arch.base": "hf_l0_arch_base",
+    "hf_l0.pruning.stand_ins": "hf_l0_pruning_stand_ins",
+}
 
 
 def test_flatten_imports_rewrites_only_hf_l0_import_lines():
@@ -100,24 +104,30 @@ def test_flatten_imports_rewrites_only_hf_l0_import_lines():
         import torch
         from torch import nn
 
-        from ..slicing import out_features
+        from ..pruning.slicing import out_features
         from .base import (ArchAdapter,
                            register_adapter)
-        from hf_l0.stand_ins import RemovedMLP  # absolute
+        from hf_l0.pruning.stand_ins import RemovedMLP  # absolute
 
 
         def lazy():
-            from ..stand_ins import ConstantProjection
+            from ..pruning.stand_ins import ConstantProjection
             return ConstantProjection
         ''')
     flat = hf_l0.hub.flatten_imports(source, "hf_l0.arch.foo", FLAT)
     changed = [(a, b) for a, b in zip(source.splitlines(), flat.splitlines()) if a != b]
     assert len(flat.splitlines()) == len(source.splitlines())
     assert changed == [
-        ("from ..slicing import out_features", "from .hf_l0_slicing import out_features"),
+        ("from ..pruning.slicing import out_features", "from .hf_l0_pruning_slicing import out_features"),
         ("from .base import (ArchAdapter,", "from .hf_l0_arch_base import (ArchAdapter,"),
-        ("from hf_l0.stand_ins import RemovedMLP  # absolute", "from .hf_l0_stand_ins import RemovedMLP  # absolute"),
-        ("    from ..stand_ins import ConstantProjection", "    from .hf_l0_stand_ins import ConstantProjection"),
+        (
+            "from hf_l0.pruning.stand_ins import RemovedMLP  # absolute",
+            "from .hf_l0_pruning_stand_ins import RemovedMLP  # absolute",
+        ),
+        (
+            "    from ..pruning.stand_ins import ConstantProjection",
+            "    from .hf_l0_pruning_stand_ins import ConstantProjection",
+        ),
     ]
     assert hf_l0.hub.flat_module_name("hf_l0.arch.foo") == "hf_l0_arch_foo"
 
@@ -125,10 +135,10 @@ def test_flatten_imports_rewrites_only_hf_l0_import_lines():
 @pytest.mark.parametrize(
     "line, error",
     [
-        ("from ..patch import get_gates", "imports hf_l0.patch, which remote-code directories do not hold"),
+        ("from ..gates.patch import get_gates", "imports hf_l0.gates.patch, which remote-code directories do not hold"),
         ("from .gpt2 import GPT2Adapter", "imports hf_l0.arch.gpt2"),
         ("from . import base", "cannot be flattened"),
-        ("import hf_l0.slicing", "cannot be flattened"),
+        ("import hf_l0.pruning.slicing", "cannot be flattened"),
         ("from hf_l0 import ArchAdapter", "imports hf_l0, which"),
     ],
 )

@@ -166,21 +166,21 @@ def test_safetensors_header_check_names_tensor(tmp_path):
     (header_len,) = struct.unpack("<Q", data[:8])
     path.write_bytes(data[: 8 + header_len + 20])
     with pytest.raises(ValueError, match=r"tensor 'b'"):
-        hf_l0.checkpoint.read_safetensors_header(str(path))
+        hf_l0.hub.checkpoint.read_safetensors_header(str(path))
 
 
 def test_one_mismatch_report_for_files_at_hand_and_in_the_hub_cache():
     """hf_l0's loader and the written classes (which see only transformers' loading info for a Hub repo) report
     mismatches through the same function, in the same words."""
     info = {"missing_keys": {"b.weight"}, "unexpected_keys": set(), "mismatched_keys": {("a.weight", (3, 4), (2, 4))}}
-    problems = hf_l0.checkpoint.loading_info_problems(info)
+    problems = hf_l0.hub.checkpoint.loading_info_problems(info)
     assert problems == ["missing tensor 'b.weight'", "tensor 'a.weight' has shape (3, 4) but the model builds (2, 4)"]
     with pytest.raises(
         ValueError,
         match=r"^me/repo: the weights do not match config.json \(l0_structure\): "
         r"missing tensor 'b.weight'; tensor 'a.weight' has shape",
     ):
-        hf_l0.checkpoint.raise_on_mismatch("me/repo", "config.json (l0_structure)", problems)
-    hf_l0.checkpoint.raise_on_mismatch("me/repo", "config.json", [])  # nothing to report: no error
+        hf_l0.hub.checkpoint.raise_on_mismatch("me/repo", "config.json (l0_structure)", problems)
+    hf_l0.hub.checkpoint.raise_on_mismatch("me/repo", "config.json", [])  # nothing to report: no error
     with pytest.raises(ValueError, match=r"missing tensor 't19'; \.\.\. 5 more$"):
-        hf_l0.checkpoint.raise_on_mismatch("d", "config.json", [f"missing tensor 't{i}'" for i in range(25)])
+        hf_l0.hub.checkpoint.raise_on_mismatch("d", "config.json", [f"missing tensor 't{i}'" for i in range(25)])

@@ -2,7 +2,7 @@
 paths inside the directory) and the one routine that compares them with a model: names, shapes and dtypes.
 
 Part of the portable set (:data:`hf_l0.hub.remote_code.PORTABLE_MODULES`): remote-code directories hold a copy,
-whose classes (:mod:`hf_l0.remote`) run the same checks and report mismatches the same way as
+whose classes (:mod:`hf_l0.hub.remote`) run the same checks and report mismatches the same way as
 :func:`hf_l0.from_pretrained`.
 """
 

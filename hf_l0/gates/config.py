@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
-from dataclasses import InitVar, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .gates import GATE_KINDS
+from .hard_concrete import GATE_KINDS
 
 STRUCTURES = ("heads", "ffn", "hidden", "layers")
 CONFIG_NAME = "l0_config.json"
@@ -38,10 +37,6 @@ class L0Config:
             "the size in steps of a sublayer, which costs accuracy on short budgets."
         },
     )
-    # Deprecated (one release): the target belongs to training (L0TrainingArguments / LagrangianController), not to
-    # the structure. Accepted with a FutureWarning, kept as ``config.target_sparsity`` (not saved) and used as the
-    # training target when the training arguments set none.
-    target_sparsity: InitVar[float | None] = None
     droprate_init: float = field(
         default=0.01, metadata={"help": "Initial probability that a gate is zero; small means 'start all open'."}
     )
@@ -59,18 +54,7 @@ class L0Config:
         default=None, metadata={"help": "Uniform target: keep exactly this many hidden dimensions."}
     )
 
-    def __post_init__(self, target_sparsity: float | None = None) -> None:
-        self.target_sparsity = target_sparsity
-        if target_sparsity is not None:
-            from .lagrangian import check_target_sparsity  # local: lagrangian imports patch, which imports this
-
-            warnings.warn(
-                f"L0Config(target_sparsity=...) is deprecated and will be removed in the next release: set "
-                f"target_sparsity={target_sparsity} on L0TrainingArguments (or LagrangianController).",
-                FutureWarning,
-                stacklevel=3,
-            )
-            self.target_sparsity = check_target_sparsity(target_sparsity)
+    def __post_init__(self) -> None:
         self.validate()
 
     @property
@@ -112,10 +96,12 @@ class L0Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> L0Config:
         known = {f.name for f in fields(cls)}
-        data = dict(data)
-        if data.get("target_sparsity", 0) is None:  # written by hf-l0 0.1.0 (deprecated field, unset)
-            del data["target_sparsity"]
-        unknown = sorted(set(data) - known - {"target_sparsity"})
+        unknown = sorted(set(data) - known)
+        if "target_sparsity" in unknown:
+            raise ValueError(
+                "target_sparsity is not an L0Config field: the target is a training setting; set it on "
+                "L0TrainingArguments (--target_sparsity) or LagrangianController."
+            )
         if unknown:
             raise ValueError(f"unknown L0Config fields {unknown}; known fields are {sorted(known)}.")
         return cls(**data)

@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .gates import GATE_KIND
-from .patch import get_gates
+from ..cost.size import deterministic_sparsity, expected_sparsity
+from ..gates.hard_concrete import GATE_KIND
+from ..gates.patch import get_gates
 
 MULTIPLIER_UPDATES = ("pi", "ascent")
 
@@ -51,8 +52,6 @@ def check_target_sparsity(target_sparsity: float) -> float:
 def parameter_sparsity(model: nn.Module, deterministic: bool = False) -> torch.Tensor:
     """The default constrained quantity: the expected sparsity of the prunable parameters (differentiable) or, with
     ``deterministic=True``, the sparsity :func:`hf_l0.prune_model` would deliver now."""
-    from .size import deterministic_sparsity, expected_sparsity  # local: size imports patch, as this module does
-
     return deterministic_sparsity(model) if deterministic else expected_sparsity(model)
 
 

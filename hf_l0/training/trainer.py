@@ -1,7 +1,8 @@
-"""`L0Trainer`: fine-tune while the L0 term drives the model to a chosen size (arguments: :mod:`hf_l0.training_args`).
+"""`L0Trainer`: fine-tune while the L0 term drives the model to a chosen size (arguments:
+:mod:`hf_l0.training.training_args`).
 
-The loss is ``task (or distillation) loss + lambda_1 (s - t) + lambda_2 (s - t)^2`` (:mod:`hf_l0.lagrangian`), with
-``s`` the expected sparsity of the attention + FFN parameters and ``t`` the warmed-up target. One optimizer holds
+The loss is ``task (or distillation) loss + lambda_1 (s - t) + lambda_2 (s - t)^2`` (:mod:`hf_l0.training.lagrangian`),
+with ``s`` the expected sparsity of the attention + FFN parameters and ``t`` the warmed-up target. One optimizer holds
 four kinds of param groups: model weights (with and without weight decay, the Trainer's schedule), gate
 ``log_alpha`` (``gate_learning_rate``, no decay, constant), the multipliers (``lagrangian_learning_rate``, no decay,
 constant, gradient ascent) and, with layerwise distillation, the learned layer maps.
@@ -22,20 +23,23 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel, Trainer
 
-from . import hub
-from .config import L0Config
-from .cost import cost_target_from_args
+from .. import hub
+from ..cost.size import deterministic_sparsity, expected_sparsity
+from ..cost.targets import cost_target_from_args
+from ..gates.config import L0Config
+from ..gates.patch import GATES_ATTR, get_gates, is_patched, patch_model, transformers_model
+from ..pruning.prune import pruned_copy
 from .distill import DistillationLoss, LayerwiseDistiller, check_teacher
 from .gate_init import gate_init_callback
 from .lagrangian import GateClamp, LagrangianController, gate_parameters, l0_param_groups, param_group_indices
-from .patch import GATES_ATTR, get_gates, is_patched, patch_model, transformers_model
-from .prune import pruned_copy
-from .size import deterministic_sparsity, expected_sparsity
 from .training_args import GATE_LR_PER_WARMUP_STEPS, GATE_LR_RANGE, L0TrainingArguments
 from .trajectory import trajectory_from_log_history, write_sparsity_trajectory
 
 L0_STATE_NAME = "l0_trainer_state.safetensors"
-__all__ = ["L0Trainer", "L0TrainingArguments"]  # the arguments live in hf_l0.training_args; importable from here too
+__all__ = [
+    "L0Trainer",
+    "L0TrainingArguments",
+]  # the arguments live in hf_l0.training.training_args; importable from here too
 STAT_KEYS = ("expected_sparsity", "target_sparsity", "lambda_1", "lambda_2", "lagrangian_loss", "target_offset")
 
 

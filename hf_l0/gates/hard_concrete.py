@@ -19,7 +19,7 @@ SUBLAYER_KINDS: tuple[SublayerKind, ...] = ("attention", "ffn")
 
 @dataclass(frozen=True)
 class GateKind:
-    """One kind of gate of a patched model (an attribute of :class:`hf_l0.patch.L0Gates`) and what it covers.
+    """One kind of gate of a patched model (an attribute of :class:`hf_l0.gates.patch.L0Gates`) and what it covers.
 
     ``level`` fixes its shape and meaning: ``"unit"`` gates are [layers, units] of one ``sublayer`` kind (heads or KV
     groups, FFN neurons), ``"sublayer"`` gates are [layers], one per whole sublayer, ``"hidden"`` gates are
@@ -36,8 +36,8 @@ class GateKind:
 
 
 # The one table of gate kinds: patching, sizes, pruning, the controller and the trainer read it. A new structure type
-# is one entry here plus the hook that applies it (hf_l0.patch). The order is the order gates are created in (their
-# random init and the checkpoint's key order).
+# is one entry here plus the hook that applies it (hf_l0.gates.patch). The order is the order gates are created in
+# (their random init and the checkpoint's key order).
 GATE_KINDS: tuple[GateKind, ...] = (
     GateKind("heads", "heads", "unit", "attention", keep_per_row="target_heads"),
     GateKind("ffn", "ffn", "unit", "ffn", keep_per_row="target_intermediate_size"),

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .arch import get_adapter
-from .patch import transformers_model
+from ..arch import get_adapter
+from ..gates.patch import transformers_model
 
 
 @torch.inference_mode()

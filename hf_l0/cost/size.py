@@ -12,17 +12,16 @@ parameters of the model that :func:`hf_l0.prune_model` returns.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from .arch import get_adapter
-from .gates import HIDDEN_GATE, SUBLAYER_KINDS, sublayer_gate_names
+from ..arch import get_adapter
+from ..gates.hard_concrete import HIDDEN_GATE, SUBLAYER_KINDS, sublayer_gate_names
+from ..gates.patch import get_gates, transformers_model
 from .layout import SizeLayout, layout_of
-from .patch import get_gates, transformers_model
 
 
 @dataclass
@@ -133,20 +132,8 @@ def full_size(model: nn.Module) -> SizeReport:
     return _size(model, "full")
 
 
-def expected_sparsity(model: nn.Module, deterministic: bool | None = None) -> torch.Tensor:
-    """1 - expected remaining / full size of the attention + FFN blocks, differentiable in every ``log_alpha``.
-
-    ``deterministic=True`` is deprecated: use :func:`deterministic_sparsity`.
-    """
-    if deterministic is not None:
-        warnings.warn(
-            "expected_sparsity(model, deterministic=...) is deprecated and will be removed in the next "
-            "release; use deterministic_sparsity(model) for the eval-mode gates.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        if deterministic:
-            return deterministic_sparsity(model)
+def expected_sparsity(model: nn.Module) -> torch.Tensor:
+    """1 - expected remaining / full size of the attention + FFN blocks, differentiable in every ``log_alpha``."""
     return 1.0 - expected_size(model).prunable / full_size(model).prunable
 
 

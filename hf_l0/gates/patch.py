@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .arch import ArchAdapter, get_adapter
+from ..arch import ArchAdapter, get_adapter
+from ..cost.layout import SizeLayout, layout_of
+from ..pruning.slicing import base_layer, norm_on_subset
 from .config import L0Config
-from .gates import GATE_KINDS, HIDDEN_GATE, SUBLAYER_KINDS, HardConcreteGate, sublayer_gate_names
-from .layout import SizeLayout, layout_of
-from .slicing import base_layer, norm_on_subset
+from .hard_concrete import GATE_KINDS, HIDDEN_GATE, SUBLAYER_KINDS, HardConcreteGate, sublayer_gate_names
 
 GATES_ATTR = "l0_gates"
 _HANDLES_ATTR = "_l0_hook_handles"
@@ -54,23 +53,14 @@ class L0Gates(nn.Module):
             gate = HardConcreteGate(shape, binary=kind.binary, **kwargs)
             gate.keep_per_row = getattr(config, kind.keep_per_row) if kind.keep_per_row else None
             self.add_module(kind.name, gate)
-        # The dense model's parameter counts the sizes are computed from (hf_l0.size), read once by patch_model.
+        # The dense model's parameter counts the sizes are computed from (hf_l0.cost.size), read once by patch_model.
         self.size_layout = size_layout
         self._values: dict[str, torch.Tensor] = {}
         self._depth = 0  # patched forwards running now (the outermost draws the sample, see _refresh_gates)
 
     def named_gates(self) -> dict[str, HardConcreteGate]:
-        """The gates by name (see :data:`hf_l0.gates.GATE_KINDS`), in creation order."""
+        """The gates by name (see :data:`hf_l0.gates.hard_concrete.GATE_KINDS`), in creation order."""
         return {name: module for name, module in self.named_children() if isinstance(module, HardConcreteGate)}
-
-    def gates(self) -> dict[str, HardConcreteGate]:
-        """Deprecated alias of :meth:`named_gates`."""
-        warnings.warn(
-            "L0Gates.gates() is deprecated and will be removed in the next release; use named_gates().",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.named_gates()
 
     def refresh(self) -> None:
         self._values = {name: gate() for name, gate in self.named_gates().items()}

@@ -1,4 +1,4 @@
-"""The parameter counts of a dense model that its size under the gates is computed from (:mod:`hf_l0.size`).
+"""The parameter counts of a dense model that its size under the gates is computed from (:mod:`hf_l0.cost.size`).
 
 They describe the model the gates were attached to, which patching never changes, so :func:`hf_l0.patch_model`
 reads them from the adapter once and keeps them on the gates (``L0Gates.size_layout``): the trainer asks for the
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .arch import ArchAdapter
-from .gates import SUBLAYER_KINDS
-from .slicing import out_features
+from ..arch import ArchAdapter
+from ..gates.hard_concrete import SUBLAYER_KINDS
+from ..pruning.slicing import out_features
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ from typing import Any
 
 from torch import nn
 
+from .save import CompactModelUpload
+from .save import save_pretrained as save_compact
+
 
 class CompactMethod:
     """``model.<name>`` of a compact model: calls ``func(model, ...)``.
@@ -92,10 +95,6 @@ def save_pretrained(
     model card only when pushing, unless ``model_card`` says otherwise. Processes other than the main one write
     nothing (the main process replaces the directory atomically; a second writer would race it).
     """
-    # local: importing hf_l0.hub runs hub.load, which imports prune, which imports this module
-    from .hub.save import CompactModelUpload
-    from .hub.save import save_pretrained as save_compact
-
     if not is_main_process:
         return None
     upload: dict[str, Any] = {}
@@ -150,8 +149,6 @@ def push_to_hub(
     (with hf-l0's model card and structure heatmap) through transformers' own upload. ``save_kwargs`` are those of
     :func:`hf_l0.save_pretrained` (``metrics``, ``base_model``, ...). ``tags`` is accepted for compatibility; the
     card carries hf-l0's own tags."""
-    from .hub.save import CompactModelUpload  # local: see save_pretrained above
-
     upload = CompactModelUpload(self, tokenizer, **save_kwargs)
     return upload.push_to_hub(
         repo_id,

@@ -1,60 +1,25 @@
-"""The pruning plan (surviving units) and the ``config.l0_structure`` format, and the one code path that applies a
-plan to a stock transformers model (the module shapes themselves are :mod:`hf_l0.slicing`).
+"""The pruning plan (surviving units) and the one code path that applies a
+plan to a stock transformers model (the module shapes themselves are :mod:`hf_l0.pruning.slicing`).
 
 ``prune_model`` builds the plan from trained gates; a compact model is rebuilt from the plan that
 ``config.l0_structure`` describes (:func:`apply_structure`), in hf_l0 and in the ``trust_remote_code`` files that
 ``hf_l0.save_pretrained`` writes: it is part of the portable set (:data:`hf_l0.hub.remote_code.PORTABLE_MODULES`)
 copied into those directories.
 
-``config.l0_structure`` (format 1)::
-
-    {"format": 1, "hidden_size": d, "head_dim": hd,
-     "layers": [{"attention_heads": h, "key_value_heads": u, "attention_output_bias": bool,
-                 "intermediate_size": n, "ffn_output_bias": bool}, ...]}
-
-A unit of attention is a head (MHA) or a KV group (GQA: one KV head and its query heads). A sublayer with 0 units
-was removed whole and is replaced by a stand-in that returns its (kept) output bias. On decoders, a layer whose two
-sublayers were both removed with no bias left can leave the model: ``layers`` then lists only the layers kept (as many
-as ``num_hidden_layers`` in the config) and the optional ``"dropped_layers"`` names the original indices of the others,
-for the record (rebuilding does not need it).
+The format itself is :mod:`hf_l0.pruning.structure_format`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 from torch import nn
 
-from .arch.base import ArchAdapter, Sublayer, get_adapter
+from ..arch.base import ArchAdapter, Sublayer, get_adapter
 from .slicing import slice_embedding, slice_linear, slice_norm, unit_rows
-
-STRUCTURE_KEY = "l0_structure"
-STRUCTURE_FORMAT = 1
-
-
-class LayerStructure(TypedDict):
-    """One layer of ``config.l0_structure`` (see the module docstring)."""
-
-    attention_heads: int  # query heads: key_value_heads x query heads per KV group
-    key_value_heads: int  # attention units (heads, or KV groups on GQA models); 0: the attention was removed
-    attention_output_bias: bool
-    intermediate_size: int  # FFN neurons; 0: the FFN was removed
-    ffn_output_bias: bool
-
-
-class _RequiredStructure(TypedDict):
-    format: int
-    hidden_size: int
-    head_dim: int
-    layers: list[LayerStructure]
-
-
-class L0Structure(_RequiredStructure, total=False):
-    """``config.l0_structure``, the persisted description of a compact model's shapes (format 1)."""
-
-    dropped_layers: list[int]  # original indices of the layers pruning removed (identity layers)
+from .structure_format import STRUCTURE_FORMAT, STRUCTURE_KEY, L0Structure, LayerStructure
 
 
 @dataclass
@@ -181,3 +146,15 @@ def plan_from_structure(structure: L0Structure, adapter: ArchAdapter) -> Pruning
 def apply_structure(model: nn.Module, structure: L0Structure) -> nn.Module:
     """Shrink a freshly built stock ``model`` (dense shapes, any weights, meta device allowed) to ``structure``."""
     return apply_plan(model, plan_from_structure(structure, get_adapter(model)))
+
+
+def build_compact_model(model_class: type, config: Any) -> nn.Module:
+    """Instantiate ``model_class`` from a config carrying ``l0_structure``, with the compact shapes (random weights).
+
+    Load the compact state dict into it afterwards (strictly: every shape must match).
+    """
+    structure = getattr(config, STRUCTURE_KEY, None)
+    if not structure:
+        raise ValueError(f"config has no {STRUCTURE_KEY}: it describes a dense model, load it with from_pretrained.")
+    # The same code rebuilds the shapes in a saved directory's trust_remote_code files (hf_l0.hub.remote).
+    return apply_structure(model_class(config), structure)

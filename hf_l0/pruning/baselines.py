@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import Sublayer, get_adapter
-from .config import L0Config
-from .gates import GATE_KIND, GATE_KINDS
-from .patch import get_gates, is_patched, patch_model, transformers_model, unpatch_model
+from ..arch import Sublayer, get_adapter
+from ..gates.config import L0Config
+from ..gates.hard_concrete import GATE_KIND, GATE_KINDS
+from ..gates.patch import get_gates, is_patched, patch_model, transformers_model, unpatch_model
 from .prune import prune_model
 from .slicing import base_layer, linear_axes
 

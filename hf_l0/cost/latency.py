@@ -10,8 +10,8 @@ A table holds, for one dense model shape, batch size, sequence length, torch thr
   fixed time (``layer_s``, the layer with neither sublayer) goes with it.
 
 A sublayer's time is measured inside the whole model, built by the stock class from the model's own config (with the
-model's weights: speed depends on the values) and cut by :func:`hf_l0.structure.apply_structure`: the model whose
-every layer keeps ``k`` heads and no FFN, minus the model with every sublayer removed (the fixed time, measured
+model's weights: speed depends on the values) and cut by :func:`hf_l0.pruning.structure.apply_structure`: the model
+whose every layer keeps ``k`` heads and no FFN, minus the model with every sublayer removed (the fixed time, measured
 directly), divided by the number of layers. (A layer timed alone, replaying its inputs with its weights hot in cache,
 ran ~0.4 ms faster per sublayer than inside MiniLM at batch 1, so narrow compact models looked up to 8% faster than
 they were.) The grid's models share everything outside the layers; their layers take about half the memory of
@@ -44,11 +44,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import get_adapter
-from .cost import SUBLAYER_GATES, CostTarget
-from .patch import get_gates, transformers_model
+from ..arch import get_adapter
+from ..gates.patch import get_gates, transformers_model
+from ..pruning.structure import apply_structure
+from ..pruning.structure_format import STRUCTURE_FORMAT, STRUCTURE_KEY
+from .base import SUBLAYER_GATES, CostTarget
 from .size import dropped_layers, size_layout, unit_probabilities
-from .structure import STRUCTURE_FORMAT, STRUCTURE_KEY, apply_structure
 
 TABLE_FORMAT = 2  # 2: widths timed inside the whole model (1 timed one layer alone)
 

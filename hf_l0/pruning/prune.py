@@ -1,24 +1,24 @@
 """Physical pruning: turn a gated model into a compact model of the same transformers class.
 
 This module reads the gates and folds their values into the weights; the shape surgery itself is
-:mod:`hf_l0.structure`, shared with rebuilding a compact model from its config.
+:mod:`hf_l0.pruning.structure`, shared with rebuilding a compact model from its config.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from torch import nn
 
-from .arch import ArchAdapter, Sublayer, get_adapter
-from .config import L0Config
-from .gates import HIDDEN_GATE, SUBLAYER_KINDS, sublayer_gate_names, whole_tensor
-from .own_methods import bind_compact_methods
-from .patch import GATES_ATTR, get_gates, patch_model, transformers_model, unpatch_model
+from ..arch import ArchAdapter, Sublayer, get_adapter
+from ..gates.config import L0Config
+from ..gates.hard_concrete import HIDDEN_GATE, SUBLAYER_KINDS, sublayer_gate_names, whole_tensor
+from ..gates.patch import GATES_ATTR, get_gates, patch_model, transformers_model, unpatch_model
+from ..hub.own_methods import bind_compact_methods
 from .slicing import scale_linear
-from .structure import STRUCTURE_KEY, PruningPlan, SublayerPlan, apply_plan, apply_structure, structure_of
+from .structure import PruningPlan, SublayerPlan, apply_plan, structure_of
+from .structure_format import STRUCTURE_KEY
 
 
 def _fold(sublayer: Sublayer, unit_values: torch.Tensor | None, layer_value: torch.Tensor | None) -> SublayerPlan:
@@ -56,7 +56,7 @@ def prune_model(model: nn.Module, drop_empty_layers: bool = True) -> nn.Module:
     count and latency models (:func:`hf_l0.deterministic_size`, latency targets) assume such layers are dropped.
     ``model.config.l0_structure`` records the per-layer shapes; :func:`build_compact_model` rebuilds from it.
     The returned model's own ``save_pretrained`` and ``push_to_hub`` write :func:`hf_l0.save_pretrained`'s export
-    (see :mod:`hf_l0.own_methods`).
+    (see :mod:`hf_l0.hub.own_methods`).
 
     A peft model's adapters are merged first (``merge_and_unload``): the result is a plain transformers model, so use
     the returned object.
@@ -117,15 +117,3 @@ def pruned_copy(model: nn.Module, config: L0Config | None = None) -> nn.Module:
     patch_model(copied, config)
     get_gates(copied).load_state_dict({k: whole_tensor(v) for k, v in get_gates(model).state_dict().items()})
     return prune_model(copied.eval())
-
-
-def build_compact_model(model_class: type, config: Any) -> nn.Module:
-    """Instantiate ``model_class`` from a config carrying ``l0_structure``, with the compact shapes (random weights).
-
-    Load the compact state dict into it afterwards (strictly: every shape must match).
-    """
-    structure = getattr(config, STRUCTURE_KEY, None)
-    if not structure:
-        raise ValueError(f"config has no {STRUCTURE_KEY}: it describes a dense model, load it with from_pretrained.")
-    # The same code rebuilds the shapes in a saved directory's trust_remote_code files (hf_l0.remote).
-    return apply_structure(model_class(config), structure)

@@ -1,6 +1,6 @@
 """`L0TrainingArguments`: `TrainingArguments` plus the L0 pruning, sparsity controller and distillation settings.
 
-Kept apart from :mod:`hf_l0.trainer` as transformers keeps ``training_args.py`` apart from ``trainer.py``: the
+Kept apart from :mod:`hf_l0.training.trainer` as transformers keeps ``training_args.py`` apart from ``trainer.py``: the
 arguments parse and validate (scripts build them with ``HfArgumentParser``) before any model exists.
 """
 
@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .config import CONFIG_NAME, STRUCTURES, L0Config
-from .cost import CostTargetArguments
+from ..cost.targets import CostTargetArguments
+from ..gates.config import CONFIG_NAME, STRUCTURES, L0Config
 from .gate_init import GATE_INITS
 from .lagrangian import MULTIPLIER_UPDATES, check_target_sparsity
 
@@ -184,22 +183,6 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
 
     def __post_init__(self) -> None:
         self.l0_config = _l0_config_dict(self.l0_config)
-        # Deprecated: the target used to be an L0Config field; it is the training target when the arguments set none.
-        legacy = self.l0_config.pop("target_sparsity", None) if self.l0_config is not None else None
-        if legacy is not None:
-            if self.target_sparsity is not None and legacy != self.target_sparsity:
-                raise ValueError(
-                    f"target_sparsity={self.target_sparsity} conflicts with l0_config target_sparsity="
-                    f"{legacy}; set it in one place (the training arguments)."
-                )
-            if self.target_sparsity is None:
-                warnings.warn(
-                    f"target_sparsity in l0_config is deprecated and will be ignored in the next release: "
-                    f"set --target_sparsity {legacy} on the training arguments instead.",
-                    FutureWarning,
-                    stacklevel=3,
-                )
-                self.target_sparsity = legacy
         if self.target_sparsity is None:
             raise ValueError(
                 "target_sparsity is required: the fraction of attention + FFN parameters to remove, "
@@ -207,7 +190,7 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
             )
         self.target_sparsity = check_target_sparsity(self.target_sparsity)
         self.resolved_l0_config()  # validates structures / config
-        self.validate_cost_target()  # target_metric and its settings (hf_l0.cost.CostTargetArguments)
+        self.validate_cost_target()  # target_metric and its settings (hf_l0.cost.targets.CostTargetArguments)
         if self.sparsity_warmup_steps < 0:
             raise ValueError(f"sparsity_warmup_steps={self.sparsity_warmup_steps} must be >= 0.")
         if not 0.0 <= self.sparsity_warmup_ratio <= 1.0:
@@ -254,10 +237,7 @@ def _l0_config_dict(value: dict | str | L0Config | None) -> dict | None:
     if value is None or isinstance(value, dict):
         return value
     if isinstance(value, L0Config):
-        data = value.to_dict()
-        if value.target_sparsity is not None:  # deprecated field, see L0TrainingArguments.__post_init__
-            data["target_sparsity"] = value.target_sparsity
-        return data
+        return value.to_dict()
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):

@@ -1,7 +1,7 @@
 """Gates that start ordered by an importance score instead of all alike.
 
 With a short pruning budget the gates have few steps to find out which heads and neurons matter; starting them
-ordered by a cheap importance score (:mod:`hf_l0.baselines`) hands them that ranking at step 0. The start stays
+ordered by a cheap importance score (:mod:`hf_l0.pruning.baselines`) hands them that ranking at step 0. The start stays
 "near all open": the mean ``P(z != 0)`` of every gate tensor is exactly what the uniform start gives
 (``1 - droprate_init``, 0.99 by default), so the expected size at init, and with it the Lagrangian's start, do not
 change; only the ordering does.
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .baselines import LossFn, activation_scores, fisher_scores, magnitude_scores
+from ..gates.patch import get_gates, transformers_model
+from ..pruning.baselines import LossFn, activation_scores, fisher_scores, magnitude_scores
 from .distill import logit_kl
-from .patch import get_gates, transformers_model
 
 GATE_INITS = ("uniform", "fisher", "taylor", "activation", "magnitude")  # "taylor" is another name for "fisher"
 DEFAULT_SCALE = 1.0

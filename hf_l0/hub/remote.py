@@ -15,8 +15,9 @@ from typing import Any
 
 from transformers import AutoModel
 
+from ..pruning.structure import apply_structure
+from ..pruning.structure_format import STRUCTURE_KEY
 from .checkpoint import check_weights, checkpoint_files, loading_info_problems, raise_on_mismatch
-from .structure import STRUCTURE_KEY, apply_structure
 
 
 @contextlib.contextmanager

@@ -1,0 +1,149 @@
+"""Building the controller's cost target from the training arguments, and the scripts' summary of what it reached."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .base import TARGET_METRICS, CostTarget
+from .flops import FlopsTarget, compact_flops
+from .latency import LatencyTable, LatencyTarget, latency_inputs, latency_table, predict_latency
+from .measure import latency_speedup
+from .size import check_target_reachable
+
+
+def make_cost_target(
+    metric: str,
+    model: nn.Module,
+    *,
+    seq_len: int = 128,
+    batch_size: int = 1,
+    threads: int = 1,
+    table: Any = None,
+    **table_kwargs: Any,
+) -> CostTarget | None:
+    """The controller metric for ``metric`` (None for ``params``: the controller's own parameter sparsity).
+
+    ``latency`` measures (or loads from the cache) the latency table of ``model`` at ``batch_size`` x ``seq_len``
+    with ``threads`` torch threads, unless ``table`` (a :class:`hf_l0.cost.latency.LatencyTable` or a path to one) is
+    given.
+    """
+    if metric not in TARGET_METRICS:
+        raise ValueError(f"target_metric={metric!r}: choose one of {', '.join(TARGET_METRICS)}.")
+    if metric == "params":
+        return None
+    if metric == "flops":
+        return FlopsTarget(seq_len)
+    if table is None:
+        table = latency_table(model, batch_size=batch_size, seq_len=seq_len, threads=threads, **table_kwargs)
+    elif not isinstance(table, LatencyTable):
+        table = LatencyTable.load(table)
+    return LatencyTarget(table)
+
+
+# -- training arguments and the scripts' summary ---------------------------------------------------------------------
+@dataclass
+class CostTargetArguments:
+    """The target's metric: what ``target_sparsity`` is a reduction of (a mixin of :class:`hf_l0.L0TrainingArguments`,
+    so every field is also a command-line flag of the scripts)."""
+
+    target_metric: str = field(
+        default="params",
+        metadata={
+            "help": "What --target_sparsity removes: params (the fraction of attention + FFN parameters, CoFi), "
+            "flops (the fraction of the forward FLOPs at --cost_seq_len tokens: 1 - compact / dense) or "
+            "latency (the fraction of the forward time on this machine at --cost_batch_size x --cost_seq_len "
+            "tokens with --cost_threads threads, predicted by a measured latency table).",
+            "choices": list(TARGET_METRICS),
+        },
+    )
+    cost_seq_len: int = field(default=128, metadata={"help": "flops / latency targets: the sequence length."})
+    cost_batch_size: int = field(default=1, metadata={"help": "latency target: the batch size it is measured at."})
+    cost_threads: int = field(default=1, metadata={"help": "latency target: torch threads it is measured with."})
+    latency_table: str | None = field(
+        default=None,
+        metadata={
+            "help": "latency target: a table written by `python -m hf_l0 latency-table` (JSON path). Default: "
+            "measured on this machine at the start of training, or loaded from the cache."
+        },
+    )
+
+    def validate_cost_target(self) -> None:
+        if self.target_metric not in TARGET_METRICS:
+            raise ValueError(f"target_metric={self.target_metric!r}: choose one of {', '.join(TARGET_METRICS)}.")
+        for name in ("cost_seq_len", "cost_batch_size", "cost_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+        if self.latency_table is not None and self.target_metric != "latency":
+            raise ValueError(
+                f"latency_table is set but target_metric={self.target_metric!r}: it is read only for "
+                "target_metric='latency'."
+            )
+
+
+def cost_target_from_args(model: nn.Module, args: Any) -> CostTarget | None:
+    """The controller metric that ``args`` (an :class:`hf_l0.L0TrainingArguments`) ask for, after checking that the
+    gated ``model`` can reach ``args.target_sparsity`` of it; None for the parameter sparsity (checked as well)."""
+    metric = getattr(args, "target_metric", "params")
+    if metric == "params":
+        check_target_reachable(model, args.target_sparsity)
+        return None
+    if metric == "latency" and args.latency_table is None and getattr(args, "world_size", 1) > 1:
+        # every process would time its own table, and the snap would then move each rank's gates differently
+        raise ValueError(
+            "a latency target in a run of several processes needs one table for all: measure it first "
+            "(python -m hf_l0 latency-table --model ... --batch-size B --seq-len L --threads T) and pass "
+            "its path as --latency_table."
+        )
+    target = make_cost_target(
+        metric,
+        model,
+        seq_len=args.cost_seq_len,
+        batch_size=args.cost_batch_size,
+        threads=args.cost_threads,
+        table=args.latency_table,
+    )
+    target.check_target(model, args.target_sparsity)
+    return target
+
+
+def cost_target_summary(
+    args: Any, target: CostTarget | None, dense: nn.Module, compact: nn.Module, repeats: int = 15
+) -> tuple[dict[str, Any], list[tuple[str, Any, Any]]]:
+    """For the scripts: the target against what the compact model reached, FLOPs counted and latency measured at the
+    target's shape (dense and compact taking turns forward by forward, medians). Returns summary fields and table
+    rows (quantity, dense, pruned); nothing for a parameter target."""
+    if target is None:
+        return {}, []
+    inputs = latency_inputs(dense, args.cost_batch_size, args.cost_seq_len)
+    timing = latency_speedup(dense, compact, inputs, repeats=max(1, repeats // 3), rounds=3, threads=args.cost_threads)
+    measured = 1.0 - timing["compact_s"] / timing["dense_s"]
+    dense_flops, pruned_flops = compact_flops(dense, args.cost_seq_len), compact_flops(compact, args.cost_seq_len)
+    shape = f"{args.cost_batch_size} x {args.cost_seq_len}, {args.cost_threads} thread(s)"
+    fields = {
+        "target_metric": target.name,
+        "cost_seq_len": args.cost_seq_len,
+        "cost_batch_size": args.cost_batch_size,
+        "cost_threads": args.cost_threads,
+        "dense_gflops_per_token": dense_flops * 1e-9,
+        "pruned_gflops_per_token": pruned_flops * 1e-9,
+        "reached_flops_reduction": 1.0 - pruned_flops / dense_flops,
+        "target_dense_latency_ms": timing["dense_s"] * 1e3,
+        "target_pruned_latency_ms": timing["compact_s"] * 1e3,
+        "measured_latency_reduction": measured,
+    }
+    rows = [(f"GFLOPs / token at {args.cost_seq_len} tokens", dense_flops * 1e-9, pruned_flops * 1e-9)]
+    if target.name == "latency":
+        table = target.table
+        predicted = 1.0 - predict_latency(table, compact) / table.predict_dense()
+        fields["predicted_latency_reduction"] = predicted
+        rows.append(
+            (f"latency reduction (target {args.target_sparsity:.3f}, table predicts {predicted:.3f})", 0.0, measured)
+        )
+    else:
+        rows.append((f"FLOPs reduction (target {args.target_sparsity:.3f})", 0.0, fields["reached_flops_reduction"]))
+        rows.append(("latency reduction, measured", 0.0, measured))
+    rows.append((f"CPU latency, batch {shape} (ms)", timing["dense_s"] * 1e3, timing["compact_s"] * 1e3))
+    return fields, rows

@@ -1,5 +1,0 @@
-"""Deprecated: renamed to :mod:`hf_l0.structure`; this path is removed in the next release."""
-
-from ._moved import alias_module
-
-alias_module(__name__, "hf_l0.structure")
