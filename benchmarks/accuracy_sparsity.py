@@ -86,7 +86,8 @@ LABELS = {
 }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of this benchmark (``recovery.py`` extends them: same data, teacher and budget)."""
     p = benchmark_parser(__doc__, "tiny random BERT, a handful of examples and steps")
     p.add_argument("--models_dir", default=None, help="compact models (default: <output_dir>/models, git-ignored)")
     p.add_argument("--targets", type=float, nargs="+", default=None, help=f"default: {DEFAULT_TARGETS} (--quick: 0.75)")
@@ -153,7 +154,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--calibration_batch_size", type=int, default=8)
     p.add_argument("--calibration_seed", type=int, default=0, help="shuffle of the training split they come from")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def load_model_and_data(args: argparse.Namespace) -> tuple[tf.PreTrainedModel, Any, dict]:

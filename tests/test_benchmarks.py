@@ -17,7 +17,7 @@ import hf_l0
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import accuracy_sparsity, common, llm, speed, update_readme  # noqa: E402
+from benchmarks import accuracy_sparsity, common, llm, recovery, speed, update_readme  # noqa: E402
 
 METADATA = ("command", "versions", "hardware", "seed", "wall_seconds", "quick")
 
@@ -123,6 +123,44 @@ def test_accuracy_steps_curve_quick(out):
     for c in curve["comparisons"]:
         assert c["above"] == (c["margin_points"] > 0) and c["best_baseline"] == best
         assert c["landing_error"] == pytest.approx(l0[c["steps"]]["sparsity"] - 0.75)
+
+
+def test_recovery_quick(out):
+    """Two hf-l0 variants and Fisher over two seeds, then the mask-quality diagnostic: per-example correctness stored,
+    the variant chosen on validation, the paired difference computed on the same test examples."""
+    common_args = ["--quick", "--output_dir", str(out / "rec"), "--seeds", "0", "1"]
+    variants = ["--variants", "recovery_ratio=0.5", "default"]
+    recovery.main([*common_args, *variants, "--methods", "hf-l0,fisher"])
+    recovery.main([*common_args, "--methods", "mask", "--mask_of", "recovery_ratio=0.5"])
+    data = _check_outputs(out / "rec", "recovery")
+    groups = {(g["method"], g["variant"]): g for g in data["groups"]}
+    assert set(groups) == {
+        ("hf_l0", "recovery_ratio=0.5"),
+        ("hf_l0", "default"),
+        ("fisher", None),
+        ("mask", "recovery_ratio=0.5"),
+    }
+    assert all(g["seeds"] == [0, 1] for g in groups.values())
+    runs = out / "rec" / "recovery" / "runs"
+    frozen = json.loads((runs / "hf_l0-recoveryratio0.5-t0.75-s6-seed0.json").read_text())
+    assert (
+        frozen["frozen_step"] == 3
+        and json.loads((runs / "hf_l0-default-t0.75-s6-seed0.json").read_text())["frozen_step"] == -1
+    )
+    assert len(frozen["test_correct"]) == 32 and set(frozen["test_correct"]) <= {"0", "1"}
+    mask = json.loads((runs / "mask-recoveryratio0.5-t0.75-s6-seed0.json").read_text())
+    assert mask["settings"]["mask_of"][0] == frozen["name"] and abs(mask["sparsity"] - frozen["sparsity"]) < 0.02
+    (comparison,) = data["comparisons"]
+    best = max((g for g in groups.values() if g["method"] == "hf_l0"), key=lambda g: g["validation_accuracy"])
+    assert comparison["variant"] == best["variant"] and comparison["best_baseline"] == "fisher"
+    fisher = [json.loads((runs / f"fisher-t0.75-s6-seed{s}.json").read_text()) for s in (0, 1)]
+    chosen = [
+        json.loads((runs / f"hf_l0-{recovery.variant_slug(best['variant'])}-t0.75-s6-seed{s}.json").read_text())
+        for s in (0, 1)
+    ]
+    diffs = [int(a) - int(b) for x, y in zip(chosen, fisher) for a, b in zip(x["test_correct"], y["test_correct"])]
+    assert comparison["paired_points"][0] == pytest.approx(100 * statistics.fmean(diffs))
+    assert "paired difference" in (out / "rec" / "recovery.md").read_text()
 
 
 def test_speed_quick(out):

@@ -38,17 +38,24 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_classifier(
+def classifier_logits(
     model: nn.Module, dataset: Sequence[dict], collator: Callable[[list[dict]], dict], batch_size: int = 64
-) -> dict[str, float]:
-    """Plain eval loop (no Trainer): the same numbers for the dense, gated and compact models."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plain eval loop (no Trainer): the logits and labels of every example of ``dataset``, in order."""
     model.eval()
     logits, labels = [], []
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         labels.append(batch.pop("labels").numpy())
         logits.append(model(**batch).logits.float().numpy())
-    return metrics_from_logits(np.concatenate(logits), np.concatenate(labels))
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def evaluate_classifier(
+    model: nn.Module, dataset: Sequence[dict], collator: Callable[[list[dict]], dict], batch_size: int = 64
+) -> dict[str, float]:
+    """Accuracy and F1 of :func:`classifier_logits`: the same numbers for the dense, gated and compact models."""
+    return metrics_from_logits(*classifier_logits(model, dataset, collator, batch_size))
 
 
 @torch.no_grad()

@@ -57,13 +57,34 @@ class L0Gates(nn.Module):
         self.size_layout = size_layout
         self._values: dict[str, torch.Tensor] = {}
         self._depth = 0  # patched forwards running now (the outermost draws the sample, see _refresh_gates)
+        # The recovery stage: every gate at its deterministic value in training mode too (see freeze).
+        self.frozen = False
 
     def named_gates(self) -> dict[str, HardConcreteGate]:
         """The gates by name (see :data:`hf_l0.gates.hard_concrete.GATE_KINDS`), in creation order."""
         return {name: module for name, module in self.named_children() if isinstance(module, HardConcreteGate)}
 
+    def freeze(self) -> None:
+        """Fix the architecture: from now on every forward, in training mode too, uses the deterministic gate values
+        (what :func:`hf_l0.prune_model` folds into the weights), and ``log_alpha`` takes no gradient. The weights then
+        train the compact model exactly, as CoFi's and Sheared-LLaMA's second stage does (the recovery stage)."""
+        self.frozen = True
+        for gate in self.named_gates().values():
+            gate.log_alpha.requires_grad_(False)
+        self._values = {}
+
+    def unfreeze(self) -> None:
+        """Undo :meth:`freeze`: sampled gates in training mode, ``log_alpha`` trainable again."""
+        self.frozen = False
+        for gate in self.named_gates().values():
+            gate.log_alpha.requires_grad_(True)
+        self._values = {}
+
     def refresh(self) -> None:
-        self._values = {name: gate() for name, gate in self.named_gates().items()}
+        if self.frozen:
+            self._values = self.deterministic()
+        else:
+            self._values = {name: gate() for name, gate in self.named_gates().items()}
 
     def value(self, name: str) -> torch.Tensor | None:
         if name not in self._values and hasattr(self, name):

@@ -80,6 +80,12 @@ class LagrangianController(nn.Module):
 
     ``multiplier_update="ascent"`` is CoFi's controller: both multipliers are parameters updated by the training
     optimizer by gradient ascent (a hook negates their gradient), kept for comparison.
+
+    ``recovery_ratio`` splits the run in two stages, as CoFi and Sheared-LLaMA do: the *search* (the first
+    ``max_steps - round(recovery_ratio * max_steps)`` steps: warm-up, multiplier updates, the final phase) learns the
+    mask; at the first recovery step the deterministic sparsity is pinned to the target once more and the gates
+    freeze (:meth:`hf_l0.L0Gates.freeze`); the remaining steps train the weights of that fixed architecture with the
+    same loss and no penalty. The step it froze at is saved with the multipliers, so a resumed run never snaps again.
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class LagrangianController(nn.Module):
         anti_windup: bool = True,
         integral_separation: float = 0.03,
         metric: Callable[[nn.Module, bool], torch.Tensor] | None = None,
+        recovery_ratio: float = 0.0,
     ) -> None:
         super().__init__()
         check_target_sparsity(target_sparsity)
@@ -115,6 +122,11 @@ class LagrangianController(nn.Module):
             raise ValueError(f"gate_learning_rate={gate_learning_rate} must be > 0 (the gates' optimizer rate).")
         if not 0.0 <= final_phase_ratio < 1.0:
             raise ValueError(f"final_phase_ratio={final_phase_ratio} must lie in [0, 1).")
+        if not 0.0 <= recovery_ratio < 1.0:
+            raise ValueError(
+                f"recovery_ratio={recovery_ratio} must lie in [0, 1): the fraction of the steps that train the fixed "
+                "architecture after the search (0: no recovery stage)."
+            )
         if integral_separation < 0:
             raise ValueError(f"integral_separation={integral_separation} must be >= 0 (0 integrates every error).")
         if error_signal not in ("deterministic", "expected"):
@@ -128,6 +140,7 @@ class LagrangianController(nn.Module):
         self.integral_gain = float(integral_gain)
         self.gate_learning_rate = float(gate_learning_rate)
         self.final_phase_ratio = float(final_phase_ratio)
+        self.recovery_ratio = float(recovery_ratio)
         self.error_signal = error_signal
         # What the target constrains, as a reduction fraction in (0, 1): metric(model, deterministic) is
         # differentiable in log_alpha when deterministic is False. Parameters by default (the expected sparsity);
@@ -148,6 +161,8 @@ class LagrangianController(nn.Module):
         # The PI rule's integral term and the step it last ran at (so a repeated call for one step is a no-op).
         self.register_buffer("integral", torch.zeros((), dtype=torch.float64))
         self.register_buffer("updated_step", torch.full((), -1, dtype=torch.int64))
+        # The step the gates froze at (the first recovery step), -1 while searching.
+        self.register_buffer("frozen_step", torch.full((), -1, dtype=torch.int64))
         self._measured: dict[str, float] | None = None  # what on_step measured for updated_step
 
     def extra_repr(self) -> str:
@@ -173,10 +188,42 @@ class LagrangianController(nn.Module):
         """The target the penalty pulls the *expected* sparsity to: the schedule plus the calibration offset."""
         return min(max(self.target(step) + float(self.target_offset), 0.0), 0.999)
 
+    def search_steps(self, max_steps: int) -> int:
+        """How many of ``max_steps`` search the mask; the others train the frozen architecture (recovery)."""
+        return max_steps - round(self.recovery_ratio * max_steps)
+
+    def check_schedule(self, max_steps: int) -> None:
+        """Raise a ``ValueError`` naming the fix when the stages do not fit in ``max_steps`` optimizer steps."""
+        if max_steps < 1:
+            raise ValueError(
+                f"the run has {max_steps} optimizer steps: L0 pruning needs at least one to reach the target "
+                "(set max_steps or num_train_epochs > 0)."
+            )
+        search = self.search_steps(max_steps)
+        if self.recovery_ratio > 0 and (search < 1 or search >= max_steps):
+            raise ValueError(
+                f"recovery_ratio={self.recovery_ratio} of {max_steps} steps leaves {search} search and "
+                f"{max_steps - search} recovery steps: both stages need at least one step. Choose a ratio between "
+                f"{1 / max_steps:.4g} and {1 - 1 / max_steps:.4g}, or 0 for no recovery stage."
+            )
+        if self.warmup_steps > search:
+            stage = "search stage" if self.recovery_ratio > 0 else "run"
+            raise ValueError(
+                f"the sparsity warm-up ({self.warmup_steps} steps) is longer than the {stage} ({search} steps): the "
+                f"target would be reached only after training ends. Shorten sparsity_warmup_steps (or the ratio) "
+                f"to at most {search}, or train longer."
+            )
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the gates froze (the recovery stage has begun)."""
+        return int(self.frozen_step) >= 0
+
     def in_final_phase(self, step: int, max_steps: int) -> bool:
-        """Whether ``step`` lies in the final phase, where the deterministic sparsity is pinned to the target."""
-        ratio = self.final_phase_ratio
-        return ratio > 0 and step >= self.warmup_steps and step >= (1.0 - ratio) * max_steps
+        """Whether ``step`` lies in the final phase of the search, where the deterministic sparsity is pinned to the
+        target."""
+        ratio, search = self.final_phase_ratio, self.search_steps(max_steps)
+        return ratio > 0 and self.warmup_steps <= step < search and step >= (1.0 - ratio) * search
 
     @torch.no_grad()
     def on_step(self, model: nn.Module, step: int, max_steps: int | None = None) -> dict[str, float]:
@@ -189,6 +236,8 @@ class LagrangianController(nn.Module):
         self.set_step(step)
         if int(self.updated_step) == step and self._measured is not None:
             return self._measured  # another micro-batch of the same step
+        if self.recovery_ratio > 0 and max_steps is not None and step >= self.search_steps(max_steps):
+            return self._recover(model, step)
         deterministic = float(self.measure(model, deterministic=True))
         expected = float(self.measure(model))
         if int(self.updated_step) != step:
@@ -213,10 +262,26 @@ class LagrangianController(nn.Module):
         return self._measured
 
     @torch.no_grad()
+    def _recover(self, model: nn.Module, step: int) -> dict[str, float]:
+        """A recovery step: at the first one pin the deterministic sparsity to the target and freeze the gates (after
+        a resume only freeze them again: their values were saved); then nothing moves."""
+        gates = get_gates(model)
+        if not self.frozen:
+            snap_to_target(model, self.target_sparsity, measure=self.metric)
+            self.frozen_step.fill_(step)
+        if not gates.frozen:
+            gates.freeze()
+        self.updated_step.fill_(step)
+        deterministic = float(self.measure(model, deterministic=True))
+        self._measured = {"expected_sparsity": float(self.measure(model)), "deterministic_sparsity": deterministic}
+        return self._measured
+
+    @torch.no_grad()
     def finish(self, model: nn.Module) -> float:
         """After the last optimizer step: pin the deterministic sparsity once more when there is a final phase (the
-        last step moved the gates). Returns the deterministic sparsity."""
-        if self.final_phase_ratio > 0:
+        last step moved the gates) and no recovery stage (whose architecture is fixed). Returns the deterministic
+        sparsity."""
+        if self.final_phase_ratio > 0 and not self.frozen:
             return snap_to_target(model, self.target_sparsity, measure=self.metric)
         return float(self.measure(model, deterministic=True))
 
@@ -237,7 +302,10 @@ class LagrangianController(nn.Module):
         self.target_offset.fill_(min(max(offset, -self.target_sparsity), 0.999 - self.target_sparsity))
 
     def penalty(self, expected_sparsity: torch.Tensor, step: int | None = None) -> torch.Tensor:
-        """``lambda_1 (s - t) + lambda_2 (s - t)^2``: add it to the loss (differentiable in gates and multipliers)."""
+        """``lambda_1 (s - t) + lambda_2 (s - t)^2``: add it to the loss (differentiable in gates and multipliers).
+        Zero, with no gradient, once the gates froze (the recovery stage)."""
+        if self.frozen:
+            return torch.zeros((), dtype=self.lambda_1.dtype, device=self.lambda_1.device)
         gap = expected_sparsity.to(self.lambda_1.dtype) - self.effective_target(step)
         return self.lambda_1 * gap + self.lambda_2 * gap * gap
 
@@ -276,6 +344,7 @@ class LagrangianController(nn.Module):
             "integral_gain": self.integral_gain,
             "gate_learning_rate": self.gate_learning_rate,
             "final_phase_ratio": self.final_phase_ratio,
+            "recovery_ratio": self.recovery_ratio,
             "error_signal": self.error_signal,
             "anti_windup": self.anti_windup,
             "integral_separation": self.integral_separation,
@@ -299,7 +368,8 @@ class GateClamp:
     @torch.no_grad()
     def __call__(self, *args: Any, **kwargs: Any) -> None:  # also usable as an optimizer step post-hook
         for param in self.params:
-            param.clamp_(self.low, self.high)
+            if param.requires_grad:  # a frozen gate (recovery stage) keeps the value it froze at
+                param.clamp_(self.low, self.high)
 
 
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -99,6 +99,7 @@ class L0Trainer(Trainer):
             anti_windup=args.controller_anti_windup,
             integral_separation=args.controller_integral_separation,
             metric=self.cost_target,
+            recovery_ratio=args.recovery_ratio,
         )
 
         if teacher_model is None and args.teacher_model_name_or_path:
@@ -204,8 +205,10 @@ class L0Trainer(Trainer):
     def _resolve_gate_learning_rate(self, num_training_steps: int) -> float:
         """Fix the warm-up length (from the ratio unless given in steps) and the gates' learning rate (from the
         warm-up unless given); the PI controller's gains are relative to that rate."""
+        search = self.controller.search_steps(num_training_steps)
         if not self.args.sparsity_warmup_steps:
-            self.controller.warmup_steps = math.ceil(self.args.sparsity_warmup_ratio * max(num_training_steps, 1))
+            self.controller.warmup_steps = math.ceil(self.args.sparsity_warmup_ratio * max(search, 1))
+        self.controller.check_schedule(num_training_steps)
         rate = self.args.gate_learning_rate
         if rate is None:
             low, high = GATE_LR_RANGE
@@ -233,13 +236,18 @@ class L0Trainer(Trainer):
     ):
         if not model.training:  # evaluation: the task loss of the deterministic model
             return super().compute_loss(model, inputs, return_outputs=return_outputs)
+        gated = self._gated_model()
+        step = self.state.global_step
+        # Before the forward: a snap or the freeze at this step applies to this step's gates.
+        self._step_controller(gated, step)
         if self.teacher is None:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
         else:
             loss, outputs = self.distillation_loss(model, inputs)
-        gated = self._gated_model()
-        step = self.state.global_step
-        self._step_controller(gated, step)
+        if self.controller.frozen:  # recovery: the architecture is fixed, the loss is the task loss alone
+            with torch.no_grad():
+                self._accumulate(self.controller.stats(self.controller.measure(gated), step))
+            return (loss, outputs) if return_outputs else loss
         sparsity = self.controller.measure(gated)
         penalty = self.controller.penalty(sparsity, step)
         self._accumulate(self.controller.stats(sparsity.detach(), step))
@@ -296,6 +304,7 @@ class L0Trainer(Trainer):
             logs["target_sparsity"] = self.controller.target(self.state.global_step)
             logs["lambda_1"], logs["lambda_2"] = self.controller.lambda_1.item(), self.controller.lambda_2.item()
             logs["target_offset"] = float(self.controller.target_offset)
+            logs["recovery"] = float(self.controller.frozen)  # 1: the gates froze, the fixed architecture trains
             gated = self._gated_model()
             logs["deterministic_sparsity"] = float(self.controller.measure(gated, deterministic=True))
             if self.cost_target is not None:  # the *_sparsity keys are the cost reduction; add parameters and cost

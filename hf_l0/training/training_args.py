@@ -43,8 +43,18 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
     sparsity_warmup_ratio: float = field(
         default=0.5,
         metadata={
-            "help": "Fraction of the training steps over which the target rises from 0, when "
-            "--sparsity_warmup_steps is 0. The remaining steps hold the target so the gates settle on it."
+            "help": "Fraction of the search steps (all steps without a recovery stage) over which the target rises "
+            "from 0, when --sparsity_warmup_steps is 0. The remaining search steps hold the target so the gates "
+            "settle on it."
+        },
+    )
+    recovery_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of the training steps that train the fixed architecture after the search (CoFi's "
+            "and Sheared-LLaMA's second stage): at the first of them the deterministic sparsity is pinned to the "
+            "target and the gates freeze at their deterministic values; the weights then train the compact model "
+            "exactly, with the same loss and no penalty. 0: no recovery stage (the gates train to the last step)."
         },
     )
     gate_learning_rate: float | None = field(
@@ -137,8 +147,8 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
     sparsity_final_phase_ratio: float = field(
         default=0.1,
         metadata={
-            "help": "Final fraction of the training steps during which the deterministic sparsity is pinned to "
-            "the target before every step (one common log_alpha shift, see hf_l0.lagrangian.snap_to_target), "
+            "help": "Final fraction of the search steps during which the deterministic sparsity is pinned to "
+            "the target before every step (one common log_alpha shift, see hf_l0.training.lagrangian.snap_to_target), "
             "so the weights adapt to the pruned shape and the run ends on the target. 0 = off."
         },
     )
@@ -198,6 +208,11 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
         for name in ("gate_learning_rate", "lagrangian_learning_rate", "distill_temperature"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0.")
+        if not 0.0 <= self.recovery_ratio < 1.0:
+            raise ValueError(
+                f"recovery_ratio={self.recovery_ratio} must lie in [0, 1): the fraction of the steps that train the "
+                "fixed architecture after the search (0: no recovery stage)."
+            )
         if not 0.0 <= self.sparsity_final_phase_ratio < 1.0:
             raise ValueError(f"sparsity_final_phase_ratio={self.sparsity_final_phase_ratio} must lie in [0, 1).")
         if self.sparsity_calibration_rate < 0:

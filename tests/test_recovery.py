@@ -1,0 +1,258 @@
+"""The recovery stage: after the search the gates freeze at their deterministic values and the remaining steps train
+the weights of that fixed architecture (CoFi's and Sheared-LLaMA's second stage), in L0Trainer and in a custom loop."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers as tf
+from conftest import TASK_MODELS, VOCAB, make_inputs, make_model
+from datasets import Dataset
+from helpers import max_diff, randomize_, randomize_gates
+
+import hf_l0
+from hf_l0 import L0Config, LagrangianController, get_gates
+from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
+
+STEPS, RECOVERY, WARMUP = 12, 0.5, 3  # search: steps 0..5, the freeze at step 6, recovery: steps 6..11
+FREEZE = STEPS - round(RECOVERY * STEPS)
+
+
+def dataset(n: int = 96, seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, VOCAB, (n, 12), generator=g)
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "labels": (ids[:, 0] % 3).tolist()}
+    )
+
+
+def bert(seed: int = 0, dropout: float = 0.1) -> tf.BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = tf.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=3,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    return randomize_(tf.BertForSequenceClassification(config), seed)
+
+
+def trainer(out_dir, model=None, callbacks=None, **kw) -> L0Trainer:
+    torch.set_num_threads(1)
+    settings = dict(
+        output_dir=str(out_dir),
+        target_sparsity=0.5,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=STEPS,
+        recovery_ratio=RECOVERY,
+        sparsity_warmup_steps=WARMUP,
+        gate_learning_rate=0.1,
+        logging_steps=4,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        l0_structures="heads,ffn",
+        seed=0,
+        data_seed=0,
+    )
+    settings.update(kw)
+    return L0Trainer(
+        model=bert() if model is None else model,
+        args=L0TrainingArguments(**settings),
+        train_dataset=dataset(),
+        callbacks=callbacks,
+    )
+
+
+class Record(tf.TrainerCallback):
+    """After every optimizer step: the gates, the multipliers, the deterministic masks, the gate values the last
+    training forward used, and one weight matrix."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        gates = get_gates(model)
+        record = {f"gate.{k}": v.detach().clone() for k, v in gates.state_dict().items()}
+        record.update({f"mask.{k}": v.clone() for k, v in gates.deterministic().items()})
+        record.update({f"used.{k}": v.detach().clone() for k, v in gates._values.items()})
+        record["weight"] = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+        self.steps[state.global_step] = record
+
+
+def test_after_the_freeze_no_gate_multiplier_or_mask_changes(tmp_path):
+    record = Record()
+    run = trainer(tmp_path, callbacks=[record])
+    controller_states = {}
+    original = run.controller.on_step
+
+    def on_step(model, step, max_steps=None):
+        out = original(model, step, max_steps)
+        controller_states[step] = {k: v.clone() for k, v in run.controller.state_dict().items()}
+        return out
+
+    run.controller.on_step = on_step
+    run.train()
+    assert int(run.controller.frozen_step) == FREEZE and get_gates(run.model).frozen
+    frozen = record.steps[FREEZE + 1]  # after the first recovery step
+    searched = record.steps[FREEZE]  # after the last search step
+    assert not torch.equal(record.steps[1]["gate.heads.log_alpha"], searched["gate.heads.log_alpha"])  # gates trained
+    for step in range(FREEZE + 2, STEPS + 1):
+        for key, value in frozen.items():
+            if key == "weight":
+                assert not torch.equal(value, record.steps[step][key]), step  # the weights still train
+            else:
+                assert torch.equal(value, record.steps[step][key]), (step, key)
+        for key in ("lambda_1", "lambda_2", "integral", "target_offset"):
+            assert torch.equal(controller_states[FREEZE][key], controller_states[step - 1][key]), (step, key)
+    # every recovery forward used the deterministic values (what prune_model folds), never a sample
+    for step in range(FREEZE + 1, STEPS + 1):
+        for name, mask in record.steps[step].items():
+            if name.startswith("mask."):
+                assert torch.equal(record.steps[step][f"used.{name[5:]}"], mask), (step, name)
+    # the freeze pinned the deterministic sparsity to the target (one head / neuron of the tiny model)
+    assert abs(float(hf_l0.deterministic_sparsity(run.model)) - 0.5) < 0.02
+    assert run.state.log_history[-2]["recovery"] == 1.0 and run.state.log_history[0]["recovery"] == 0.0
+
+
+def test_the_trained_gated_model_in_recovery_computes_what_its_compact_model_computes(tmp_path):
+    """Training mode (dropout off) after the freeze: the gated model is the compact model, hidden and sublayer gates
+    included, with random biases."""
+    run = trainer(
+        tmp_path, model=bert(dropout=0.0), l0_structures="heads,ffn,hidden,layers", target_sparsity=0.4, max_steps=10
+    )
+    run.train()
+    inputs = {k: v[:, :12] for k, v in make_inputs(batch=3, length=12).items()}
+    model = run.model.train()
+    assert get_gates(model).frozen
+    with torch.no_grad():
+        gated = model(**inputs).logits
+    compact = run.compact_model()
+    with torch.no_grad():
+        pruned = compact(**inputs).logits
+    assert compact.num_parameters() < model.num_parameters()
+    assert max_diff(gated, pruned, inputs) <= 1e-5
+
+
+def final_output(model, inputs, keep: torch.Tensor | None = None) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**inputs)
+    out = out.logits if hasattr(out, "logits") else out.last_hidden_state
+    return out[..., keep] if keep is not None else out  # a bare encoder's pruned hidden dims: compare the kept ones
+
+
+@pytest.mark.parametrize("family, auto_class", TASK_MODELS)
+def test_frozen_gates_in_training_mode_compute_what_the_pruned_model_computes(family, auto_class):
+    model = make_model(family, auto_class)
+    for module in model.modules():  # training mode must differ from eval mode only through the gates
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    hf_l0.patch_model(model, L0Config(hidden=True, layers=True))
+    randomize_gates(model)
+    gates = get_gates(model)
+    gates.freeze()
+    inputs = make_inputs()
+    keep = gates.deterministic()["hidden"] != 0 if auto_class == "AutoModel" else None
+    gated = final_output(model.train(), inputs, keep)
+    assert all(not gate.log_alpha.requires_grad for gate in gates.named_gates().values())
+    pruned = final_output(hf_l0.prune_model(copy.deepcopy(model).eval()), inputs)
+    assert max_diff(gated, pruned, inputs) <= 1e-5
+    gates.unfreeze()  # sampling again: a training forward is no longer the pruned model
+    assert max_diff(final_output(model, inputs, keep), pruned, inputs) > 1e-3
+
+
+@pytest.mark.parametrize("resume_at", [4, 8])  # before the switch (crossed after resuming) and after it
+def test_resume_across_the_switch_is_bitwise(tmp_path, resume_at):
+    full = trainer(tmp_path / "a", save_strategy="steps", save_steps=4)
+    full.train()
+    resumed = trainer(tmp_path / "b", model=bert(seed=1), save_strategy="steps", save_steps=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / f"checkpoint-{resume_at}"))
+    assert get_gates(resumed.model).frozen and int(resumed.controller.frozen_step) == FREEZE
+    for key, value in full.model.state_dict().items():  # gates and weights
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    for key, value in full.controller.state_dict().items():
+        assert torch.equal(value, resumed.controller.state_dict()[key]), key
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(max_steps=4, recovery_ratio=0.9), "leaves 0 search and 4 recovery steps"),
+        (dict(max_steps=4, recovery_ratio=0.1), "leaves 4 search and 0 recovery steps"),
+        (dict(max_steps=12, recovery_ratio=0.5, sparsity_warmup_steps=7), r"warm-up \(7 steps\) is longer than the "),
+        (dict(max_steps=10, recovery_ratio=0.0, sparsity_warmup_steps=50), r"longer than the run \(10 steps\)"),
+    ],
+)
+def test_a_split_without_search_or_recovery_steps_is_refused_before_training(tmp_path, settings, message):
+    run = trainer(tmp_path, **settings)
+    before = copy.deepcopy(get_gates(run.model).state_dict())
+    with pytest.raises(ValueError, match=message):
+        run.train()
+    assert run.state.global_step == 0
+    assert all(torch.equal(v, get_gates(run.model).state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0])
+def test_recovery_ratio_outside_zero_one_is_refused(tmp_path, ratio):
+    with pytest.raises(ValueError, match=r"recovery_ratio=.* must lie in \[0, 1\)"):
+        L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, recovery_ratio=ratio, use_cpu=True)
+    with pytest.raises(ValueError, match=r"recovery_ratio=.* must lie in \[0, 1\)"):
+        LagrangianController(0.5, recovery_ratio=ratio)
+
+
+def test_a_custom_loop_gets_the_same_recovery_stage_from_the_controller():
+    torch.manual_seed(0)
+    model = bert(dropout=0.0)
+    hf_l0.patch_model(model, L0Config(heads=True, ffn=True))
+    controller = LagrangianController(0.5, warmup_steps=WARMUP, gate_learning_rate=0.1, recovery_ratio=RECOVERY)
+    controller.check_schedule(STEPS)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in model.named_parameters() if "log_alpha" not in n], "lr": 1e-3},
+            {"params": hf_l0.training.lagrangian.gate_parameters(model), "lr": 0.1, "weight_decay": 0.0},
+        ]
+    )
+    clamp = hf_l0.training.lagrangian.GateClamp(model, -3.0, 3.0)
+    data = dataset(STEPS * 8)
+    snapshots = {}
+    for step in range(STEPS):
+        controller.on_step(model, step, STEPS)
+        batch = data[step * 8 : (step + 1) * 8]
+        inputs = {k: torch.tensor(v) for k, v in batch.items()}
+        loss = model(**inputs).loss + controller.penalty(hf_l0.expected_sparsity(model), step)
+        loss.backward()
+        optimizer.step()
+        clamp()
+        optimizer.zero_grad()
+        snapshots[step] = {k: v.clone() for k, v in get_gates(model).state_dict().items()}
+    assert controller.frozen and int(controller.frozen_step) == FREEZE
+    penalty = controller.penalty(hf_l0.expected_sparsity(model))
+    assert controller.lambda_1.item() != 0.0 and penalty.item() == 0.0 and not penalty.requires_grad
+    for step in range(FREEZE, STEPS):
+        for key, value in snapshots[FREEZE].items():
+            assert torch.equal(value, snapshots[step][key]), (step, key)
+    assert abs(controller.finish(model) - 0.5) < 0.02  # no snap after the freeze: the sparsity it froze at
+    assert torch.equal(snapshots[STEPS - 1]["heads.log_alpha"], get_gates(model).heads.log_alpha)
+
+
+def test_the_gate_clamp_leaves_frozen_gates_where_they_froze():
+    model = hf_l0.patch_model(bert(), L0Config(heads=True, ffn=True))
+    gates = get_gates(model)
+    with torch.no_grad():
+        gates.heads.log_alpha.fill_(10.0)
+    clamp = hf_l0.training.lagrangian.GateClamp(model, -4.6, 4.6)
+    gates.freeze()
+    clamp()
+    assert bool((gates.heads.log_alpha == 10.0).all())
+    gates.unfreeze()
+    clamp()
+    assert bool((gates.heads.log_alpha == 4.6).all())
