@@ -109,6 +109,7 @@ def main() -> None:
         learning_rate=1e-3,
         target_sparsity=0.5,
         sparsity_warmup_steps=6,
+        recovery_ratio=0.25,  # the gates freeze at step 9: a resume from checkpoint-6 crosses the switch
         gate_learning_rate=0.2,
         use_cpu=True,
         report_to=[],
@@ -141,6 +142,7 @@ def main() -> None:
                     "max_rank_diff": callback.max_rank_diff,
                     "steps": trainer.state.global_step,
                     "fsdp": trainer.is_fsdp_enabled,
+                    "frozen_step": int(trainer.controller.frozen_step),
                 }
             )
         )

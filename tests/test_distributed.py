@@ -1,5 +1,6 @@
 """L0Trainer under two processes (accelerate, gloo on the CPU: DDP, and FSDP2 with a sharded checkpoint) against one
-process with the same global batch."""
+process with the same global batch, with a recovery stage (the gates freeze at step 9 of 12; the resumes from
+checkpoint-6 cross the switch)."""
 
 import json
 import os
@@ -60,7 +61,7 @@ def test_two_processes_keep_ranks_identical_match_one_process_and_resume(tmp_pat
     double, resumed = tmp_path / "double", tmp_path / "resumed"
     launch_two(double, L0_SAVE_STEPS="6")
     result = json.loads((double / "result.json").read_text())
-    assert result["world_size"] == 2 and result["steps"] == 12
+    assert result["world_size"] == 2 and result["steps"] == 12 and result["frozen_step"] == 9
     assert result["max_rank_diff"] <= 1e-6  # gates and multipliers agree on every rank after every step
     one, two = load_file(single / "final_gates.safetensors"), load_file(double / "final_gates.safetensors")
     assert set(one) == set(two)
@@ -81,7 +82,7 @@ def test_fsdp2_two_processes_match_one_process_and_resume_from_sharded_checkpoin
     fsdp, resumed = tmp_path / "fsdp", tmp_path / "resumed"
     launch_two(fsdp, L0_FSDP="1", L0_FSDP_FORCE="1", L0_SAVE_STEPS="6")
     result = json.loads((fsdp / "result.json").read_text())
-    assert result == {**result, "world_size": 2, "steps": 12, "fsdp": True}
+    assert result == {**result, "world_size": 2, "steps": 12, "fsdp": True, "frozen_step": 9}
     assert result["max_rank_diff"] <= 1e-6
     checkpoint = fsdp / "run" / "checkpoint-6"
     assert (checkpoint / "pytorch_model_fsdp_0").is_dir() and not (checkpoint / "model.safetensors").exists()

@@ -118,8 +118,9 @@ class HardConcreteGate(nn.Module):
         return f"shape={tuple(self.log_alpha.shape)}, temperature={self.temperature:.4g}, binary={self.binary}"
 
     def prob_nonzero(self, log_alpha: torch.Tensor | None = None) -> torch.Tensor:
-        """P(z != 0) per entry: the differentiable expected L0 norm contribution."""
-        log_alpha = self.log_alpha if log_alpha is None else log_alpha
+        """P(z != 0) per entry: the differentiable expected L0 norm contribution (of every entry: a sharded
+        ``log_alpha`` is gathered, see :meth:`whole_log_alpha`)."""
+        log_alpha = self.whole_log_alpha() if log_alpha is None else log_alpha
         return torch.sigmoid(log_alpha - self.temperature * math.log(-self.limit_left / self.limit_right))
 
     def whole_log_alpha(self) -> torch.Tensor:
