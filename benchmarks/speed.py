@@ -245,7 +245,7 @@ def sublayer_free(dense: torch.nn.Module) -> torch.nn.Module:
     (embeddings, residual norms, pooler, classifier and the per-layer Python dispatch)."""
     model = hf_l0.patch_model(copy.deepcopy(dense), hf_l0.L0Config(heads=True, ffn=True, layers=True))
     with torch.no_grad():
-        for gate in hf_l0.get_gates(model).named_gates().values():
+        for gate in hf_l0.get_gates(model).gates.values():
             gate.log_alpha.fill_(-30.0)
     return hf_l0.prune_model(model.eval())
 

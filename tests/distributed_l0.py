@@ -53,7 +53,7 @@ class RankAgreement(TrainerCallback):
 
     def state_vector(self) -> torch.Tensor:
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        gates = [full(gate.log_alpha).flatten() for gate in hf_l0.get_gates(model).named_gates().values()]
+        gates = [full(gate.log_alpha).flatten() for gate in hf_l0.get_gates(model).gates.values()]
         multipliers = [p.detach().flatten() for p in self.trainer.controller.parameters()]
         return torch.cat(gates + multipliers).float()
 
@@ -129,7 +129,7 @@ def main() -> None:
     trainer.save_model(str(out_dir / "compact"))  # the compact model (gathered from the shards under FSDP)
     gates = {
         name: full(gate.log_alpha).contiguous()
-        for name, gate in hf_l0.get_gates(trainer.accelerator.unwrap_model(trainer.model)).named_gates().items()
+        for name, gate in hf_l0.get_gates(trainer.accelerator.unwrap_model(trainer.model)).named_gates()
     }
     if trainer.accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)

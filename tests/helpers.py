@@ -52,7 +52,7 @@ def randomize_gates(model, seed: int = 0, closed_attention_layer: int = 0, close
     gates = hf_l0.get_gates(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for gate in gates.named_gates().values():
+        for gate in gates.gates.values():
             gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=generator) * 3.0)
         if hasattr(gates, "heads"):
             gates.heads.log_alpha[closed_attention_layer] = -10.0

@@ -68,7 +68,7 @@ def test_all_gates_open_prunes_to_the_original(family, auto_class):
     dense_params = params(model)
     patch_model(model, L0Config(hidden=True, layers=True))
     with torch.no_grad():
-        for gate in hf_l0.get_gates(model).named_gates().values():
+        for gate in hf_l0.get_gates(model).gates.values():
             gate.log_alpha.fill_(10.0)
     prune_model(model.eval())
     assert params(model) == dense_params
@@ -161,7 +161,7 @@ def test_expected_size_is_differentiable_and_bounded():
     assert 0 < expected.total.item() < full.total.item()
     sparsity = hf_l0.expected_sparsity(model)
     sparsity.backward()
-    for gate in hf_l0.get_gates(model).named_gates().values():
+    for gate in hf_l0.get_gates(model).gates.values():
         assert gate.log_alpha.grad is not None and (gate.log_alpha.grad <= 0).all()
     assert 0.0 < sparsity.item() < 0.2  # gates start nearly open (droprate_init=0.01)
 
@@ -214,7 +214,7 @@ def test_training_mode_samples_and_backprop_reaches_gates():
     for _ in range(4):  # a gate clamped at exactly 0 or 1 in one sample passes no gradient in that sample
         out = model(**inputs, labels=inputs["input_ids"])
         out.loss.backward()
-    for gate in hf_l0.get_gates(model).named_gates().values():
+    for gate in hf_l0.get_gates(model).gates.values():
         assert gate.log_alpha.grad is not None and gate.log_alpha.grad.abs().sum() > 0
 
 
@@ -316,7 +316,7 @@ def test_pruned_copy_leaves_the_gated_model_gated_and_equals_pruning_it():
 
     model = hf_l0.patch_model(make_model("llama"), hf_l0.L0Config(hidden=True, layers=True))
     with torch.no_grad():
-        for gate in hf_l0.get_gates(model).named_gates().values():
+        for gate in hf_l0.get_gates(model).gates.values():
             gate.log_alpha.normal_(0.0, 3.0)
     reference = hf_l0.prune_model(copy.deepcopy(model).eval())
     compact = pruned_copy(model)

@@ -47,7 +47,7 @@ def random_gates(model, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     layers = gates.heads.log_alpha.shape[0]
     with torch.no_grad():
-        for gate in gates.named_gates().values():
+        for gate in gates.gates.values():
             gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=generator) * 3.0)
         gates.heads.log_alpha[seed % layers] = -10.0
         if hasattr(gates, "ffn_layers"):
@@ -91,7 +91,7 @@ def test_expected_flops_gradient_matches_finite_differences(family):
     model = make_model(family, auto_class)
     patch_model(model, L0Config(heads=True, ffn=True, layers=True, hidden=family != "gpt2"))
     random_gates(model, 0)
-    gates = list(hf_l0.get_gates(model).named_gates().values())
+    gates = list(hf_l0.get_gates(model).gates.values())
     for gate in gates:
         gate.double()
     params = tuple(gate.log_alpha for gate in gates)
@@ -117,7 +117,7 @@ def test_expected_flops_equal_deterministic_flops_when_gates_are_saturated():
     patch_model(model, L0Config(heads=True, ffn=True, layers=True, hidden=True))
     random_gates(model, 2)
     with torch.no_grad():
-        for gate in hf_l0.get_gates(model).named_gates().values():
+        for gate in hf_l0.get_gates(model).gates.values():
             gate.log_alpha.copy_(torch.where(gate.log_alpha > 0, 60.0, -60.0))
     model.eval()
     expected, deterministic = expected_flops(model, SEQ_LEN), deterministic_flops(model, SEQ_LEN)
@@ -178,7 +178,7 @@ def test_expected_latency_gradient_and_deterministic_latency_of_the_compact_mode
     table = synthetic_table(model)
     patch_model(model, L0Config(heads=True, ffn=True, layers=True))
     random_gates(model, 1)
-    gates = list(hf_l0.get_gates(model).named_gates().values())
+    gates = list(hf_l0.get_gates(model).gates.values())
     for gate in gates:
         gate.double()
 
@@ -211,7 +211,7 @@ def test_expected_latency_equals_deterministic_latency_when_gates_are_saturated(
     patch_model(model, L0Config(heads=True, ffn=True, layers=True))
     random_gates(model, 0)
     with torch.no_grad():
-        for gate in hf_l0.get_gates(model).named_gates().values():
+        for gate in hf_l0.get_gates(model).gates.values():
             gate.log_alpha.copy_(torch.where(gate.log_alpha > 0, 60.0, -60.0))
     model.eval()
     expected = float(expected_latency(model, table).detach())

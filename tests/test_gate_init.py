@@ -28,7 +28,7 @@ def _random_scores(model, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_log_alpha_follows_the_scores_and_the_expected_size_stays():
     model = _patched()
     gates = hf_l0.get_gates(model)
-    before = {name: gate.prob_nonzero().mean().item() for name, gate in gates.named_gates().items()}
+    before = {name: gate.prob_nonzero().mean().item() for name, gate in gates.named_gates()}
     sparsity = hf_l0.expected_sparsity(model).item()
     layers = gates.attention_layers.log_alpha.clone()
     scores = _random_scores(model)

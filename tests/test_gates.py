@@ -161,7 +161,9 @@ def test_one_gate_table_drives_the_gates_a_config_creates():
     for config in configs:
         model = hf_l0.patch_model(make_model("bert"), config)
         gates = hf_l0.get_gates(model)
-        assert list(gates.named_gates()) == [k.name for k in GATE_KINDS if getattr(config, k.switch)]
+        assert list(gates.gates) == [k.name for k in GATE_KINDS if getattr(config, k.switch)]
+        pairs = list(gates.named_gates())  # (name, module) pairs, like nn.Module's named_* methods
+        assert [name for name, _ in pairs] == list(gates.gates) and all(gates.gates[n] is g for n, g in pairs)
         assert isinstance(gates.size_layout, SizeLayout)
         hf_l0.expected_sparsity(model)
         assert "_size_layout" not in vars(gates)
@@ -172,7 +174,7 @@ def test_deterministic_sparsity_is_what_pruning_keeps_and_has_no_gradient():
 
     model = hf_l0.patch_model(make_model("llama"), L0Config(layers=True))
     with torch.no_grad():
-        for gate in hf_l0.get_gates(model).named_gates().values():
+        for gate in hf_l0.get_gates(model).gates.values():
             gate.log_alpha.normal_(0.0, 3.0)
     reached = hf_l0.deterministic_sparsity(model)
     assert 0.0 < reached.item() < 1.0 and not reached.requires_grad

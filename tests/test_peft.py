@@ -123,7 +123,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(family):
         labels = inputs["input_ids"] if family != "bert" else torch.tensor([0, 2])
         torch.manual_seed(123)  # same gate samples in both runs
         model(**inputs, labels=labels).loss.backward()
-        grads.append({name: gate.log_alpha.grad.clone() for name, gate in hf_l0.get_gates(model).named_gates().items()})
+        grads.append({name: gate.log_alpha.grad.clone() for name, gate in hf_l0.get_gates(model).named_gates()})
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
     assert grads[0]["heads"].abs().sum() > 0 and grads[0]["hidden"].abs().sum() > 0
@@ -140,7 +140,7 @@ def test_bf16_autocast_on_cpu(family):
         loss = model(**inputs, labels=inputs["input_ids"]).loss
     loss.backward()
     assert torch.isfinite(loss)
-    assert all(g.log_alpha.grad is not None for g in hf_l0.get_gates(model).named_gates().values())
+    assert all(g.log_alpha.grad is not None for g in hf_l0.get_gates(model).gates.values())
     model.eval()
     reference = model_output(model, inputs)
     with torch.autocast("cpu", dtype=torch.bfloat16):

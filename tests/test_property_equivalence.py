@@ -45,7 +45,7 @@ def _draw_gates(model, rng: random.Random) -> None:
     gates = hf_l0.get_gates(model)
     generator = torch.Generator().manual_seed(rng.randrange(2**31))
     with torch.no_grad():
-        for name, gate in gates.named_gates().items():
+        for name, gate in gates.named_gates():
             spread, shift = rng.uniform(0.5, 4.0), rng.uniform(-2.0, 3.0)
             gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=generator) * spread + shift)
             if name in ("heads", "ffn"):

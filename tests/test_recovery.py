@@ -163,7 +163,7 @@ def test_frozen_gates_in_training_mode_compute_what_the_pruned_model_computes(fa
     inputs = make_inputs()
     keep = gates.deterministic()["hidden"] != 0 if auto_class == "AutoModel" else None
     gated = final_output(model.train(), inputs, keep)
-    assert all(not gate.log_alpha.requires_grad for gate in gates.named_gates().values())
+    assert all(not gate.log_alpha.requires_grad for gate in gates.gates.values())
     pruned = final_output(hf_l0.prune_model(copy.deepcopy(model).eval()), inputs)
     assert max_diff(gated, pruned, inputs) <= 1e-5
     gates.unfreeze()  # sampling again: a training forward is no longer the pruned model

@@ -101,7 +101,7 @@ def test_max_reachable_sparsity_is_what_all_gates_shut_prunes_to(family, auto_cl
     maximum = hf_l0.max_reachable_sparsity(model)
     dense = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in hf_l0.get_gates(model).parameters())
     with torch.no_grad():
-        for gate in hf_l0.get_gates(model).named_gates().values():
+        for gate in hf_l0.get_gates(model).gates.values():
             gate.log_alpha.fill_(-10.0)  # all shut (a uniform target still keeps its counts)
     assert hf_l0.deterministic_sparsity(model).item() == pytest.approx(maximum, abs=1e-12)
     full, kept = hf_l0.full_size(model).total.item(), hf_l0.deterministic_size(model).total.item()

@@ -266,7 +266,7 @@ def test_param_groups_are_named_and_built_as_for_a_custom_loop(tmp_path, gate_lr
     trainer.create_optimizer_and_scheduler(4)
     groups = {group["name"]: group for group in trainer.optimizer.param_groups}
     assert list(groups) == ["weights", "weights_no_decay", "gates", "multipliers"]
-    gate_ids = {id(g.log_alpha) for g in get_gates(trainer.model).named_gates().values()}
+    gate_ids = {id(g.log_alpha) for g in get_gates(trainer.model).gates.values()}
     assert {id(p) for p in groups["gates"]["params"]} == gate_ids and groups["gates"]["weight_decay"] == 0.0
     assert groups["gates"]["betas"][0] == trainer.args.gate_adam_beta1
     assert groups["multipliers"]["params"] == list(trainer.controller.parameters())
@@ -297,7 +297,7 @@ def test_snap_to_target_lands_within_one_head_of_the_target_even_with_layer_gate
     ).eval()
     hf_l0.patch_model(model, hf_l0.L0Config(heads=True, ffn=True, layers=True))
     with torch.no_grad():
-        for gate in get_gates(model).named_gates().values():
+        for gate in get_gates(model).gates.values():
             gate.log_alpha.normal_(0.0, 2.0)  # layer gates too: some sit near the keep / drop boundary
     full = hf_l0.full_size(model).prunable.item()
     head_share = (4 * 8 * 64 + 3 * 8) / full  # q, k, v rows + o columns of one head, and its q/k/v biases

@@ -60,7 +60,7 @@ class CostTarget:
             )
         maximum = self.max_reduction(model)
         if target > maximum + 1e-12:
-            structures = ", ".join(get_gates(model).named_gates())
+            structures = ", ".join(get_gates(model).gates)
             raise ValueError(
                 f"a {self.name} reduction of {target} cannot be reached: with gates on {structures} this model can "
                 f"lose at most {maximum:.4f} of its {self.name} (every gate shut). Gate more structures (layers "

@@ -98,7 +98,7 @@ def _flops(model: nn.Module, seq_len: int, mode: str) -> FlopsReport:
     _check_seq_len(seq_len)
     layout = _layout(model)
     probs = unit_probabilities(model, mode)
-    device = next(iter(get_gates(model).named_gates().values())).log_alpha.device
+    device = next(iter(get_gates(model).gates.values())).log_alpha.device
     one = torch.ones((), dtype=torch.float64, device=device)
     hidden = probs["hidden"].sum() if "hidden" in probs else one * layout["hidden_size"]
     totals = {}

@@ -500,7 +500,7 @@ def _check_table(model: nn.Module, table: LatencyTable) -> None:
 def _latency(model: nn.Module, table: LatencyTable, mode: str) -> torch.Tensor:
     _check_table(model, table)
     probs = unit_probabilities(model, mode)
-    device = next(iter(get_gates(model).named_gates().values())).log_alpha.device
+    device = next(iter(get_gates(model).gates.values())).log_alpha.device
     shape = table.key["shape"]
     total = torch.tensor(table.fixed_s, dtype=torch.float64, device=device)
     for (_kind, unit_gate, layer_gate), time_of, width in (

@@ -50,10 +50,10 @@ def unit_probabilities(model: nn.Module, mode: SizeMode) -> dict[str, torch.Tens
     if mode == "full":
         return {}
     if mode == "expected":
-        return {name: gate.prob_nonzero().double() for name, gate in gates.named_gates().items()}
+        return {name: gate.prob_nonzero().double() for name, gate in gates.named_gates()}
     if mode == "minimum":  # every gate shut, except the entries a uniform target (keep_per_row) must keep
         minimum = {}
-        for name, gate in gates.named_gates().items():
+        for name, gate in gates.named_gates():
             value = torch.zeros_like(gate.log_alpha, dtype=torch.float64)
             if gate.keep_per_row is not None:
                 value[..., : min(gate.keep_per_row, value.shape[-1])] = 1.0
@@ -161,7 +161,7 @@ def check_target_reachable(model: nn.Module, target_sparsity: float) -> None:
     """
     maximum = max_reachable_sparsity(model)
     if target_sparsity > maximum + 1e-12:
-        structures = ", ".join(get_gates(model).named_gates())
+        structures = ", ".join(get_gates(model).gates)
         raise ValueError(
             f"target_sparsity={target_sparsity} cannot be reached: with gates on {structures} this model can lose at "
             f"most {maximum:.4f} of its attention + FFN parameters (every gate shut). Gate more structures (layers "

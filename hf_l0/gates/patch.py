@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -60,23 +60,31 @@ class L0Gates(nn.Module):
         # The recovery stage: every gate at its deterministic value in training mode too (see freeze).
         self.frozen = False
 
-    def named_gates(self) -> dict[str, HardConcreteGate]:
-        """The gates by name (see :data:`hf_l0.gates.hard_concrete.GATE_KINDS`), in creation order."""
-        return {name: module for name, module in self.named_children() if isinstance(module, HardConcreteGate)}
+    def named_gates(self) -> Iterator[tuple[str, HardConcreteGate]]:
+        """``(name, gate)`` pairs, like every ``named_*`` of ``nn.Module``, in creation order (the order of
+        :data:`hf_l0.gates.hard_concrete.GATE_KINDS`)."""
+        for name, module in self.named_children():
+            if isinstance(module, HardConcreteGate):
+                yield name, module
+
+    @property
+    def gates(self) -> dict[str, HardConcreteGate]:
+        """The gates by name, in creation order."""
+        return dict(self.named_gates())
 
     def freeze(self) -> None:
         """Fix the architecture: from now on every forward, in training mode too, uses the deterministic gate values
         (what :func:`hf_l0.prune_model` folds into the weights), and ``log_alpha`` takes no gradient. The weights then
         train the compact model exactly, as CoFi's and Sheared-LLaMA's second stage does (the recovery stage)."""
         self.frozen = True
-        for gate in self.named_gates().values():
+        for gate in self.gates.values():
             gate.log_alpha.requires_grad_(False)
         self._values = {}
 
     def unfreeze(self) -> None:
         """Undo :meth:`freeze`: sampled gates in training mode, ``log_alpha`` trainable again."""
         self.frozen = False
-        for gate in self.named_gates().values():
+        for gate in self.gates.values():
             gate.log_alpha.requires_grad_(True)
         self._values = {}
 
@@ -84,7 +92,7 @@ class L0Gates(nn.Module):
         if self.frozen:
             self._values = self.deterministic()
         else:
-            self._values = {name: gate() for name, gate in self.named_gates().items()}
+            self._values = {name: gate() for name, gate in self.named_gates()}
 
     def value(self, name: str) -> torch.Tensor | None:
         if name not in self._values and hasattr(self, name):
@@ -93,7 +101,7 @@ class L0Gates(nn.Module):
 
     @torch.no_grad()
     def deterministic(self) -> dict[str, torch.Tensor]:
-        return {name: gate.deterministic() for name, gate in self.named_gates().items()}
+        return {name: gate.deterministic() for name, gate in self.named_gates()}
 
 
 def transformers_model(model: nn.Module) -> nn.Module:

@@ -80,7 +80,7 @@ def unit_masks(model: nn.Module, requires_grad: bool = False) -> Iterator[dict[s
     if patched_here:
         patch_model(model, L0Config(heads=True, ffn=True, layers=False, hidden=False))
     gates = get_gates(model)
-    ones = {name: torch.ones_like(gate.log_alpha.detach()) for name, gate in gates.named_gates().items()}
+    ones = {name: torch.ones_like(gate.log_alpha.detach()) for name, gate in gates.named_gates()}
     masks = {name: ones[name].clone().requires_grad_(requires_grad) for name in SCORED if name in ones}
 
     def override(module: nn.Module, args: Any) -> None:

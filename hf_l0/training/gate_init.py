@@ -65,7 +65,7 @@ def init_gates_from_scores(
     if scale < 0 or not math.isfinite(scale):
         raise ValueError(f"scale={scale} must be a finite number >= 0 (0 gives the uniform start).")
     gates = get_gates(model)
-    named = gates.named_gates()
+    named = gates.gates
     droprate_init = transformers_model(model).l0_config.droprate_init
     for name, score in scores.items():
         gate = named.get(name)

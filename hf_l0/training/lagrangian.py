@@ -362,7 +362,7 @@ class GateClamp:
     def __init__(self, model: nn.Module, low: float = -math.log(100.0), high: float = math.log(100.0)) -> None:
         if not low < high:
             raise ValueError(f"log_alpha clamp range ({low}, {high}) is empty.")
-        self.params = [gate.log_alpha for gate in get_gates(model).named_gates().values()]
+        self.params = [gate.log_alpha for gate in get_gates(model).gates.values()]
         self.low, self.high = low, high
 
     @torch.no_grad()
@@ -374,7 +374,7 @@ class GateClamp:
 
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The ``log_alpha`` of every gate of a patched model."""
-    return [gate.log_alpha for gate in get_gates(model).named_gates().values()]
+    return [gate.log_alpha for gate in get_gates(model).gates.values()]
 
 
 # The optimizer's param groups, by name (a group dict's "name" key), in the order they are built.
@@ -452,7 +452,7 @@ def snap_to_target(
     weights adapt to the pinned gates. ``measure(model, deterministic)`` replaces the parameter sparsity by another
     reduction fraction that falls as gates open (FLOPs, latency).
     """
-    gates = get_gates(model).named_gates()
+    gates = get_gates(model).gates
     reached = _bisect_shift(model, [g.log_alpha for g in gates.values()], target_sparsity, bound, iterations, measure)
     fine = [gate.log_alpha for name, gate in gates.items() if GATE_KIND[name].level != "sublayer"]
     if fine and len(fine) < len(gates):

@@ -399,7 +399,7 @@ class L0Trainer(Trainer):
         os.replace(tmp, path)  # never a half-written state file
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        _check_gates_in_checkpoint(resume_from_checkpoint, set(get_gates(self.model).named_gates()))
+        _check_gates_in_checkpoint(resume_from_checkpoint, set(get_gates(self.model).gates))
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, L0_STATE_NAME)
         if not os.path.isfile(path):
