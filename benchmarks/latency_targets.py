@@ -9,10 +9,10 @@ logit distillation from the dense teacher):
 2. Per batch size of ``--latency_batch_sizes`` (x ``--latency_seq_len`` tokens, ``--latency_threads`` threads): the
    dense model's latency table (``hf_l0.cost.latency.latency_table``, cached under
    ``<output_dir>/latency_targets/tables``) and one run per ``--latency_targets`` speedup S, pruned to the latency
-   reduction 1 - 1/S that the table predicts (``target_metric="latency"``). Its compact model is timed against the dense
+   reduction 1 - 1/S that the table predicts (``target_speedup=S``). Its compact model is timed against the dense
 one at that batch size. 3. Shared by the batch sizes: one run per ``--flops_targets`` reduction
-   (``target_metric="flops"``, FLOPs per token at ``--latency_seq_len``) and per ``--param_targets`` sparsity
-   (``target_metric="params"``, the comparison). Their compact models are saved (``<models_dir>/latency_targets/<run>``)
+   (``target_flops_reduction``, FLOPs per token at ``--latency_seq_len``) and per ``--param_targets`` sparsity
+   (``target_sparsity``, the comparison). Their compact models are saved (``<models_dir>/latency_targets/<run>``)
    and timed at each batch size in its own run file, by whichever process runs that batch size.
 
 Timings are medians of dense and compact taking turns forward by forward (``hf_l0.cost.measure.latency_speedup``), so
@@ -82,6 +82,7 @@ from benchmarks.common import (  # noqa: E402
 from hf_l0.cost.flops import compact_flops  # noqa: E402
 from hf_l0.cost.latency import LatencyTable, latency_inputs, latency_table, predict_latency  # noqa: E402
 from hf_l0.cost.measure import latency_speedup  # noqa: E402
+from hf_l0.cost.targets import TARGET_FIELDS  # noqa: E402
 from hf_l0.pruning.structure import apply_structure  # noqa: E402
 
 NAME = "latency_targets"
@@ -222,7 +223,9 @@ class Context(accuracy_sparsity.Context):
         """One `L0Trainer` run to ``target`` (a reduction of ``metric``): the trainer, and what its record holds
         (``refused`` and the message when the trainer refuses the target: then nothing trains)."""
         a = self.args
-        cost = {"target_metric": metric, "cost_seq_len": a.latency_seq_len}
+        # the reduction as the setting of its metric (a latency reduction r is the speedup 1 / (1 - r))
+        value = 1.0 / (1.0 - target) if metric == "latency" else target
+        cost = {TARGET_FIELDS[metric]: value, "cost_seq_len": a.latency_seq_len}
         if metric == "latency":
             table = self.tables[batch_size]
             cost.update(cost_batch_size=batch_size, cost_threads=a.latency_threads, latency_table=table.path)
@@ -234,7 +237,6 @@ class Context(accuracy_sparsity.Context):
                 self.splits["train"],
                 self.collator,
                 processing_class=self.tokenizer,
-                target_sparsity=target,
                 sparsity_warmup_ratio=a.sparsity_warmup_ratio,
                 sparsity_final_phase_ratio=a.sparsity_final_phase_ratio,
                 distill_layerwise=a.distill_layerwise,

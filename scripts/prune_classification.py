@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
         "pruned": pruned_metrics,
         "gated": gated_metrics,
         "target_sparsity": args.target_sparsity,
+        "target_flops_reduction": args.target_flops_reduction,
+        "target_speedup": args.target_speedup,
         "reached_sparsity": reached,
         "dense_parameters": dense_params,
         "pruned_parameters": pruned_params,

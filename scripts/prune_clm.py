@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
         "dense_perplexity": dense_ppl,
         "pruned_perplexity": pruned_ppl,
         "target_sparsity": args.target_sparsity,
+        "target_flops_reduction": args.target_flops_reduction,
+        "target_speedup": args.target_speedup,
         "reached_sparsity": reached,
         "dense_parameters": dense_params,
         "pruned_parameters": pruned_params,

@@ -322,7 +322,7 @@ def test_bad_latency_targets_are_refused_with_the_reason():
 
 
 def test_latency_table_command_measures_then_loads(tmp_path, capsys):
-    from hf_l0.__main__ import main
+    from hf_l0.cli import main
 
     make_model("bert", "AutoModelForSequenceClassification").save_pretrained(tmp_path / "model")
     argv = [
@@ -377,8 +377,7 @@ def test_trainer_prunes_to_a_flops_target(tmp_path):
     target = 0.4
     args = L0TrainingArguments(
         output_dir=str(tmp_path),
-        target_sparsity=target,
-        target_metric="flops",
+        target_flops_reduction=target,
         cost_seq_len=16,
         max_steps=40,
         per_device_train_batch_size=16,
@@ -405,17 +404,30 @@ def test_trainer_prunes_to_a_flops_target(tmp_path):
     )
 
 
-def test_bad_target_metric_arguments_are_refused(tmp_path):
+def test_one_target_per_meaning_and_bad_target_arguments_are_refused(tmp_path):
     from hf_l0.training.trainer import L0TrainingArguments
 
-    with pytest.raises(ValueError, match="target_metric='speed'"):
-        L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="speed")
-    with pytest.raises(ValueError, match="read only for target_metric='latency'"):
-        L0TrainingArguments(
-            output_dir=str(tmp_path), target_sparsity=0.5, target_metric="flops", latency_table="table.json"
-        )
+    def args(**kw):
+        return L0TrainingArguments(output_dir=str(tmp_path), **kw)
+
+    assert (args(target_sparsity=0.5).target_metric, args(target_sparsity=0.5).target_reduction) == ("params", 0.5)
+    assert args(target_flops_reduction=0.4).target_metric == "flops"
+    assert args(target_flops_reduction=0.4).target_reduction == 0.4
+    speedup = args(target_speedup=2.5)
+    assert speedup.target_metric == "latency" and speedup.target_reduction == pytest.approx(0.6)
+    assert speedup.target_text() == "target_speedup=2.5"
+    with pytest.raises(ValueError, match="a target is required: set exactly one of --target_sparsity"):
+        args()
+    with pytest.raises(ValueError, match="target_sparsity and target_speedup are set: one target only"):
+        args(target_sparsity=0.5, target_speedup=2)
+    with pytest.raises(ValueError, match=r"target_speedup=1.0 is impossible.*must be > 1"):
+        args(target_speedup=1.0)
+    with pytest.raises(ValueError, match=r"target_flops_reduction=1.2 is impossible"):
+        args(target_flops_reduction=1.2)
+    with pytest.raises(ValueError, match="read only for a --target_speedup"):
+        args(target_flops_reduction=0.5, latency_table="table.json")
     with pytest.raises(ValueError, match="cost_seq_len=0"):
-        L0TrainingArguments(output_dir=str(tmp_path), target_sparsity=0.5, target_metric="flops", cost_seq_len=0)
+        args(target_flops_reduction=0.5, cost_seq_len=0)
 
 
 def test_latency_target_in_several_processes_needs_one_table():
@@ -426,7 +438,7 @@ def test_latency_target_in_several_processes_needs_one_table():
     model = patch_model(make_model("gpt2"), L0Config(layers=True))
     args = SimpleNamespace(
         target_metric="latency",
-        target_sparsity=0.3,
+        target_reduction=0.3,
         latency_table=None,
         world_size=2,
         cost_seq_len=8,

@@ -67,7 +67,7 @@ def test_target_outside_open_interval_fails_at_construction(tmp_path, target):
 
 
 def test_missing_target_and_bad_combinations_fail(tmp_path):
-    with pytest.raises(ValueError, match="target_sparsity is required"):
+    with pytest.raises(ValueError, match="a target is required"):
         _args(tmp_path, target_sparsity=None)
     with pytest.raises(ValueError, match="unknown or no structures"):
         _args(tmp_path, l0_structures="heads,neurons")

@@ -44,57 +44,109 @@ def make_cost_target(
 
 
 # -- training arguments and the scripts' summary ---------------------------------------------------------------------
+# One setting per meaning of "the target": exactly one of them is set (the metric follows from which).
+TARGET_FIELDS = {"params": "target_sparsity", "flops": "target_flops_reduction", "latency": "target_speedup"}
+
+
 @dataclass
 class CostTargetArguments:
-    """The target's metric: what ``target_sparsity`` is a reduction of (a mixin of :class:`hf_l0.L0TrainingArguments`,
-    so every field is also a command-line flag of the scripts)."""
+    """What the run prunes to: exactly one of ``target_sparsity`` (parameters), ``target_flops_reduction`` (FLOPs) or
+    ``target_speedup`` (measured latency). A mixin of :class:`hf_l0.L0TrainingArguments`, so every field is also a
+    command-line flag of the scripts."""
 
-    target_metric: str = field(
-        default="params",
+    target_sparsity: float | None = field(
+        default=None,
         metadata={
-            "help": "What --target_sparsity removes: params (the fraction of attention + FFN parameters, CoFi), "
-            "flops (the fraction of the forward FLOPs at --cost_seq_len tokens: 1 - compact / dense) or "
-            "latency (the fraction of the forward time on this machine at --cost_batch_size x --cost_seq_len "
-            "tokens with --cost_threads threads, predicted by a measured latency table).",
-            "choices": list(TARGET_METRICS),
+            "help": "Fraction of the attention + FFN parameters to remove, strictly between 0 and 1 (e.g. 0.6; "
+            "CoFi's sparsity). Set this, --target_flops_reduction or --target_speedup."
         },
     )
-    cost_seq_len: int = field(default=128, metadata={"help": "flops / latency targets: the sequence length."})
-    cost_batch_size: int = field(default=1, metadata={"help": "latency target: the batch size it is measured at."})
-    cost_threads: int = field(default=1, metadata={"help": "latency target: torch threads it is measured with."})
+    target_flops_reduction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction of the forward FLOPs at --cost_seq_len tokens to remove, strictly between 0 and 1 "
+            "(1 - compact / dense; 0.5 halves the FLOPs)."
+        },
+    )
+    target_speedup: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dense latency / compact latency to reach on this machine, > 1 (2: twice as fast), at "
+            "--cost_batch_size x --cost_seq_len tokens with --cost_threads threads, predicted by a measured "
+            "latency table."
+        },
+    )
+    cost_seq_len: int = field(default=128, metadata={"help": "FLOPs / speedup targets: the sequence length."})
+    cost_batch_size: int = field(default=1, metadata={"help": "speedup target: the batch size it is measured at."})
+    cost_threads: int = field(default=1, metadata={"help": "speedup target: torch threads it is measured with."})
     latency_table: str | None = field(
         default=None,
         metadata={
-            "help": "latency target: a table written by `python -m hf_l0 latency-table` (JSON path). Default: "
-            "measured on this machine at the start of training, or loaded from the cache."
+            "help": "speedup target: a table written by `hf-l0 latency-table` (JSON path). Default: measured on "
+            "this machine at the start of training, or loaded from the cache."
         },
     )
 
+    @property
+    def target_metric(self) -> str:
+        """``params``, ``flops`` or ``latency``: the metric of the one target that is set."""
+        return next((metric for metric, name in TARGET_FIELDS.items() if getattr(self, name) is not None), "params")
+
+    @property
+    def target_reduction(self) -> float:
+        """The fraction of the metric to remove, what the controller drives: the sparsity, the FLOPs reduction, or
+        ``1 - 1 / target_speedup``."""
+        if self.target_speedup is not None:
+            return 1.0 - 1.0 / self.target_speedup
+        value = getattr(self, TARGET_FIELDS[self.target_metric])
+        return float("nan") if value is None else float(value)
+
+    def target_text(self) -> str:
+        """The target as the user set it (for logs and titles)."""
+        name = TARGET_FIELDS[self.target_metric]
+        return f"{name}={getattr(self, name):g}"
+
     def validate_cost_target(self) -> None:
-        if self.target_metric not in TARGET_METRICS:
-            raise ValueError(f"target_metric={self.target_metric!r}: choose one of {', '.join(TARGET_METRICS)}.")
+        given = [name for name in TARGET_FIELDS.values() if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                ("a target is required" if not given else f"{' and '.join(given)} are set: one target only")
+                + ": set exactly one of --target_sparsity (fraction of attention + FFN parameters to remove, e.g. "
+                "0.6), --target_flops_reduction (fraction of the FLOPs to remove, e.g. 0.5) or --target_speedup "
+                "(dense / compact latency on this machine, e.g. 2)."
+            )
+        if self.target_flops_reduction is not None and not 0.0 < self.target_flops_reduction < 1.0:
+            raise ValueError(
+                f"target_flops_reduction={self.target_flops_reduction} is impossible: it is the fraction of the "
+                "dense FLOPs to remove and must lie strictly between 0 and 1 (e.g. 0.5 halves them)."
+            )
+        if self.target_speedup is not None and not self.target_speedup > 1.0:
+            raise ValueError(
+                f"target_speedup={self.target_speedup} is impossible: it is dense latency / compact latency and "
+                "must be > 1 (e.g. 2 for twice as fast)."
+            )
         for name in ("cost_seq_len", "cost_batch_size", "cost_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-        if self.latency_table is not None and self.target_metric != "latency":
+        if self.latency_table is not None and self.target_speedup is None:
             raise ValueError(
-                f"latency_table is set but target_metric={self.target_metric!r}: it is read only for "
-                "target_metric='latency'."
+                f"latency_table is set but the target is {self.target_text()}: the table is read only for a "
+                "--target_speedup."
             )
 
 
 def cost_target_from_args(model: nn.Module, args: Any) -> CostTarget | None:
     """The controller metric that ``args`` (an :class:`hf_l0.L0TrainingArguments`) ask for, after checking that the
-    gated ``model`` can reach ``args.target_sparsity`` of it; None for the parameter sparsity (checked as well)."""
-    metric = getattr(args, "target_metric", "params")
+    gated ``model`` can reach ``args.target_reduction`` of it; None for the parameter sparsity (checked as well)."""
+    metric = args.target_metric
     if metric == "params":
         check_target_reachable(model, args.target_sparsity)
         return None
     if metric == "latency" and args.latency_table is None and getattr(args, "world_size", 1) > 1:
         # every process would time its own table, and the snap would then move each rank's gates differently
         raise ValueError(
-            "a latency target in a run of several processes needs one table for all: measure it first "
-            "(python -m hf_l0 latency-table --model ... --batch-size B --seq-len L --threads T) and pass "
+            "a speedup target in a run of several processes needs one table for all: measure it first "
+            "(hf-l0 latency-table --model ... --batch-size B --seq-len L --threads T) and pass "
             "its path as --latency_table."
         )
     target = make_cost_target(
@@ -105,7 +157,7 @@ def cost_target_from_args(model: nn.Module, args: Any) -> CostTarget | None:
         threads=args.cost_threads,
         table=args.latency_table,
     )
-    target.check_target(model, args.target_sparsity)
+    target.check_target(model, args.target_reduction)
     return target
 
 
@@ -140,10 +192,16 @@ def cost_target_summary(
         predicted = 1.0 - predict_latency(table, compact) / table.predict_dense()
         fields["predicted_latency_reduction"] = predicted
         rows.append(
-            (f"latency reduction (target {args.target_sparsity:.3f}, table predicts {predicted:.3f})", 0.0, measured)
+            (
+                f"speedup (target {args.target_speedup:.2f}x, table predicts {1.0 / (1.0 - predicted):.2f}x)",
+                1.0,
+                timing["dense_s"] / timing["compact_s"],
+            )
         )
     else:
-        rows.append((f"FLOPs reduction (target {args.target_sparsity:.3f})", 0.0, fields["reached_flops_reduction"]))
+        rows.append(
+            (f"FLOPs reduction (target {args.target_flops_reduction:.3f})", 0.0, fields["reached_flops_reduction"])
+        )
         rows.append(("latency reduction, measured", 0.0, measured))
     rows.append((f"CPU latency, batch {shape} (ms)", timing["dense_s"] * 1e3, timing["compact_s"] * 1e3))
     return fields, rows

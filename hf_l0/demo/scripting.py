@@ -101,7 +101,7 @@ def report(
         [
             *metric_rows,
             ("parameters", summary["dense_parameters"], summary["pruned_parameters"]),
-            # with a FLOPs / latency target (target_metric) the target is a cost reduction, shown in the metric rows
+            # a FLOPs or speedup target is shown in the metric rows (hf_l0.cost.targets.cost_target_summary)
             (
                 "attention+FFN sparsity"
                 + (

@@ -88,7 +88,7 @@ class L0Trainer(Trainer):
         self.cost_target = cost_target_from_args(model, args)
         self.l0_config = config
         self.controller = LagrangianController(
-            args.target_sparsity,
+            args.target_reduction,
             warmup_steps=args.sparsity_warmup_steps,
             calibration_rate=args.sparsity_calibration_rate,
             multiplier_update=args.sparsity_controller,
@@ -208,7 +208,6 @@ class L0Trainer(Trainer):
         search = self.controller.search_steps(num_training_steps)
         if not self.args.sparsity_warmup_steps:
             self.controller.warmup_steps = math.ceil(self.args.sparsity_warmup_ratio * max(search, 1))
-        self.controller.check_schedule(num_training_steps)
         rate = self.args.gate_learning_rate
         if rate is None:
             low, high = GATE_LR_RANGE
@@ -220,6 +219,7 @@ class L0Trainer(Trainer):
         """The Trainer's schedule for weights and gates (a decaying gate rate lets the gates settle on the target);
         the multipliers keep a constant rate so the constraint holds to the last step."""
         self._resolve_gate_learning_rate(num_training_steps)
+        self.controller.check_schedule(num_training_steps)  # before the first step: the stages must fit the run
         created = self.lr_scheduler is None
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if created and isinstance(scheduler, LambdaLR):
@@ -284,9 +284,7 @@ class L0Trainer(Trainer):
         self.controller.finish(self._gated_model())  # the last optimizer step moved the gates once more
         rows = trajectory_from_log_history(self.state.log_history)
         if rows and self.args.should_save:
-            title = f"target {self.args.target_sparsity}, {self.args.sparsity_controller} controller"
-            if self.cost_target is not None:
-                title = f"{self.cost_target.name} reduction {title}"
+            title = f"{self.args.target_text()}, {self.args.sparsity_controller} controller"
             write_sparsity_trajectory(rows, self.args.output_dir, self.state.max_steps, title=title)
         return output
 

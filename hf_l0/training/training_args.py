@@ -26,13 +26,6 @@ GATE_LR_RANGE = (0.05, 1.0)
 class L0TrainingArguments(CostTargetArguments, TrainingArguments):
     """`TrainingArguments` plus the L0 pruning, Lagrangian and distillation settings (all available on the CLI)."""
 
-    target_sparsity: float | None = field(
-        default=None,
-        metadata={
-            "help": "Fraction of the attention + FFN parameters to remove, strictly between 0 and 1 "
-            "(e.g. 0.6). Required."
-        },
-    )
     sparsity_warmup_steps: int = field(
         default=0,
         metadata={
@@ -193,14 +186,10 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
 
     def __post_init__(self) -> None:
         self.l0_config = _l0_config_dict(self.l0_config)
-        if self.target_sparsity is None:
-            raise ValueError(
-                "target_sparsity is required: the fraction of attention + FFN parameters to remove, "
-                "e.g. --target_sparsity 0.6."
-            )
-        self.target_sparsity = check_target_sparsity(self.target_sparsity)
+        self.validate_cost_target()  # one target, and its settings (hf_l0.cost.targets.CostTargetArguments)
+        if self.target_sparsity is not None:
+            self.target_sparsity = check_target_sparsity(self.target_sparsity)
         self.resolved_l0_config()  # validates structures / config
-        self.validate_cost_target()  # target_metric and its settings (hf_l0.cost.targets.CostTargetArguments)
         if self.sparsity_warmup_steps < 0:
             raise ValueError(f"sparsity_warmup_steps={self.sparsity_warmup_steps} must be >= 0.")
         if not 0.0 <= self.sparsity_warmup_ratio <= 1.0:
