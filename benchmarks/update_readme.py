@@ -2,7 +2,7 @@
 """Fill the README's benchmark section (between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->``) from
 the committed results: a headline table built from ``benchmarks/results/*.json``, the plots, and links to the full
 tables (``*.md``); and the main job's table (between ``<!-- main-job:start -->`` and ``<!-- main-job:end -->``) from
-``benchmarks/results/main_job/summary.json``, the ``summary.json`` that ``scripts/prune_classification.py`` writes
+``benchmarks/results/main_job/summary.json``, the ``summary.json`` that ``hf-l0 prune-classifier`` writes
 (copy it there after a run). Nothing in either section is typed by hand.
 
     python benchmarks/update_readme.py             # rewrites README.md in place

@@ -14,7 +14,7 @@ from benchmarks.common import RESULTS_DIR  # noqa: E402
 
 
 def summary() -> dict:
-    # the fields scripts/prune_classification.py writes (values are arbitrary: the test reads them back)
+    # the fields hf-l0 prune-classifier writes (values are arbitrary: the test reads them back)
     return {
         "split": "test",
         "num_examples": 1000,

@@ -20,13 +20,8 @@ def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
 
 
 def test_main_job_settings_parse_with_the_script_parser():
-    import importlib.util
-    import sys
+    from hf_l0.commands import prune_classification as script
 
-    spec = importlib.util.spec_from_file_location("prune_classification", ROOT / "scripts" / "prune_classification.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(script)
     model_args, data_args, args = script.build_parser().parse_json_file(
         str(ROOT / "scripts" / "configs" / "minilm_rotten_tomatoes.json")
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ import hf_l0
 from hf_l0 import hub
 from hf_l0.demo import assets
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 REVIEWS = [
     "a gorgeous , witty , seductive movie .",
     "the plot is nothing but boilerplate clichés .",
@@ -34,10 +32,7 @@ REVIEWS = [
 
 
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve field types through the module
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"hf_l0.commands.{name}")
     return module
 
 
@@ -290,13 +285,12 @@ def test_prune_clm_end_to_end(tmp_path, tokenizer):
 def test_scripts_have_useful_help():
     import subprocess
 
-    for name in ("prune_classification", "prune_clm"):
-        result = subprocess.run(
-            [sys.executable, str(SCRIPTS / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120
-        )
+    for name in ("prune-classifier", "prune-clm"):
+        result = subprocess.run(["hf-l0", name, "--help"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "--target_sparsity" in result.stdout and "--gate_learning_rate" in result.stdout
-        assert ("--block_size" in result.stdout) == (name == "prune_clm")
+        assert ("--block_size" in result.stdout) == (name == "prune-clm")
+        assert f"usage: hf-l0 {name}" in result.stdout
 
 
 def test_prune_clm_to_a_latency_target(tmp_path, tokenizer, monkeypatch):

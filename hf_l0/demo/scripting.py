@@ -40,8 +40,9 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> tuple[str, st
 def parse_arguments(parser: Any, argv: list[str] | None = None) -> tuple:
     """Parse the scripts' dataclasses from flags, or from one JSON file of them (as transformers' example scripts
     do), and set up logging."""
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        parsed = parser.parse_json_file(os.path.abspath(sys.argv[1]))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        parsed = parser.parse_json_file(os.path.abspath(argv[0]))
     else:
         parsed = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)

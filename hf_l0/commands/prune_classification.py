@@ -1,5 +1,5 @@
-#!/usr/bin/env python
-"""Prune a sequence-classification model to a target sparsity with L0 gates (CoFi), in the style of run_glue.py.
+"""``hf-l0 prune-classifier``: prune a sequence-classification model to a target sparsity with L0 gates (CoFi), in
+the style of run_glue.py.
 
 Stages: (1) optional dense fine-tuning that produces the teacher when the model's classification head is new;
 (2) L0 pruning with distillation from the dense teacher (`L0Trainer`); (3) the compact model is saved, reloaded,
@@ -7,7 +7,7 @@ evaluated and timed against the dense one, and a summary table is printed (also 
 
 Fully offline example (packaged MiniLM and the packaged rotten_tomatoes reviews):
 
-    python scripts/prune_classification.py --model_name_or_path hf_l0:minilm \
+    hf-l0 prune-classifier --model_name_or_path hf_l0:minilm \
         --dataset_name hf_l0:rotten_tomatoes --target_sparsity 0.6 --output_dir out/minilm-rt
 """
 
@@ -133,7 +133,7 @@ def label_names(raw: DatasetDict, label_column: str) -> list:
 
 
 def build_parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments))
+    return HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments), prog="hf-l0 prune-classifier")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,12 +1,11 @@
-#!/usr/bin/env python
-"""Prune a causal language model to a target sparsity with L0 gates, in the style of run_clm.py.
+"""``hf-l0 prune-clm``: prune a causal language model to a target sparsity with L0 gates, in the style of run_clm.py.
 
 The dense pretrained model is the teacher (logit KL on every token, optional layerwise loss) unless
 --distill_alpha 0; perplexity is reported at evaluation. GGUF checkpoints load through --gguf_file.
 
 Offline example (packaged SmolLM2-135M, Shakespeare via `python -m hf_l0.demo.data shakespeare data/shakespeare`):
 
-    python scripts/prune_clm.py --model_name_or_path hf_l0:smollm2 --train_file data/shakespeare/train.txt \
+    hf-l0 prune-clm --model_name_or_path hf_l0:smollm2 --train_file data/shakespeare/train.txt \
         --validation_file data/shakespeare/validation.txt --block_size 128 --max_steps 40 \
         --target_sparsity 0.3 --output_dir out/smollm2-shakespeare
 """
@@ -87,7 +86,7 @@ def load_raw(data_args: DataArguments) -> DatasetDict:
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args = parse_arguments(
-        HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments)), argv
+        HfArgumentParser((ModelArguments, DataArguments, L0TrainingArguments), prog="hf-l0 prune-clm"), argv
     )
     wall_start = time.perf_counter()
     set_seed(args.seed)
