@@ -258,6 +258,8 @@ def base_model_type(config: Any) -> str:
 
 
 def register_adapter(cls: type[ArchAdapter]) -> type[ArchAdapter]:
+    """Class decorator: make ``cls`` the adapter of every ``model_type`` it names (a ``TypeError`` when it misses an
+    abstract method or names none)."""
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise TypeError(f"{cls.__name__} cannot be registered: it does not implement {missing} (see ArchAdapter).")
@@ -269,10 +271,13 @@ def register_adapter(cls: type[ArchAdapter]) -> type[ArchAdapter]:
 
 
 def supported_model_types() -> list[str]:
+    """The ``model_type`` values that have an adapter, sorted."""
     return sorted(ADAPTERS)
 
 
 def get_adapter(model: nn.Module) -> ArchAdapter:
+    """The adapter of ``model``'s family, chosen by its config's ``model_type`` (compact remote-code types
+    included); a ``ValueError`` naming the supported types otherwise."""
     config = getattr(model, "config", None)
     model_type = base_model_type(config) if getattr(config, "model_type", None) else None
     if model_type not in ADAPTERS:

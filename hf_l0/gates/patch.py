@@ -110,10 +110,13 @@ def transformers_model(model: nn.Module) -> nn.Module:
 
 
 def is_patched(model: nn.Module) -> bool:
+    """Whether ``model`` (or the transformers model inside a peft wrapper) carries L0 gates."""
     return isinstance(transformers_model(model)._modules.get(GATES_ATTR), L0Gates)
 
 
 def get_gates(model: nn.Module) -> L0Gates:
+    """The :class:`L0Gates` of a patched model (``model.l0_gates``); a ``ValueError`` that says to patch it first
+    otherwise."""
     gates = transformers_model(model)._modules.get(GATES_ATTR)
     if not isinstance(gates, L0Gates):
         raise ValueError(f"{type(model).__name__} has no L0 gates: call hf_l0.patch_model(model, L0Config(...)) first.")
