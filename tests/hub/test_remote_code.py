@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def portable_violations(source: str, module: str) -> list[str]:
 def test_portable_modules_import_only_torch_transformers_stdlib_and_each_other():
     modules = [*PORTABLE_MODULES, *adapter_modules()]
     assert {"hf_l0.arch.bert", "hf_l0.arch.gpt2", "hf_l0.arch.llama"} <= set(modules)
-    violations = [v for m in modules for v in portable_violations(Path(sys.modules[m].__file__).read_text(), m)]
+    violations = [v for m in modules for v in portable_violations(Path(import_module(m).__file__).read_text(), m)]
     assert violations == []
 
 
