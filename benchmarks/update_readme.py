@@ -316,11 +316,23 @@ def latency_target_rows(data: dict[str, Any] | None) -> list[list[Any]]:
     return rows
 
 
-def render(results_dir: Path = RESULTS_DIR, link_prefix: str = "benchmarks/results/") -> str:
-    """The section's body: headline table, plots, links to the full tables and the provenance of every run."""
-    rows = headline_rows(results_dir)
+def short_rows(results_dir: Path) -> list[list[Any]]:
+    """The README's few rows: accuracy against the best baseline per target, and the LLM's perplexity."""
+    return accuracy_rows(_load(results_dir, "accuracy_sparsity")) + llm_rows(_load(results_dir, "llm"))
+
+
+def render(results_dir: Path = RESULTS_DIR, link_prefix: str = "benchmarks/results/", short: bool = False) -> str:
+    """The section's body: headline table, plots, links to the full tables and the provenance of every run; with
+    ``short`` (the README) the accuracy and LLM rows and a link to the documentation's benchmarks page."""
+    rows = short_rows(results_dir) if short else headline_rows(results_dir)
     if not rows:
         return "No benchmark results yet: run the scripts in `benchmarks/`, then `python benchmarks/update_readme.py`."
+    if short:
+        return (
+            markdown_table(["benchmark", "result", "goal", "met"], rows)
+            + "\n\nEvery result, plot and run (speed, latency and FLOPs targets, ONNX Runtime, llama.cpp): "
+            "[docs/benchmarks.md](docs/benchmarks.md), generated from `benchmarks/results/`."
+        )
     parts = [markdown_table(["benchmark", "result", "goal", "met"], rows), ""]
     images = [f"![{TITLES[n]}]({link_prefix}{n}.png)" for n in TITLES if (results_dir / f"{n}.png").is_file()]
     parts += [" ".join(images), ""]
@@ -394,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         else f"{results_dir.resolve().as_posix()}/"
     )
     text = readme.read_text()
-    new = update(text, render(results_dir, prefix))
+    new = update(text, render(results_dir, prefix, short=True))
     if MAIN_START in new:  # the project README has it; a README with only the benchmark section is fine too
         new = update(new, render_main_job(results_dir), MAIN_START, MAIN_END)
     if args.check:

@@ -25,6 +25,7 @@ import hf_l0
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 NOT_RUN = re.compile(r"<!-- not-run: (\S.*?) -->")
+PAGES = [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]  # the README's examples are guides too
 
 
 @dataclass
@@ -36,9 +37,10 @@ class CodeBlock:
 
 
 def code_blocks(language: str = "python") -> list[CodeBlock]:
-    """The fenced ``language`` blocks of every page under docs/, with the not-run reason that precedes each."""
+    """The fenced ``language`` blocks of every page under docs/ and of the README, with the not-run reason that
+    precedes each."""
     blocks = []
-    for page in sorted(DOCS.rglob("*.md")):
+    for page in PAGES:
         lines = page.read_text().splitlines()
         i = 0
         while i < len(lines):
@@ -47,7 +49,8 @@ def code_blocks(language: str = "python") -> list[CodeBlock]:
                 before = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
                 marker = NOT_RUN.fullmatch(before)
                 code = "\n".join(lines[i + 1 : end])
-                blocks.append(CodeBlock(page.relative_to(DOCS).as_posix(), i + 1, code, marker and marker.group(1)))
+                name = page.relative_to(DOCS).as_posix() if page.is_relative_to(DOCS) else f"../{page.name}"
+                blocks.append(CodeBlock(name, i + 1, code, marker and marker.group(1)))
                 i = end
             i += 1
     return blocks
@@ -59,7 +62,7 @@ BLOCKS = code_blocks()
 def test_the_pages_have_python_examples_and_every_not_run_marker_precedes_one():
     assert len(BLOCKS) >= 15, [f"{b.page}:{b.line}" for b in BLOCKS]
     marked = sum(b.not_run is not None for b in BLOCKS)
-    markers = sum(len(NOT_RUN.findall(page.read_text())) for page in DOCS.rglob("*.md"))
+    markers = sum(len(NOT_RUN.findall(page.read_text())) for page in PAGES)
     # a marker before anything else (a bash block, a paragraph) would skip nothing and hide a typo
     assert markers == marked, f"{markers} not-run markers, but {marked} precede a python block"
     assert marked <= len(BLOCKS) // 4, "most examples must run: mark only what cannot run here"
