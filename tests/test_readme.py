@@ -27,3 +27,4 @@ def test_main_job_settings_parse_with_the_script_parser():
     )
     assert model_args.model_name_or_path == "hf_l0:minilm" and data_args.dataset_name == "hf_l0:rotten_tomatoes"
     assert args.target_sparsity == 0.6 and args.max_steps == 300 and args.seed == 42
+    assert not args.disable_tqdm and args.logging_steps > 0  # a progress bar with an ETA, and a log line every N steps
