@@ -1,15 +1,19 @@
 """GGUF export for llama.cpp (architecture deci): metadata and tensors read back with the gguf package, and the
 model computed from the file the way llama.cpp's deci graph computes it equals the compact transformers model."""
 
+import copy
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import transformers as tf
 from conftest import make_model
-from helpers import randomize_gates
+from helpers import randomize_, randomize_gates
 
 import hf_l0
 from hf_l0.deploy.gguf_export import export_gguf, read_gguf_metadata
+from hf_l0.pruning.stand_ins import RemovedAttention, RemovedMLP
 
 gguf = pytest.importorskip("gguf", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
 
@@ -59,8 +63,9 @@ def fields(reader) -> dict:
 
 
 def tensors(reader) -> dict[str, np.ndarray]:
-    """Tensors in torch layout (GGUF lists dimensions innermost first; ``data`` is already row-major)."""
-    return {t.name: np.asarray(t.data) for t in reader.tensors}
+    """Tensors in torch layout (GGUF lists dimensions innermost first; ``data`` is already row-major), quantized ones
+    dequantized to float32 with gguf-py."""
+    return {t.name: gguf.quants.dequantize(np.asarray(t.data), t.tensor_type) for t in reader.tensors}
 
 
 def unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -276,6 +281,191 @@ def test_unsupported_models_are_refused(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+QUANTIZED = ("q8_0", "q5_0", "q4_0", "q4_1")
+BLOCK = 32  # gguf's block length along a row for every quantized type here
+
+
+def llama_hidden64(seed: int = 0):
+    """A compact Llama whose hidden size (64, unpruned) and query-head widths (2 x 16 per KV group) are whole blocks:
+    only its FFN widths need padding, the one padding q4_1's offset blocks keep exact."""
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(
+        vocab_size=101,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
+    config._attn_implementation = "eager"
+    model = randomize_(tf.LlamaForCausalLM(config), seed).eval()
+    hf_l0.patch_model(model, hf_l0.L0Config(layers=True))
+    randomize_gates(model, seed=seed)
+    return hf_l0.prune_model(model).eval()
+
+
+def with_large_eps(compact, eps: float = 0.5):
+    """``compact`` with a large RMSNorm epsilon: a norm over the padded hidden axis that kept the unscaled epsilon
+    would then differ visibly (with 1e-6 the difference hides under float rounding)."""
+    compact.config.rms_norm_eps = eps
+    for module in compact.modules():
+        if hasattr(module, "variance_epsilon"):
+            module.variance_epsilon = eps
+    return compact
+
+
+def quantized_model(dtype: str):
+    """Seed 1: a KV group of layer 1 gains a zero head (6 query heads, 2 KV heads -> 8)."""
+    return llama_hidden64() if dtype == "q4_1" else with_large_eps(compact_model("llama-biases", seed=1))
+
+
+def matrix_weights(reader) -> int:
+    return sum(int(np.prod(t.shape)) for t in reader.tensors if len(t.shape) == 2)
+
+
+@pytest.mark.parametrize("family, seed", [("llama", 1), ("llama-biases", 0), ("qwen2", 1)])
+def test_zero_padding_to_blocks_computes_the_compact_model_exactly(tmp_path, family, seed):
+    """f32 padded to multiples of 32: zero hidden dimensions, query heads and FFN neurons change nothing (the norm's
+    epsilon and weights absorb the longer hidden axis), and the padding reported is what the file holds."""
+    compact = with_large_eps(compact_model(family, seed=seed))
+    structure = compact.config.l0_structure
+    plain = export_gguf(compact, tmp_path / "plain.gguf")
+    result = export_gguf(compact, tmp_path / "padded.gguf", pad_to=BLOCK)
+    reader = gguf.GGUFReader(str(result.path))
+    meta = fields(reader)
+    hd = meta["deci.attention.key_length"]
+    heads, kv, ffn = (
+        meta[k] for k in ("deci.attention.head_count", "deci.attention.head_count_kv", "deci.feed_forward_length")
+    )
+    assert meta["deci.embedding_length"] % BLOCK == 0 and result.hidden == meta["deci.embedding_length"]
+    assert all(h * hd % BLOCK == 0 and h % k == 0 for h, k in zip(heads, kv) if h) and all(f % BLOCK == 0 for f in ffn)
+    assert result.pad_hidden == meta["deci.embedding_length"] - structure["hidden_size"] > 0
+    assert [layer.pad_heads for layer in result.layers] == [h - layer.heads for h, layer in zip(heads, plain.layers)]
+    assert [layer.pad_ffn for layer in result.layers] == [f - layer.ffn for f, layer in zip(ffn, plain.layers)]
+    assert result.padding["heads"] > 0 and result.padding["ffn"] > 0
+    if seed == 1:  # zero heads go inside KV groups: llama.cpp pairs query head h with KV head h // (heads / kv)
+        assert any(layer.pad_heads and layer.kv_heads > 1 for layer in result.layers)
+    assert result.matrix_weights == matrix_weights(reader)
+    assert result.padding_weights == matrix_weights(reader) - matrix_weights(gguf.GGUFReader(str(plain.path)))
+    assert plain.padding == {"hidden": 0, "heads": 0, "ffn": 0, "weights": 0}
+    ids = [5, 17, 99, 3, 42, 8, 64, 23, 77, 11, 2]
+    with torch.no_grad():
+        reference = compact(torch.tensor([ids])).logits[0].double().numpy()
+    assert np.abs(deci_forward(result.path, ids) - reference).max() <= 1e-4
+
+
+def block_error_bound(reference: np.ndarray, qtype) -> np.ndarray:
+    """Per-weight bound on |dequantized - reference| for gguf-py's quantizers, from each 32-block's range: half a step
+    of rounding (a whole step for q4_0 / q5_0, whose scale maps the block's largest magnitude to -8 / -16, so the
+    opposite extreme clips at +7 / +15 steps), plus the float16 rounding of the scale times the largest level (and,
+    for q4_1, of the offset)."""
+    blocks = reference.astype(np.float64).reshape(-1, BLOCK)
+    lo, hi = blocks.min(-1, keepdims=True), blocks.max(-1, keepdims=True)
+    amax = np.maximum(-lo, hi)
+    half = 2.0**-11  # float16's relative rounding; 2**-24: its absolute rounding of subnormal scales
+    rounding, step, levels, offset = {
+        gguf.GGMLQuantizationType.Q8_0: (0.5, amax / 127, 127, 0),
+        gguf.GGMLQuantizationType.Q5_0: (1.0, amax / 16, 16, 0),
+        gguf.GGMLQuantizationType.Q4_0: (1.0, amax / 8, 8, 0),
+        gguf.GGMLQuantizationType.Q4_1: (0.5, (hi - lo) / 15, 15, np.abs(lo) * half + 2.0**-24),
+    }[qtype]
+    bound = step * (rounding + levels * half) + levels * 2.0**-24 + offset + 4 * np.finfo(np.float32).eps * amax
+    return np.broadcast_to(bound, blocks.shape).reshape(reference.shape)
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED)
+def test_quantized_matrices_are_within_their_types_error_bound(tmp_path, dtype):
+    """Every matrix is stored in the quantized type (norms and biases stay f32) and dequantizes to the padded f32
+    export within the type's per-block bound; padding in the symmetric types comes back exactly 0."""
+    compact = quantized_model(dtype)
+    padded = tensors(gguf.GGUFReader(str(export_gguf(compact, tmp_path / "f32.gguf", pad_to=BLOCK).path)))
+    reader = gguf.GGUFReader(str(export_gguf(compact, tmp_path / "q.gguf", dtype=dtype).path))
+    qtype = gguf.GGMLQuantizationType[dtype.upper()]
+    assert fields(reader)["general.file_type"] == gguf.LlamaFileType[f"MOSTLY_{dtype.upper()}"]
+    quantized = tensors(reader)
+    assert quantized.keys() == padded.keys()
+    for t in reader.tensors:
+        reference, got = padded[t.name], quantized[t.name]
+        assert got.shape == reference.shape, t.name
+        if reference.ndim == 1:
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32
+            np.testing.assert_array_equal(got, reference)
+            continue
+        assert t.tensor_type == qtype, t.name
+        assert (np.abs(got - reference) <= block_error_bound(reference, qtype)).all(), t.name
+        if dtype != "q4_1":
+            assert not got[reference == 0].any(), t.name  # zero padding and zero stand-ins stay exactly 0
+    assert Path(tmp_path / "q.gguf").stat().st_size < 0.5 * Path(tmp_path / "f32.gguf").stat().st_size
+
+
+def file_model(compact, path):
+    """A copy of ``compact`` holding the file's matrices (dequantized; padding and rotary permutation removed): the
+    model the quantized file describes, in transformers. Real query head j of a layer with g real heads per KV group
+    sits in slot j // g * (heads / kv) + j % g, the slots llama.cpp pairs with KV head j // g."""
+    reader = gguf.GGUFReader(str(path))
+    meta, w = fields(reader), {k: torch.tensor(v) for k, v in tensors(reader).items()}
+    model = copy.deepcopy(compact)
+    n = compact.model.embed_tokens.weight.shape[1]
+    hd = meta["deci.attention.key_length"]
+
+    def put(module, weight):
+        with torch.no_grad():
+            module.weight.copy_(weight)
+
+    put(model.model.embed_tokens, w["token_embd.weight"][:, :n])
+    if "output.weight" in w:
+        put(model.lm_head, w["output.weight"][:, :n])
+    for i, layer in enumerate(model.model.layers):
+        p, attn, mlp = f"blk.{i}.", layer.self_attn, layer.mlp
+        if not isinstance(attn, RemovedAttention):
+            heads, kv = meta["deci.attention.head_count"][i], meta["deci.attention.head_count_kv"][i]
+            real = attn.q_proj.out_features // hd
+            group = real // kv
+            keep = [j // group * (heads // kv) + j % group for j in range(real)]
+            q = torch.from_numpy(unpermute(w[p + "attn_q.weight"].numpy(), heads))
+            put(attn.q_proj, q.reshape(heads, hd, -1)[keep, :, :n].reshape(real * hd, n))
+            put(attn.k_proj, torch.from_numpy(unpermute(w[p + "attn_k.weight"][:, :n].numpy(), kv)))
+            put(attn.v_proj, w[p + "attn_v.weight"][:, :n])
+            put(attn.o_proj, w[p + "attn_output.weight"].reshape(-1, heads, hd)[:n, keep].reshape(n, real * hd))
+        if not isinstance(mlp, RemovedMLP):
+            f = mlp.up_proj.out_features
+            put(mlp.gate_proj, w[p + "ffn_gate.weight"][:f, :n])
+            put(mlp.up_proj, w[p + "ffn_up.weight"][:f, :n])
+            put(mlp.down_proj, w[p + "ffn_down.weight"][:n, :f])
+    return model
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED)
+def test_quantized_file_computes_the_model_with_its_rounded_weights(tmp_path, dtype):
+    """The deci graph on the quantized, padded file equals transformers running the compact model with the file's
+    rounded weights put back: padding adds no error beyond the rounding of the weights themselves."""
+    compact = quantized_model(dtype)
+    result = export_gguf(compact, tmp_path / "q.gguf", dtype=dtype)
+    assert result.padding["ffn"] > 0 and (result.padding["hidden"] > 0) == (dtype != "q4_1")
+    ids = [5, 17, 99, 3, 42, 8, 64, 23, 77, 11, 2, 60, 31, 95, 14, 50]
+    with torch.no_grad():
+        rounded = file_model(compact, result.path)(torch.tensor([ids])).logits[0].double().numpy()
+        reference = compact(torch.tensor([ids])).logits[0].double().numpy()
+    got = deci_forward(result.path, ids)
+    assert np.abs(got - rounded).max() <= 1e-4
+    assert np.abs(got - reference).max() > 1e-4  # the weights were rounded: the two references differ
+    if dtype == "q8_0":
+        assert (got.argmax(-1) == reference.argmax(-1)).mean() >= 0.95
+
+
+def test_quantized_export_refuses_inexact_padding_and_bad_blocks(tmp_path):
+    compact = compact_model("llama")
+    with pytest.raises(ValueError, match="q4_0, q5_0 or q8_0") as error:
+        export_gguf(compact, tmp_path / "m.gguf", dtype="q4_1")
+    assert f"hidden size {compact.config.l0_structure['hidden_size']} -> " in str(error.value)
+    with pytest.raises(ValueError, match="multiple of its block size 32"):
+        export_gguf(compact, tmp_path / "m.gguf", dtype="q8_0", pad_to=48)
+    with pytest.raises(ValueError, match="q4_0"):
+        export_gguf(compact, tmp_path / "m.gguf", dtype="q3_k")
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "closed_attention_layer, dtype, tol",
     [(0, "f32", 1e-4), (2, "f32", 1e-4), (0, "f16", 1e-2)],
@@ -305,3 +495,30 @@ def test_llama_cpp_runs_the_export_like_transformers(tmp_path, closed_attention_
     assert np.abs(got - reference).max() <= tol
     if dtype == "f32":  # f16 rounding may flip near-ties of a random model's logits
         assert (got.argmax(-1) == reference.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q5_0", "q4_0"])
+def test_llama_cpp_runs_the_quantized_export_like_the_f32_compact(tmp_path, dtype):
+    """Opt-in (llama-cpp-python, see above): llama.cpp loads every padded quantized file; at q8_0 its top-1 token
+    agrees with the f32 compact model (transformers) on at least 95% of positions."""
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.skip(
+            "llama-cpp-python is not installed (opt-in: pip install llama-cpp-python); the llama.cpp "
+            "check of the quantized files did not run"
+        )
+    compact = compact_model("llama-biases", seed=1)
+    result = export_gguf(compact, tmp_path / f"model-{dtype}.gguf", dtype=dtype)
+    assert result.padding["hidden"] > 0 and result.padding["heads"] > 0 and result.padding["ffn"] > 0
+    ids = [(7 * i + 3) % compact.config.vocab_size for i in range(48)]
+    llm = llama_cpp.Llama(
+        model_path=str(result.path), n_ctx=64, n_batch=64, n_threads=1, logits_all=True, verbose=False
+    )
+    llm.eval(ids)
+    got = np.array(llm.scores[: len(ids)])
+    with torch.no_grad():
+        reference = compact(torch.tensor([ids])).logits[0].numpy()
+    assert got.shape == reference.shape and np.isfinite(got).all()
+    if dtype == "q8_0":
+        assert (got.argmax(-1) == reference.argmax(-1)).mean() >= 0.95
