@@ -55,9 +55,13 @@ def test_logit_kl_of_half_precision_logits_is_computed_in_float32():
     assert loss.dtype == torch.float32 and float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_logit_kl_with_no_unmasked_token_is_zero_not_nan():
+def test_logit_kl_with_one_or_no_unmasked_token():
     student, teacher = fixed_logits(1, 4, 6, seed=7), fixed_logits(1, 4, 6, seed=8)
-    assert float(logit_kl(student, teacher, 2.0, torch.zeros(1, 4, dtype=torch.long))) == 0.0
+    assert float(logit_kl(student, teacher, 2.0, torch.zeros(1, 4, dtype=torch.long))) == 0.0  # zero, not nan
+    one = torch.tensor([[0, 0, 1, 0]])
+    expected = reference_kl(student, teacher, 2.0)[0, 2] * 4.0
+    assert float(logit_kl(student, teacher, 2.0, one)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(logit_kl(student, teacher, 2.0, one.bool())) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_logit_kl_refuses_logits_of_other_shapes():
@@ -81,6 +85,10 @@ def test_layer_maps_start_as_the_identity_and_match_every_layer_but_the_embeddin
     masked = torch.stack([(student[i] - teacher[i]).pow(2).mean(-1)[mask.bool()].mean() for i in (1, 2, 3)]).mean()
     assert float(distiller(student, teacher, mask)) == pytest.approx(float(masked), rel=1e-6)
     assert float(distiller(student, teacher, torch.zeros(2, 5))) == 0.0  # no token: zero, not nan
+    one = torch.zeros(2, 5, dtype=torch.long)
+    one[1, 3] = 1
+    single = torch.stack([(student[i][1, 3] - teacher[i][1, 3]).pow(2).mean() for i in (1, 2, 3)]).mean()
+    assert float(distiller(student, teacher, one)) == pytest.approx(float(single), rel=1e-6)
 
 
 @torch.no_grad()
@@ -91,6 +99,12 @@ def test_layer_maps_are_learned_linear_maps_of_the_chosen_layers():
     student, teacher = hidden_states(3, seed=20), hidden_states(3, seed=30)
     expected = ((student[0] - teacher[0]).pow(2).mean() + (2.0 * student[2] + 0.5 - teacher[2]).pow(2).mean()) / 2
     assert float(distiller(student, teacher)) == pytest.approx(float(expected), rel=1e-6)
+    # half-precision hidden states (a bf16 model) meet float32 maps: computed in float32 from the same values
+    half_student = tuple(h.bfloat16() for h in student)
+    half_teacher = tuple(h.bfloat16() for h in teacher)
+    upcast = distiller(tuple(h.float() for h in half_student), tuple(h.float() for h in half_teacher))
+    loss = distiller(half_student, half_teacher)
+    assert loss.dtype == torch.float32 and float(loss) == pytest.approx(float(upcast), rel=1e-6)
     for bad in ([4], [-1]):
         with pytest.raises(ValueError, match=rf"layers \[{bad[0]}\] out of range: .* 0 \(embeddings\) to 3"):
             LayerwiseDistiller(8, 3, layers=bad)
@@ -106,12 +120,25 @@ def test_a_copy_of_the_student_is_a_valid_teacher():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"model_type": "roberta"}, "teacher model_type 'roberta' differs from the student's 'bert'"),
-        ({"num_labels": 2}, "teacher predicts 2 labels but the student 3"),
-        ({"vocab_size": 50}, "teacher vocab_size 50 differs"),
-        ({"hidden_size": 64}, r"teacher shape \(hidden 64, 3 layers\) differs from the student's \(hidden 32"),
-        ({"num_hidden_layers": 2}, r"teacher shape \(hidden 32, 2 layers\)"),
+        (
+            {"model_type": "roberta"},
+            r"^teacher model_type 'roberta' differs from the student's 'bert': distill from the dense fine-tuned "
+            r"version of the same model\.$",
+        ),
+        (
+            {"num_labels": 2},
+            r"^teacher predicts 2 labels but the student 3: its logits cannot be distilled\. Use a teacher "
+            r"fine-tuned on the same label set\.$",
+        ),
+        ({"vocab_size": 50}, r"^teacher vocab_size 50 differs from the student's 101\.$"),
+        (
+            {"hidden_size": 64},
+            r"^teacher shape \(hidden 64, 3 layers\) differs from the student's \(hidden 32, 3 layers\): the "
+            r"student must be the gated copy of the dense teacher\.$",
+        ),
+        ({"num_hidden_layers": 2}, r"^teacher shape \(hidden 32, 2 layers\) differs"),
     ],
+    ids=["model_type", "num_labels", "vocab_size", "hidden_size", "num_layers"],
 )
 def test_a_teacher_of_another_shape_or_label_set_is_refused(change, message):
     student = make_model("bert", "AutoModelForSequenceClassification")
@@ -129,11 +156,18 @@ def test_teacher_labels_must_match_by_name_unless_both_are_generic():
     student.config.id2label, teacher.config.id2label = dict(named), dict(named)
     check_teacher(student, teacher)
     teacher.config.id2label = {0: "positive", 1: "neutral", 2: "negative"}
-    with pytest.raises(ValueError, match="compared label by label in the wrong order"):
+    with pytest.raises(
+        ValueError,
+        match=r"^teacher labels .* would be compared label by label in the wrong order\. "
+        r"Use a teacher fine-tuned on this data\.$",
+    ):
         check_teacher(student, teacher)
     teacher.config.id2label = {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}  # one side named, the other generic
     with pytest.raises(ValueError, match="do not match the student's"):
         check_teacher(student, teacher)
+    # generic names on both sides (LABEL_i, transformers' placeholders) say nothing about the labels: not compared
+    student.config.id2label = {0: "LABEL_2", 1: "LABEL_1", 2: "LABEL_0"}
+    check_teacher(student, teacher)
 
 
 def test_regression_and_causal_lm_teachers_are_not_checked_by_labels():
@@ -203,7 +237,11 @@ def test_distillation_loss_needs_labels_to_mix_in_the_task_loss():
     inputs = make_inputs()
     loss, _ = DistillationLoss(teacher, alpha=1.0)(student, inputs)  # alpha 1: the KL alone, no labels needed
     assert torch.isfinite(loss)
-    with pytest.raises(ValueError, match="distill_alpha < 1 mixes in the task loss"):
+    with pytest.raises(
+        ValueError,
+        match=r"^distill_alpha < 1 mixes in the task loss, but the model returned none: "
+        r"the batches need labels \(or set --distill_alpha 1\)\.$",
+    ):
         DistillationLoss(teacher, alpha=0.9)(student, inputs)
 
 
@@ -217,3 +255,19 @@ def test_bad_distillation_settings_are_refused():
             DistillationLoss(teacher, temperature=temperature)
     for alpha in (0.0, 1.0):
         assert DistillationLoss(teacher, alpha=alpha).alpha == alpha  # the bounds are allowed
+    assert DistillationLoss(teacher, temperature=0.5).temperature == 0.5  # T < 1 sharpens: allowed
+
+
+def test_distillation_defaults_are_the_training_arguments_defaults():
+    """The loss a baseline builds with defaults is the one L0Trainer builds from default arguments."""
+    from dataclasses import fields
+
+    from hf_l0.trainer import L0TrainingArguments
+
+    defaults = {f.name: f.default for f in fields(L0TrainingArguments)}
+    loss_fn = DistillationLoss(make_model("bert", "AutoModelForSequenceClassification"))
+    assert loss_fn.alpha == defaults["distill_alpha"]
+    assert loss_fn.temperature == defaults["distill_temperature"]
+    assert loss_fn.layer_weight == defaults["distill_layer_weight"]
+    student, teacher = fixed_logits(4, 3, seed=9), fixed_logits(4, 3, seed=10)
+    assert float(logit_kl(student, teacher)) == float(logit_kl(student, teacher, defaults["distill_temperature"]))
