@@ -201,6 +201,53 @@ def test_anti_windup_stops_the_overshoot_after_the_warmup():
     assert gap <= BAND and overshoot <= BAND, (gap, overshoot)
 
 
+class _ResistingPlant:
+    """A unit plant whose sparsity settles, with a lag, at ``-push / stiffness``: the task reopens gates unless the
+    multiplier keeps pushing, so holding any target needs a lasting push, which only the integral term supplies
+    (the proportional term alone settles where its push balances the error, well below the target)."""
+
+    learning_rate = 0.1
+
+    def __init__(self, stiffness: float = 30.0, lag: float = 4.0) -> None:
+        self.sparsity, self.stiffness, self.lag = 0.0, stiffness, lag
+
+    def measure(self, model: torch.nn.Module | None, deterministic: bool) -> torch.Tensor:
+        return torch.tensor(self.sparsity)
+
+    def respond(self, push: float) -> None:
+        settled = min(max(-push / self.stiffness, 0.0), 1.0)
+        self.sparsity += (settled - self.sparsity) / self.lag
+
+
+def test_anti_windup_keeps_the_integral_that_holds_the_target():
+    # Anti-windup empties the integral only when it pushes against the error; the integral that works with the error
+    # is what holds the target against the task's pull (emptying that one leaves the proportional term's offset).
+    gap, _ = _drive(_ResistingPlant(), 0.5, 200, 100)
+    proportional_only, _ = _drive(_ResistingPlant(), 0.5, 200, 100, integral_gain=0.0)
+    assert gap <= BAND < proportional_only, (gap, proportional_only)
+
+
+def test_anti_windup_empties_the_integral_only_when_it_pushes_against_the_error_after_the_warmup():
+    level = torch.tensor(0.0)
+    controller = LagrangianController(
+        0.5, warmup_steps=10, gate_learning_rate=0.1, metric=lambda model, deterministic: level
+    )
+    near = 0.01  # within the integral separation: every error here is integrated
+    cases = [  # (step, measured - scheduled target, integral before, emptied first)
+        (20, near, -1.0, True),  # above the target, the integral pushes the sparsity up: against the error
+        (21, near, 1.0, False),  # above the target, the integral pushes it down: with the error
+        (22, -near, 1.0, True),
+        (23, -near, -1.0, False),
+        (5, near, -1.0, False),  # on the ramp the integral is kept whatever its sign
+    ]
+    for step, error, before, emptied in cases:
+        level.fill_(controller.target(step) + error)
+        controller.integral.fill_(before)
+        controller.on_step(None, step)
+        kept = 0.0 if emptied else before
+        assert float(controller.integral) == pytest.approx(kept + controller.integral_gain * error), (step, before)
+
+
 def test_integral_separation_integrates_only_near_the_schedule():
     far, near = 0.2, 0.01  # measured sparsity below a fixed target of 0.5 by these
     for separation, far_integrates in ((0.03, False), (0.0, True)):
@@ -246,7 +293,11 @@ class _SaturatedGates:
 
 
 def _drive(
-    plant: _LaggingPlant | _SaturatedGates, target: float, steps: int, warmup: int, **controller_options: Any
+    plant: _LaggingPlant | _ResistingPlant | _SaturatedGates,
+    target: float,
+    steps: int,
+    warmup: int,
+    **controller_options: Any,
 ) -> tuple[float, float]:
     """Largest gap to the schedule after the first 10% of the steps, and the largest overshoot after the warm-up, of
     ``plant`` under the controller (the plant reads the multiplier's push, ``lambda_1 * gate_learning_rate``)."""

@@ -1,6 +1,7 @@
 """FLOPs and latency cost models, and pruning to a FLOPs / latency target."""
 
 import copy
+import itertools
 import os
 
 import pytest
@@ -10,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
-from hf_l0.cost.flops import (
+from hf_l0.cost.flops.flops import (
     FlopsTarget,
     compact_flops,
     deterministic_flops,
@@ -18,7 +19,7 @@ from hf_l0.cost.flops import (
     flops_reduction,
     full_flops,
 )
-from hf_l0.cost.latency import (
+from hf_l0.cost.flops.latency import (
     LatencyTable,
     LatencyTarget,
     _model_shape,
@@ -28,12 +29,12 @@ from hf_l0.cost.latency import (
     latency_table,
     predict_latency,
 )
-from hf_l0.cost.measure import forward_flops
-from hf_l0.cost.targets import make_cost_target
+from hf_l0.cost.flops.measure import forward_flops
+from hf_l0.cost.flops.targets import make_cost_target
 
 SEQ_LEN = 9
 # (family, auto class): FlopCounterMode counts what actually runs, so only heads applied to every token (a BERT pooler
-# reads one token per sequence; hf-l0 counts every Linear per token, as hf_l0.cost.measure.forward_flops does).
+# reads one token per sequence; hf-l0 counts every Linear per token, as hf_l0.cost.flops.measure.forward_flops does).
 PER_TOKEN_MODELS = [
     ("bert", "AutoModelForTokenClassification"),
     ("gpt2", "AutoModelForCausalLM"),
@@ -152,6 +153,33 @@ def test_bad_flops_targets_are_refused_with_the_reason():
         make_cost_target("watts", model)
 
 
+def test_flops_target_with_hidden_gates_accepts_what_shrinking_the_heads_reaches():
+    """Hidden gates shrink the heads that read the residual stream (``lm_head`` here), so the FLOPs no gate removes
+    are those at the fewest hidden dimensions, not the dense heads' FLOPs: a target beyond the dense heads' share is
+    reachable, and a gate pattern that reaches it is built and pruned below."""
+    model = make_model("llama")
+    dense = compact_flops(model, SEQ_LEN)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True, hidden=True))
+    target = FlopsTarget(SEQ_LEN)
+    full = full_flops(model, SEQ_LEN)
+    beyond_dense_heads = 1.0 - float(full.fixed) / float(full.total)
+    gates = hf_l0.get_gates(model)
+    with torch.no_grad():  # keep 4 hidden dimensions, one KV group and 4 neurons per layer
+        for gate in gates.named_gates().values():
+            gate.log_alpha.fill_(10.0)
+        gates.hidden.log_alpha[4:] = -10.0
+        gates.ffn.log_alpha[:, 4:] = -10.0
+        gates.heads.log_alpha[:, 1:] = -10.0
+    model.eval()
+    reached = 1.0 - compact_flops(prune_model(copy.deepcopy(model)), SEQ_LEN) / dense
+    assert reached > beyond_dense_heads
+    assert target.fixed_cost(model) < float(full.fixed)
+    target.check_target(model, (beyond_dense_heads + reached) / 2)  # reachable, so accepted
+    no_hidden = patch_model(make_model("llama"), L0Config(heads=True, ffn=True, layers=True))
+    with pytest.raises(ValueError, match="lm_head"):  # without hidden gates the heads stay whole: refused
+        target.check_target(no_hidden, (beyond_dense_heads + reached) / 2)
+
+
 # -- latency tables ----------------------------------------------------------------------------------------------------
 def synthetic_table(model) -> LatencyTable:
     """A table with made-up, uneven times (no measuring): the cost model must follow whatever the machine says."""
@@ -261,17 +289,15 @@ def test_latency_table_is_cached_by_batch_size_and_threads(tmp_path):
     assert latency_table(model, batch_size=1, threads=1, **settings).loaded
 
 
-def test_latency_table_turns_whole_model_timings_into_per_layer_times(monkeypatch):
-    """Each width is timed in the whole model (every layer at that width): the table's time per layer is that
-    model's time less the fixed time, over the number of layers. Timings here come from a known additive model."""
-    import hf_l0.cost.latency as latency
+def additive_timings(monkeypatch, model, fixed: float, empty_layer: float, grids: dict[str, list[int]]):
+    """Replace the timer by a known additive model: ``fixed`` + per layer 2 ms per attention unit and 0.1 ms per
+    neuron, ``empty_layer`` for a layer with neither sublayer. Returns (per-layer time functions, dense time, the
+    sorted call names of each timing round)."""
+    import hf_l0.cost.flops.latency as latency
 
-    model = make_model("bert", "AutoModelForSequenceClassification")
     layers = model.config.num_hidden_layers
-    fixed, empty_layer = 0.010, 0.001
     per_layer = {"attention": lambda u: 0.002 * u, "ffn": lambda n: 0.0001 * n}
-    grids = {"attention": [0, 2, 4], "ffn": [0, 18, 37]}
-    dense = fixed + layers * (per_layer["attention"](4) + per_layer["ffn"](37))
+    dense = fixed + layers * (per_layer["attention"](grids["attention"][-1]) + per_layer["ffn"](grids["ffn"][-1]))
     timed = []
 
     def fake_time_rounds(calls, repeats, rounds, warmup, progress):
@@ -284,6 +310,18 @@ def test_latency_table_turns_whole_model_timings_into_per_layer_times(monkeypatc
         return medians
 
     monkeypatch.setattr(latency, "_time_rounds", fake_time_rounds)
+    return per_layer, dense, timed
+
+
+def test_latency_table_turns_whole_model_timings_into_per_layer_times(monkeypatch):
+    """Each width is timed in the whole model (every layer at that width): the table's time per layer is that
+    model's time less the fixed time, over the number of layers. Timings here come from a known additive model."""
+    import hf_l0.cost.latency as latency
+
+    model = make_model("bert", "AutoModelForSequenceClassification")
+    fixed, empty_layer = 0.010, 0.001
+    grids = {"attention": [0, 2, 4], "ffn": [0, 18, 37]}
+    per_layer, dense, timed = additive_timings(monkeypatch, model, fixed, empty_layer, grids)
     table = latency.measure_latency_table(
         model, seq_len=8, attention_grid=grids["attention"], ffn_grid=grids["ffn"], progress=False
     )
@@ -292,6 +330,45 @@ def test_latency_table_turns_whole_model_timings_into_per_layer_times(monkeypatc
     for kind, times in (("attention", table.attention_s), ("ffn", table.ffn_s)):
         assert times == pytest.approx([per_layer[kind](u) for u in grids[kind]], abs=1e-15)
     assert table.predict_dense() == pytest.approx(dense)
+
+
+def test_latency_table_caps_the_empty_layer_time_at_the_fixed_times_share_per_layer(monkeypatch):
+    """An empty layer timed alone above the fixed time's share per layer (a slow spell, or dispatch that overlaps
+    inside the whole model) would make the fixed latency left with every droppable layer gone negative: ``layer_s``
+    is capped at that share, so the fixed cost stays the time of one layer's dispatch and the rest."""
+    import hf_l0.cost.latency as latency
+
+    model = make_model("llama", "AutoModelForSequenceClassification")
+    layers = model.config.num_hidden_layers
+    fixed = 0.010
+    share = fixed / layers
+    grids = {"attention": [0, 1, 2], "ffn": [0, 18, 37]}
+    additive_timings(monkeypatch, model, fixed, empty_layer=2 * share, grids=grids)
+    table = latency.measure_latency_table(
+        model, seq_len=8, attention_grid=grids["attention"], ffn_grid=grids["ffn"], progress=False
+    )
+    assert table.raw["empty_layer"] == 2 * share and table.layer_s == pytest.approx(share, rel=1e-12)
+    gated = patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    assert LatencyTarget(table).fixed_cost(gated) == pytest.approx(share, rel=1e-9)  # one layer's share stays
+
+
+def test_non_decreasing_fit_pools_violators_into_size_weighted_means():
+    from hf_l0.cost.latency import _non_decreasing
+
+    assert _non_decreasing([3.0, 2.0, 1.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert _non_decreasing([1.0, 2.0, 2.0, 5.0]) == [1.0, 2.0, 2.0, 5.0]  # already non-decreasing: unchanged
+    # 4 and 2 pool to 3 (two values); 0 then joins that block of two: (2 * 3 + 0) / 3 = 2, not (3 + 0) / 2
+    assert _non_decreasing([1.0, 4.0, 2.0, 0.0]) == pytest.approx([1.0, 2.0, 2.0, 2.0])
+    # the least-squares fit keeps each pooled block's sum, so the total; a brute-force check of optimality on a grid
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        values = (torch.rand(5, generator=generator) * 4).round().tolist()
+        fitted = _non_decreasing(values)
+        assert all(b >= a - 1e-12 for a, b in zip(fitted, fitted[1:]))
+        assert sum(fitted) == pytest.approx(sum(values))
+        error = sum((f - v) ** 2 for f, v in zip(fitted, values))
+        candidates = itertools.combinations_with_replacement([x / 4 for x in range(17)], len(values))
+        assert error <= min(sum((c - v) ** 2 for c, v in zip(cand, values)) for cand in candidates) + 1e-12
 
 
 def test_bad_latency_targets_are_refused_with_the_reason():
@@ -433,7 +510,7 @@ def test_one_target_per_meaning_and_bad_target_arguments_are_refused(tmp_path):
 def test_latency_target_in_several_processes_needs_one_table():
     from types import SimpleNamespace
 
-    from hf_l0.cost.targets import cost_target_from_args
+    from hf_l0.cost.flops.targets import cost_target_from_args
 
     model = patch_model(make_model("gpt2"), L0Config(layers=True))
     args = SimpleNamespace(

@@ -2,6 +2,7 @@
 model computed from the file the way llama.cpp's deci graph computes it equals the compact transformers model."""
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +80,16 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
 
 
-def rope_interleaved(x: np.ndarray, base: float) -> np.ndarray:
-    """GGML's normal RoPE: adjacent pairs (2i, 2i+1) rotate by pos * base^(-2i/d). x: [tokens, heads, d]."""
+def rope_interleaved(
+    x: np.ndarray, base: float, freq_factors: np.ndarray | None = None, freq_scale: float = 1.0
+) -> np.ndarray:
+    """GGML's normal RoPE: adjacent pairs (2i, 2i+1) rotate by pos * freq_scale * base^(-2i/d) / freq_factors[i]
+    (``rope_freqs.weight``; ``freq_scale`` is 1 / the linear scaling factor). x: [tokens, heads, d]."""
     d = x.shape[-1]
-    angles = np.arange(x.shape[0])[:, None] * base ** (-np.arange(0, d, 2) / d)[None, :]
+    freqs = freq_scale * base ** (-np.arange(0, d, 2) / d)
+    if freq_factors is not None:
+        freqs = freqs / freq_factors
+    angles = np.arange(x.shape[0])[:, None] * freqs[None, :]
     cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
     even, odd = x[..., 0::2], x[..., 1::2]
     out = np.empty_like(x)
@@ -100,6 +107,11 @@ def deci_forward(path, token_ids: list[int]) -> np.ndarray:
         meta["deci.rope.freq_base"],
         meta["deci.attention.key_length"],
     )
+    freq_factors = w.get("rope_freqs.weight")
+    freq_scale = 1.0
+    if "deci.rope.scaling.type" in meta:
+        assert meta["deci.rope.scaling.type"] == "linear", meta["deci.rope.scaling.type"]
+        freq_scale = 1.0 / meta["deci.rope.scaling.factor"]
     x = w["token_embd.weight"][token_ids]
     n = len(token_ids)
     causal = np.triu(np.full((n, n), -np.inf), 1)
@@ -117,7 +129,7 @@ def deci_forward(path, token_ids: list[int]) -> np.ndarray:
             q = (h @ w[p + "attn_q.weight"].T + w.get(p + "attn_q.bias", 0)).reshape(n, n_head, hd)
             k = (h @ w[p + "attn_k.weight"].T + w.get(p + "attn_k.bias", 0)).reshape(n, n_kv, hd)
             v = (h @ w[p + "attn_v.weight"].T + w.get(p + "attn_v.bias", 0)).reshape(n, n_kv, hd)
-            q, k = rope_interleaved(q, base), rope_interleaved(k, base)
+            q, k = (rope_interleaved(t, base, freq_factors, freq_scale) for t in (q, k))
             group = n_head // n_kv
             heads = []
             for head in range(n_head):
@@ -189,6 +201,113 @@ def test_gguf_reads_back_and_computes_the_compact_model(tmp_path, family):
     with torch.no_grad():
         reference = compact(torch.tensor([ids])).logits[0].double().numpy()
     assert np.abs(deci_forward(result.path, ids) - reference).max() <= 1e-4
+
+
+def llama_cpp_llama3_rope_factors(rope: dict, head_dim: int) -> list[float]:
+    """llama.cpp's ``convert_hf_to_gguf.py`` rule for ``rope_freqs.weight`` of a llama3-scaled model, transcribed."""
+    base, factor = rope["rope_theta"], rope["factor"]
+    low_freq_factor, high_freq_factor = rope["low_freq_factor"], rope["high_freq_factor"]
+    old_context_len = rope["original_max_position_embeddings"]
+    low_freq_wavelen, high_freq_wavelen = old_context_len / low_freq_factor, old_context_len / high_freq_factor
+    rope_factors = []
+    for freq in 1.0 / (base ** (np.arange(0, head_dim, 2) / head_dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            rope_factors.append(1)
+        elif wavelen > low_freq_wavelen:
+            rope_factors.append(factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            rope_factors.append(1 / ((1 - smooth) / factor + smooth))
+    return rope_factors
+
+
+# head_dim 8: wavelengths 2 pi x 10000^(0, 1/4, 1/2, 3/4) = 6.3, 63, 628, 6283 against 128 / 4 and 128 / 1, so
+# llama3 keeps the first frequency, smooths the second and divides the last two by the factor
+ROPE_PARAMETERS = {
+    "llama3": {
+        "rope_type": "llama3",
+        "rope_theta": 10000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 128,
+    },
+    "linear": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+}
+
+
+@pytest.mark.parametrize("rope_type", sorted(ROPE_PARAMETERS))
+def test_scaled_rope_is_written_as_llama_cpp_reads_it(tmp_path, rope_type):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    torch.manual_seed(0)
+    rope = ROPE_PARAMETERS[rope_type]
+    config = tf.LlamaConfig(
+        vocab_size=101,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=512,
+        rope_parameters=dict(rope),
+    )
+    config._attn_implementation = "eager"
+    model = randomize_(tf.LlamaForCausalLM(config)).eval()
+    head_dim = config.hidden_size // config.num_attention_heads
+    hf_l0.patch_model(model, hf_l0.L0Config(layers=True))
+    randomize_gates(model)
+    compact = hf_l0.prune_model(model).eval()
+    result = export_gguf(compact, tmp_path / "model.gguf")
+    reader = gguf.GGUFReader(str(result.path))
+    meta, w = fields(reader), tensors(reader)
+    assert meta["deci.rope.freq_base"] == rope["rope_theta"]
+    # transformers' own frequencies: the dense ones over the scaled ones are the factors llama.cpp divides by
+    default = 1.0 / rope["rope_theta"] ** (np.arange(0, head_dim, 2) / head_dim)
+    scaled = ROPE_INIT_FUNCTIONS[rope_type](compact.config, "cpu")[0].double().numpy()
+    if rope_type == "llama3":
+        assert "deci.rope.scaling.type" not in meta
+        factors = w["rope_freqs.weight"]
+        assert factors.dtype == np.float32
+        np.testing.assert_allclose(factors, llama_cpp_llama3_rope_factors(rope, head_dim), rtol=1e-6)
+        np.testing.assert_allclose(factors, default / scaled, rtol=1e-6)
+        assert factors[0] == 1.0 and factors[-1] == rope["factor"] and 1.0 < factors[1] < rope["factor"]
+    else:
+        assert "rope_freqs.weight" not in w
+        assert meta["deci.rope.scaling.type"] == "linear" and meta["deci.rope.scaling.factor"] == rope["factor"]
+        np.testing.assert_allclose(default / scaled, rope["factor"], rtol=1e-6)
+    ids = [5, 17, 99, 3, 42, 8, 64, 23, 77, 11, 2, 60, 31, 90, 14, 50]
+    with torch.no_grad():
+        reference = compact(torch.tensor([ids])).logits[0].double().numpy()
+    assert np.abs(deci_forward(result.path, ids) - reference).max() <= 1e-4
+
+
+@pytest.mark.parametrize("window", [16, 4096, None])
+def test_context_length_is_the_sliding_window_when_it_is_shorter(tmp_path, window):
+    """deci has no sliding window: the file's context is at most the window, where both compute the same."""
+    torch.manual_seed(0)
+    config = tf.MistralConfig(
+        vocab_size=101,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        sliding_window=window,
+    )
+    config._attn_implementation = "eager"
+    model = randomize_(tf.MistralForCausalLM(config)).eval()
+    export_gguf(model, tmp_path / "model.gguf")
+    meta = fields(gguf.GGUFReader(str(tmp_path / "model.gguf")))
+    expected = config.max_position_embeddings if window is None else min(window, config.max_position_embeddings)
+    assert meta["deci.context_length"] == expected
+    if window == 16:
+        ids = list(range(3, 3 + window))  # a full window: the sliding mask hides nothing yet
+        with torch.no_grad():
+            reference = model(torch.tensor([ids])).logits[0].double().numpy()
+        assert np.abs(deci_forward(tmp_path / "model.gguf", ids) - reference).max() <= 1e-4
 
 
 def test_f16_export_rounds_matrices_only(tmp_path):

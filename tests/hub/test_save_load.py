@@ -40,6 +40,21 @@ def test_dense_model_round_trip(tmp_path):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_compact_model_round_trip_keeps_dtype_and_logits(tmp_path, dtype):
+    model = compact_model("llama", "AutoModelForCausalLM").to(dtype)
+    hf_l0.save_pretrained(model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == str(dtype).removeprefix("torch.")
+    loaded = hf_l0.from_pretrained(tmp_path / "m")
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    loaded.config._attn_implementation = model.config._attn_implementation  # the same kernel (not saved)
+    inputs = make_inputs()
+    with torch.no_grad():
+        expected, got = model(**inputs).logits, loaded(**inputs).logits
+    assert got.dtype == dtype and torch.equal(got, expected)  # the same weights in the same dtype: bit for bit
+
+
 def test_patched_model_is_not_saved(tmp_path):
     model = make_model("gpt2")
     patch_model(model, L0Config(layers=True))
