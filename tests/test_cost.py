@@ -165,7 +165,7 @@ def test_flops_target_with_hidden_gates_accepts_what_shrinking_the_heads_reaches
     beyond_dense_heads = 1.0 - float(full.fixed) / float(full.total)
     gates = hf_l0.get_gates(model)
     with torch.no_grad():  # keep 4 hidden dimensions, one KV group and 4 neurons per layer
-        for gate in gates.named_gates().values():
+        for gate in gates.gates.values():
             gate.log_alpha.fill_(10.0)
         gates.hidden.log_alpha[4:] = -10.0
         gates.ffn.log_alpha[:, 4:] = -10.0
