@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
-from hf_l0.cost.flops.flops import (
+from hf_l0.cost.flops import (
     FlopsTarget,
     compact_flops,
     deterministic_flops,
@@ -19,7 +19,7 @@ from hf_l0.cost.flops.flops import (
     flops_reduction,
     full_flops,
 )
-from hf_l0.cost.flops.latency import (
+from hf_l0.cost.latency import (
     LatencyTable,
     LatencyTarget,
     _model_shape,
@@ -29,12 +29,12 @@ from hf_l0.cost.flops.latency import (
     latency_table,
     predict_latency,
 )
-from hf_l0.cost.flops.measure import forward_flops
-from hf_l0.cost.flops.targets import make_cost_target
+from hf_l0.cost.measure import forward_flops
+from hf_l0.cost.targets import make_cost_target
 
 SEQ_LEN = 9
 # (family, auto class): FlopCounterMode counts what actually runs, so only heads applied to every token (a BERT pooler
-# reads one token per sequence; hf-l0 counts every Linear per token, as hf_l0.cost.flops.measure.forward_flops does).
+# reads one token per sequence; hf-l0 counts every Linear per token, as hf_l0.cost.measure.forward_flops does).
 PER_TOKEN_MODELS = [
     ("bert", "AutoModelForTokenClassification"),
     ("gpt2", "AutoModelForCausalLM"),
@@ -293,7 +293,7 @@ def additive_timings(monkeypatch, model, fixed: float, empty_layer: float, grids
     """Replace the timer by a known additive model: ``fixed`` + per layer 2 ms per attention unit and 0.1 ms per
     neuron, ``empty_layer`` for a layer with neither sublayer. Returns (per-layer time functions, dense time, the
     sorted call names of each timing round)."""
-    import hf_l0.cost.flops.latency as latency
+    import hf_l0.cost.latency as latency
 
     layers = model.config.num_hidden_layers
     per_layer = {"attention": lambda u: 0.002 * u, "ffn": lambda n: 0.0001 * n}
@@ -510,7 +510,7 @@ def test_one_target_per_meaning_and_bad_target_arguments_are_refused(tmp_path):
 def test_latency_target_in_several_processes_needs_one_table():
     from types import SimpleNamespace
 
-    from hf_l0.cost.flops.targets import cost_target_from_args
+    from hf_l0.cost.targets import cost_target_from_args
 
     model = patch_model(make_model("gpt2"), L0Config(layers=True))
     args = SimpleNamespace(
