@@ -48,6 +48,26 @@ def check_target_sparsity(target_sparsity: float) -> float:
     return float(target_sparsity)
 
 
+def check_schedule(warmup_steps: int, max_steps: int, target_sparsity: float, warmup_source: str) -> None:
+    """Refuse, before any training, a run the schedule cannot serve: no optimizer step at all (the model would come
+    out pruned to the target without a single step at that shape), or a warm-up that does not end before the last
+    step (the target is reached only after training: the final snap would prune untrained weights, and without it
+    the run would end short of the target). ``warmup_source`` names the setting that fixed the warm-up."""
+    if max_steps <= 0:
+        raise ValueError(
+            f"the run has {max_steps} optimizer steps (num_train_epochs / max_steps / the training data): nothing "
+            f"would train toward target_sparsity={target_sparsity}, and the model would come out pruned untrained. "
+            "Give the run training steps, or prune a trained gated model directly with hf_l0.prune_model."
+        )
+    if warmup_steps >= max_steps:
+        raise ValueError(
+            f"{warmup_source} makes the sparsity warm-up {warmup_steps} steps, not shorter than the run's "
+            f"{max_steps} optimizer steps: target_sparsity={target_sparsity} would be reached only after the last "
+            f"step, with no training at that shape. Make the warm-up shorter than {max_steps} steps (e.g. "
+            "sparsity_warmup_ratio=0.5) or train longer."
+        )
+
+
 def parameter_sparsity(model: nn.Module, deterministic: bool = False) -> torch.Tensor:
     """The default constrained quantity: the expected sparsity of the prunable parameters (differentiable) or, with
     ``deterministic=True``, the sparsity :func:`hf_l0.prune_model` would deliver now."""
@@ -187,6 +207,8 @@ class LagrangianController(nn.Module):
         :class:`hf_l0.L0Trainer` calls it at the first micro-batch of every step; a custom loop calls it at the top
         of each step (``max_steps`` is needed only with a final phase). Calling it again for the same step is a no-op.
         """
+        if max_steps is not None and int(self.updated_step) < 0:  # the first step: refuse a hopeless schedule
+            check_schedule(self.warmup_steps, max_steps, self.target_sparsity, f"warmup_steps={self.warmup_steps}")
         self.set_step(step)
         if int(self.updated_step) == step and self._measured is not None:
             return self._measured  # another micro-batch of the same step

@@ -27,7 +27,14 @@ from .config import L0Config
 from .cost import cost_target_from_args
 from .distill import DistillationLoss, LayerwiseDistiller, check_teacher
 from .gate_init import gate_init_callback
-from .lagrangian import GateClamp, LagrangianController, gate_parameters, l0_param_groups, param_group_indices
+from .lagrangian import (
+    GateClamp,
+    LagrangianController,
+    check_schedule,
+    gate_parameters,
+    l0_param_groups,
+    param_group_indices,
+)
 from .patch import GATES_ATTR, get_gates, is_patched, patch_model, transformers_model
 from .prune import pruned_copy
 from .size import deterministic_sparsity, expected_sparsity
@@ -213,6 +220,12 @@ class L0Trainer(Trainer):
         """The Trainer's schedule for weights and gates (a decaying gate rate lets the gates settle on the target);
         the multipliers keep a constant rate so the constraint holds to the last step."""
         self._resolve_gate_learning_rate(num_training_steps)
+        source = (
+            f"sparsity_warmup_steps={self.args.sparsity_warmup_steps}"
+            if self.args.sparsity_warmup_steps
+            else f"sparsity_warmup_ratio={self.args.sparsity_warmup_ratio}"
+        )
+        check_schedule(self.controller.warmup_steps, num_training_steps, self.args.target_sparsity, source)
         created = self.lr_scheduler is None
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if created and isinstance(scheduler, LambdaLR):
