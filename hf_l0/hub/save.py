@@ -31,12 +31,12 @@ import transformers
 from torch import nn
 from transformers.utils import PushToHubMixin
 
-from ..arch.base import MODEL_TYPE_PREFIX
+from ..arch.base import MODEL_TYPE_PREFIX, base_model_type
 from ..checkpoint import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from ..patch import is_patched
 from ..structure import STRUCTURE_KEY
 from .card import write_model_card
-from .export import EXPORT_KEY, ExportPlan, auto_class_name, export_plan, export_record
+from .export import EXPORT_KEY, ExportPlan, auto_class_name, export_plan, export_record, stock_model_class
 from .remote_code import remote_code_files
 
 STAGING_PREFIX = ".hf_l0-staging-"
@@ -396,9 +396,14 @@ def save_pretrained(
         with _without_gguf_quantizer(model):
             # the stock method: the instance's own save_pretrained of a compact model routes back here
             type(model).save_pretrained(model, tmp, **kwargs)
+        for copied in tmp.glob("*.py"):  # a remote-code model's stock save copies its code: hf-l0 writes its own
+            copied.unlink()
         config_path = tmp / "config.json"
         data = json.loads(config_path.read_text())
         data.pop("auto_map", None)
+        if type(model) is not stock_model_class(model):  # loaded with transformers' remote code: name the stock ones
+            data["model_type"] = base_model_type(data)
+            data["architectures"] = [stock_model_class(model).__name__]
         if structure:
             record = export_record(model, plan)
             data[STRUCTURE_KEY] = structure
