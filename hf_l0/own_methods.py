@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import json
 import os
 import weakref
 from collections.abc import Callable
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from .arch.base import MODEL_TYPE_PREFIX
+from .structure import STRUCTURE_KEY
 
 
 class CompactMethod:
@@ -57,14 +61,69 @@ class CompactMethod:
 
 
 def bind_compact_methods(model: nn.Module) -> nn.Module:
-    """Route ``model.save_pretrained`` and ``model.push_to_hub`` to hf-l0's export; returns ``model``.
+    """Route ``model.save_pretrained`` and ``model.push_to_hub`` to hf-l0's export, and make its config write
+    itself as a compact one (:func:`compact_config_class`); returns ``model``.
 
     ``type(model).save_pretrained(model, ...)`` still reaches the stock method (hf_l0.save_pretrained itself writes
     the weights that way).
     """
     model.save_pretrained = CompactMethod(save_pretrained, model)
     model.push_to_hub = CompactMethod(push_to_hub, model)
+    config = getattr(model, "config", None)
+    if config is not None and type(config).__module__.startswith("transformers."):
+        config.__class__ = compact_config_class(type(config))
     return model
+
+
+# -- the config of a compact model ----------------------------------------------------------------------------------
+
+_COMPACT_CONFIG_CLASSES: dict[type, type] = {}
+
+
+def writes_compact_model_type(data: dict[str, Any]) -> bool:
+    """Whether a config dict describes a compact model that the stock class of its ``model_type`` would build
+    wrongly: it carries ``l0_structure`` and was not exported natively (``l0_export.native``)."""
+    export = data.get("l0_export")
+    return bool(data.get(STRUCTURE_KEY)) and not (isinstance(export, dict) and export.get("native"))
+
+
+def _compact_to_json_string(self: Any, use_diff: bool = True) -> str:
+    data = self.to_diff_dict() if use_diff is True else self.to_dict()
+    if writes_compact_model_type(data) and not str(data.get("model_type", "")).startswith(MODEL_TYPE_PREFIX):
+        data["model_type"] = MODEL_TYPE_PREFIX + data["model_type"]
+    return json.dumps(self._encode_special_floats(data), indent=2, sort_keys=True) + "\n"
+
+
+def _rebuild_compact_config(stock: type, state: dict[str, Any]) -> Any:
+    config = stock.__new__(stock)
+    config.__dict__.update(state)
+    config.__class__ = compact_config_class(stock)
+    return config
+
+
+def _compact_reduce_ex(self: Any, protocol: int) -> tuple:
+    return _rebuild_compact_config, (type(self).__mro__[1], dict(self.__dict__))
+
+
+def compact_config_class(stock: type) -> type:
+    """The class a compact model's config gets: the stock config class (same name, so transformers' Auto mappings
+    find its models) whose JSON, however it is written (``config.save_pretrained``, ``to_json_file``, a stock
+    ``save_pretrained`` of the model), says ``model_type: hf_l0_<type>`` unless the config describes a native
+    export. Stock transformers then refuses the file instead of building the dense model and filling a removed
+    sublayer with random weights. In memory ``config.model_type`` and ``to_dict()`` stay the stock ones."""
+    if stock not in _COMPACT_CONFIG_CLASSES:
+        _COMPACT_CONFIG_CLASSES[stock] = type(
+            stock.__name__,
+            (stock,),
+            {
+                "__module__": __name__,
+                "__qualname__": stock.__qualname__,
+                "__doc__": stock.__doc__,
+                "to_json_string": _compact_to_json_string,
+                "__reduce_ex__": _compact_reduce_ex,
+            },
+        )
+    return _COMPACT_CONFIG_CLASSES[stock]
 
 
 def has_compact_methods(model: nn.Module) -> bool:

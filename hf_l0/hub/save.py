@@ -401,8 +401,8 @@ def save_pretrained(
         config_path = tmp / "config.json"
         data = json.loads(config_path.read_text())
         data.pop("auto_map", None)
-        if type(model) is not stock_model_class(model):  # loaded with transformers' remote code: name the stock ones
-            data["model_type"] = base_model_type(data)
+        data["model_type"] = base_model_type(data)  # stock, unless remote code (set below)
+        if type(model) is not stock_model_class(model):  # loaded with transformers' remote code: the stock class
             data["architectures"] = [stock_model_class(model).__name__]
         if structure:
             record = export_record(model, plan)

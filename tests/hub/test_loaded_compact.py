@@ -70,3 +70,30 @@ def test_a_loaded_compact_model_counts_exports_and_refuses_like_the_pruned_one(s
     hf_l0.export_gguf(original, tmp_path / "original.gguf")
     hf_l0.export_gguf(loaded, tmp_path / "loaded.gguf")
     assert (tmp_path / "loaded.gguf").read_bytes() == (tmp_path / "original.gguf").read_bytes()
+
+
+def test_a_compact_config_is_never_written_with_the_stock_model_type(saved, tmp_path):
+    import pickle
+
+    model, directory = saved["remote"]
+    inputs = make_inputs()
+    assert model.config.model_type == "llama" and model.config.to_dict()["model_type"] == "llama"  # in memory
+    out = tmp_path / "config-alone"
+    model.config.save_pretrained(out)  # the config alone, then the weights beside it by the stock method
+    type(model).save_pretrained(model, out)
+    written = {
+        "save_pretrained": json.loads((out / "config.json").read_text()),
+        "to_json_file": (model.config.to_json_file(tmp_path / "c.json"), json.loads((tmp_path / "c.json").read_text()))[
+            1
+        ],
+        "pickled": json.loads(pickle.loads(pickle.dumps(model.config)).to_json_string()),
+        "copied": json.loads(copy.deepcopy(model.config).to_json_string(use_diff=False)),
+    }
+    assert {how: data["model_type"] for how, data in written.items()} == dict.fromkeys(written, "hf_l0_llama")
+    with pytest.raises(ValueError, match="hf_l0_llama"):
+        tf.AutoModelForCausalLM.from_pretrained(out)  # refused, never the dense model with a random attention
+    assert max_diff(model_output(hf_l0.from_pretrained(out), inputs), model_output(model, inputs), inputs) <= TOL
+    # a native export's config is the stock one, and stays so when written again
+    native = LOADERS["stock"](saved["native"][1])
+    native.config.save_pretrained(tmp_path / "native")
+    assert json.loads((tmp_path / "native" / "config.json").read_text())["model_type"] == "llama"
