@@ -142,14 +142,15 @@ def save_pretrained(
     model_card: bool | None = None,
     **kwargs: Any,
 ) -> Path | None:
-    """``PreTrainedModel.save_pretrained`` of a compact model: :func:`hf_l0.save_pretrained` (atomic, safetensors,
-    native or remote code), so the directory loads exactly, with or without hf-l0.
+    """``PreTrainedModel.save_pretrained`` of a compact model: :func:`hf_l0.save_pretrained` (crash-safe,
+    safetensors, native or remote code), so the directory loads exactly, with or without hf-l0.
 
     Accepts the stock arguments (``is_main_process``, ``state_dict``, ``push_to_hub`` with ``repo_id`` /
-    ``commit_message`` / ``create_pr`` / ``private`` / ``token``, ``max_shard_size``, ...) and those of
-    :func:`hf_l0.save_pretrained` (``tokenizer``, ``native``, ``metrics``, ...). Like the stock method it writes a
-    model card only when pushing, unless ``model_card`` says otherwise. Processes other than the main one write
-    nothing (the main process replaces the directory atomically; a second writer would race it).
+    ``commit_message`` / ``commit_description`` / ``create_pr`` / ``private`` / ``token`` / ``revision``,
+    ``max_shard_size``, ...) and those of :func:`hf_l0.save_pretrained` (``tokenizer``, ``native``, ``metrics``,
+    ``tags``, ...); the stock ones no hf-l0 loader could read (``variant``, ...) are refused there. Like the stock
+    method it writes a model card only when pushing, unless ``model_card`` says otherwise. Processes other than the
+    main one write nothing (a second writer would race the main one).
     """
     # local: importing hf_l0.hub runs hub.load, which imports prune, which imports this module
     from .hub.save import CompactModelUpload
@@ -165,6 +166,8 @@ def save_pretrained(
             "create_pr": kwargs.pop("create_pr", False),
             "token": kwargs.pop("token", None),
             "private": kwargs.pop("private", None),
+            "revision": kwargs.pop("revision", None),
+            "commit_description": kwargs.pop("commit_description", None),
         }
         kwargs.setdefault("repo_id", upload["repo_id"])  # the model card's usage snippet
     if state_dict is not None:
@@ -186,6 +189,8 @@ def save_pretrained(
             commit_message=upload["commit_message"],
             token=upload["token"],
             create_pr=upload["create_pr"],
+            revision=upload["revision"],
+            commit_description=upload["commit_description"],
         )
     return out
 
@@ -207,8 +212,8 @@ def push_to_hub(
 ) -> Any:
     """``PushToHubMixin.push_to_hub`` of a compact model: uploads the folder :func:`hf_l0.save_pretrained` writes
     (with hf-l0's model card and structure heatmap) through transformers' own upload. ``save_kwargs`` are those of
-    :func:`hf_l0.save_pretrained` (``metrics``, ``base_model``, ...). ``tags`` is accepted for compatibility; the
-    card carries hf-l0's own tags."""
+    :func:`hf_l0.save_pretrained` (``metrics``, ``base_model``, ...), checked before anything is uploaded;
+    ``tags`` join the card's own."""
     from .hub.save import CompactModelUpload  # local: see save_pretrained above
 
     upload = CompactModelUpload(self, tokenizer, **save_kwargs)
@@ -221,4 +226,5 @@ def push_to_hub(
         revision=revision,
         create_pr=create_pr,
         max_shard_size=max_shard_size,
+        tags=tags,
     )

@@ -17,6 +17,7 @@ always safetensors.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -354,6 +355,52 @@ def _without_gguf_quantizer(model: nn.Module):
             model.config.quantization_config = config_quant
 
 
+# Arguments of the stock ``PreTrainedModel.save_pretrained`` that hf-l0 passes on unchanged; the other stock ones it
+# handles itself or refuses (see ``_check_stock_arguments``).
+PASSED_ON = ("state_dict", "token", "save_peft_format", "save_original_format")
+
+
+def _check_stock_arguments(model: nn.Module, kwargs: dict[str, Any]) -> None:
+    """Refuse, before anything is written, the stock arguments whose result no hf-l0 loader would read, and any
+    argument that is not one of :data:`PASSED_ON` (the stock method would ignore it silently); pops what it
+    settles."""
+    variant = kwargs.pop("variant", None)
+    if variant is not None:
+        raise ValueError(
+            f"variant={variant!r}: hf-l0 writes and loads model.safetensors only (hf_l0.from_pretrained and the "
+            "remote-code classes read no variant files). Save the variant into a directory of its own, or push it "
+            "to a branch of the repository with revision=."
+        )
+    if kwargs.pop("distributed_checkpoint", False):
+        raise ValueError(
+            "distributed_checkpoint=True writes a torch.distributed checkpoint, which no hf-l0 loader reads: save "
+            "the gathered compact model without it."
+        )
+    if kwargs.pop("safe_serialization", True) is False:
+        raise ValueError("safe_serialization=False: hf-l0 writes safetensors only (it never loads pickled weights).")
+    if kwargs.pop("push_to_hub", False):
+        raise ValueError(
+            "push_to_hub=True: upload with model.push_to_hub(repo_id) or hf_l0.push_to_hub(model, repo_id), which "
+            "upload exactly what this function writes."
+        )
+    unknown = sorted(set(kwargs) - set(PASSED_ON))
+    if unknown:
+        raise TypeError(
+            f"save_pretrained got unexpected arguments {unknown}: it takes those of hf_l0.save_pretrained and, "
+            f"of the stock method, max_shard_size, {', '.join(PASSED_ON)}."
+        )
+    state = kwargs.get("state_dict")
+    if state is not None:
+        own = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        given = {name: tuple(getattr(tensor, "shape", ())) for name, tensor in state.items()}
+        wrong = sorted(name for name in own.keys() | given.keys() if own.get(name) != given.get(name))
+        if wrong:
+            raise ValueError(
+                f"state_dict does not match the model's tensors (names and shapes), e.g. {wrong[:3]}: the saved "
+                "config would describe other weights. Pass the model's own state dict or none."
+            )
+
+
 def save_pretrained(
     model: nn.Module,
     save_directory: str | os.PathLike,
@@ -366,23 +413,29 @@ def save_pretrained(
     metrics: dict[str, float] | None = None,
     speedup: float | str | None = None,
     repo_id: str | None = None,
+    tags: list[str] | None = None,
     **kwargs,
 ) -> Path:
-    """Save a compact (or dense) model as an ordinary Hub directory, atomically.
+    """Save a compact (or dense) model as an ordinary Hub directory, crash-safely (see the module doc).
 
     Writes ``config.json``, ``model.safetensors`` (sharded above ``max_shard_size``), the tokenizer when given,
     ``generation_config.json`` for models that generate, and for non-native compact models ``modeling_hf_l0.py`` with
     an ``auto_map``; with ``model_card`` also ``README.md`` and ``l0_structure.png``. ``native=None`` exports natively
     when possible, ``True`` requires it (ValueError with the reason otherwise), ``False`` always writes remote code.
-    ``base_model``, ``metrics`` (name -> value), ``speedup`` and ``repo_id`` only feed the model card. Other keyword
-    arguments go to ``PreTrainedModel.save_pretrained``.
+    ``base_model``, ``metrics`` (name -> value), ``speedup``, ``repo_id`` and ``tags`` (added to hf-l0's) only feed
+    the model card. Of the stock ``PreTrainedModel.save_pretrained`` arguments, :data:`PASSED_ON` go to it,
+    ``is_main_process=False`` writes nothing, and ``variant``, ``distributed_checkpoint``,
+    ``safe_serialization=False`` and ``push_to_hub=True`` are refused (no hf-l0 loader would read the result);
+    any other argument is a TypeError.
     """
     if is_patched(model):
         raise ValueError(
             "the model still carries L0 gates: call hf_l0.prune_model(model) before saving it as a "
             "compact model (or save the gates with L0Config / the trainer's checkpoints)."
         )
-    kwargs.pop("safe_serialization", None)  # always safetensors
+    if kwargs.pop("is_main_process", True) is False:
+        return Path(save_directory)  # the main process writes (a second writer would race it)
+    _check_stock_arguments(model, kwargs)
     plan = export_plan(model)
     if native is True and not plan.native:
         raise ValueError(f"cannot save {type(model).__name__} natively: {plan.reason}")
@@ -423,7 +476,9 @@ def save_pretrained(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if model_card:
-            write_model_card(tmp, model, base_model=base_model, metrics=metrics, speedup=speedup, repo_id=repo_id)
+            write_model_card(
+                tmp, model, base_model=base_model, metrics=metrics, speedup=speedup, repo_id=repo_id, tags=tags
+            )
     return target
 
 
@@ -456,16 +511,26 @@ class CompactModelUpload(PushToHubMixin):
         revision: str | None = None,
         create_pr: bool = False,
         max_shard_size: int | str | None = "5GB",
-        **_ignored,
+        tags: list[str] | None = None,
     ):
+        """``PushToHubMixin.push_to_hub``'s arguments; ``tags`` join the model card's. The folder is written (and
+        its arguments checked) before anything is uploaded."""
         # Same steps as PushToHubMixin.push_to_hub, except that the card is ours instead of a default template.
         from transformers.utils import hub as hf_hub
 
+        options = dict(self.save_kwargs)
+        if tags:
+            options["tags"] = [*(options.get("tags") or []), *tags]
+        # the arguments are checked before the repository is created
+        bound = inspect.signature(save_pretrained).bind(self.model, "upload", self.tokenizer, **options)
+        stock = dict(bound.arguments.get("kwargs", {}))
+        stock.pop("is_main_process", None)
+        _check_stock_arguments(self.model, stock)
         repo_id = hf_hub.hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "upload"
-            self.save_kwargs.setdefault("repo_id", repo_id)
-            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            options.setdefault("repo_id", repo_id)
+            save_pretrained(self.model, folder, self.tokenizer, max_shard_size=max_shard_size, **options)
             return self._upload_modified_files(
                 folder,
                 repo_id,
@@ -489,17 +554,22 @@ def push_to_hub(
     revision: str | None = None,
     create_pr: bool = False,
     max_shard_size: int | str | None = "5GB",
+    commit_description: str | None = None,
+    tags: list[str] | None = None,
     **save_kwargs,
 ):
     """Upload ``model`` (+ tokenizer, model card, heatmap) to ``repo_id`` on the Hub through transformers'
-    PushToHubMixin. ``save_kwargs`` are those of :func:`save_pretrained` (``native``, ``metrics``, ...)."""
+    PushToHubMixin. ``save_kwargs`` are those of :func:`save_pretrained` (``native``, ``metrics``, ...), checked
+    before anything is uploaded; ``tags`` join the model card's."""
     upload = CompactModelUpload(model, tokenizer, **save_kwargs)
     return upload.push_to_hub(
         repo_id,
         commit_message=commit_message,
+        commit_description=commit_description,
         private=private,
         token=token,
         revision=revision,
         create_pr=create_pr,
         max_shard_size=max_shard_size,
+        tags=tags,
     )
