@@ -315,6 +315,25 @@ class CostTargetArguments:
             )
 
 
+def check_cost_arguments(model: nn.Module, args: Any) -> None:
+    """The refusals of a FLOPs / latency target that need neither a table nor any timing (the gated ``model``'s
+    structures and the arguments): run before a latency table is measured."""
+    if getattr(args, "target_metric", "params") != "latency":
+        return
+    if hasattr(get_gates(model), "hidden"):
+        raise ValueError(
+            "a latency target does not support hidden-dimension gates: the latency table is measured at the dense "
+            "hidden size. Set hidden=False (l0_structures without 'hidden') or use target_metric='flops'."
+        )
+    if args.latency_table is None and getattr(args, "world_size", 1) > 1:
+        # every process would time its own table, and the snap would then move each rank's gates differently
+        raise ValueError(
+            "a latency target in a run of several processes needs one table for all: measure it first "
+            "(python -m hf_l0 latency-table --model ... --batch-size B --seq-len L --threads T) and pass "
+            "its path as --latency_table."
+        )
+
+
 def cost_target_from_args(model: nn.Module, args: Any) -> CostTarget | None:
     """The controller metric that ``args`` (an :class:`hf_l0.L0TrainingArguments`) ask for, after checking that the
     gated ``model`` can reach ``args.target_sparsity`` of it; None for the parameter sparsity (checked as well)."""
@@ -324,13 +343,7 @@ def cost_target_from_args(model: nn.Module, args: Any) -> CostTarget | None:
 
         check_target_reachable(model, args.target_sparsity)
         return None
-    if metric == "latency" and args.latency_table is None and getattr(args, "world_size", 1) > 1:
-        # every process would time its own table, and the snap would then move each rank's gates differently
-        raise ValueError(
-            "a latency target in a run of several processes needs one table for all: measure it first "
-            "(python -m hf_l0 latency-table --model ... --batch-size B --seq-len L --threads T) and pass "
-            "its path as --latency_table."
-        )
+    check_cost_arguments(model, args)
     target = make_cost_target(
         metric,
         model,

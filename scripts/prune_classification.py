@@ -37,6 +37,7 @@ from hf_l0.demo import data as hf_l0_data
 from hf_l0.demo.evaluation import compute_metrics, evaluate_classifier
 from hf_l0.demo.scripting import compare_latency, count_parameters, parse_arguments, report, resolve_model_path
 from hf_l0.distill import check_teacher
+from hf_l0.trainer import check_l0_run
 
 logger = logging.getLogger("prune_classification")
 PACKAGED_DATASETS = {"hf_l0:rotten_tomatoes": hf_l0_data.rotten_tomatoes}
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_teacher(model, teacher)
         model = AutoModelForSequenceClassification.from_pretrained(args.teacher_model_name_or_path)
         args.teacher_model_name_or_path = None  # handed over as an object below
+    # every refusal that depends only on the arguments and the model's shape, before the dense stage trains
+    check_l0_run(model, args, num_train_examples=len(tokenized["train"]))
     dense_seconds = 0.0
     if teacher is None and (
         model_args.dense_finetune == "yes" or (model_args.dense_finetune == "auto" and head_is_new)

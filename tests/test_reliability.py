@@ -206,3 +206,24 @@ def test_controller_refuses_a_warmup_not_shorter_than_the_loop():
     with pytest.raises(ValueError, match="warmup_steps=20 makes the sparsity warm-up 20 steps.*run's 20 optimizer"):
         controller.on_step(model, 0, max_steps=20)
     hf_l0.LagrangianController(0.5, warmup_steps=19).on_step(model, 0, max_steps=20)  # shorter: fine
+
+
+def test_latency_target_with_hidden_gates_is_refused_before_the_table_is_measured(tmp_path, monkeypatch):
+    from hf_l0 import latency
+    from hf_l0.trainer import L0Trainer, L0TrainingArguments
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed before refusing")
+
+    monkeypatch.setattr(latency, "measure_latency_table", no_timing)
+    args = L0TrainingArguments(
+        output_dir=str(tmp_path),
+        target_sparsity=0.3,
+        target_metric="latency",
+        l0_structures="heads,ffn,hidden",
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    with pytest.raises(ValueError, match="a latency target does not support hidden-dimension gates"):
+        L0Trainer(model=make_model("bert", "AutoModelForSequenceClassification"), args=args)

@@ -362,3 +362,47 @@ def test_prune_clm_to_a_latency_target(tmp_path, tokenizer, monkeypatch):
     assert -1.0 < summary["measured_latency_reduction"] < 1.0
     assert summary["pruned_gflops_per_token"] < summary["dense_gflops_per_token"]
     assert len(list((tmp_path / "cache" / "latency").glob("LlamaForCausalLM-b2-s16-t1-*.json"))) == 1
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--target_metric", "flops", "--target_sparsity", "0.99"], "a flops reduction of 0.99 cannot be reached"),
+        (
+            ["--target_metric", "latency", "--l0_structures", "heads,ffn,hidden", "--target_sparsity", "0.3"],
+            "a latency target does not support hidden-dimension gates",
+        ),
+        (["--sparsity_warmup_steps", "50", "--target_sparsity", "0.3"], "not shorter than the run's 6 optimizer"),
+    ],
+    ids=["flops-unreachable", "latency-hidden", "warmup-too-long"],
+)
+def test_prune_classification_refuses_before_the_dense_stage_and_any_timing(
+    tmp_path, tiny_bert_dir, review_files, monkeypatch, flags, message
+):
+    monkeypatch.setenv("HF_L0_CACHE", str(tmp_path / "cache"))
+    script = _load_script("prune_classification")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(script.Trainer, "train", no_training)
+    with pytest.raises(ValueError, match=message):
+        script.main(
+            [
+                "--model_name_or_path",
+                str(tiny_bert_dir),
+                "--train_file",
+                str(review_files["train"]),
+                "--validation_file",
+                str(review_files["validation"]),
+                "--text_column",
+                "sentence",
+                "--label_column",
+                "sentiment",
+                "--dense_finetune",
+                "yes",
+                *_common(tmp_path / "out"),
+                *flags,
+            ]
+        )
+    assert not (tmp_path / "out" / "dense").exists() and not (tmp_path / "cache").exists()
