@@ -367,9 +367,13 @@ def test_prune_clm_to_a_latency_target(tmp_path, tokenizer, monkeypatch):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--target_metric", "flops", "--target_sparsity", "0.99"], "a flops reduction of 0.99 cannot be reached"),
         (
-            ["--target_metric", "latency", "--l0_structures", "heads,ffn,hidden", "--target_sparsity", "0.3"],
+            ["--target_metric", "flops", "--cost_seq_len", "16", "--target_sparsity", "0.99"],
+            "a flops reduction of 0.99 cannot be reached",
+        ),
+        (
+            ["--target_metric", "latency", "--cost_seq_len", "16", "--l0_structures", "heads,ffn,hidden"]
+            + ["--target_sparsity", "0.3"],
             "a latency target does not support hidden-dimension gates",
         ),
         (["--sparsity_warmup_steps", "50", "--target_sparsity", "0.3"], "not shorter than the run's 6 optimizer"),
