@@ -63,11 +63,6 @@ def prune_model(model: nn.Module, drop_empty_layers: bool = True) -> nn.Module:
     """
     gates = get_gates(model)
     values = {name: value.detach().cpu() for name, value in gates.deterministic().items()}
-    if HIDDEN_GATE in values and not bool(values[HIDDEN_GATE].any()):
-        raise ValueError(
-            "every hidden-dimension gate is closed: the compact model would have hidden size 0, which no layer can "
-            "run. Train to a lower target or with fewer structures shut (the model is left gated, unchanged)."
-        )
     unpatch_model(model)
     if transformers_model(model) is not model:
         model = model.merge_and_unload()

@@ -227,14 +227,3 @@ def test_latency_target_with_hidden_gates_is_refused_before_the_table_is_measure
     )
     with pytest.raises(ValueError, match="a latency target does not support hidden-dimension gates"):
         L0Trainer(model=make_model("bert", "AutoModelForSequenceClassification"), args=args)
-
-
-def test_pruning_every_hidden_dimension_is_refused_and_leaves_the_gated_model():
-    model = make_model("gpt2")
-    patch_model(model, L0Config(hidden=True))
-    with torch.no_grad():
-        hf_l0.get_gates(model).hidden.log_alpha.fill_(-10.0)
-    before = model(**make_inputs()).logits
-    with pytest.raises(ValueError, match="every hidden-dimension gate is closed: .*hidden size 0"):
-        prune_model(model)
-    assert hf_l0.is_patched(model) and torch.equal(model(**make_inputs()).logits, before)
