@@ -524,3 +524,55 @@ def test_latency_target_in_several_processes_needs_one_table():
     )
     with pytest.raises(ValueError, match="pass its path as --latency_table"):
         cost_target_from_args(model, args)
+
+
+def _bert(**config_fields):
+    model = make_model("bert", "AutoModelForSequenceClassification")
+    for name, value in config_fields.items():
+        setattr(model.config, name, value)
+    return model
+
+
+def test_latency_tables_are_not_shared_across_configurations_or_machines(tmp_path, monkeypatch):
+    from hf_l0 import latency
+
+    measured, keys = [], []
+    table_key = latency._table_key
+
+    def spy_key(*args, **kwargs):
+        keys.append(table_key(*args, **kwargs))
+        return keys[-1]
+
+    def fake_measure(model, *args, **kwargs):  # no timing: a made-up table under the key latency_table computed
+        measured.append(model.config.hidden_act)
+        table = synthetic_table(model)
+        table.key = keys[-1]
+        return table
+
+    monkeypatch.setattr(latency, "_table_key", spy_key)
+    monkeypatch.setattr(latency, "measure_latency_table", fake_measure)
+
+    def table_for(model):
+        return latency_table(model, seq_len=SEQ_LEN, cache_dir=tmp_path, progress=False)
+
+    gelu, relu = _bert(), _bert(hidden_act="relu", position_embedding_type="relative_key")
+    assert _model_shape(gelu) == _model_shape(relu)  # the sizes alone do not tell them apart
+    first = table_for(gelu)
+    table_for(relu)
+    assert measured == ["gelu", "relu"] and len(list(tmp_path.iterdir())) == 2
+    # labels, the task type and the cache switch a training run sets do not change the computation: reused
+    table_for(_bert(id2label={0: "a", 1: "b", 2: "c"}, problem_type="single_label_classification", use_cache=False))
+    assert measured == ["gelu", "relu"]
+    # another processor: measured anew, and a table from there given explicitly is used with a warning
+    monkeypatch.setattr(latency, "machine_identity", lambda: {"processor": "elsewhere", "cpus": 64})
+    table_for(gelu)
+    assert measured == ["gelu", "relu", "gelu"]
+    gated = _bert()
+    patch_model(gated, L0Config())
+    with pytest.warns(UserWarning, match="was measured on .*this is .*elsewhere"):
+        hf_l0.expected_latency(gated, first)
+    # a table of the other configuration, given explicitly, is refused
+    relu_gated = _bert(hidden_act="relu")
+    patch_model(relu_gated, L0Config())
+    with pytest.raises(ValueError, match="another configuration"):
+        hf_l0.expected_latency(relu_gated, first)

@@ -450,9 +450,14 @@ def test_own_methods_follow_copies_and_free_with_the_model(tmp_path):
         assert ref() is None
     finally:
         gc.enable()
-    # the stock method is still reachable and writes the stock config (what hf_l0.save_pretrained builds on)
+    # the stock method is still reachable (what hf_l0.save_pretrained builds on); the config it writes names the
+    # compact model type, so stock transformers refuses it instead of building the dense model
     type(clone).save_pretrained(clone, tmp_path / "stock")
-    assert json.loads((tmp_path / "stock" / "config.json").read_text())["model_type"] == "llama"
+    assert json.loads((tmp_path / "stock" / "config.json").read_text())["model_type"] == "hf_l0_llama"
+    assert clone.config.model_type == "llama" and type(loaded_config := copy.deepcopy(clone.config)) is type(
+        clone.config
+    )
+    assert loaded_config.to_dict()["model_type"] == "llama"
     assert not has_compact_methods(make_model("llama"))
 
 

@@ -188,8 +188,14 @@ def test_resume_across_the_switch_is_bitwise(tmp_path, resume_at):
     [
         (dict(max_steps=4, recovery_ratio=0.9), "leaves 0 search and 4 recovery steps"),
         (dict(max_steps=4, recovery_ratio=0.1), "leaves 4 search and 0 recovery steps"),
-        (dict(max_steps=12, recovery_ratio=0.5, sparsity_warmup_steps=7), r"warm-up \(7 steps\) is longer than the "),
-        (dict(max_steps=10, recovery_ratio=0.0, sparsity_warmup_steps=50), r"longer than the run \(10 steps\)"),
+        (
+            dict(max_steps=12, recovery_ratio=0.5, sparsity_warmup_steps=7),
+            r"warm-up 7 steps, not shorter than the search stage's 6 steps \(recovery_ratio=0.5\)",
+        ),
+        (
+            dict(max_steps=10, recovery_ratio=0.0, sparsity_warmup_steps=50),
+            r"warm-up 50 steps, not shorter than the run's 10 optimizer steps",
+        ),
     ],
 )
 def test_a_split_without_search_or_recovery_steps_is_refused_before_training(tmp_path, settings, message):

@@ -146,3 +146,83 @@ def test_trainer_refuses_unreachable_target_before_training(tmp_path, structures
         return
     with pytest.raises(ValueError, match=rf"target_sparsity={target} cannot be reached.*at most 0\.\d{{4}}"):
         L0Trainer(model=model, args=args)
+
+
+# -- schedules the run cannot serve ---------------------------------------------------------------------------------
+def _tiny_run(tmp_path, **kwargs):
+    from datasets import Dataset
+
+    from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
+
+    ids = torch.randint(2, 100, (32, 8), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 3).tolist()})
+    args = L0TrainingArguments(
+        output_dir=str(tmp_path),
+        target_sparsity=0.5,
+        per_device_train_batch_size=8,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        **kwargs,
+    )
+    return L0Trainer(model=make_model("bert", "AutoModelForSequenceClassification"), args=args, train_dataset=data)
+
+
+@pytest.mark.parametrize(
+    "settings, source",
+    [
+        (dict(max_steps=10, sparsity_warmup_steps=50), "sparsity_warmup_steps=50"),
+        (dict(max_steps=10, sparsity_warmup_steps=10, sparsity_final_phase_ratio=0.0), "sparsity_warmup_steps=10"),
+        (dict(max_steps=10, sparsity_warmup_ratio=1.0), "sparsity_warmup_ratio=1.0"),
+    ],
+)
+def test_a_warmup_not_shorter_than_the_run_is_refused_before_any_step(tmp_path, settings, source):
+    trainer = _tiny_run(tmp_path, **settings)
+    gates = {
+        name: gate.log_alpha.detach().clone() for name, gate in hf_l0.get_gates(trainer.model).named_gates().items()
+    }
+    with pytest.raises(
+        ValueError, match=rf"{source} makes the sparsity warm-up \d+ steps, not shorter than the run's 10"
+    ):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    after = hf_l0.get_gates(trainer.model).named_gates()
+    assert all(torch.equal(after[name].log_alpha, value) for name, value in gates.items())  # no snap either
+
+
+def test_a_run_without_optimizer_steps_is_refused_instead_of_pruning_untrained(tmp_path):
+    trainer = _tiny_run(tmp_path, num_train_epochs=0)
+    before = hf_l0.deterministic_sparsity(trainer.model).item()
+    with pytest.raises(ValueError, match="the run has 0 optimizer steps.*pruned untrained"):
+        trainer.train()
+    assert hf_l0.deterministic_sparsity(trainer.model).item() == before
+
+
+def test_controller_refuses_a_warmup_not_shorter_than_the_loop():
+    model = make_model("gpt2")
+    patch_model(model, L0Config())
+    controller = hf_l0.LagrangianController(0.5, warmup_steps=20, final_phase_ratio=0.1)
+    with pytest.raises(ValueError, match="warmup_steps=20 makes the sparsity warm-up 20 steps.*run's 20 optimizer"):
+        controller.on_step(model, 0, max_steps=20)
+    hf_l0.LagrangianController(0.5, warmup_steps=19).on_step(model, 0, max_steps=20)  # shorter: fine
+
+
+def test_latency_target_with_hidden_gates_is_refused_before_the_table_is_measured(tmp_path, monkeypatch):
+    from hf_l0.cost import latency
+    from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed before refusing")
+
+    monkeypatch.setattr(latency, "measure_latency_table", no_timing)
+    args = L0TrainingArguments(
+        output_dir=str(tmp_path),
+        target_speedup=1.5,
+        l0_structures="heads,ffn,hidden",
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    with pytest.raises(ValueError, match="a speedup target does not support hidden-dimension gates"):
+        L0Trainer(model=make_model("bert", "AutoModelForSequenceClassification"), args=args)

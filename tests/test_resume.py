@@ -69,6 +69,7 @@ def test_kill_9_mid_warmup_and_mid_final_phase_then_resume_is_bitwise(tmp_path):
 def test_interrupted_save_model_leaves_previous_output_loadable(tmp_path, monkeypatch):
     trainer = build_trainer(str(tmp_path / "run"))
     trainer.args.max_steps = 2
+    trainer.args.sparsity_warmup_steps = trainer.controller.warmup_steps = 1  # a warm-up shorter than the run
     trainer.args.save_strategy = "no"
     trainer.train()
     out = tmp_path / "model"

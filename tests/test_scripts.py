@@ -354,3 +354,138 @@ def test_prune_clm_to_a_latency_target(tmp_path, tokenizer, monkeypatch):
     assert -1.0 < summary["measured_latency_reduction"] < 1.0
     assert summary["pruned_gflops_per_token"] < summary["dense_gflops_per_token"]
     assert len(list((tmp_path / "cache" / "latency").glob("LlamaForCausalLM-b2-s16-t1-*.json"))) == 1
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--cost_seq_len", "16", "--target_flops_reduction", "0.99"],
+            "a flops reduction of 0.99 cannot be reached",
+        ),
+        (
+            ["--cost_seq_len", "16", "--l0_structures", "heads,ffn,hidden", "--target_speedup", "1.5"],
+            "a speedup target does not support hidden-dimension gates",
+        ),
+        (["--sparsity_warmup_steps", "50", "--target_sparsity", "0.3"], "not shorter than the run's 6 optimizer"),
+    ],
+    ids=["flops-unreachable", "latency-hidden", "warmup-too-long"],
+)
+def test_prune_classification_refuses_before_the_dense_stage_and_any_timing(
+    tmp_path, tiny_bert_dir, review_files, monkeypatch, flags, message
+):
+    monkeypatch.setenv("HF_L0_CACHE", str(tmp_path / "cache"))
+    script = _load_script("prune_classification")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(script.Trainer, "train", no_training)
+    with pytest.raises(ValueError, match=message):
+        script.main(
+            [
+                "--model_name_or_path",
+                str(tiny_bert_dir),
+                "--train_file",
+                str(review_files["train"]),
+                "--validation_file",
+                str(review_files["validation"]),
+                "--text_column",
+                "sentence",
+                "--label_column",
+                "sentiment",
+                "--dense_finetune",
+                "yes",
+                *_common(tmp_path / "out"),
+                *flags,
+            ]
+        )
+    assert not (tmp_path / "out" / "dense").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.fixture()
+def short_bert_dir(tmp_path, tokenizer):
+    """A BERT with 32 positions: shorter than the script's default --max_seq_length (64)."""
+    torch.manual_seed(0)
+    config = tf.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    tf.BertModel(config).save_pretrained(tmp_path / "short")
+    tokenizer.save_pretrained(tmp_path / "short")
+    return tmp_path / "short"
+
+
+def _classification_flags(model_dir: Path, train: Path, validation: Path, out: Path) -> list[str]:
+    return [
+        "--model_name_or_path",
+        str(model_dir),
+        "--train_file",
+        str(train),
+        "--validation_file",
+        str(validation),
+        "--text_column",
+        "sentence",
+        "--label_column",
+        "sentiment",
+        "--target_sparsity",
+        "0.3",
+        "--dense_max_steps",
+        "2",
+        *_common(out),
+    ]
+
+
+@pytest.mark.parametrize(
+    "case, extra, message",
+    [
+        ("positions", [], r"--max_seq_length 64 is longer than the model's 32 positions.*pass --max_seq_length 32"),
+        ("header-only", ["--max_seq_length", "32"], r"--validation_file .*header\.csv .*no examples"),
+        ("empty", ["--max_seq_length", "32"], r"--validation_file .*empty\.csv is empty"),
+        ("no-eval", ["--max_seq_length", "32", "--max_eval_samples", "0"], "--max_eval_samples 0 leaves no example"),
+    ],
+)
+def test_prune_classification_bad_data_and_settings_get_one_message_before_training(
+    tmp_path, short_bert_dir, review_files, monkeypatch, case, extra, message
+):
+    script = _load_script("prune_classification")
+    (tmp_path / "header.csv").write_text("sentence,sentiment\n")
+    (tmp_path / "empty.csv").write_text("")
+    validation = {"header-only": tmp_path / "header.csv", "empty": tmp_path / "empty.csv"}.get(
+        case, review_files["validation"]
+    )
+    monkeypatch.setattr(script.Trainer, "train", lambda *a, **k: pytest.fail("trained before refusing"))
+    flags = _classification_flags(short_bert_dir, review_files["train"], validation, tmp_path / "out")
+    with pytest.raises(ValueError, match=message):
+        script.main(flags + extra)
+
+
+def test_prune_classification_reads_files_with_other_columns_and_a_run_that_trained_writes_its_summary(
+    tmp_path, short_bert_dir, review_files, monkeypatch
+):
+    import csv
+
+    script = _load_script("prune_classification")
+    validation = tmp_path / "validation-extra.csv"
+    with open(validation, "w", newline="") as f:  # one more column than the training file, which the script ignores
+        writer = csv.writer(f)
+        writer.writerow(["sentence", "sentiment", "source"])
+        writer.writerows([(REVIEWS[i % len(REVIEWS)], "pos" if i % 2 == 0 else "neg", "web") for i in range(8)])
+
+    def broken_timing(*args, **kwargs):
+        raise RuntimeError("timing failed")
+
+    monkeypatch.setattr(script, "compare_latency", broken_timing)  # fails after training and saving
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="timing failed"):
+        script.main(
+            _classification_flags(short_bert_dir, review_files["train"], validation, out) + ["--max_seq_length", "32"]
+        )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["error"] == "RuntimeError: timing failed"
+    assert 0.0 < summary["reached_sparsity"] < 1.0 and summary["saved_to"] == str(out.resolve())
+    assert summary["pruned_parameters"] == sum(p.numel() for p in hf_l0.from_pretrained(out).parameters())

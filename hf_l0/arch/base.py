@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from torch import nn
 
 from ..pruning.slicing import base_layer, in_features, out_features
-from ..pruning.stand_ins import ConstantProjection, RemovedAttention, RemovedMLP
+from ..pruning.stand_ins import ConstantProjection, RemovedAttention, RemovedMLP, is_removed
 
 if TYPE_CHECKING:
     from ..pruning.structure_format import L0Structure
@@ -192,11 +192,11 @@ class DecoderAdapter(ArchAdapter):
     def attention_module(self, layer_idx: int) -> nn.Module | None:
         """The layer's attention module, or None when pruning removed it."""
         module = getattr(self.layers()[layer_idx], self.attention_attr)
-        return None if isinstance(module, RemovedAttention) else module
+        return None if is_removed(module, "attention") else module
 
     def ffn_module(self, layer_idx: int) -> nn.Module | None:
         module = getattr(self.layers()[layer_idx], self.ffn_attr)
-        return None if isinstance(module, RemovedMLP) else module
+        return None if is_removed(module, "ffn") else module
 
     def remove_attention(self, layer_idx: int, keep_bias: bool) -> None:
         layer = self.layers()[layer_idx]

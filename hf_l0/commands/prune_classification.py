@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from datasets import ClassLabel, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -35,8 +35,16 @@ from hf_l0.arch import get_adapter
 from hf_l0.cost.targets import cost_target_summary
 from hf_l0.demo import data as hf_l0_data
 from hf_l0.demo.evaluation import compute_metrics, evaluate_classifier
-from hf_l0.demo.scripting import compare_latency, count_parameters, parse_arguments, report, resolve_model_path
+from hf_l0.demo.scripting import (
+    compare_latency,
+    count_parameters,
+    parse_arguments,
+    report,
+    resolve_model_path,
+    write_json,
+)
 from hf_l0.training.distill import check_teacher
+from hf_l0.training.trainer import check_l0_run
 
 logger = logging.getLogger("prune_classification")
 PACKAGED_DATASETS = {"hf_l0:rotten_tomatoes": hf_l0_data.rotten_tomatoes}
@@ -85,6 +93,12 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many eval/test examples."})
 
     def __post_init__(self) -> None:
+        for flag in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} {value} leaves no example: pass a positive number, or omit it for all.")
+        if self.max_seq_length < 1:
+            raise ValueError(f"--max_seq_length {self.max_seq_length} must be a positive number of tokens.")
         if self.dataset_name is None and self.train_file is None:
             raise ValueError("give --dataset_name (e.g. hf_l0:rotten_tomatoes) or --train_file/--validation_file.")
         if self.dataset_name is None and self.validation_file is None:
@@ -104,9 +118,12 @@ def load_raw(data_args: DataArguments, cache_dir: str | None = None) -> DatasetD
         if len(extensions) != 1 or not extensions <= {"csv", "json", "jsonl"}:
             raise ValueError(f"data files must all be .csv or all .json/.jsonl, got {sorted(extensions)}.")
         extension = extensions.pop().replace("jsonl", "json")
-        raw = load_dataset(extension, data_files=files, cache_dir=cache_dir)
+        raw = DatasetDict({split: _load_file(split, path, extension, cache_dir) for split, path in files.items()})
     if "train" not in raw or "validation" not in raw:
         raise ValueError(f"the dataset needs train and validation splits, it has {list(raw)}.")
+    for split, dataset in raw.items():
+        if len(dataset) == 0:
+            raise ValueError(f"the {split} split of {data_args.dataset_name} has no examples.")
     for split, dataset in raw.items():
         for role, column in (
             ("--text_column", data_args.text_column),
@@ -123,6 +140,54 @@ def load_raw(data_args: DataArguments, cache_dir: str | None = None) -> DatasetD
                     f"{dataset.column_names}. Pass the right name with {role}."
                 )
     return raw
+
+
+def _load_file(split: str, path: str, extension: str, cache_dir: str | None) -> Dataset:
+    """One split from its own file (so the files may differ in columns the script does not read), with an error
+    that names the file and the flag for a missing, empty, header-only or unreadable one."""
+    flag = f"--{split}_file"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path} does not exist.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{flag} {path} is empty: it needs a header row and at least one example.")
+    try:
+        dataset = load_dataset(extension, data_files={split: path}, cache_dir=cache_dir)[split]
+    except Exception as err:  # noqa: BLE001 - datasets / pandas / pyarrow errors, reported with the file
+        reason = " ".join(str(err).split()) or type(err).__name__
+        if "corresponds to no data" in reason:
+            reason = "no examples (a header row only?)"
+        raise ValueError(f"{flag} {path} could not be read as {extension}: {reason[:300]}") from None
+    if len(dataset) == 0:
+        raise ValueError(f"{flag} {path} has no examples (a header row only?).")
+    return dataset
+
+
+def position_limit(config) -> int | None:
+    """The longest input the model's position embeddings take (RoBERTa-style models offset positions past the
+    padding index), or None when the config sets no limit."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= (getattr(config, "pad_token_id", 1) or 0) + 1
+    return limit
+
+
+def check_lengths(config, data_args: DataArguments, args: L0TrainingArguments) -> None:
+    """Sequence lengths the model's positions cannot hold fail here, before any training (the latency comparison
+    pads to --max_seq_length; a FLOPs / latency target runs at --cost_seq_len)."""
+    limit = position_limit(config)
+    if limit is None:
+        return
+    lengths = [("--max_seq_length", data_args.max_seq_length)]
+    if getattr(args, "target_metric", "params") != "params":
+        lengths.append(("--cost_seq_len", args.cost_seq_len))
+    for flag, value in lengths:
+        if value > limit:
+            raise ValueError(
+                f"{flag} {value} is longer than the model's {limit} positions (max_position_embeddings): pass "
+                f"{flag} {limit} or less."
+            )
 
 
 def label_names(raw: DatasetDict, label_column: str) -> list:
@@ -169,7 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
     ):
         if split in raw and limit is not None:
             raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
-    tokenized = raw.map(preprocess, batched=True, remove_columns=raw["train"].column_names)
+    tokenized = DatasetDict(
+        {split: data.map(preprocess, batched=True, remove_columns=data.column_names) for split, data in raw.items()}
+    )
     collator = DataCollatorWithPadding(tokenizer)
     final_split = "test" if "test" in tokenized and "labels" in tokenized["test"].column_names else "validation"
 
@@ -177,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
         model_path, num_labels=len(names), label2id=label2id, id2label=id2label, output_loading_info=True
     )
     get_adapter(model)  # fail now, not after fine-tuning, for a model type without an adapter
+    check_lengths(model.config, data_args, args)
     head_is_new = bool(info["missing_keys"])
     teacher = None
     if args.teacher_model_name_or_path:
@@ -184,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_teacher(model, teacher)
         model = AutoModelForSequenceClassification.from_pretrained(args.teacher_model_name_or_path)
         args.teacher_model_name_or_path = None  # handed over as an object below
+    # every refusal that depends only on the arguments and the model's shape, before the dense stage trains
+    check_l0_run(model, args, num_train_examples=len(tokenized["train"]))
     dense_seconds = 0.0
     if teacher is None and (
         model_args.dense_finetune == "yes" or (model_args.dense_finetune == "auto" and head_is_new)
@@ -237,46 +307,55 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     prune_seconds = time.perf_counter() - start
-    final_eval = trainer.evaluate()
-    reached = final_eval["eval_deterministic_sparsity"]
-    gated_metrics = evaluate_classifier(
-        trainer.model, tokenized[final_split], collator, args.per_device_eval_batch_size
-    )
-
-    trainer.save_model()  # the compact model with --prune_at_end (default)
-    compact = hf_l0.from_pretrained(args.output_dir) if args.prune_at_end else trainer.compact_model()
-    pruned_metrics = evaluate_classifier(compact, tokenized[final_split], collator, args.per_device_eval_batch_size)
-    logger.info("pruned %s metrics: %s (gated: %s)", final_split, pruned_metrics, gated_metrics)
-
-    rows = [tokenized[final_split][i] for i in range(min(model_args.latency_batch_size, len(tokenized[final_split])))]
-    batch = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=data_args.max_seq_length)(rows)
-    batch.pop("labels", None)
-    latency = compare_latency(teacher, compact, dict(batch), model_args.latency_repeats, model_args.latency_threads)
-    dense_params, pruned_params = count_parameters(teacher), count_parameters(compact)
-    summary = {
+    summary: dict = {
         "split": final_split,
         "num_examples": len(tokenized[final_split]),
-        "latency_batch": [len(rows), data_args.max_seq_length],
         "dense": dense_metrics,
-        "pruned": pruned_metrics,
-        "gated": gated_metrics,
         "target_sparsity": args.target_sparsity,
         "target_flops_reduction": args.target_flops_reduction,
         "target_speedup": args.target_speedup,
-        "reached_sparsity": reached,
-        "dense_parameters": dense_params,
-        "pruned_parameters": pruned_params,
-        **latency,
-        "saved_to": os.path.abspath(args.output_dir) if args.prune_at_end else None,
         "dense_finetune_seconds": dense_seconds,
         "prune_seconds": prune_seconds,
-        "wall_seconds": time.perf_counter() - wall_start,
     }
-    # a FLOPs / latency target: the target against the FLOPs counted and the latency measured at its shape
-    cost_fields, cost_rows = cost_target_summary(
-        args, trainer.cost_target, teacher, compact, model_args.latency_repeats
-    )
-    summary.update(cost_fields)
+    try:  # the run trained: whatever fails from here on, summary.json keeps what was measured, and the error
+        final_eval = trainer.evaluate()
+        summary["reached_sparsity"] = final_eval["eval_deterministic_sparsity"]
+        summary["gated"] = evaluate_classifier(
+            trainer.model, tokenized[final_split], collator, args.per_device_eval_batch_size
+        )
+        trainer.save_model()  # the compact model with --prune_at_end (default)
+        summary["saved_to"] = os.path.abspath(args.output_dir) if args.prune_at_end else None
+        compact = hf_l0.from_pretrained(args.output_dir) if args.prune_at_end else trainer.compact_model()
+        pruned_metrics = evaluate_classifier(compact, tokenized[final_split], collator, args.per_device_eval_batch_size)
+        summary.update(
+            pruned=pruned_metrics,
+            dense_parameters=count_parameters(teacher),
+            pruned_parameters=count_parameters(compact),
+        )
+        logger.info("pruned %s metrics: %s (gated: %s)", final_split, pruned_metrics, summary["gated"])
+
+        rows = [
+            tokenized[final_split][i] for i in range(min(model_args.latency_batch_size, len(tokenized[final_split])))
+        ]
+        batch = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=data_args.max_seq_length)(rows)
+        batch.pop("labels", None)
+        summary["latency_batch"] = [len(rows), data_args.max_seq_length]
+        summary.update(
+            compare_latency(teacher, compact, dict(batch), model_args.latency_repeats, model_args.latency_threads)
+        )
+        # a FLOPs / latency target: the target against the FLOPs counted and the latency measured at its shape
+        cost_fields, cost_rows = cost_target_summary(
+            args, trainer.cost_target, teacher, compact, model_args.latency_repeats
+        )
+        summary.update(cost_fields)
+        summary["wall_seconds"] = time.perf_counter() - wall_start
+    except Exception as err:
+        summary["error"] = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        summary["wall_seconds"] = time.perf_counter() - wall_start
+        if args.should_save:
+            write_json(os.path.join(args.output_dir, "summary.json"), summary)
+        logger.error("the run trained, then failed: %s (summary.json holds what was measured)", summary["error"])
+        raise
     report(
         args,
         summary,

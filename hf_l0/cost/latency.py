@@ -24,8 +24,11 @@ as faster), so the predicted latency of the compact model is::
 and the expected latency of a gated model replaces ``k_i`` by the expected units and multiplies by the layer gate's
 ``P(z != 0)``, less ``layer_s`` times the probability that a droppable layer loses both sublayers: differentiable in
 every ``log_alpha``. Tables are built once and cached on disk (``$HF_L0_CACHE``,
-default ``~/.cache/hf_l0``, under ``latency/``), keyed by all of the above plus the torch version and the grid: a
-different batch size or thread count is measured anew. ``python -m hf_l0 latency-table --model PATH`` shows one.
+default ``~/.cache/hf_l0``, under ``latency/``), keyed by all of the above plus the torch version, the grid, every
+config field that changes the computation (:func:`config_digest`) and the machine (:func:`machine_identity`): a
+different batch size, thread count, activation or processor is measured anew, and a table given explicitly that
+was measured for another configuration is refused (on another machine: a warning).
+``python -m hf_l0 latency-table --model PATH`` shows one.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ import copy
 import hashlib
 import json
 import os
+import platform
 import statistics
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -348,7 +353,9 @@ def measure_latency_table(
         # 0 for a removed sublayer stays exact: the fit runs over the measured widths only
         return [0.0, *_non_decreasing([max(medians[f"{kind}:{u}"] - fixed, 0.0) / num_layers for u in grid[1:]])]
 
-    key = _table_key(shape, batch_size, seq_len, threads, dtype, attention_grid, ffn_grid, repeats, rounds)
+    key = _table_key(
+        shape, batch_size, seq_len, threads, dtype, attention_grid, ffn_grid, repeats, rounds, config_digest(model)
+    )
     return LatencyTable(
         key=key,
         attention_units=attention_grid,
@@ -363,6 +370,55 @@ def measure_latency_table(
     )
 
 
+# Config fields that name, label or document a model without changing its forward computation, and those training
+# toggles (a dense fine-tuning stage sets problem_type, and the Trainer turns use_cache off): left out of the key.
+_NOT_TIMED = {
+    "_name_or_path",
+    "name_or_path",
+    "architectures",
+    "auto_map",
+    "id2label",
+    "label2id",
+    "finetuning_task",
+    "problem_type",
+    "task_specific_params",
+    "tokenizer_class",
+    "transformers_version",
+    "use_cache",
+    "dtype",
+    "torch_dtype",
+    STRUCTURE_KEY,
+    "l0_export",
+}
+
+
+def config_digest(model: nn.Module) -> str:
+    """A hash of every config field that can change the forward computation (activation, position embeddings,
+    norms, attention implementation, ...): two models that differ in one of them never share a table."""
+    config = transformers_model(model).config
+    data = {key: value for key, value in config.to_dict().items() if key not in _NOT_TIMED}
+    data["_attn_implementation"] = getattr(config, "_attn_implementation", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def machine_identity() -> dict[str, Any]:
+    """What a table's times depend on outside the model: the processor, the CPUs this process may use, the
+    platform and the torch build. A table measured elsewhere is measured anew rather than reused."""
+    processor = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "processor": processor,
+        "cpus": cpus,
+        "machine": platform.machine(),
+        "system": platform.system(),
+    }
+
+
 def _table_key(
     shape: dict[str, Any],
     batch_size: int,
@@ -373,6 +429,8 @@ def _table_key(
     ffn_grid: Sequence[int] | None,
     repeats: int,
     rounds: int,
+    config: str | None = None,
+    machine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     attention_grid = _check_grid(
         attention_grid or default_grid(shape["attention_units"]), shape["attention_units"], "attention"
@@ -390,6 +448,8 @@ def _table_key(
         "ffn_grid": ffn_grid,
         "repeats": repeats,
         "rounds": rounds,
+        "config": config,  # config_digest: the fields that change the computation beyond the shape
+        "machine": machine if machine is not None else machine_identity(),
     }
 
 
@@ -432,7 +492,9 @@ def latency_table(
     target = transformers_model(model)
     shape = _model_shape(target)
     dtype = dtype or next(target.parameters()).dtype
-    key = _table_key(shape, batch_size, seq_len, threads, dtype, attention_grid, ffn_grid, repeats, rounds)
+    key = _table_key(
+        shape, batch_size, seq_len, threads, dtype, attention_grid, ffn_grid, repeats, rounds, config_digest(target)
+    )
     path = table_path(key, cache_dir)
     if path.is_file() and not rebuild:
         table = LatencyTable.load(path)
@@ -493,6 +555,21 @@ def _check_table(model: nn.Module, table: LatencyTable) -> None:
         raise ValueError(
             f"the latency table was measured for another model shape ({table.key['shape']}), not this "
             f"one ({shape}). Build the table for this model."
+        )
+    config = table.key.get("config")
+    if config is not None and config != config_digest(model):
+        raise ValueError(
+            "the latency table was measured for a model of this shape with another configuration (activation, "
+            "position embeddings, attention implementation, ...): its times do not hold for this one. Build the "
+            "table for this model."
+        )
+    machine = machine_identity()
+    if table.key.get("machine") != machine:
+        warnings.warn(
+            f"the latency table{f' {table.path}' if table.path else ''} was measured on "
+            f"{table.key.get('machine') or 'an unrecorded machine'}, this is {machine}: its times may not hold "
+            "here. Measure a table on this machine (python -m hf_l0 latency-table ...).",
+            stacklevel=4,
         )
     gates.__dict__["_latency_table_checked"] = table
 

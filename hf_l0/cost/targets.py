@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ..gates.patch import get_gates
 from .base import TARGET_METRICS, CostTarget
 from .flops import FlopsTarget, compact_flops
 from .latency import LatencyTable, LatencyTarget, latency_inputs, latency_table, predict_latency
@@ -135,6 +136,25 @@ class CostTargetArguments:
             )
 
 
+def check_cost_arguments(model: nn.Module, args: Any) -> None:
+    """The refusals of a FLOPs / speedup target that need neither a table nor any timing (the gated ``model``'s
+    structures and the arguments): run before a latency table is measured."""
+    if args.target_metric != "latency":
+        return
+    if hasattr(get_gates(model), "hidden"):
+        raise ValueError(
+            "a speedup target does not support hidden-dimension gates: the latency table is measured at the dense "
+            "hidden size. Set hidden=False (l0_structures without 'hidden') or use target_flops_reduction."
+        )
+    if args.latency_table is None and getattr(args, "world_size", 1) > 1:
+        # every process would time its own table, and the snap would then move each rank's gates differently
+        raise ValueError(
+            "a speedup target in a run of several processes needs one table for all: measure it first "
+            "(hf-l0 latency-table --model ... --batch-size B --seq-len L --threads T) and pass "
+            "its path as --latency_table."
+        )
+
+
 def cost_target_from_args(model: nn.Module, args: Any) -> CostTarget | None:
     """The controller metric that ``args`` (an :class:`hf_l0.L0TrainingArguments`) ask for, after checking that the
     gated ``model`` can reach ``args.target_reduction`` of it; None for the parameter sparsity (checked as well)."""
@@ -142,13 +162,7 @@ def cost_target_from_args(model: nn.Module, args: Any) -> CostTarget | None:
     if metric == "params":
         check_target_reachable(model, args.target_sparsity)
         return None
-    if metric == "latency" and args.latency_table is None and getattr(args, "world_size", 1) > 1:
-        # every process would time its own table, and the snap would then move each rank's gates differently
-        raise ValueError(
-            "a speedup target in a run of several processes needs one table for all: measure it first "
-            "(hf-l0 latency-table --model ... --batch-size B --seq-len L --threads T) and pass "
-            "its path as --latency_table."
-        )
+    check_cost_arguments(model, args)
     target = make_cost_target(
         metric,
         model,

@@ -49,8 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..arch.base import base_model_type
 from ..gates.patch import is_patched, transformers_model
-from ..pruning.stand_ins import RemovedAttention, RemovedMLP
+from ..pruning.stand_ins import is_removed
 
 logger = logging.getLogger(__name__)
 
@@ -174,12 +175,12 @@ def gguf_layers(model: nn.Module, pad_to: int = 1) -> list[GgufLayer]:
     layers = []
     for i, layer in enumerate(model.model.layers):
         attn, mlp = layer.self_attn, layer.mlp
-        if isinstance(attn, RemovedAttention):
+        if is_removed(attn, "attention"):
             zero = i == 0 or _bias(attn.o_proj) is not None
             heads = kv = 1 if zero else 0
         else:
             zero, heads, kv = False, attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
-        removed_ffn = isinstance(mlp, RemovedMLP)
+        removed_ffn = is_removed(mlp, "ffn")
         ffn = 1 if removed_ffn else mlp.up_proj.out_features
         padded_heads = _padded_heads(heads, kv, head_dim, pad_to) if heads else 0
         padded_ffn = _round_up(ffn, pad_to)
@@ -208,7 +209,7 @@ def _check_model(model: nn.Module) -> None:
             "the model still carries L0 gates: call hf_l0.prune_model(model) first and export the "
             "compact model it returns."
         )
-    model_type = getattr(model.config, "model_type", None)
+    model_type = base_model_type(model.config) if getattr(model.config, "model_type", None) else None
     if model_type not in MODEL_TYPES or not hasattr(model, "lm_head"):
         raise ValueError(
             f"GGUF export supports causal LMs of the Llama family ({', '.join(MODEL_TYPES)}), loaded with "
@@ -423,7 +424,7 @@ def export_gguf(
         writer = gguf.GGUFWriter(tmp, arch=ARCH)
         writer.add_type(gguf.GGUFType.MODEL)
         source_name = next((v for k, v, _, _ in tokenizer_fields or () if k == "general.name"), None)
-        default_name = f"{source_name} (hf-l0 compact)" if source_name else f"hf-l0 compact {config.model_type}"
+        default_name = f"{source_name} (hf-l0 compact)" if source_name else f"hf-l0 compact {base_model_type(config)}"
         writer.add_name(name or default_name)
         writer.add_block_count(len(layers))
         writer.add_context_length(context)

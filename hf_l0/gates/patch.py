@@ -282,9 +282,13 @@ def _uniform_units(adapter: ArchAdapter) -> tuple[int, int]:
     attention = {s.num_units for s in (adapter.attention(i) for i in range(adapter.num_layers)) if s is not None}
     ffn = {s.num_units for s in (adapter.ffn(i) for i in range(adapter.num_layers)) if s is not None}
     if len(attention) != 1 or len(ffn) != 1 or getattr(adapter.config, "l0_structure", None):
+        if not attention or not ffn or len(attention) + len(ffn) > 2:
+            why = "per-layer shapes differ or sublayers were removed"
+        else:
+            why = "its config carries l0_structure: a compact model saved or built by hf-l0"
         raise ValueError(
-            f"{type(adapter.model).__name__} is already pruned (per-layer shapes differ or sublayers were "
-            "removed); hf-l0 patches dense models only. Patch the original model instead."
+            f"{type(adapter.model).__name__} is already pruned ({why}); hf-l0 patches dense models only. "
+            "Patch the original model instead."
         )
     return attention.pop(), ffn.pop()
 

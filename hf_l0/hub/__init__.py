@@ -13,11 +13,11 @@
   classes.
 
 Both kinds load with :func:`from_pretrained` here without executing code from the directory, from safetensors only,
-strictly. Saving is atomic. A compact model's own ``save_pretrained`` / ``push_to_hub`` (and so
-``Trainer.save_model``) come here too (:mod:`hf_l0.hub.own_methods`).
+strictly. Saving replaces only the model's own files in the directory, crash-safely. A compact model's own
+``save_pretrained`` / ``push_to_hub`` (and so ``Trainer.save_model``) come here too (:mod:`hf_l0.hub.own_methods`).
 
 The modules: :mod:`~hf_l0.hub.export` (which export, ``l0_export``), :mod:`~hf_l0.hub.remote_code` (the copied
-files), :mod:`~hf_l0.hub.save` (atomic save, upload), :mod:`~hf_l0.hub.load` (strict loading),
+files), :mod:`~hf_l0.hub.save` (crash-safe save, upload), :mod:`~hf_l0.hub.load` (strict loading),
 :mod:`~hf_l0.hub.card` (model card and heatmap).
 """
 
@@ -44,7 +44,14 @@ from .remote_code import (
     module_source,
     remote_code_files,
 )
-from .save import CompactModelUpload, atomic_directory, gguf_quantizer, push_to_hub, save_pretrained
+from .save import (
+    CompactModelUpload,
+    atomic_directory,
+    finish_interrupted_save,
+    gguf_quantizer,
+    push_to_hub,
+    save_pretrained,
+)
 
 __all__ = [
     "AUTO_CLASSES",
@@ -64,6 +71,7 @@ __all__ = [
     "dense_parameter_count",
     "export_plan",
     "export_record",
+    "finish_interrupted_save",
     "flat_module_name",
     "flatten_imports",
     "from_pretrained",

@@ -120,6 +120,7 @@ def model_card(
     weights_bytes: int | None = None,
     heatmap: str | None = None,
     export: dict | None = None,
+    tags: list[str] | None = None,
 ) -> str:
     """The README.md of a saved compact model (needs ``config.l0_export``, which save_pretrained sets, for the
     before/after numbers; a dense model gets a short card)."""
@@ -139,6 +140,7 @@ def model_card(
     if base_model:
         meta.append(f"base_model: {_yaml_value(base_model)}")
     meta += ["library_name: transformers", "tags:"] + [f"- {tag}" for tag in TAGS]
+    meta += [f"- {_yaml_value(tag)}" for tag in dict.fromkeys(tags or ()) if tag not in TAGS]
     meta.append(f"pipeline_tag: {PIPELINE_TAGS[auto]}")
     if metrics:
         meta.append("model-index:")

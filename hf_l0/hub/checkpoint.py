@@ -140,9 +140,13 @@ def confined_path(directory: str, name: Any, source: str) -> str:
 def checkpoint_files(directory: str) -> dict[str, list[str]]:
     """``{file path: [tensor names]}`` of a directory's safetensors weights (single file or sharded with an index),
     verified: every file is inside the directory, exists and is complete, and a sharded index agrees with the
-    shards' contents."""
+    shards' contents. ``model.safetensors`` wins over an index next to it, as in transformers' loader (both read
+    the same weights)."""
     single = os.path.join(directory, SAFE_WEIGHTS_NAME)
     index = os.path.join(directory, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(single):
+        confined_path(directory, SAFE_WEIGHTS_NAME, directory)
+        return {single: sorted(set(read_safetensors_header(single)) - {"__metadata__"})}
     if os.path.isfile(index):
         confined_path(directory, SAFE_WEIGHTS_INDEX_NAME, directory)
         try:
@@ -167,9 +171,6 @@ def checkpoint_files(directory: str) -> dict[str, list[str]]:
             if extra:
                 raise ValueError(f"{path} holds tensor {extra[0]!r}, which {index} does not list.")
         return files
-    if os.path.isfile(single):
-        confined_path(directory, SAFE_WEIGHTS_NAME, directory)
-        return {single: sorted(set(read_safetensors_header(single)) - {"__metadata__"})}
     unsafe = [name for name in UNSAFE_WEIGHTS if os.path.isfile(os.path.join(directory, name))]
     detail = f" (found {', '.join(unsafe)}: pickled weights are never loaded)" if unsafe else ""
     raise FileNotFoundError(f"{directory} has no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}{detail}.")

@@ -77,13 +77,35 @@ def removed_sublayers(structure: dict) -> dict[str, list[int]]:
     return {kind: [i for i, layer in enumerate(structure["layers"]) if layer[key] == 0] for kind, key in SUBLAYER_KEYS}
 
 
+def _is_stock(cls: type) -> bool:
+    return cls.__module__.startswith("transformers.")
+
+
+def stock_model_class(model: nn.Module) -> type:
+    """The stock transformers class of ``model``: its own class for the models hf-l0 builds, the stock parent of the
+    remote-code classes (``L0LlamaForCausalLM``) that ``AutoModel*.from_pretrained(..., trust_remote_code=True)``
+    builds from a saved directory."""
+    return next((cls for cls in type(model).__mro__ if _is_stock(cls)), type(model))
+
+
+def stock_config(config: Any) -> Any:
+    """``config`` as an instance of its stock class (``model_type`` without the ``hf_l0_`` prefix): itself when it is
+    one already, else a copy (a remote-code config class such as ``L0LlamaConfig``)."""
+    cls = next((klass for klass in type(config).__mro__ if _is_stock(klass)), None)
+    if cls is None or cls is type(config):
+        return config
+    copied = copy.deepcopy(config)
+    copied.__class__ = cls
+    return copied
+
+
 def dense_parameter_count(model: nn.Module) -> int:
     """Parameters of the dense model ``model`` was pruned from (built on the meta device from its config)."""
-    config = copy.deepcopy(model.config)
+    config = copy.deepcopy(stock_config(model.config))
     if hasattr(config, STRUCTURE_KEY):
         delattr(config, STRUCTURE_KEY)
     with torch.device("meta"):
-        dense = type(model)(config)
+        dense = stock_model_class(model)(config)
     return sum(p.numel() for p in dense.parameters())
 
 
@@ -93,7 +115,7 @@ def export_record(model: nn.Module, plan: ExportPlan) -> ExportRecord:
         native=plan.native,
         reason=plan.reason,
         base_model_type=base_model_type(model.config),
-        base_architectures=[type(model).__name__],
+        base_architectures=[stock_model_class(model).__name__],
         removed_sublayers=removed_sublayers(getattr(model.config, STRUCTURE_KEY)),
         dense_parameters=dense_parameter_count(model),
         parameters=sum(p.numel() for p in model.parameters()),
@@ -102,13 +124,14 @@ def export_record(model: nn.Module, plan: ExportPlan) -> ExportRecord:
 
 def auto_class_name(model: nn.Module) -> str:
     """The transformers Auto class that maps this model's config to its class (``AutoModelForCausalLM``, ...)."""
+    config_cls, model_cls = type(stock_config(model.config)), stock_model_class(model)
     for name in AUTO_CLASSES:
         mapping = getattr(transformers, name)._model_mapping
         try:
-            cls = mapping[type(model.config)]
+            cls = mapping[config_cls]
         except KeyError:
             continue
-        if type(model) in (cls if isinstance(cls, (tuple, list)) else (cls,)):
+        if model_cls in (cls if isinstance(cls, (tuple, list)) else (cls,)):
             return name
     raise ValueError(f"{type(model).__name__} is not reachable through any of {', '.join(AUTO_CLASSES)}.")
 
@@ -152,16 +175,18 @@ def export_plan(model: nn.Module) -> ExportPlan:
             )
     adapter = get_adapter(model)
     fields = adapter.native_config_fields(structure)
-    data = model.config.to_dict()
+    config_cls = type(stock_config(model.config))
+    data = stock_config(model.config).to_dict()
     data.update(fields)
     data.pop(STRUCTURE_KEY, None)
+    data.pop("auto_map", None)
     try:
-        stock = type(model.config).from_dict(data)
+        stock = config_cls.from_dict(data)
         with torch.device("meta"):
-            candidate = type(model)(stock)
+            candidate = stock_model_class(model)(stock)
     except Exception as err:  # noqa: BLE001 - a stock config that refuses the sizes is a reason, not a crash
         message = " ".join(str(err).split())
-        return ExportPlan(False, f"the stock {type(model.config).__name__} refuses {fields} ({message}).")
+        return ExportPlan(False, f"the stock {config_cls.__name__} refuses {fields} ({message}).")
     want, got = _shapes(model), _shapes(candidate)
     if want != got:
         differ = next((k for k in want if want[k] != got.get(k)), None) or next(k for k in got if k not in want)
@@ -169,7 +194,7 @@ def export_plan(model: nn.Module) -> ExportPlan:
         if "head_dim" not in fields:
             # the config's attribute_map names the family's own field (GPT-2: n_head)
             why = (
-                f"{type(model.config).__name__} derives head_dim = hidden_size / num_attention_heads = "
+                f"{config_cls.__name__} derives head_dim = hidden_size / num_attention_heads = "
                 f"{structure['hidden_size']} / {stock.num_attention_heads}, but the kept heads are "
                 f"{structure['head_dim']} wide: "
             )
@@ -185,4 +210,4 @@ def export_plan(model: nn.Module) -> ExportPlan:
             f"groups and num_attention_heads = groups x {group} query heads per group = "
             f"{fields['num_attention_heads']}."
         )
-    return ExportPlan(True, f"uniform layers that the stock {type(model.config).__name__} expresses." + note, fields)
+    return ExportPlan(True, f"uniform layers that the stock {config_cls.__name__} expresses." + note, fields)

@@ -26,6 +26,7 @@ from ..pruning.structure_format import STRUCTURE_KEY
 from .checkpoint import _tied_groups, check_weights, checkpoint_files, read_safetensors_header
 from .export import EXPORT_KEY
 from .own_methods import bind_compact_methods
+from .save import finish_before_loading
 
 
 def _resolve_directory(directory: str | os.PathLike) -> Path:
@@ -204,8 +205,11 @@ def from_pretrained(
     ``model_class`` may be a transformers model class or an Auto class (e.g. ``AutoModel`` for the base model of a
     task checkpoint); by default the saved architecture. ``dtype`` casts the loaded model (the file's dtype must
     still be the one config.json declares). ``directory`` may also be a Hub repo id (no .py file is downloaded).
+    A save into ``directory`` that a crash interrupted after it committed is finished first
+    (:func:`hf_l0.hub.finish_interrupted_save`).
     """
     directory = _resolve_directory(directory)
+    finish_before_loading(directory)  # a save a crash interrupted after it committed: finish it first
     files = checkpoint_files(str(directory))  # safetensors present, complete, inside the directory
     config = load_config(directory)
     config_file = directory / "config.json"

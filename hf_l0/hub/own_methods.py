@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import json
 import os
 import weakref
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from typing import Any
 
 from torch import nn
 
+from ..arch.base import MODEL_TYPE_PREFIX
+from ..pruning.structure_format import STRUCTURE_KEY
 from .save import CompactModelUpload
 from .save import save_pretrained as save_compact
 
@@ -60,14 +63,69 @@ class CompactMethod:
 
 
 def bind_compact_methods(model: nn.Module) -> nn.Module:
-    """Route ``model.save_pretrained`` and ``model.push_to_hub`` to hf-l0's export; returns ``model``.
+    """Route ``model.save_pretrained`` and ``model.push_to_hub`` to hf-l0's export, and make its config write
+    itself as a compact one (:func:`compact_config_class`); returns ``model``.
 
     ``type(model).save_pretrained(model, ...)`` still reaches the stock method (hf_l0.save_pretrained itself writes
     the weights that way).
     """
     model.save_pretrained = CompactMethod(save_pretrained, model)
     model.push_to_hub = CompactMethod(push_to_hub, model)
+    config = getattr(model, "config", None)
+    if config is not None and type(config).__module__.startswith("transformers."):
+        config.__class__ = compact_config_class(type(config))
     return model
+
+
+# -- the config of a compact model ----------------------------------------------------------------------------------
+
+_COMPACT_CONFIG_CLASSES: dict[type, type] = {}
+
+
+def writes_compact_model_type(data: dict[str, Any]) -> bool:
+    """Whether a config dict describes a compact model that the stock class of its ``model_type`` would build
+    wrongly: it carries ``l0_structure`` and was not exported natively (``l0_export.native``)."""
+    export = data.get("l0_export")
+    return bool(data.get(STRUCTURE_KEY)) and not (isinstance(export, dict) and export.get("native"))
+
+
+def _compact_to_json_string(self: Any, use_diff: bool = True) -> str:
+    data = self.to_diff_dict() if use_diff is True else self.to_dict()
+    if writes_compact_model_type(data) and not str(data.get("model_type", "")).startswith(MODEL_TYPE_PREFIX):
+        data["model_type"] = MODEL_TYPE_PREFIX + data["model_type"]
+    return json.dumps(self._encode_special_floats(data), indent=2, sort_keys=True) + "\n"
+
+
+def _rebuild_compact_config(stock: type, state: dict[str, Any]) -> Any:
+    config = stock.__new__(stock)
+    config.__dict__.update(state)
+    config.__class__ = compact_config_class(stock)
+    return config
+
+
+def _compact_reduce_ex(self: Any, protocol: int) -> tuple:
+    return _rebuild_compact_config, (type(self).__mro__[1], dict(self.__dict__))
+
+
+def compact_config_class(stock: type) -> type:
+    """The class a compact model's config gets: the stock config class (same name, so transformers' Auto mappings
+    find its models) whose JSON, however it is written (``config.save_pretrained``, ``to_json_file``, a stock
+    ``save_pretrained`` of the model), says ``model_type: hf_l0_<type>`` unless the config describes a native
+    export. Stock transformers then refuses the file instead of building the dense model and filling a removed
+    sublayer with random weights. In memory ``config.model_type`` and ``to_dict()`` stay the stock ones."""
+    if stock not in _COMPACT_CONFIG_CLASSES:
+        _COMPACT_CONFIG_CLASSES[stock] = type(
+            stock.__name__,
+            (stock,),
+            {
+                "__module__": __name__,
+                "__qualname__": stock.__qualname__,
+                "__doc__": stock.__doc__,
+                "to_json_string": _compact_to_json_string,
+                "__reduce_ex__": _compact_reduce_ex,
+            },
+        )
+    return _COMPACT_CONFIG_CLASSES[stock]
 
 
 def has_compact_methods(model: nn.Module) -> bool:
@@ -86,14 +144,15 @@ def save_pretrained(
     model_card: bool | None = None,
     **kwargs: Any,
 ) -> Path | None:
-    """``PreTrainedModel.save_pretrained`` of a compact model: :func:`hf_l0.save_pretrained` (atomic, safetensors,
-    native or remote code), so the directory loads exactly, with or without hf-l0.
+    """``PreTrainedModel.save_pretrained`` of a compact model: :func:`hf_l0.save_pretrained` (crash-safe,
+    safetensors, native or remote code), so the directory loads exactly, with or without hf-l0.
 
     Accepts the stock arguments (``is_main_process``, ``state_dict``, ``push_to_hub`` with ``repo_id`` /
-    ``commit_message`` / ``create_pr`` / ``private`` / ``token``, ``max_shard_size``, ...) and those of
-    :func:`hf_l0.save_pretrained` (``tokenizer``, ``native``, ``metrics``, ...). Like the stock method it writes a
-    model card only when pushing, unless ``model_card`` says otherwise. Processes other than the main one write
-    nothing (the main process replaces the directory atomically; a second writer would race it).
+    ``commit_message`` / ``commit_description`` / ``create_pr`` / ``private`` / ``token`` / ``revision``,
+    ``max_shard_size``, ...) and those of :func:`hf_l0.save_pretrained` (``tokenizer``, ``native``, ``metrics``,
+    ``tags``, ...); the stock ones no hf-l0 loader could read (``variant``, ...) are refused there. Like the stock
+    method it writes a model card only when pushing, unless ``model_card`` says otherwise. Processes other than the
+    main one write nothing (a second writer would race the main one).
     """
     if not is_main_process:
         return None
@@ -105,6 +164,8 @@ def save_pretrained(
             "create_pr": kwargs.pop("create_pr", False),
             "token": kwargs.pop("token", None),
             "private": kwargs.pop("private", None),
+            "revision": kwargs.pop("revision", None),
+            "commit_description": kwargs.pop("commit_description", None),
         }
         kwargs.setdefault("repo_id", upload["repo_id"])  # the model card's usage snippet
     if state_dict is not None:
@@ -126,6 +187,8 @@ def save_pretrained(
             commit_message=upload["commit_message"],
             token=upload["token"],
             create_pr=upload["create_pr"],
+            revision=upload["revision"],
+            commit_description=upload["commit_description"],
         )
     return out
 
@@ -147,8 +210,9 @@ def push_to_hub(
 ) -> Any:
     """``PushToHubMixin.push_to_hub`` of a compact model: uploads the folder :func:`hf_l0.save_pretrained` writes
     (with hf-l0's model card and structure heatmap) through transformers' own upload. ``save_kwargs`` are those of
-    :func:`hf_l0.save_pretrained` (``metrics``, ``base_model``, ...). ``tags`` is accepted for compatibility; the
-    card carries hf-l0's own tags."""
+    :func:`hf_l0.save_pretrained` (``metrics``, ``base_model``, ...), checked before anything is uploaded;
+    ``tags`` join the card's own."""
+
     upload = CompactModelUpload(self, tokenizer, **save_kwargs)
     return upload.push_to_hub(
         repo_id,
@@ -159,4 +223,5 @@ def push_to_hub(
         revision=revision,
         create_pr=create_pr,
         max_shard_size=max_shard_size,
+        tags=tags,
     )

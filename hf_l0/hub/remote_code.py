@@ -19,7 +19,7 @@ from torch import nn
 from ..arch import get_adapter
 from ..arch.base import MODEL_TYPE_PREFIX, base_model_type
 from ..version import __version__
-from .export import auto_class_name
+from .export import auto_class_name, stock_config, stock_model_class
 
 MODELING_FILE = "modeling_hf_l0.py"
 # The portable set: the modules a remote-code directory holds copies of, plus the model family's adapter module
@@ -101,10 +101,10 @@ def remote_code_files(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]
     modules = (*PORTABLE_MODULES, adapter_cls.__module__)
     table = {module: flat_module_name(module) for module in modules}
     files = {f"{table[module]}.py": flatten_imports(module_source(module), module, table) for module in modules}
-    config_cls = type(model.config).__name__
+    config_cls = type(stock_config(model.config)).__name__
     task_auto = auto_class_name(model)
-    classes = {task_auto: type(model).__name__}
-    base_cls = transformers.AutoModel._model_mapping[type(model.config)]
+    classes = {task_auto: stock_model_class(model).__name__}
+    base_cls = transformers.AutoModel._model_mapping[type(stock_config(model.config))]
     classes.setdefault("AutoModel", base_cls.__name__)
     names = sorted({config_cls, *classes.values()})
     stem = Path(MODELING_FILE).stem

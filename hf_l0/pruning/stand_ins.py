@@ -9,6 +9,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# Class attribute naming the sublayer a stand-in replaces. Checks go by it (:func:`is_removed`), not by isinstance: a
+# model loaded through transformers' remote code holds the directory's copies of these classes, not hf_l0's.
+STAND_IN_ATTR = "hf_l0_stand_in"
+
+
+def is_removed(module: nn.Module | None, kind: str) -> bool:
+    """Whether ``module`` is the stand-in of a sublayer removed whole (``kind``: "attention" or "ffn"), whichever copy
+    of this module defined its class."""
+    return getattr(type(module), STAND_IN_ATTR, None) == kind
+
 
 class ConstantProjection(nn.Module):
     """An output projection with no inputs left: its output is its bias (a constant), or zeros without one.
@@ -39,6 +49,8 @@ class RemovedAttention(nn.Module):
     a layer with no cache entries would reset positions during ``generate()``.
     """
 
+    hf_l0_stand_in = "attention"
+
     def __init__(self, output_name: str, output: ConstantProjection, layer_idx: int | None) -> None:
         super().__init__()
         self.output_name = output_name
@@ -55,6 +67,8 @@ class RemovedAttention(nn.Module):
 
 class RemovedMLP(nn.Module):
     """Replaces an FFN block whose neurons were all pruned: returns the constant output of its projection."""
+
+    hf_l0_stand_in = "ffn"
 
     def __init__(self, output_name: str, output: ConstantProjection) -> None:
         super().__init__()

@@ -49,6 +49,44 @@ def check_target_sparsity(target_sparsity: float) -> float:
     return float(target_sparsity)
 
 
+def search_steps(max_steps: int, recovery_ratio: float = 0.0) -> int:
+    """How many of ``max_steps`` search the mask; the last ``round(recovery_ratio * max_steps)`` train the frozen
+    architecture (the recovery stage)."""
+    return max_steps - round(recovery_ratio * max_steps)
+
+
+def check_schedule(
+    warmup_steps: int, max_steps: int, target: str, warmup_source: str, recovery_ratio: float = 0.0
+) -> None:
+    """Refuse, before any training, a run the schedule cannot serve: no optimizer step at all (the model would come
+    out pruned to the target without a single step at that shape), a recovery split that leaves no search or no
+    recovery step, or a warm-up that does not end before the search does (the target would be reached only after
+    training: the final snap would prune untrained weights, and without it the run would end short of the target).
+    ``target`` is the target as the user set it (``target_sparsity=0.6``); ``warmup_source`` names the setting that
+    fixed the warm-up."""
+    if max_steps <= 0:
+        raise ValueError(
+            f"the run has {max_steps} optimizer steps (num_train_epochs / max_steps / the training data): nothing "
+            f"would train toward {target}, and the model would come out pruned untrained. "
+            "Give the run training steps, or prune a trained gated model directly with hf_l0.prune_model."
+        )
+    search = search_steps(max_steps, recovery_ratio)
+    if recovery_ratio > 0 and (search < 1 or search >= max_steps):
+        raise ValueError(
+            f"recovery_ratio={recovery_ratio} of {max_steps} steps leaves {search} search and "
+            f"{max_steps - search} recovery steps: both stages need at least one step. Choose a ratio between "
+            f"{1 / max_steps:.4g} and {1 - 1 / max_steps:.4g}, or 0 for no recovery stage."
+        )
+    if warmup_steps >= search:
+        stage = f"search stage's {search} steps (recovery_ratio={recovery_ratio})" if recovery_ratio > 0 else "run's"
+        steps = "" if recovery_ratio > 0 else f" {max_steps} optimizer steps"
+        raise ValueError(
+            f"{warmup_source} makes the sparsity warm-up {warmup_steps} steps, not shorter than the {stage}{steps}: "
+            f"{target} would be reached only after the last search step, with no training at that shape. Make the "
+            f"warm-up shorter than {search} steps (e.g. sparsity_warmup_ratio=0.5) or train longer."
+        )
+
+
 def parameter_sparsity(model: nn.Module, deterministic: bool = False) -> torch.Tensor:
     """The default constrained quantity: the expected sparsity of the prunable parameters (differentiable) or, with
     ``deterministic=True``, the sparsity :func:`hf_l0.prune_model` would deliver now."""
@@ -190,29 +228,18 @@ class LagrangianController(nn.Module):
 
     def search_steps(self, max_steps: int) -> int:
         """How many of ``max_steps`` search the mask; the others train the frozen architecture (recovery)."""
-        return max_steps - round(self.recovery_ratio * max_steps)
+        return search_steps(max_steps, self.recovery_ratio)
 
     def check_schedule(self, max_steps: int) -> None:
-        """Raise a ``ValueError`` naming the fix when the stages do not fit in ``max_steps`` optimizer steps."""
-        if max_steps < 1:
-            raise ValueError(
-                f"the run has {max_steps} optimizer steps: L0 pruning needs at least one to reach the target "
-                "(set max_steps or num_train_epochs > 0)."
-            )
-        search = self.search_steps(max_steps)
-        if self.recovery_ratio > 0 and (search < 1 or search >= max_steps):
-            raise ValueError(
-                f"recovery_ratio={self.recovery_ratio} of {max_steps} steps leaves {search} search and "
-                f"{max_steps - search} recovery steps: both stages need at least one step. Choose a ratio between "
-                f"{1 / max_steps:.4g} and {1 - 1 / max_steps:.4g}, or 0 for no recovery stage."
-            )
-        if self.warmup_steps > search:
-            stage = "search stage" if self.recovery_ratio > 0 else "run"
-            raise ValueError(
-                f"the sparsity warm-up ({self.warmup_steps} steps) is longer than the {stage} ({search} steps): the "
-                f"target would be reached only after training ends. Shorten sparsity_warmup_steps (or the ratio) "
-                f"to at most {search}, or train longer."
-            )
+        """Raise a ``ValueError`` naming the fix when the stages do not fit in ``max_steps`` optimizer steps
+        (:func:`check_schedule` with this controller's warm-up and split)."""
+        check_schedule(
+            self.warmup_steps,
+            max_steps,
+            f"a target of {self.target_sparsity}",
+            f"warmup_steps={self.warmup_steps}",
+            self.recovery_ratio,
+        )
 
     @property
     def frozen(self) -> bool:
@@ -233,6 +260,8 @@ class LagrangianController(nn.Module):
         :class:`hf_l0.L0Trainer` calls it at the first micro-batch of every step; a custom loop calls it at the top
         of each step (``max_steps`` is needed only with a final phase). Calling it again for the same step is a no-op.
         """
+        if max_steps is not None and int(self.updated_step) < 0:  # the first step: refuse a hopeless schedule
+            self.check_schedule(max_steps)
         self.set_step(step)
         if int(self.updated_step) == step and self._measured is not None:
             return self._measured  # another micro-batch of the same step

@@ -11,6 +11,7 @@ constant, gradient ascent) and, with layerwise distillation, the learned layer m
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -25,13 +26,21 @@ from transformers import PreTrainedModel, Trainer
 
 from .. import hub
 from ..cost.size import deterministic_sparsity, expected_sparsity
-from ..cost.targets import cost_target_from_args
+from ..cost.targets import check_cost_arguments, cost_target_from_args
 from ..gates.config import L0Config
 from ..gates.patch import GATES_ATTR, get_gates, is_patched, patch_model, transformers_model
 from ..pruning.prune import pruned_copy
 from .distill import DistillationLoss, LayerwiseDistiller, check_teacher
 from .gate_init import gate_init_callback
-from .lagrangian import GateClamp, LagrangianController, gate_parameters, l0_param_groups, param_group_indices
+from .lagrangian import (
+    GateClamp,
+    LagrangianController,
+    check_schedule,
+    gate_parameters,
+    l0_param_groups,
+    param_group_indices,
+    search_steps,
+)
 from .training_args import GATE_LR_PER_WARMUP_STEPS, GATE_LR_RANGE, L0TrainingArguments
 from .trajectory import trajectory_from_log_history, write_sparsity_trajectory
 
@@ -219,7 +228,14 @@ class L0Trainer(Trainer):
         """The Trainer's schedule for weights and gates (a decaying gate rate lets the gates settle on the target);
         the multipliers keep a constant rate so the constraint holds to the last step."""
         self._resolve_gate_learning_rate(num_training_steps)
-        self.controller.check_schedule(num_training_steps)  # before the first step: the stages must fit the run
+        source = (
+            f"sparsity_warmup_steps={self.args.sparsity_warmup_steps}"
+            if self.args.sparsity_warmup_steps
+            else f"sparsity_warmup_ratio={self.args.sparsity_warmup_ratio}"
+        )
+        check_schedule(
+            self.controller.warmup_steps, num_training_steps, self.args.target_text(), source, self.args.recovery_ratio
+        )
         created = self.lr_scheduler is None
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if created and isinstance(scheduler, LambdaLR):
@@ -435,6 +451,61 @@ class L0Trainer(Trainer):
         if self.args.should_save:
             hub.save_pretrained(compact, output_dir, tokenizer=self.processing_class)
             self.l0_config.save_pretrained(output_dir)  # provenance: how it was gated
+
+
+def training_steps(args: L0TrainingArguments, num_train_examples: int) -> int:
+    """The optimizer steps a Trainer run of ``args`` takes over ``num_train_examples`` examples (one process per
+    device, as the Trainer counts them: ``max_steps`` when set, else epochs x batches / accumulation)."""
+    if args.max_steps > 0:
+        return args.max_steps
+    per_step = args.train_batch_size * max(args.world_size, 1)
+    batches = num_train_examples // per_step if args.dataloader_drop_last else math.ceil(num_train_examples / per_step)
+    accumulation = args.gradient_accumulation_steps
+    per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+    return math.ceil(args.num_train_epochs * per_epoch)
+
+
+def check_l0_run(
+    model: nn.Module,
+    args: L0TrainingArguments,
+    *,
+    num_train_examples: int | None = None,
+    l0_config: L0Config | None = None,
+) -> None:
+    """Every refusal of an :class:`L0Trainer` run that depends only on the arguments and the model's shape, before
+    anything expensive: a script calls it before its dense fine-tuning stage. ``model`` is not changed: the gates go
+    on a copy built on the meta device (no weights copied). The target must be reachable (parameters, FLOPs; a
+    latency target measures its table now, from ``model``, or loads it from the cache, where the trainer finds it
+    again); with ``num_train_examples`` the warm-up must end before the run does.
+    """
+    if not isinstance(args, L0TrainingArguments):
+        raise TypeError("check_l0_run needs args=L0TrainingArguments(...).")
+    gated = transformers_model(model)
+    config = l0_config or (gated.l0_config if is_patched(gated) else args.resolved_l0_config())
+    with torch.device("meta"):
+        skeleton = type(gated)(copy.deepcopy(gated.config))
+    patch_model(skeleton, config)
+    get_gates(skeleton).to_empty(device="cpu")  # sizes need the gates' shapes only, never a weight
+    check_cost_arguments(skeleton, args)
+    if getattr(args, "target_metric", "params") == "latency" and args.latency_table is None:
+        from ..cost.latency import latency_table
+
+        table = latency_table(
+            gated, batch_size=args.cost_batch_size, seq_len=args.cost_seq_len, threads=args.cost_threads
+        )
+        args = copy.copy(args)
+        args.latency_table = table.path
+    cost_target_from_args(skeleton, args)
+    if num_train_examples is not None:
+        steps = training_steps(args, num_train_examples)
+        search = search_steps(steps, args.recovery_ratio)
+        warmup = args.sparsity_warmup_steps or math.ceil(args.sparsity_warmup_ratio * max(search, 1))
+        source = (
+            f"sparsity_warmup_steps={args.sparsity_warmup_steps}"
+            if args.sparsity_warmup_steps
+            else f"sparsity_warmup_ratio={args.sparsity_warmup_ratio}"
+        )
+        check_schedule(warmup, steps, args.target_text(), source, args.recovery_ratio)
 
 
 def _keep_outside_params(prepare: Any, outside: Any) -> Any:

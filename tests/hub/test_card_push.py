@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
+import torch
 from conftest import compact_model
 from helpers import UNIFORM
 
@@ -91,3 +93,76 @@ def test_model_card_links_the_project_only_to_a_declared_url(monkeypatch):
     assert ("made with [hf-l0](" + url + ")" if url else "made with hf-l0 — ") in card
     monkeypatch.setattr(hf_l0.hub.card, "project_url", lambda: "https://example.org/hf-l0")
     assert "made with [hf-l0](https://example.org/hf-l0) — " in hf_l0.hub.model_card(model)
+
+
+# -- save and push arguments: work end to end or are refused -----------------------------------------------------------
+
+
+class RecordingApi:
+    """hf_api() stand-in that records repository creation and commits (the uploaded files by name)."""
+
+    def __init__(self) -> None:
+        self.calls: dict = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls["create_repo"] = (repo_id, kwargs)
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        self.calls["commit"] = (repo_id, kwargs)
+        self.calls["files"] = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        return "commit-url"
+
+    def create_branch(self, repo_id=None, branch=None, **kwargs):
+        self.calls["branch"] = (repo_id, branch)
+
+
+@pytest.mark.parametrize(
+    "arguments, error, message",
+    [
+        ({"variant": "v1"}, ValueError, r"variant='v1': hf-l0 writes and loads model\.safetensors only"),
+        ({"distributed_checkpoint": True}, ValueError, "no hf-l0 loader reads"),
+        ({"safe_serialization": False}, ValueError, "safetensors only"),
+        ({"max_shard_sze": "1KB"}, TypeError, r"unexpected arguments \['max_shard_sze'\]"),
+        ({"state_dict": {"x": torch.zeros(1)}}, ValueError, "state_dict does not match the model's tensors"),
+    ],
+)
+def test_save_arguments_no_loader_could_read_are_refused_before_anything_is_written(
+    tmp_path, monkeypatch, arguments, error, message
+):
+    import transformers.utils.hub as transformers_hub
+
+    api = RecordingApi()
+    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    model = compact_model("gpt2", "AutoModelForCausalLM")
+    for save in (
+        lambda: hf_l0.save_pretrained(model, tmp_path / "a", **arguments),
+        lambda: model.save_pretrained(tmp_path / "b", **arguments),  # the stock method's name, routed to hf-l0
+        lambda: hf_l0.push_to_hub(model, "me/m", **arguments),
+        lambda: model.save_pretrained(tmp_path / "c", push_to_hub=True, repo_id="me/m", **arguments),
+    ):
+        with pytest.raises(error, match=message):
+            save()
+    assert not list(tmp_path.iterdir()) and not api.calls  # nothing written, nothing created or uploaded
+    with pytest.raises(ValueError, match=r"push_to_hub=True: upload with model\.push_to_hub"):
+        hf_l0.save_pretrained(model, tmp_path / "d", push_to_hub=True)
+
+
+def test_push_arguments_and_tags_reach_the_hub_and_the_card(tmp_path, monkeypatch):
+    import transformers.utils.hub as transformers_hub
+
+    api = RecordingApi()
+    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    model = compact_model("gpt2", "AutoModelForCausalLM")
+    model.push_to_hub("me/m", tags=["my-tag"], revision="dev", commit_description="why")
+    assert '- "my-tag"' in api.calls["files"]["README.md"].decode()
+    assert api.calls["commit"][1]["revision"] == "dev" and api.calls["commit"][1]["commit_description"] == "why"
+    assert api.calls["branch"] == ("me/m", "dev")
+    api.calls.clear()
+    model.save_pretrained(
+        tmp_path / "m", push_to_hub=True, repo_id="me/m", tags=["other"], revision="v2", commit_description="d"
+    )
+    assert '- "other"' in api.calls["files"]["README.md"].decode()
+    assert api.calls["commit"][1]["revision"] == "v2" and api.calls["commit"][1]["commit_description"] == "d"
+    state = hf_l0.from_pretrained(hf_l0.save_pretrained(model, tmp_path / "s", state_dict=model.state_dict()))
+    assert state.state_dict().keys() == model.state_dict().keys()

@@ -1,0 +1,304 @@
+"""Saving into a directory that already holds things: only the model's own files change (the files this save writes
+and the stale weights / code of a previous save there), the working directory and symbolic links stay, and 50
+random directory trees with model-like names come out byte-identical except for the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import compact_model, make_inputs, make_model, model_output
+from helpers import UNIFORM, max_diff
+
+import hf_l0
+from hf_l0 import L0Config
+
+TOL = 1e-5
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` (links not followed): ("dir",), ("link", target) or ("file", bytes)."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                found[key] = ("link", os.readlink(path))
+            elif path.is_dir():
+                found[key] = ("dir",)
+            else:
+                found[key] = ("file", path.read_bytes())
+    return found
+
+
+def assert_loads_as(directory: Path, model) -> None:
+    inputs = make_inputs()
+    loaded = hf_l0.from_pretrained(directory)
+    assert max_diff(model_output(loaded, inputs), model_output(model, inputs), inputs) <= TOL
+
+
+@pytest.fixture(scope="module")
+def remote_gpt2():
+    return compact_model("gpt2", "AutoModelForCausalLM")  # hidden pruning: remote code
+
+
+def test_saving_into_a_directory_keeps_every_path_that_is_not_the_models(tmp_path, remote_gpt2):
+    target = tmp_path / "d"
+    (target / "model-runs" / "run1").mkdir(parents=True)
+    (target / "model-runs" / "run1" / "log.txt").write_text("epoch 1\n")
+    (target / "model-notes.md").write_text("# notes\n")
+    (target / "pytorch_model_eval.py").write_text("print('eval')\n")
+    (target / "hf_l0_notes.py").write_text("# mine\n")  # hf_l0_ prefix, but no save's config names it
+    (target / "model-00001-of-00002.safetensors").write_bytes(b"not listed by any index")
+    before = snapshot(target)
+    hf_l0.save_pretrained(remote_gpt2, target)
+    remote_gpt2.save_pretrained(target)  # the compact model's own method: the same path
+    after = snapshot(target)
+    assert {key: after.get(key) for key in before} == before
+    assert_loads_as(target, remote_gpt2)
+
+
+def test_a_new_save_removes_only_the_previous_saves_weights_and_code(tmp_path, remote_gpt2):
+    target = tmp_path / "d"
+    hf_l0.save_pretrained(remote_gpt2, target, max_shard_size="20KB")
+    previous = {p.name for p in target.iterdir()}
+    shards = set(json.loads((target / WEIGHTS[1]).read_text())["weight_map"].values())
+    code = {name for name in previous if name.endswith(".py")}
+    assert len(shards) > 1 and "modeling_hf_l0.py" in code
+    (target / "hf_l0_notes.py").write_text("# mine\n")
+    native = compact_model("llama", "AutoModelForCausalLM", L0Config(**UNIFORM))
+    assert hf_l0.export_plan(native).native
+    hf_l0.save_pretrained(native, target, model_card=False)
+    names = {p.name for p in target.iterdir()}
+    assert not (shards | code | {WEIGHTS[1]}) & names  # stale shards, index and remote code went
+    assert {"README.md", "l0_structure.png", "hf_l0_notes.py", "model.safetensors"} <= names  # not this save's
+    assert_loads_as(target, native)
+
+
+def test_saving_into_the_working_directory_keeps_it(tmp_path, monkeypatch, remote_gpt2):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model-notes.md").write_text("keep\n")
+    hf_l0.save_pretrained(remote_gpt2, ".")
+    hf_l0.save_pretrained(remote_gpt2, ".")
+    assert os.getcwd() == str(tmp_path) and (tmp_path / "model-notes.md").read_text() == "keep\n"
+    assert_loads_as(tmp_path, remote_gpt2)
+
+
+def test_trainer_save_model_into_the_working_directory(tmp_path, monkeypatch):
+    from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
+
+    monkeypatch.chdir(tmp_path)
+    args = L0TrainingArguments(output_dir=".", target_sparsity=0.3, report_to=[], use_cpu=True, save_strategy="no")
+    trainer = L0Trainer(model=make_model("gpt2"), args=args)
+    trainer.save_model()
+    trainer.save_model()  # a second save into the same directory, as a script's final save does
+    assert os.getcwd() == str(tmp_path) and (tmp_path / "l0_config.json").is_file()
+    assert_loads_as(tmp_path, trainer.compact_model())
+
+
+def test_saving_through_a_symlink_keeps_the_link_and_the_files_behind_it(tmp_path, remote_gpt2):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "mine.txt").write_text("mine\n")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    hf_l0.save_pretrained(remote_gpt2, link)
+    hf_l0.save_pretrained(remote_gpt2, link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert (real / "mine.txt").read_text() == "mine\n" and (real / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # nothing left beside them
+    assert not [p for p in real.iterdir() if p.name.startswith(".hf_l0")]
+    assert_loads_as(link, remote_gpt2)
+
+
+def test_a_directory_in_the_place_of_a_written_file_is_refused_before_anything_changes(tmp_path, remote_gpt2):
+    target = tmp_path / "d"
+    hf_l0.save_pretrained(remote_gpt2, target)
+    (target / "README.md").unlink()
+    (target / "README.md").mkdir()
+    before = snapshot(target)
+    with pytest.raises(IsADirectoryError, match=r"README\.md is a directory.*rename or move"):
+        hf_l0.save_pretrained(compact_model("gpt2", "AutoModelForCausalLM", seed=1), target)
+    assert snapshot(target) == before
+    assert_loads_as(target, remote_gpt2)
+
+
+# -- fuzz: random trees a user might save into -----------------------------------------------------------------------
+
+FILE_NAMES = [
+    "model-notes.md",
+    "pytorch_model_eval.py",
+    "model.safetensors.bak",
+    "model-00001-of-00002.safetensors",
+    "model-00002-of-00002.safetensors",
+    "tf_model.h5",
+    "flax_model.msgpack",
+    "pytorch_model.bin",
+    "hf_l0_notes.py",
+    "modeling_custom.py",
+    "modeling_hf_l0.py.orig",
+    "model-card.txt",
+    "config.json.orig",
+    ".gitattributes",
+    "trainer_state.json",
+    "l0_config.json",
+    "model.safetensors.index.json.bak",
+    "README.txt",
+]
+DIR_NAMES = [
+    "model-runs",
+    "pytorch_model",
+    "checkpoint-5",
+    "hf_l0_cache",
+    "model.safetensors.d",
+    "modeling",
+    "tf_model",
+]
+
+
+def _random_tree(rng: random.Random, root: Path, outside: Path, written: list[str], depth: int = 0) -> None:
+    for _ in range(rng.randint(1, 6)):
+        kind = rng.choice(["file", "file", "dir", "link"] if depth < 2 else ["file", "link"])
+        if kind == "dir":
+            name = rng.choice(DIR_NAMES)
+            if not os.path.lexists(root / name):
+                (root / name).mkdir()
+                _random_tree(rng, root / name, outside, written, depth + 1)
+            continue
+        # now and then a name this save writes (at the top): that path is the model's and gets replaced
+        pool = FILE_NAMES + DIR_NAMES + (written if depth == 0 else [])
+        name = rng.choice(pool)
+        if os.path.lexists(root / name):
+            continue
+        if kind == "file":
+            (root / name).write_bytes(rng.randbytes(rng.randint(0, 64)))
+            continue
+        choices = [str(outside / "outside.txt"), str(outside), "missing-target", *(p.name for p in root.iterdir())]
+        (root / name).symlink_to(rng.choice(choices))
+
+
+@pytest.mark.parametrize("chunk", range(5))
+def test_fuzz_saving_into_random_trees_changes_only_the_model(tmp_path, chunk, remote_gpt2):
+    models = {
+        "remote": remote_gpt2,
+        "native": compact_model("llama", "AutoModelForCausalLM", L0Config(**UNIFORM)),
+        "dense": make_model("gpt2"),
+    }
+    options = [{}, {"max_shard_size": "20KB"}, {"model_card": False}]
+    reference: dict[tuple, list[str]] = {}
+
+    def files_of(kind: str, option: int) -> list[str]:
+        """What a save of this model with these options writes, seen in an empty directory."""
+        if (kind, option) not in reference:
+            out = hf_l0.save_pretrained(models[kind], tmp_path / f"ref-{kind}-{option}", **options[option])
+            reference[kind, option] = sorted(p.name for p in out.iterdir())
+        return reference[kind, option]
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "outside.txt").write_text("outside\n")
+    for trial in range(10):  # 5 chunks x 10: 50 trees
+        rng = random.Random(1000 * chunk + trial)
+        target = tmp_path / f"t{trial}"
+        target.mkdir()
+        previous: list[str] = []
+        if rng.random() < 0.5:  # a previous save of some model there
+            kind, option = rng.choice(list(models)), rng.randrange(len(options))
+            previous = files_of(kind, option)
+            for name in previous:
+                shutil.copy2(tmp_path / f"ref-{kind}-{option}" / name, target / name)
+        kind, option = rng.choice(list(models)), rng.randrange(len(options))
+        written = files_of(kind, option)
+        _random_tree(rng, target, outside, written)
+        before, outside_before = snapshot(target), snapshot(outside)
+        hf_l0.save_pretrained(models[kind], target, **options[option])
+        after = snapshot(target)
+        stale = {name for name in previous if name.endswith((".safetensors", ".py")) or name in WEIGHTS} - set(written)
+        for path, entry in before.items():
+            top = path.split(os.sep)[0]
+            if top in written and path == top:
+                continue  # replaced by this save
+            if path in stale and not entry[0] == "dir":
+                assert path not in after, (trial, path)
+                continue
+            assert after.get(path) == entry, (trial, path)
+        assert all((target / name).is_file() and not (target / name).is_symlink() for name in written)
+        assert set(after) - set(before) <= set(written), trial
+        assert snapshot(outside) == outside_before
+        assert_loads_as(target, models[kind])
+
+
+def test_a_shard_listed_by_the_previous_index_goes_only_when_it_is_a_plain_safetensors_name(tmp_path, remote_gpt2):
+    target = tmp_path / "d"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine\n")
+    (target / "sub").mkdir()
+    (target / "sub" / "w.safetensors").write_bytes(b"x")
+    (target / "old.safetensors").write_bytes(b"x")
+    weight_map = {"a": "notes.txt", "b": "sub/w.safetensors", "c": "../outside.safetensors", "d": "old.safetensors"}
+    (target / WEIGHTS[1]).write_text(json.dumps({"weight_map": weight_map}))
+    hf_l0.save_pretrained(remote_gpt2, target)
+    names = {str(p.relative_to(target)) for p in target.rglob("*")}
+    assert {"notes.txt", "sub/w.safetensors"} <= names and not {"old.safetensors", WEIGHTS[1]} & names
+    assert_loads_as(target, remote_gpt2)
+
+
+# -- kill -9 at every step of the swap ------------------------------------------------------------------------------
+
+CRASH_SCRIPT = Path(__file__).resolve().parents[1] / "crash_save.py"
+
+
+def _visible(snap: dict[str, tuple]) -> dict[str, tuple]:
+    return {path: entry for path, entry in snap.items() if not path.startswith(".hf_l0-")}
+
+
+@pytest.mark.slow
+def test_kill_9_at_every_step_of_the_swap_leaves_the_old_or_the_new_model(tmp_path):
+    import subprocess
+    import sys
+
+    import transformers as tf
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(hf_l0.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, str(CRASH_SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    inputs = make_inputs()
+    for scenario in ("single-to-sharded", "sharded-to-dense"):
+        root = tmp_path / scenario
+        steps = json.loads((root / "steps.json").read_text())
+        commit = steps.index("committed")
+        assert steps[0] == "staging" and steps[-1] == "done" and commit > 0
+        assert any(step.startswith("remove") for step in steps)  # stale files of the old save go in both
+        old, new = (model_output(hf_l0.from_pretrained(root / name), inputs) for name in ("old", "new"))
+        base, new_files = snapshot(root / "base"), snapshot(root / "new")
+        user = {path: entry for path, entry in base.items() if path not in snapshot(root / "old")}
+        for k, step in enumerate(steps):
+            crashed = root / f"crash-{k}"
+            if k < commit:  # not committed: the directory is exactly the old save (a staging leftover aside)
+                assert _visible(snapshot(crashed)) == base, (scenario, step)
+            output = model_output(hf_l0.from_pretrained(crashed), inputs)  # finishes a committed save
+            assert max_diff(output, old if k < commit else new, inputs) <= TOL, (scenario, step)
+            after = snapshot(crashed)
+            if k >= commit:
+                assert not [path for path in after if path.startswith(".hf_l0-")], (scenario, step)
+                assert {path: after.get(path) for path in new_files} == new_files, (scenario, step)
+            assert {path: after.get(path) for path in user} == user, (scenario, step)
+            hf_l0.save_pretrained(hf_l0.from_pretrained(root / "new"), crashed, model_card=False)
+            assert not [path for path in snapshot(crashed) if path.startswith(".hf_l0-")], (scenario, step)
+        # the stock remote-code loader reads a finished crash directory like the reference save
+        middle = root / f"crash-{commit + 1}"
+        if scenario == "single-to-sharded":
+            loaded = tf.AutoModelForCausalLM.from_pretrained(middle, trust_remote_code=True)
+            assert max_diff(model_output(loaded, inputs), new, inputs) <= TOL
