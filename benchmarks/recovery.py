@@ -435,10 +435,16 @@ def table(summary: dict[str, Any]) -> str:
 
 def plot(summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
-    hf = [r for r in summary["groups"] if r["method"] == "hf_l0" and r["variant"] and "recovery_ratio" in r["variant"]]
+    default = hf_l0.L0TrainingArguments.__dataclass_fields__["recovery_ratio"].default
+    # the split alone: variants that set nothing but recovery_ratio ('default' is the library's ratio)
+    hf = [
+        r
+        for r in summary["groups"]
+        if r["method"] == "hf_l0" and set(parse_variant(r["variant"])) <= {"recovery_ratio"}
+    ]
     for target, steps in sorted({(r["target"], r["steps"]) for r in hf}):
         points = sorted(
-            (parse_variant(r["variant"]).get("recovery_ratio", 0.0), r["validation_accuracy"], r["validation_std"])
+            (parse_variant(r["variant"]).get("recovery_ratio", default), r["validation_accuracy"], r["validation_std"])
             for r in hf
             if (r["target"], r["steps"]) == (target, steps)
         )
