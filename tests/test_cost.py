@@ -534,7 +534,7 @@ def _bert(**config_fields):
 
 
 def test_latency_tables_are_not_shared_across_configurations_or_machines(tmp_path, monkeypatch):
-    from hf_l0 import latency
+    from hf_l0.cost import latency
 
     measured, keys = [], []
     table_key = latency._table_key

@@ -179,15 +179,13 @@ def _tiny_run(tmp_path, **kwargs):
 )
 def test_a_warmup_not_shorter_than_the_run_is_refused_before_any_step(tmp_path, settings, source):
     trainer = _tiny_run(tmp_path, **settings)
-    gates = {
-        name: gate.log_alpha.detach().clone() for name, gate in hf_l0.get_gates(trainer.model).named_gates().items()
-    }
+    gates = {name: gate.log_alpha.detach().clone() for name, gate in hf_l0.get_gates(trainer.model).named_gates()}
     with pytest.raises(
         ValueError, match=rf"{source} makes the sparsity warm-up \d+ steps, not shorter than the run's 10"
     ):
         trainer.train()
     assert trainer.state.global_step == 0
-    after = hf_l0.get_gates(trainer.model).named_gates()
+    after = hf_l0.get_gates(trainer.model).gates
     assert all(torch.equal(after[name].log_alpha, value) for name, value in gates.items())  # no snap either
 
 

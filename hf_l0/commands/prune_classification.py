@@ -29,8 +29,6 @@ from transformers import (
     set_seed,
 )
 
-import hf_l0
-from hf_l0 import L0Trainer, L0TrainingArguments
 from hf_l0.arch import get_adapter
 from hf_l0.cost.targets import cost_target_summary
 from hf_l0.demo import data as hf_l0_data
@@ -43,8 +41,9 @@ from hf_l0.demo.scripting import (
     resolve_model_path,
     write_json,
 )
+from hf_l0.hub.load import from_pretrained
 from hf_l0.training.distill import check_teacher
-from hf_l0.training.trainer import check_l0_run
+from hf_l0.training.trainer import L0Trainer, L0TrainingArguments, check_l0_run
 
 logger = logging.getLogger("prune_classification")
 PACKAGED_DATASETS = {"hf_l0:rotten_tomatoes": hf_l0_data.rotten_tomatoes}
@@ -325,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         trainer.save_model()  # the compact model with --prune_at_end (default)
         summary["saved_to"] = os.path.abspath(args.output_dir) if args.prune_at_end else None
-        compact = hf_l0.from_pretrained(args.output_dir) if args.prune_at_end else trainer.compact_model()
+        compact = from_pretrained(args.output_dir) if args.prune_at_end else trainer.compact_model()
         pruned_metrics = evaluate_classifier(compact, tokenized[final_split], collator, args.per_device_eval_batch_size)
         summary.update(
             pruned=pruned_metrics,

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from datasets import DatasetDict, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
 
-import hf_l0
-from hf_l0 import L0Trainer, L0TrainingArguments
 from hf_l0.arch import get_adapter
 from hf_l0.cost.targets import cost_target_summary
 from hf_l0.demo.data import group_texts
 from hf_l0.demo.evaluation import perplexity
 from hf_l0.demo.gguf import drop_gguf_quantizer
 from hf_l0.demo.scripting import compare_latency, count_parameters, parse_arguments, report, resolve_model_path
+from hf_l0.hub.load import from_pretrained
+from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
 
 logger = logging.getLogger("prune_clm")
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     final_eval = trainer.evaluate()
     reached = final_eval["eval_deterministic_sparsity"]
     trainer.save_model()
-    compact = hf_l0.from_pretrained(args.output_dir) if args.prune_at_end else trainer.compact_model()
+    compact = from_pretrained(args.output_dir) if args.prune_at_end else trainer.compact_model()
     pruned_ppl = perplexity(compact, tokenized["validation"], args.per_device_eval_batch_size)
 
     rows = [tokenized["validation"][i] for i in range(min(model_args.latency_batch_size, len(tokenized["validation"])))]

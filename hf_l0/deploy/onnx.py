@@ -22,12 +22,13 @@ transformers v5 (``ImportError: cannot import name 'get_parameter_dtype'``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from ..gates.patch import is_patched, transformers_model
+from ..hub.export import stock_config
 
 INSTALL_HINT = 'pip install "hf-l0[deploy]"'
 QUANTIZE = ("int8",)
@@ -365,12 +367,29 @@ def _export_generation(
     prompts = _example_prompts(model, batch=2, length=7, seed=0)
     config = _onnx_config(model, None, opset, ort_fusions)
     # The model's generation config travels with the export: OnnxGenerator reads its end-of-sequence and pad tokens.
-    exported = exporter.export_for_generation(model, prompts, config, generation_config=model.generation_config)
-    if quantize == "int8":
-        for component in exported.components.values():
-            component.program = quantize_int8(component.program)
-    exported.save_pretrained(staging)
+    # The directory's config.json names the stock model type: the graphs hold the compact shapes, and transformers'
+    # loader of the exported model (ExportedModel) knows only stock configs.
+    with _stock_config_class(model):
+        exported = exporter.export_for_generation(model, prompts, config, generation_config=model.generation_config)
+        if quantize == "int8":
+            for component in exported.components.values():
+                component.program = quantize_int8(component.program)
+        exported.save_pretrained(staging)
     return OnnxExport(staging, ["input_ids", "attention_mask"], "logits", None, list(exported.components), quantize)
+
+
+@contextlib.contextmanager
+def _stock_config_class(model: nn.Module) -> Iterator[None]:
+    """While exporting, ``model.config`` is of its stock class: a compact model's config otherwise writes
+    ``model_type: hf_l0_<type>`` (see :func:`hf_l0.hub.own_methods.compact_config_class`)."""
+    config = model.config
+    stock = type(stock_config(config))
+    original = type(config)
+    config.__class__ = stock
+    try:
+        yield
+    finally:
+        config.__class__ = original
 
 
 def _example_prompts(model: nn.Module, batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
