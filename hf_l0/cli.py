@@ -23,43 +23,42 @@ from typing import Any
 PROG = "hf-l0"
 
 
-def _load(path: str, gguf_file: str | None = None, auto_class: str | None = None) -> Any:
-    """A model for the export and inspection commands: an hf-l0 directory through :func:`hf_l0.from_pretrained`,
-    ``hf_l0:minilm`` / ``hf_l0:smollm2`` / a GGUF file through transformers."""
+def _transformers_model(path: str, gguf_file: str | None, auto_class: str | None, dtype: Any = None) -> Any:
+    """A checkpoint loaded by transformers (a directory, a Hub id, ``hf_l0:minilm`` / ``hf_l0:smollm2``, GGUF files
+    dequantized): ``auto_class`` if given, else the class it was saved from, else the base model."""
     import transformers as tf
 
     from .demo.gguf import drop_gguf_quantizer
+    from .demo.scripting import resolve_model_path
+
+    resolved, gguf = resolve_model_path(path, gguf_file)
+    config = tf.AutoConfig.from_pretrained(resolved, gguf_file=gguf)
+    name = auto_class or (getattr(config, "architectures", None) or ["AutoModel"])[0]
+    model_class = getattr(tf, name, None) or tf.AutoModel
+    return drop_gguf_quantizer(model_class.from_pretrained(resolved, gguf_file=gguf, dtype=dtype)).eval()
+
+
+def _load(path: str, gguf_file: str | None = None, auto_class: str | None = None) -> Any:
+    """A model for the export commands: an hf-l0 directory through :func:`hf_l0.from_pretrained` (no code from the
+    directory runs), anything else through transformers."""
+    import transformers as tf
+
     from .demo.scripting import resolve_model_path
     from .hub.load import from_pretrained
 
     resolved, gguf = resolve_model_path(path, gguf_file)
     if gguf is None and (Path(resolved) / "config.json").is_file():
-        model_class = getattr(tf, auto_class) if auto_class else None
-        return from_pretrained(resolved, model_class).eval()
-    config = tf.AutoConfig.from_pretrained(resolved, gguf_file=gguf)
-    name = auto_class or (getattr(config, "architectures", None) or ["AutoModel"])[0]
-    model_class = getattr(tf, name, None) or tf.AutoModel
-    return drop_gguf_quantizer(model_class.from_pretrained(resolved, gguf_file=gguf)).eval()
+        return from_pretrained(resolved, getattr(tf, auto_class) if auto_class else None).eval()
+    return _transformers_model(path, gguf_file, auto_class)
 
 
 def _latency_table(args: argparse.Namespace) -> int:
     import torch
-    import transformers as tf
 
     from .cost.latency import latency_table
-    from .demo.gguf import drop_gguf_quantizer
-    from .demo.scripting import resolve_model_path
 
-    path, gguf_file = resolve_model_path(args.model, args.gguf_file)
-    config = tf.AutoConfig.from_pretrained(path, gguf_file=gguf_file)
-    if args.auto_class:
-        model_class = getattr(tf, args.auto_class)
-    else:  # the class the checkpoint was saved from (its head is part of the fixed cost), else the base model
-        name = (getattr(config, "architectures", None) or [""])[0]
-        model_class = getattr(tf, name, None) or tf.AutoModel
     dtype = getattr(torch, args.dtype)
-    model = model_class.from_pretrained(path, gguf_file=gguf_file, dtype=dtype)
-    model = drop_gguf_quantizer(model).eval()
+    model = _transformers_model(args.model, args.gguf_file, args.auto_class, dtype)
     table = latency_table(
         model,
         batch_size=args.batch_size,
