@@ -27,6 +27,7 @@ from torch import nn
 from ..arch.base import MODEL_TYPE_PREFIX
 from ..pruning.structure_format import STRUCTURE_KEY
 from .save import CompactModelUpload
+from .save import push_to_hub as push_compact
 from .save import save_pretrained as save_compact
 
 
@@ -213,9 +214,10 @@ def push_to_hub(
     :func:`hf_l0.save_pretrained` (``metrics``, ``base_model``, ...), checked before anything is uploaded;
     ``tags`` join the card's own."""
 
-    upload = CompactModelUpload(self, tokenizer, **save_kwargs)
-    return upload.push_to_hub(
+    return push_compact(
+        self,
         repo_id,
+        tokenizer,
         commit_message=commit_message,
         commit_description=commit_description,
         private=private,
@@ -224,4 +226,5 @@ def push_to_hub(
         create_pr=create_pr,
         max_shard_size=max_shard_size,
         tags=tags,
+        **save_kwargs,
     )
