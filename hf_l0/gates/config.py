@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -53,6 +54,15 @@ class L0Config:
     target_hidden_size: int | None = field(
         default=None, metadata={"help": "Uniform target: keep exactly this many hidden dimensions."}
     )
+    width_multiple: int = field(
+        default=1,
+        metadata={
+            "help": "Keep every surviving width a multiple of this many dimensions (or the full width): FFN neurons "
+            "and hidden dimensions per layer, and attention widths (heads x head_dim; on GQA models the K/V "
+            "columns of the kept KV groups), so the compact model needs no padding: 32 for llama.cpp's "
+            "quantization blocks, 8 or 64 for GPU kernels. Uniform targets must then be multiples too."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -73,6 +83,11 @@ class L0Config:
                 f"hard concrete stretch ({self.limit_left}, {self.limit_right}) must satisfy limit_left < 0 and "
                 "limit_right > 1 (the paper uses -0.1 and 1.1)."
             )
+        if isinstance(self.width_multiple, bool) or not isinstance(self.width_multiple, int) or self.width_multiple < 1:
+            raise ValueError(
+                f"width_multiple={self.width_multiple!r} must be a positive integer (1: any width; e.g. 32 for "
+                "llama.cpp's quantization blocks)."
+            )
         for kind in GATE_KINDS:
             if kind.keep_per_row is None:
                 continue
@@ -89,6 +104,8 @@ class L0Config:
                     f"{name} asks for a uniform target architecture, which keeps every sublayer: "
                     "set layers=False (no whole-sublayer gates)."
                 )
+            if kind.sublayer != "attention":  # one dimension per unit (heads depend on head_dim: see patch_model)
+                check_uniform_target_multiple(name, value, unit_multiple(self.width_multiple, 1), self.width_multiple)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,3 +138,25 @@ class L0Config:
     def from_pretrained(cls, directory: str | os.PathLike) -> L0Config:
         with open(os.path.join(directory, CONFIG_NAME)) as f:
             return cls.from_dict(json.load(f))
+
+
+def unit_multiple(width_multiple: int, unit_width: int) -> int:
+    """The fewest units (gate entries) whose width is a multiple of ``width_multiple`` dimensions, for units of
+    ``unit_width`` dimensions each (1 for FFN neurons and hidden dimensions, head_dim for heads and KV groups)."""
+    return width_multiple // math.gcd(width_multiple, unit_width)
+
+
+def check_uniform_target_multiple(
+    name: str, value: int, step: int, width_multiple: int, unit_width: int = 1, limit: int | None = None
+) -> None:
+    """Refuse a uniform target that ``width_multiple`` cannot keep: not a multiple of ``step`` units (nor the full
+    width ``limit``, when known). The message names the nearest counts that are."""
+    if value % step == 0 or value == limit:
+        return
+    below, above = value // step * step, -(-value // step) * step
+    nearest = [below, above if limit is None or above <= limit else limit]
+    per_unit = f" (units of {unit_width} dimensions)" if unit_width > 1 else ""
+    raise ValueError(
+        f"{name}={value} is not a multiple of {step}: width_multiple={width_multiple} keeps widths in steps of "
+        f"{step} units{per_unit}. Use {nearest[0]} or {nearest[1]}, or lower width_multiple."
+    )

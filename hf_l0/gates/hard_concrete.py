@@ -62,6 +62,34 @@ def whole_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
+@torch.no_grad()
+def block_keep_mask(rows: torch.Tensor, k: int, multiple: int) -> torch.Tensor:
+    """The entries of ``rows`` [rows, width] that survive when each row keeps 0, ``multiple``, 2 ``multiple``, ... or
+    all of its entries, about ``k`` in total (see :class:`HardConcreteGate`): blocks of ``multiple`` consecutive
+    entries of each row's ranking, taken in the order of their mean (ties: the earlier block, then the earlier row)
+    while that brings the total closer to ``k``."""
+    num_rows, width = rows.shape
+    ranked, order = rows.double().sort(dim=-1, descending=True, stable=True)
+    block_of_rank = torch.arange(width, device=rows.device) // multiple
+    num_blocks = (width + multiple - 1) // multiple
+    sizes = torch.full((num_blocks,), multiple, dtype=torch.float64, device=rows.device)
+    sizes[-1] = width - (num_blocks - 1) * multiple
+    scores = ranked.new_zeros(num_rows, num_blocks).index_add_(1, block_of_rank, ranked) / sizes
+    # Non-increasing along a row in exact arithmetic (float32 entries sum exactly in float64); the running minimum
+    # keeps it so under any rounding too: a short last block's mean must never come out above the block before it.
+    scores = scores.cummin(dim=-1).values
+    # Blocks flattened block-major, so a stable sort breaks ties by block index, then by row.
+    taken_order = scores.t().reshape(-1).argsort(descending=True, stable=True)
+    block_sizes = sizes.repeat_interleave(num_rows)[taken_order]
+    totals = torch.cat([block_sizes.new_zeros(1), block_sizes.cumsum(0)])
+    distance = (totals - k).abs()
+    num_taken = int((distance == distance.min()).nonzero().max())  # totals rise: on a tie, the larger count
+    taken = torch.zeros(num_blocks * num_rows, dtype=torch.bool, device=rows.device)
+    taken[taken_order[:num_taken]] = True
+    kept_ranks = taken.reshape(num_blocks, num_rows).t()[:, block_of_rank]
+    return torch.zeros_like(kept_ranks).scatter_(-1, order, kept_ranks)
+
+
 class HardConcreteGate(nn.Module):
     """A tensor of hard concrete gates, one entry per structure (head, neuron, hidden dimension, sublayer).
 
@@ -80,6 +108,11 @@ class HardConcreteGate(nn.Module):
       the sparsity controller can track. A surviving entry whose value underflows to 0 is pruned as well.
       Survivors take the value 1 instead with ``binary=True`` (hidden dimensions, whose scale cannot be folded into
       tied embeddings) and with ``keep_per_row`` (a uniform target must keep exactly its count).
+    * ``unit_multiple`` m > 1 (from ``L0Config.width_multiple``) keeps every row's count in 0, m, 2m, ... or the full
+      width: each row is ranked by ``log_alpha`` and cut into blocks of m (the last one shorter when m does not divide
+      the width), blocks are taken in the order of their mean ``log_alpha`` (non-increasing along a row, so a row
+      keeps a prefix of its ranking) until the total is closest to ``k`` (within m / 2; on a tie, the larger), and
+      survivors never underflow to 0 (so their count stays a multiple).
     """
 
     def __init__(
@@ -108,6 +141,7 @@ class HardConcreteGate(nn.Module):
         self.eps = eps
         self.binary = binary
         self.keep_per_row: int | None = None
+        self.unit_multiple: int = 1  # kept entries per row come in blocks of this many (see the class docstring)
         # log_alpha such that P(z != 0) starts at 1 - droprate_init (CoFi's "near all open" start).
         mean = (
             math.log(1.0 - droprate_init) - math.log(droprate_init) + temperature * math.log(-limit_left / limit_right)
@@ -115,7 +149,10 @@ class HardConcreteGate(nn.Module):
         self.log_alpha = nn.Parameter(torch.empty(shape).normal_(mean, init_std))
 
     def extra_repr(self) -> str:
-        return f"shape={tuple(self.log_alpha.shape)}, temperature={self.temperature:.4g}, binary={self.binary}"
+        multiple = f", unit_multiple={self.unit_multiple}" if self.unit_multiple > 1 else ""
+        return (
+            f"shape={tuple(self.log_alpha.shape)}, temperature={self.temperature:.4g}, binary={self.binary}{multiple}"
+        )
 
     def prob_nonzero(self, log_alpha: torch.Tensor | None = None) -> torch.Tensor:
         """P(z != 0) per entry: the differentiable expected L0 norm contribution (of every entry: a sharded
@@ -149,6 +186,10 @@ class HardConcreteGate(nn.Module):
             return mask.reshape(log_alpha.shape)
         flat = log_alpha.flatten()
         k = int(torch.round(self.prob_nonzero(log_alpha).sum()).item())
+        if self.unit_multiple > 1:
+            return block_keep_mask(log_alpha.reshape(-1, log_alpha.shape[-1]), k, self.unit_multiple).reshape(
+                log_alpha.shape
+            )
         mask = torch.zeros_like(flat, dtype=torch.bool)
         if k > 0:
             mask[flat.topk(k).indices] = True
@@ -166,7 +207,10 @@ class HardConcreteGate(nn.Module):
             # Otherwise gates crowding at the paper's zero crossing (log_alpha = -2.4, P(z != 0) = 0.31) would all be
             # pruned at once beyond the count, and the deterministic sparsity would jump away from the expected one.
             soft = torch.sigmoid(log_alpha * (SOFT_VALUE_SCALE / self.temperature))
-            return torch.maximum(value.clamp(0.0, 1.0), soft) * keep
+            value = torch.maximum(value.clamp(0.0, 1.0), soft)
+            if self.unit_multiple > 1:  # an underflowing survivor would be pruned and break the multiple
+                value = value.clamp(min=torch.finfo(value.dtype).tiny)
+            return value * keep
 
     def forward(self) -> torch.Tensor:
         return self.sample() if self.training else self.deterministic()

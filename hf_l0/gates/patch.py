@@ -10,7 +10,7 @@ from torch import nn
 from ..arch import ArchAdapter, get_adapter
 from ..cost.layout import SizeLayout, layout_of
 from ..pruning.slicing import base_layer, norm_on_subset
-from .config import L0Config
+from .config import L0Config, check_uniform_target_multiple, unit_multiple
 from .hard_concrete import GATE_KINDS, HIDDEN_GATE, SUBLAYER_KINDS, HardConcreteGate, sublayer_gate_names
 
 GATES_ATTR = "l0_gates"
@@ -22,8 +22,9 @@ class L0Gates(nn.Module):
 
     ``heads`` [layers, units] (a unit is a head, or a KV group on GQA models), ``ffn`` [layers, neurons],
     ``attention_layers`` / ``ffn_layers`` [layers], ``hidden`` [hidden_size] (binary at eval). Each is a
-    :class:`HardConcreteGate`. One sample of every gate is drawn per model forward (``refresh``) and shared by all
-    hooks of that forward, so gradient checkpointing recomputes with the same gate values.
+    :class:`HardConcreteGate`; ``head_dim`` (the K/V columns of one attention unit) turns ``config.width_multiple``
+    into the heads gate's ``unit_multiple``. One sample of every gate is drawn per model forward (``refresh``) and
+    shared by all hooks of that forward, so gradient checkpointing recomputes with the same gate values.
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class L0Gates(nn.Module):
         ffn_units: int,
         hidden_size: int,
         size_layout: SizeLayout | None = None,
+        head_dim: int = 1,
     ):
         super().__init__()
         kwargs = dict(
@@ -52,6 +54,9 @@ class L0Gates(nn.Module):
                 shape = (num_layers,) if kind.level == "sublayer" else (hidden_size,)
             gate = HardConcreteGate(shape, binary=kind.binary, **kwargs)
             gate.keep_per_row = getattr(config, kind.keep_per_row) if kind.keep_per_row else None
+            if kind.level != "sublayer":  # whole-sublayer gates keep any count
+                width = head_dim if kind.sublayer == "attention" else 1  # dimensions per entry
+                gate.unit_multiple = unit_multiple(config.width_multiple, width)
             self.add_module(kind.name, gate)
         # The dense model's parameter counts the sizes are computed from (hf_l0.cost.size), read once by patch_model.
         self.size_layout = size_layout
@@ -323,8 +328,22 @@ def patch_model(model: nn.Module, config: L0Config) -> nn.Module:
     ):
         if value is not None and value > limit:
             raise ValueError(f"{name}={value} exceeds what the model has ({limit}); a target must not grow it.")
+    if config.target_heads is not None:  # its step depends on head_dim (L0Config.validate checked the others)
+        head_dim = adapter.head_dim()
+        step = unit_multiple(config.width_multiple, head_dim)
+        check_uniform_target_multiple(
+            "target_heads", config.target_heads, step, config.width_multiple, head_dim, attention_units
+        )
     param = next(target.parameters())
-    gates = L0Gates(config, adapter.num_layers, attention_units, ffn_units, adapter.hidden_size, layout_of(adapter))
+    gates = L0Gates(
+        config,
+        adapter.num_layers,
+        attention_units,
+        ffn_units,
+        adapter.hidden_size,
+        layout_of(adapter),
+        head_dim=adapter.head_dim(),
+    )
     gates.to(device=param.device)
     gates.train(target.training)  # a model patched after .eval() must stay deterministic
     target.add_module(GATES_ATTR, gates)
