@@ -17,12 +17,17 @@ from .gates.config import L0Config
 from .gates.hard_concrete import HardConcreteGate
 from .gates.patch import L0Gates, get_gates, is_patched, patch_model, unpatch_model
 from .hub import export_plan, from_pretrained, push_to_hub, save_pretrained
+from .hub.auto_classes import register_compact_classes
 from .pruning.baselines import activation_scores, fisher_scores, importance_prune, magnitude_prune, magnitude_scores
 from .pruning.prune import prune_model
 from .pruning.structure import build_compact_model
 from .training.gate_init import init_gates_from_scores
 from .training.lagrangian import LagrangianController
 from .version import __version__ as __version__
+
+# Saved compact models (model_type hf_l0_<type>) load through transformers' Auto classes with hf-l0's own classes:
+# no remote-code prompt, not even for AutoTokenizer.
+register_compact_classes()
 
 __all__ = [
     "ArchAdapter",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import hf_l0
+from hf_l0.hub.auto_classes import register_compact_classes, unregister_compact_classes
 
 # L0Config arguments that prune every layer alike (the native-export case).
 UNIFORM = dict(target_heads=1, target_intermediate_size=20, layers=False)
@@ -89,3 +92,14 @@ NO_HF_L0_PRELUDE = textwrap.dedent("""
     except ImportError:
         pass
 """)
+
+
+@contextlib.contextmanager
+def directory_code_only() -> Iterator[None]:
+    """transformers without hf-l0's registered classes: ``hf_l0_<type>`` resolves only through a directory's own
+    ``modeling_hf_l0.py`` (with ``trust_remote_code=True``), as in a process where hf-l0 is not installed."""
+    unregister_compact_classes()
+    try:
+        yield
+    finally:
+        register_compact_classes()

@@ -3,6 +3,7 @@ problem (file and tensor, or config field), and no code from the directory runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import pytest
 import torch
 import transformers as tf
 from conftest import compact_model, make_inputs, make_model, model_output
+from helpers import directory_code_only
 from safetensors.torch import load_file, save_file
 
 import hf_l0
@@ -338,26 +340,45 @@ def test_pristine_copies_load(tmp_path, sources, source):
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_transformers_without_trust_remote_code_runs_nothing(tmp_path, sources, monkeypatch):
+@pytest.mark.parametrize("trust_remote_code", [None, True])
+def test_transformers_with_hf_l0_imported_runs_nothing_from_the_directory(
+    tmp_path, sources, monkeypatch, trust_remote_code
+):
+    """hf-l0's registered classes load the compact model (even with trust_remote_code=True: local classes win)."""
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
     d = tmp_path / "planted"
     shutil.copytree(sources[0]["compact"], d)
     (d / "modeling_hf_l0.py").write_text(PLANTED)
-    with pytest.raises(ValueError, match="trust_remote_code"):
+    loaded = tf.AutoModelForCausalLM.from_pretrained(d, trust_remote_code=trust_remote_code)
+    assert not (d / MARKER).exists()
+    inputs = make_inputs()
+    assert torch.allclose(model_output(loaded, inputs), model_output(sources[1]["compact"], inputs), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_transformers_without_hf_l0_and_trust_remote_code_runs_nothing(tmp_path, sources, monkeypatch):
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+    d = tmp_path / "planted"
+    shutil.copytree(sources[0]["compact"], d)
+    (d / "modeling_hf_l0.py").write_text(PLANTED)
+    with directory_code_only(), pytest.raises(ValueError, match="trust_remote_code"):
         tf.AutoModelForCausalLM.from_pretrained(d)
     assert not (d / MARKER).exists()
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("classes", ["written", "registered"])
 @pytest.mark.parametrize("name", ["int8-where-fp32", "index-traversal", "missing-tensor", "extra-tensor"])
-def test_remote_code_classes_refuse_the_same(tmp_path, sources, monkeypatch, name):
-    """With trust_remote_code the written classes run the same checks (hf_l0.hub.checkpoint.check_weights)."""
+def test_auto_classes_refuse_the_same(tmp_path, sources, monkeypatch, name, classes):
+    """The written classes (trust_remote_code, hf-l0 absent) and hf-l0's registered ones run the same checks
+    (hf_l0.hub.checkpoint.check_weights)."""
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
     _, source, corrupt, error, message = next(c for c in CASES if c[0] == name)
     d = tmp_path / name
     shutil.copytree(sources[0][source], d)
     corrupt(d)
-    with pytest.raises(error, match=message):
+    context = directory_code_only() if classes == "written" else contextlib.nullcontext()
+    with context, pytest.raises(error, match=message):
         tf.AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True)
 
 

@@ -97,8 +97,10 @@ def _loading_snippet(auto_class: str, repo: str, native: bool) -> str:
     if not native:
         lines += [
             "`trust_remote_code=True` runs `modeling_hf_l0.py` from this repository: the stock transformers "
-            "classes, shrunk to the per-layer shapes recorded in `config.json` (`l0_structure`). To load "
-            "without executing any code from the repository (safetensors only, strict):",
+            "classes, shrunk to the per-layer shapes recorded in `config.json` (`l0_structure`); pass it to "
+            "`AutoTokenizer` too. With hf-l0 installed nothing from the repository runs: after `import hf_l0` the "
+            "Auto classes (tokenizer included) load it with hf-l0's own classes and need no flag, or "
+            "(safetensors only, strict):",
             "",
             "```python",
             "import hf_l0",

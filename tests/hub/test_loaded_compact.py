@@ -10,18 +10,32 @@ import json
 import pytest
 import transformers as tf
 from conftest import compact_model, make_inputs, model_output
-from helpers import UNIFORM, max_diff
+from helpers import UNIFORM, directory_code_only, max_diff
 
 import hf_l0
 from hf_l0 import L0Config
 
 TOL = 1e-5
+
+
+def _written_code(directory):
+    with directory_code_only():  # the directory's modeling_hf_l0.py, as where hf-l0 is not installed
+        return tf.AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
+
+
 LOADERS = {
     "hf_l0": lambda d: hf_l0.from_pretrained(d),
-    "remote_code": lambda d: tf.AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True),
+    "remote_code": _written_code,
+    "registered": lambda d: tf.AutoModelForCausalLM.from_pretrained(d),  # hf-l0's classes, registered at import
     "stock": lambda d: tf.AutoModelForCausalLM.from_pretrained(d),
 }
-CASES = [("remote", "hf_l0"), ("remote", "remote_code"), ("native", "hf_l0"), ("native", "stock")]
+CASES = [
+    ("remote", "hf_l0"),
+    ("remote", "remote_code"),
+    ("remote", "registered"),
+    ("native", "hf_l0"),
+    ("native", "stock"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +104,10 @@ def test_a_compact_config_is_never_written_with_the_stock_model_type(saved, tmp_
         "copied": json.loads(copy.deepcopy(model.config).to_json_string(use_diff=False)),
     }
     assert {how: data["model_type"] for how, data in written.items()} == dict.fromkeys(written, "hf_l0_llama")
-    with pytest.raises(ValueError, match="hf_l0_llama"):
-        tf.AutoModelForCausalLM.from_pretrained(out)  # refused, never the dense model with a random attention
+    with directory_code_only(), pytest.raises(ValueError, match="hf_l0_llama"):
+        tf.AutoModelForCausalLM.from_pretrained(out)  # without hf-l0: refused, never the dense model
+    registered = tf.AutoModelForCausalLM.from_pretrained(out)  # with hf-l0 imported: its own compact class
+    assert max_diff(model_output(registered, inputs), model_output(model, inputs), inputs) <= TOL
     assert max_diff(model_output(hf_l0.from_pretrained(out), inputs), model_output(model, inputs), inputs) <= TOL
     # a native export's config is the stock one, and stays so when written again
     native = LOADERS["stock"](saved["native"][1])

@@ -19,7 +19,7 @@ import pytest
 import torch
 import transformers as tf
 from conftest import TASK_MODELS, compact_model, make_inputs, model_output
-from helpers import NO_HF_L0_PRELUDE, UNIFORM, max_diff
+from helpers import NO_HF_L0_PRELUDE, UNIFORM, directory_code_only, max_diff
 from safetensors.torch import load_file, save_file
 
 import hf_l0
@@ -39,6 +39,34 @@ def test_compact_module_rebuilds_every_family_and_head(family, auto_class):
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     inputs = make_inputs()
     assert torch.equal(model_output(rebuilt.eval(), inputs), model_output(model, inputs))
+
+
+@pytest.mark.parametrize("family, auto_class", TASK_MODELS)
+def test_auto_classes_load_every_family_and_head_with_hf_l0_imported(tmp_path, monkeypatch, family, auto_class):
+    """With hf_l0 imported, plain Auto classes (no trust_remote_code, no prompt) build hf-l0's own compact classes;
+    a booby-trapped modeling file in the directory never runs."""
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail(f"transformers prompted: {args}"))
+    model = compact_model(family, auto_class)
+    out = hf_l0.save_pretrained(model, tmp_path / "m", model_card=False)
+    assert json.loads((out / "config.json").read_text())["model_type"] == f"hf_l0_{family}"
+    (out / "modeling_hf_l0.py").write_text("raise RuntimeError('directory code was executed')\n")
+    config = tf.AutoConfig.from_pretrained(out)
+    assert config.model_type == f"hf_l0_{family}" and type(config).__module__ == "hf_l0.hub.auto_classes"
+    loaded = getattr(tf, auto_class).from_pretrained(out).eval()
+    assert type(loaded).__module__ == "hf_l0.hub.auto_classes" and isinstance(loaded, type(model))
+    inputs = make_inputs()
+    assert max_diff(model_output(loaded, inputs), model_output(model, inputs), inputs) <= TOL
+    again = hf_l0.save_pretrained(loaded, tmp_path / "again", model_card=False)  # saved like the pruned model
+    assert json.loads((again / "config.json").read_text()) == json.loads((out / "config.json").read_text())
+
+
+def test_the_tokenizer_of_a_compact_model_loads_without_a_prompt(tmp_path, monkeypatch, minilm_dir):
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail(f"transformers prompted: {args}"))
+    tokenizer = tf.AutoTokenizer.from_pretrained(minilm_dir)
+    out = hf_l0.save_pretrained(compact_model("llama", "AutoModelForCausalLM"), tmp_path / "m", tokenizer)
+    assert "auto_map" in json.loads((out / "config.json").read_text())  # remote code beside it
+    loaded = tf.AutoTokenizer.from_pretrained(out)
+    assert loaded("a compact model")["input_ids"] == tokenizer("a compact model")["input_ids"]
 
 
 def adapter_modules() -> list[str]:
@@ -263,7 +291,7 @@ FRESH_SCRIPT = NO_HF_L0_PRELUDE + textwrap.dedent("""
             gen = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
             r["generate_equal"] = torch.equal(gen, ref["generated"])
         if case.get("tokenizer"):
-            tok = tf.AutoTokenizer.from_pretrained(d)
+            tok = tf.AutoTokenizer.from_pretrained(d, **kwargs)  # the flag the card shows
             r["tokens"] = tok("hello world")["input_ids"]
         if not case["native"]:
             try:
@@ -366,5 +394,5 @@ def test_remote_code_loading_is_strict_too(tmp_path, monkeypatch):
     name = next(k for k in state if k.endswith("mlp.c_fc.weight"))
     state.pop(name)
     save_file(state, out / "model.safetensors")
-    with pytest.raises(ValueError, match=rf"missing tensor '{name}'"):
+    with directory_code_only(), pytest.raises(ValueError, match=rf"missing tensor '{name}'"):
         tf.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
