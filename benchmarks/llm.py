@@ -115,6 +115,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="first training batches the fisher / activation baselines score on",
     )
     p.add_argument("--selection_blocks", type=int, default=None, help="selection blocks (default: --eval_blocks)")
+    p.add_argument(
+        "--width_multiple",
+        type=int,
+        default=1,
+        help="hf-l0 keeps every width a multiple of this (L0Config.width_multiple; 32: GGUF quantization blocks)",
+    )
+    p.add_argument(
+        "--save_models",
+        type=Path,
+        default=None,
+        help="also save each hf-l0 compact model (hf_l0.save_pretrained) under this directory, by run name",
+    )
     return p.parse_args(argv)
 
 
@@ -287,6 +299,7 @@ class Context:
     prompt: dict[str, torch.Tensor]
     work: Path
     prunable: float | None = None
+    tokenizer: Any = None
 
     def settings(self, method: str, target: float | None) -> dict[str, Any]:
         a = self.args
@@ -312,6 +325,7 @@ class Context:
                 "gate_init": a.gate_init,
                 "gate_init_batches": a.gate_init_batches,
                 "gate_init_scale": a.gate_init_scale,
+                **({"width_multiple": a.width_multiple} if a.width_multiple > 1 else {}),
             }
         return {**shared, "calibration_batches": a.calibration_batches}
 
@@ -391,11 +405,20 @@ def run_hf_l0(ctx: Context, target: float) -> dict[str, Any]:
     if done:
         return done
     started, start = datetime.now(timezone.utc), time.perf_counter()
+    l0_config = {"l0_config": {"width_multiple": a.width_multiple}} if a.width_multiple > 1 else {}
     trainer = hf_l0_trainer(
-        a, ctx.trainer_arguments(name), ctx.dense, ctx.blocks["train"], default_data_collator, target_sparsity=target
+        a,
+        ctx.trainer_arguments(name),
+        ctx.dense,
+        ctx.blocks["train"],
+        default_data_collator,
+        target_sparsity=target,
+        **l0_config,
     )
     trainer.train()
     compact = trainer.compact_model().eval()
+    if a.save_models is not None:
+        hf_l0.save_pretrained(compact, a.save_models / name, ctx.tokenizer)
     result = {
         "method": "hf-l0",
         "target": target,
@@ -515,13 +538,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.collect:
         return collect(args, run)
     tf.set_seed(args.seed)
-    dense, _, blocks = load(args)
+    dense, tokenizer, blocks = load(args)
     prompt = {
         k: v[:1, : args.block_size // 2]
         for k, v in default_data_collator([blocks["validation"][0]]).items()
         if k != "labels"
     }
-    ctx = Context(args, RunStore(run), dense, blocks, prompt, Path(tempfile.mkdtemp(prefix="hf_l0_bench_llm_")))
+    work = Path(tempfile.mkdtemp(prefix="hf_l0_bench_llm_"))
+    ctx = Context(args, RunStore(run), dense, blocks, prompt, work, tokenizer=tokenizer)
     run_dense(ctx)
     if not args.no_dense_finetune:
         run_dense_finetuned(ctx)
