@@ -77,6 +77,11 @@ def test_missing_target_and_bad_combinations_fail(tmp_path):
         _args(tmp_path, target_sparsity=0.5, l0_config={"target_sparsity": 0.3})
     args = _args(tmp_path, l0_config='{"heads": true, "ffn": false, "layers": false}')
     assert args.resolved_l0_config().structures == ("heads",)
+    assert _args(tmp_path, l0_width_multiple=32).resolved_l0_config().width_multiple == 32
+    with pytest.raises(ValueError, match='l0_width_multiple=32 is ignored when --l0_config is given.*"width_multiple"'):
+        _args(tmp_path, l0_width_multiple=32, l0_config={"heads": True})
+    with pytest.raises(ValueError, match="width_multiple=0 must be a positive integer"):
+        _args(tmp_path, l0_width_multiple=0)
 
 
 def test_model_type_without_adapter_fails_before_training(tmp_path):

@@ -125,6 +125,14 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
             "--l0_config is given."
         },
     )
+    l0_width_multiple: int = field(
+        default=1,
+        metadata={
+            "help": "L0Config.width_multiple with --l0_structures: every kept width a multiple of this many "
+            "dimensions (32 for llama.cpp quantization blocks). Set width_multiple inside --l0_config instead "
+            "when that is given."
+        },
+    )
     l0_config: dict | str | None = field(
         default=None,
         metadata={"help": "A full L0Config: a JSON string, a path to l0_config.json, or a directory holding one."},
@@ -226,6 +234,11 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
     def resolved_l0_config(self) -> L0Config:
         """The `L0Config` these arguments describe (``l0_config`` if given, else ``l0_structures``)."""
         if self.l0_config is not None:
+            if self.l0_width_multiple != 1:
+                raise ValueError(
+                    f"l0_width_multiple={self.l0_width_multiple} is ignored when --l0_config is given: set "
+                    '"width_multiple" inside the l0_config instead.'
+                )
             return L0Config.from_dict(dict(self.l0_config))
         names = [s.strip() for s in self.l0_structures.split(",") if s.strip()]
         unknown = sorted(set(names) - set(STRUCTURES))
@@ -234,7 +247,7 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
                 f"l0_structures={self.l0_structures!r}: unknown or no structures {unknown}; choose "
                 f"from {', '.join(STRUCTURES)} (comma-separated)."
             )
-        return L0Config(**{s: s in names for s in STRUCTURES})
+        return L0Config(**{s: s in names for s in STRUCTURES}, width_multiple=self.l0_width_multiple)
 
 
 def _l0_config_dict(value: dict | str | L0Config | None) -> dict | None:
