@@ -87,24 +87,6 @@ def test_failed_check_writes_nothing(tmp_path, monkeypatch):
     assert compact.training and (tmp_path / "model.onnx").is_file()
 
 
-def test_onnx_speed_benchmark_quick(tmp_path):
-    import json
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks import common, onnx_speed
-
-    onnx_speed.main(["--quick", "--threads", "1", "--output_dir", str(tmp_path)])
-    data = json.loads((tmp_path / "onnx_speed.json").read_text())
-    assert data["quick"] is True and common.finite_numbers(data) and "QUICK" in (tmp_path / "onnx_speed.md").read_text()
-    assert {row["batch_size"] for row in data["latency"]} == {1, 32}
-    for row in data["latency"]:
-        assert row["max_abs_diff_dense"] <= TOL and row["max_abs_diff_compact"] <= TOL
-        assert row["dense_ms"] > 0 and row["compact_ms"] > 0 and row["flops_speedup"] > 1
-    assert data["parameters"]["compact"] < data["parameters"]["dense"]
-
-
 def generating_llama():
     """A compact Llama with removed sublayers (attention of layer 0, FFN of layer 1) whose greedy tokens vary: untied
     embeddings and wide random weights (a tiny model with the default init repeats one token, which would hide a
