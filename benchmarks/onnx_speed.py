@@ -18,7 +18,7 @@ Goals (✅/❌ in the markdown): the int8 compact ÷ dense speedup at 32 x 128 i
 costs at most 1 point of test accuracy (ONNX Runtime int8 against fp32, each model); ONNX Runtime fp32 is not slower
 than PyTorch for the same model at either shape.
 
-    python benchmarks/onnx_speed.py --compact outputs/minilm-rotten-tomatoes --threads 1   # ~30 min on 2 CPU cores
+    python benchmarks/onnx_speed.py --compact outputs/minilm-rotten-tomatoes --threads 1   # ~8 min on 2 CPU cores
     python benchmarks/onnx_speed.py --quick --output_dir /tmp/bench
 """
 
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--runs",
         type=int,
         default=None,
-        help="timed runs per model, backend and shape (default: 30 at batch 1, 6 above)",
+        help="timed runs per model, backend and shape (default: 50 at batch 1, 10 above)",
     )
     args = p.parse_args(argv)
     if args.compact is None and not args.quick:
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 name: float(np.abs(runners[name]["ort_fp32"](inputs) - runners[name]["pytorch"](inputs)).max())
                 for name in MODELS
             }
-            runs = args.runs or (3 if args.quick else (30 if batch == 1 else 6))
+            runs = args.runs or (3 if args.quick else (50 if batch == 1 else 10))
             timed = interleaved_latency(
                 {f"{name}/{b}": (lambda r=runners[name][b], x=inputs: r(x)) for name in MODELS for b in BACKENDS}, runs
             )
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         feed = {k: v.fill_(1).numpy() if k == "attention_mask" else v.numpy() for k, v in largest.items()}
         op_ms = {
             name: {
-                b: time_by_op_type(tmp_dir / f"{name}-{b}.onnx", threads, feed, 2, tmp_dir / f"profile-{name}-{b}")
+                b: time_by_op_type(tmp_dir / f"{name}-{b}.onnx", threads, feed, 3, tmp_dir / f"profile-{name}-{b}")
                 for b in ("ort_fp32", "ort_int8")
             }
             for name in MODELS
