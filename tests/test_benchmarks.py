@@ -249,6 +249,10 @@ def test_onnx_speed_quick(out):
         assert quantized & set(data["op_time_ms"][name]["ort_int8"]) and not (
             quantized & set(data["op_time_ms"][name]["ort_fp32"])
         )
+    dense_int8, compact_int8 = (data["op_time_ms"][name]["ort_int8"] for name in ("dense", "compact"))
+    unshrunk = data["int8_unshrunk_time"]  # the operators named as not shrinking are those whose times say so
+    assert all(dense_int8[op] / compact_int8[op] < 1.2 for op in unshrunk["operators"])
+    assert unshrunk["ms"]["compact"] == pytest.approx(sum(compact_int8[op] for op in unshrunk["operators"]))
     assert [r["batch_size"] for r in data["latency"]] == [1, 32]
     for r in data["latency"]:
         ms = r["ms"]
