@@ -19,7 +19,7 @@ Goals (✅/❌ in the markdown): the compact model's tokens are identical in ONN
 Runtime decode speedup over the dense model is at least 0.9 x the weight-bytes ratio (decode at batch 1 reads every
 weight once per token).
 
-    python benchmarks/onnx_generation.py --compact results/models/llm/hf-l0-t0.5-s60 --threads 1   # ~10 min
+    python benchmarks/onnx_generation.py --compact MODELS/hf-l0-t0.5-s60 --threads 1  # llm.py --save_models MODELS
     python benchmarks/onnx_generation.py --quick --output_dir /tmp/bench
 """
 
