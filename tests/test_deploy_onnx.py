@@ -135,6 +135,21 @@ def test_onnx_runtime_generates_the_same_greedy_tokens_with_the_kv_cache(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generation"]  # no temporary files left behind
 
 
+def test_generation_export_keeps_the_kv_cache_when_the_generation_config_turns_it_off(tmp_path):
+    """A model that went through a Trainer can carry ``use_cache=False`` in its generation config: the export still
+    traces ``generate()`` with the KV cache (a decode graph without it expects the whole sequence, not one token), and
+    leaves the model's own generation config as it was."""
+    compact = generating_llama()
+    compact.generation_config.use_cache = False
+    result = export_onnx(compact, tmp_path / "generation", generation=True)
+    assert compact.generation_config.use_cache is False
+    decode = onnx.load(str(result.path / "decode.onnx"), load_external_data=False).graph
+    assert any("cache" in value.name for value in decode.input)
+    input_ids = torch.randint(3, compact.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(5))
+    expected = compact.generate(input_ids=input_ids, max_new_tokens=12, do_sample=False, use_cache=True)
+    assert torch.equal(OnnxGenerator(result.path).generate(input_ids, max_new_tokens=12), expected)
+
+
 def onnx_runs(path, inputs, runs: int = 6) -> np.ndarray:
     """The logits of ``runs`` runs of one ONNX Runtime session on the same inputs."""
     import onnxruntime as ort
