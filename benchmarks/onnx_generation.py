@@ -199,6 +199,7 @@ def transformers_decode_seconds(model: tf.PreTrainedModel, prompt: torch.Tensor,
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,
+            use_cache=True,  # a model that went through a Trainer can carry use_cache=False
             streamer=clock,
         )
     return {"seconds": clock.last - clock.first, "steps": clock.puts - 2}
@@ -246,7 +247,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             onnx_ids = generators[name].generate(prompt, torch.ones_like(prompt), max_new_tokens=new_tokens)
             with torch.inference_mode():
                 expected = model.generate(
-                    prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, do_sample=False
+                    prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    use_cache=True,
                 )
             got, want = onnx_ids[0, prompt.shape[1] :].tolist(), expected[0, prompt.shape[1] :].tolist()
             tokens[name] = {
