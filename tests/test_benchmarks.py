@@ -9,6 +9,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import transformers as tf
 
@@ -22,8 +23,8 @@ from benchmarks import accuracy_sparsity, common, llm, recovery, speed, update_r
 METADATA = ("command", "versions", "hardware", "seed", "wall_seconds", "quick")
 
 
-def _check_outputs(out: Path, name: str) -> dict:
-    for suffix in (".json", ".md", ".png"):
+def _check_outputs(out: Path, name: str, suffixes: tuple[str, ...] = (".json", ".md", ".png")) -> dict:
+    for suffix in suffixes:
         assert (out / f"{name}{suffix}").stat().st_size > 0, f"{name}{suffix} missing or empty"
     data = json.loads((out / f"{name}.json").read_text())
     assert all(key in data for key in METADATA)
@@ -215,6 +216,102 @@ def test_llm_quick(out, capsys):
     assert capsys.readouterr().out.count("skipped") == 6  # dense, dense fine-tuned, hf-l0 and three baselines
     assert _stable(again) == _stable(data)
     assert _stable(llm.main(["--quick", "--output_dir", str(out), "--collect"])) == _stable(data)
+
+
+def test_onnx_speed_quick(out):
+    """Dense and compact classifiers in PyTorch, ONNX Runtime fp32 and int8: the accuracies are those of the models
+    (recomputed in PyTorch), ONNX Runtime fp32 predicts what PyTorch does, the reported ratios and goals are those of
+    the reported timings, and the int8 graph runs quantized kernels."""
+    pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
+    pytest.importorskip("onnxscript", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
+    from benchmarks import onnx_speed
+    from hf_l0.cost.measure import forward_flops
+    from hf_l0.demo.evaluation import metrics_from_logits
+
+    data = onnx_speed.main(["--quick", "--threads", "1", "--output_dir", str(out)])
+    _check_outputs(out, "onnx_speed", (".json", ".md"))
+    assert data["parameters"]["compact"] < data["parameters"]["dense"]
+    # the quick models are seeded: rebuilt here, their PyTorch accuracy and FLOPs are the reported ones
+    models_dir = onnx_speed.quick_models(out / "onnx_models", data["seed"])
+    models = {"dense": hf_l0.from_pretrained(models_dir / "dense"), "compact": hf_l0.from_pretrained(models_dir)}
+    tokenizer = tf.AutoTokenizer.from_pretrained(models_dir)
+    batches, labels = onnx_speed.review_batches(tokenizer, data["max_length"], data["accuracy"]["dense"]["test_size"])
+    for name, model in models.items():
+        accuracy = data["accuracy"][name]
+        logits = np.concatenate([model.eval()(**batch).logits.detach().numpy() for batch in batches])
+        assert accuracy["pytorch"] == pytest.approx(metrics_from_logits(logits, labels)["accuracy"])
+        assert accuracy["ort_fp32"] == accuracy["pytorch"] and accuracy["ort_fp32_max_abs_diff"] <= 1e-4
+        for backend in ("ort_fp32", "ort_int8"):
+            assert (data["exports"][name][backend]["onnx_mb"]) > 0
+        assert data["exports"][name]["ort_fp32"]["check_max_abs_diff"] <= 1e-4
+        # the int8 graph runs ONNX Runtime's quantized matrix products, the fp32 one none
+        quantized = {"DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeLinear"}
+        assert quantized & set(data["op_time_ms"][name]["ort_int8"]) and not (
+            quantized & set(data["op_time_ms"][name]["ort_fp32"])
+        )
+    dense_int8, compact_int8 = (data["op_time_ms"][name]["ort_int8"] for name in ("dense", "compact"))
+    unshrunk = data["int8_unshrunk_time"]  # the operators named as not shrinking are those whose times say so
+    assert all(dense_int8[op] / compact_int8[op] < 1.2 for op in unshrunk["operators"])
+    assert unshrunk["ms"]["compact"] == pytest.approx(sum(compact_int8[op] for op in unshrunk["operators"]))
+    assert [r["batch_size"] for r in data["latency"]] == [1, 32]
+    for r in data["latency"]:
+        ms = r["ms"]
+        for backend in onnx_speed.BACKENDS:
+            assert r["speedup"][backend] == pytest.approx(ms["dense"][backend] / ms["compact"][backend])
+        flops = {name: forward_flops(model, r["seq_len"], r["batch_size"]) for name, model in models.items()}
+        assert r["flops"] == flops and r["flops_ratio"] == pytest.approx(flops["dense"] / flops["compact"])
+        assert all(diff <= 1e-4 for diff in r["ort_fp32_max_abs_diff"].values())
+    # every goal's verdict is that of the reported numbers
+    goals = {g["goal"]: g["met"] for g in data["goals"]}
+    largest = data["latency"][-1]
+    assert goals["int8 compact ÷ dense speedup at 32 × 128 ≥ 0.9 × FLOPs ratio"] == (
+        largest["speedup"]["ort_int8"] >= 0.9 * largest["flops_ratio"]
+    )
+    for name in ("dense", "compact"):
+        a = data["accuracy"][name]
+        assert goals[f"int8 costs ≤ 1 point of test accuracy ({name})"] == (a["ort_fp32"] - a["ort_int8"] <= 0.01)
+        for r in data["latency"]:
+            met = goals[f"ONNX Runtime fp32 not slower than PyTorch ({name}, {r['batch_size']} × 128)"]
+            assert met == (r["ms"][name]["ort_fp32"] <= r["ms"][name]["pytorch"])
+    assert len(goals) == 7
+
+
+def test_onnx_generation_quick(out):
+    """Greedy generation in ONNX Runtime against transformers: the recorded tokens are the dense model's (rebuilt
+    here), every timed round decodes all its tokens, and the reported speeds, ratios and goals are the recorded
+    ones'."""
+    pytest.importorskip("onnxruntime", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
+    pytest.importorskip("onnxscript", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
+    import torch
+
+    from benchmarks import onnx_generation
+
+    data = onnx_generation.main(["--quick", "--threads", "1", "--output_dir", str(out)])
+    _check_outputs(out, "onnx_generation", (".json", ".md"))
+    new_tokens, decode = data["new_tokens"], data["decode"]
+    dense, tokenizer, _ = onnx_generation.load_dense(True, data["seed"])
+    prompt = onnx_generation.shakespeare_prompt(tokenizer, data["prompt_tokens"])
+    expected = dense.generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, do_sample=False
+    )
+    assert data["tokens"]["dense"]["transformers"] == expected[0, prompt.shape[1] :].tolist()
+    for name in ("dense", "compact"):
+        tokens = data["tokens"][name]
+        assert tokens["identical"] == (tokens["onnxruntime"] == tokens["transformers"]) and tokens["identical"]
+        assert tokens["first_difference"] is None and 0 < tokens["generated"] <= new_tokens
+        # the decode graph holds the model's fp32 weights (tied embeddings once), and a few constants
+        assert decode["weight_bytes"][name] == pytest.approx(4 * data["parameters"][name], rel=0.01)
+        for runtime in onnx_generation.RUNTIMES:
+            assert decode["steps"][f"{name}/{runtime}"] == new_tokens - 1  # no end-of-sequence stop when timed
+            rates = decode["rates"][f"{name}/{runtime}"]
+            assert len(rates) == data["rounds"]
+            assert decode["tokens_per_s"][name][runtime] == pytest.approx(statistics.median(rates))
+    for runtime in onnx_generation.RUNTIMES:
+        tps = decode["tokens_per_s"]
+        assert decode["speedup"][runtime] == pytest.approx(tps["compact"][runtime] / tps["dense"][runtime])
+    ratio = decode["weight_bytes"]["dense"] / decode["weight_bytes"]["compact"]
+    assert decode["weight_bytes_ratio"] == pytest.approx(ratio)
+    assert [g["met"] for g in data["goals"]] == [True, True, decode["speedup"]["onnxruntime"] >= 0.9 * ratio]
 
 
 def test_latency_table_quick(out):

@@ -87,24 +87,6 @@ def test_failed_check_writes_nothing(tmp_path, monkeypatch):
     assert compact.training and (tmp_path / "model.onnx").is_file()
 
 
-def test_onnx_speed_benchmark_quick(tmp_path):
-    import json
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks import common, onnx_speed
-
-    onnx_speed.main(["--quick", "--threads", "1", "--output_dir", str(tmp_path)])
-    data = json.loads((tmp_path / "onnx_speed.json").read_text())
-    assert data["quick"] is True and common.finite_numbers(data) and "QUICK" in (tmp_path / "onnx_speed.md").read_text()
-    assert {row["batch_size"] for row in data["latency"]} == {1, 32}
-    for row in data["latency"]:
-        assert row["max_abs_diff_dense"] <= TOL and row["max_abs_diff_compact"] <= TOL
-        assert row["dense_ms"] > 0 and row["compact_ms"] > 0 and row["flops_speedup"] > 1
-    assert data["parameters"]["compact"] < data["parameters"]["dense"]
-
-
 def generating_llama():
     """A compact Llama with removed sublayers (attention of layer 0, FFN of layer 1) whose greedy tokens vary: untied
     embeddings and wide random weights (a tiny model with the default init repeats one token, which would hide a
@@ -151,6 +133,21 @@ def test_onnx_runtime_generates_the_same_greedy_tokens_with_the_kv_cache(tmp_pat
     assert torch.equal(got, expected)
     assert all(len(set(row)) > 4 for row in expected[:, 11:].tolist())  # tokens vary: the cache matters
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generation"]  # no temporary files left behind
+
+
+def test_generation_export_keeps_the_kv_cache_when_the_generation_config_turns_it_off(tmp_path):
+    """A model that went through a Trainer can carry ``use_cache=False`` in its generation config: the export still
+    traces ``generate()`` with the KV cache (a decode graph without it expects the whole sequence, not one token), and
+    leaves the model's own generation config as it was."""
+    compact = generating_llama()
+    compact.generation_config.use_cache = False
+    result = export_onnx(compact, tmp_path / "generation", generation=True)
+    assert compact.generation_config.use_cache is False
+    decode = onnx.load(str(result.path / "decode.onnx"), load_external_data=False).graph
+    assert any("cache" in value.name for value in decode.input)
+    input_ids = torch.randint(3, compact.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(5))
+    expected = compact.generate(input_ids=input_ids, max_new_tokens=12, do_sample=False, use_cache=True)
+    assert torch.equal(OnnxGenerator(result.path).generate(input_ids, max_new_tokens=12), expected)
 
 
 def onnx_runs(path, inputs, runs: int = 6) -> np.ndarray:

@@ -35,6 +35,7 @@ TITLES = {  # result pages whose file has no title of its own
     "latency_targets": "Latency and FLOPs targets",
     "gguf_llamacpp": "llama.cpp (GGUF)",
     "onnx_speed": "ONNX Runtime",
+    "onnx_generation": "ONNX Runtime generation",
     "recovery": "Search, then recover",
 }
 

@@ -23,6 +23,7 @@ transformers v5 (``ImportError: cannot import name 'get_parameter_dtype'``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import math
 import os
@@ -367,10 +368,14 @@ def _export_generation(
     prompts = _example_prompts(model, batch=2, length=7, seed=0)
     config = _onnx_config(model, None, opset, ort_fusions)
     # The model's generation config travels with the export: OnnxGenerator reads its end-of-sequence and pad tokens.
+    # It is traced with the KV cache whatever it says: a model that went through a Trainer can carry use_cache=False,
+    # and generate() would then feed the decode step the whole sequence, which OnnxGenerator does not.
+    generation_config = copy.deepcopy(model.generation_config)
+    generation_config.use_cache = True
     # The directory's config.json names the stock model type: the graphs hold the compact shapes, and transformers'
     # loader of the exported model (ExportedModel) knows only stock configs.
     with _stock_config_class(model):
-        exported = exporter.export_for_generation(model, prompts, config, generation_config=model.generation_config)
+        exported = exporter.export_for_generation(model, prompts, config, generation_config=generation_config)
         if quantize == "int8":
             for component in exported.components.values():
                 component.program = quantize_int8(component.program)
@@ -505,7 +510,7 @@ def _check_generation(model: nn.Module, directory: Path, result: OnnxExport, new
     reference = _pytorch_steps(model, prompts, sequences)
     result.max_abs_diff = float((logits - reference).abs().max())
     result.top1_agreement = _top1(logits, reference)
-    expected = model.generate(**prompts, max_new_tokens=new_tokens, do_sample=False)
+    expected = model.generate(**prompts, max_new_tokens=new_tokens, do_sample=False, use_cache=True)
     if result.quantize is None and not torch.equal(sequences, expected):
         prompt = prompts["input_ids"].shape[1]
         raise AssertionError(
