@@ -89,6 +89,7 @@ def headline_rows(results_dir: Path) -> list[list[Any]]:
     rows += llm_rows(_load(results_dir, "llm"))
     rows += latency_table_rows(results_dir / LATENCY_TABLES)
     rows += latency_target_rows(_load(results_dir, "latency_targets"))
+    rows += deployment_rows(results_dir)
     return rows
 
 
@@ -316,9 +317,31 @@ def latency_target_rows(data: dict[str, Any] | None) -> list[list[Any]]:
     return rows
 
 
+# The deployment benchmarks, which record their own goals ({"goal", "measured", "met"} each) in their JSON.
+DEPLOYMENT = {
+    "onnx_speed": "ONNX Runtime, MiniLM classifier",
+    "onnx_generation": "ONNX Runtime generation, SmolLM2",
+    "gguf_llamacpp": "llama.cpp, SmolLM2",
+}
+
+
+def deployment_rows(results_dir: Path) -> list[list[Any]]:
+    """One row per goal of each deployment benchmark (dense vs compact where users run them)."""
+    rows = []
+    for name, where in DEPLOYMENT.items():
+        data = _load(results_dir, name)
+        for g in (data or {}).get("goals", []):
+            rows.append([where, g["measured"], g["goal"], goal(g["met"])])
+    return rows
+
+
 def short_rows(results_dir: Path) -> list[list[Any]]:
-    """The README's few rows: accuracy against the best baseline per target, and the LLM's perplexity."""
-    return accuracy_rows(_load(results_dir, "accuracy_sparsity")) + llm_rows(_load(results_dir, "llm"))
+    """The README's rows: accuracy against the best baseline per target, the LLM's perplexity, deployment."""
+    return (
+        accuracy_rows(_load(results_dir, "accuracy_sparsity"))
+        + llm_rows(_load(results_dir, "llm"))
+        + deployment_rows(results_dir)
+    )
 
 
 def render(results_dir: Path = RESULTS_DIR, link_prefix: str = "benchmarks/results/", short: bool = False) -> str:
