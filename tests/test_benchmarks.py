@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import transformers as tf
 
 import hf_l0
@@ -215,6 +216,51 @@ def test_llm_quick(out, capsys):
     assert capsys.readouterr().out.count("skipped") == 6  # dense, dense fine-tuned, hf-l0 and three baselines
     assert _stable(again) == _stable(data)
     assert _stable(llm.main(["--quick", "--output_dir", str(out), "--collect"])) == _stable(data)
+
+
+def test_gguf_llamacpp_quick(out, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (opt-in): the llama.cpp benchmark")
+    from benchmarks import gguf_llamacpp
+    from hf_l0.demo.evaluation import perplexity
+    from hf_l0.deploy.gguf_export import gguf_layers
+    from hf_l0.pruning.baselines import magnitude_prune
+
+    # --compact reads a saved compact directory: the quick dense model magnitude-pruned, saved and loaded back
+    dense, _, blocks, _ = gguf_llamacpp.load(gguf_llamacpp.parse_args(["--quick"]))
+    compact = magnitude_prune(copy.deepcopy(dense), 0.5).eval()
+    hf_l0.save_pretrained(compact, tmp_path / "compact", model_card=False)
+    argv = ["--quick", "--compact", str(tmp_path / "compact"), "--output_dir", str(out), "--new_tokens", "4"]
+    data = gguf_llamacpp.main([*argv, "--rounds", "1"])
+    saved = json.loads((out / "gguf_llamacpp.json").read_text())
+    assert saved["quick"] is True and common.finite_numbers(saved) and saved["compact"]["source"].endswith("compact")
+    assert "QUICK" in (out / "gguf_llamacpp.md").read_text()
+    exports = data["exports"]
+    assert list(exports) == ["f32", "q8_0", "q4_0"] and all(set(e) == {"dense", "compact"} for e in exports.values())
+    # the quantized files carry the padding the export computes for the compact widths; f32 none, dense none
+    expected_ffn = sum(layer.pad_ffn for layer in gguf_layers(compact, 32))
+    assert expected_ffn > 0 and exports["q8_0"]["compact"]["padding"]["ffn"] == expected_ffn
+    assert all(e["dense"]["padding"]["weights"] == 0 for e in exports.values())
+    assert exports["f32"]["compact"]["padding"]["weights"] == 0
+    assert exports["q4_0"]["compact"]["weight_bytes"] < exports["q8_0"]["compact"]["weight_bytes"]
+    assert all(e[m]["file_bytes"] > e[m]["weight_bytes"] for e in exports.values() for m in ("dense", "compact"))
+    # llama.cpp's f32 perplexity is the library's causal-LM perplexity of the same blocks
+    labelled = [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
+    for name, model in (("dense", dense), ("compact", compact)):
+        assert exports["f32"][name]["perplexity"] == pytest.approx(perplexity(model, labelled), rel=1e-3)
+    assert data["parity"]["f32"]["top1_agreement"] == 1.0 and data["parity"]["f32"]["max_abs_logit_diff"] < 1e-3
+    for row in data["comparisons"]:  # the reported ratios are those of the reported numbers
+        pair = exports[row["dtype"]]
+        assert row["speedup"] == pytest.approx(pair["compact"]["tokens_per_s"] / pair["dense"]["tokens_per_s"])
+        assert row["weight_bytes_ratio"] == pytest.approx(
+            pair["dense"]["weight_bytes"] / pair["compact"]["weight_bytes"]
+        )
+        if row["dtype"] != "f32":
+            ratios = {m: pair[m]["perplexity"] / exports["f32"][m]["perplexity"] for m in ("dense", "compact")}
+            assert row["perplexity_ratio_excess"] == pytest.approx(ratios["compact"] - ratios["dense"])
+    with pytest.raises(SystemExit):  # f32 is the reference of the ratios: it must come first
+        gguf_llamacpp.parse_args(["--quick", "--dtypes", "q8_0", "f32"])
+    with pytest.raises(SystemExit):  # not a compact directory
+        gguf_llamacpp.parse_args(["--quick", "--compact", str(tmp_path)])
 
 
 def test_latency_table_quick(out):
