@@ -220,9 +220,12 @@ def test_llm_quick(out, capsys):
 
 def test_gguf_llamacpp_quick(out, tmp_path):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (opt-in): the llama.cpp benchmark")
+    import gguf
+    import numpy as np
+
     from benchmarks import gguf_llamacpp
     from hf_l0.demo.evaluation import perplexity
-    from hf_l0.deploy.gguf_export import gguf_layers
+    from hf_l0.deploy.gguf_export import export_gguf, gguf_layers
     from hf_l0.pruning.baselines import magnitude_prune
 
     # --compact reads a saved compact directory: the quick dense model magnitude-pruned, saved and loaded back
@@ -246,8 +249,25 @@ def test_gguf_llamacpp_quick(out, tmp_path):
     # llama.cpp's f32 perplexity is the library's causal-LM perplexity of the same blocks
     labelled = [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
     for name, model in (("dense", dense), ("compact", compact)):
-        assert exports["f32"][name]["perplexity"] == pytest.approx(perplexity(model, labelled), rel=1e-3)
-    assert data["parity"]["f32"]["top1_agreement"] == 1.0 and data["parity"]["f32"]["max_abs_logit_diff"] < 1e-3
+        reference = perplexity(model, labelled)
+        assert exports["f32"][name]["perplexity"] == pytest.approx(reference, rel=1e-3)
+        assert exports["f32"][name]["rounded_weights_perplexity"] == pytest.approx(reference, rel=1e-6)
+    parity = data["parity"]["f32"]["compact"]
+    assert parity["top1_agreement"] == 1.0 and parity["max_abs_logit_diff"] < 1e-3
+    assert set(data["parity"]) == {"f32", "q8_0"} and all(
+        set(p) == {"dense", "compact"} for p in data["parity"].values()
+    )
+    # the rounded-weights model holds exactly the matrices the quantized file stores (padding cut off)
+    q8 = gguf_llamacpp.rounded_weights(compact, "q8_0")
+    stored = gguf.GGUFReader(str(export_gguf(compact, tmp_path / "q8.gguf", dtype="q8_0").path))
+    stored = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in stored.tensors}
+    mlp = q8.model.layers[0].mlp
+    np.testing.assert_array_equal(stored["token_embd.weight"], q8.model.embed_tokens.weight.detach().numpy())
+    width = mlp.up_proj.out_features
+    np.testing.assert_array_equal(stored["blk.0.ffn_down.weight"][:, :width], mlp.down_proj.weight.detach().numpy())
+    assert not np.array_equal(
+        q8.model.embed_tokens.weight.detach().numpy(), compact.model.embed_tokens.weight.detach().numpy()
+    )
     for row in data["comparisons"]:  # the reported ratios are those of the reported numbers
         pair = exports[row["dtype"]]
         assert row["speedup"] == pytest.approx(pair["compact"]["tokens_per_s"] / pair["dense"]["tokens_per_s"])
