@@ -22,7 +22,7 @@ their block, reported as ``padding``) and run in llama.cpp through llama-cpp-pyt
 
 Needs llama-cpp-python (opt-in, it compiles llama.cpp: README, Deployment).
 
-    python benchmarks/gguf_llamacpp.py --compact DIR --threads 1   # ~15 min on 2 CPU cores
+    python benchmarks/gguf_llamacpp.py --compact DIR --threads 1   # ~11 min on 2 busy CPU cores
     python benchmarks/gguf_llamacpp.py --quick --output_dir /tmp/bench
 """
 
@@ -50,7 +50,7 @@ from benchmarks.common import Run, benchmark_parser, goal, load_average, markdow
 from benchmarks.llm import text_blocks  # noqa: E402  (the held-out blocks llm.py evaluates on)
 from hf_l0.demo import assets, data  # noqa: E402
 from hf_l0.demo.gguf import drop_gguf_quantizer  # noqa: E402
-from hf_l0.deploy.gguf_export import MATRIX_TYPES, export_gguf  # noqa: E402
+from hf_l0.deploy.gguf_export import MATRIX_TYPES, export_gguf, read_gguf_metadata  # noqa: E402
 from hf_l0.pruning.baselines import magnitude_prune  # noqa: E402
 
 PROMPT_TOKENS = 32
@@ -131,6 +131,16 @@ def load(args: argparse.Namespace) -> tuple[tf.PreTrainedModel, list[int], list[
 
 def model_name(args: argparse.Namespace) -> str:
     return "tiny-llama" if args.quick else "SmolLM2-135M-Instruct"
+
+
+def dense_source(source: Path | None) -> dict[str, str] | None:
+    """The GGUF the dense model comes from and its llama.cpp file type (its weights are that type dequantized)."""
+    if source is None:
+        return None
+    import gguf
+
+    file_type = read_gguf_metadata(source, "general.file_type")["general.file_type"][0]
+    return {"file": source.name, "file_type": gguf.LlamaFileType(file_type).name}
 
 
 def load_compact(args: argparse.Namespace, dense: tf.PreTrainedModel) -> tuple[torch.nn.Module, str]:
@@ -390,6 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()},
             "structure": structure(compact),
         },
+        "dense_source": dense_source(source),
         "threads": threads,
         "dtypes": args.dtypes,
         "load_average": {"before_decode": load_before, "after": load_average()},
@@ -473,8 +484,14 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
                     goal(c["perplexity_met"]),
                 ]
             )
-    compact, ppl = results["compact"], results["perplexity"]
+    compact, ppl, source = results["compact"], results["perplexity"], results["dense_source"]
     p = compact["parameters"]
+    origin = (
+        f"The dense model's f32 weights are `{source['file']}` ({source['file_type']}) dequantized: they lie on "
+        "that type's grid, and so do the compact model's unless training moved them off it. "
+        if source
+        else ""
+    )
     lines = [
         f"## llama.cpp: dense vs compact {results['model']} ({compact['description']}), GGUF `deci` at "
         f"{', '.join(d.upper() for d in results['dtypes'])}",
@@ -495,7 +512,7 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
             size_rows,
         ),
         "",
-        f"Compact model: {p['compact']:,} parameters vs {p['dense']:,} dense; query heads per layer "
+        f"{origin}Compact model: {p['compact']:,} parameters vs {p['dense']:,} dense; query heads per layer "
         f"{compact['structure']['attention_heads']}; FFN {compact['structure']['intermediate_size']}. "
         f"Perplexity: the first {ppl['blocks']} blocks of {ppl['block_size']} tokens of {ppl['text']} "
         f"({ppl['predicted_tokens']:,} predicted tokens), each block evaluated alone in llama.cpp with an f32 KV "
