@@ -158,20 +158,22 @@ def load(args: argparse.Namespace) -> tuple[tf.PreTrainedModel, Any, dict]:
         "validation": args.eval_blocks,
         "selection": args.selection_blocks or args.eval_blocks,
     }
-    blocks = {}
-    for split, count in needed.items():
-        # Tokenize only a prefix that surely holds enough blocks (~10 tokens per line), then cut exact counts.
-        lines = raw[split].select(range(min(len(raw[split]), count * args.block_size // 4 + 100)))
-        tokenized = lines.map(
-            lambda b: tokenizer(b["text"], return_token_type_ids=False), batched=True, remove_columns=["text"]
-        )
-        grouped = tokenized.map(
-            data.group_texts, batched=True, batch_size=1000, fn_kwargs={"block_size": args.block_size}
-        )
-        if len(grouped) < count:
-            raise ValueError(f"only {len(grouped)} {split} blocks of {args.block_size} tokens, {count} needed.")
-        blocks[split] = grouped.select(range(count))
+    blocks = {split: text_blocks(tokenizer, raw[split], count, args.block_size) for split, count in needed.items()}
     return model.eval(), tokenizer, blocks
+
+
+def text_blocks(tokenizer: Any, lines: Any, count: int, block_size: int) -> Any:
+    """The first ``count`` blocks of ``block_size`` tokens of a ``text`` dataset (run_clm's grouping, 1,000 lines at
+    a time). Only a prefix that surely holds enough blocks is tokenized (~10 tokens per line); the first blocks are
+    the same for every ``count`` that fits, so other benchmarks (gguf_llamacpp.py) read the same held-out blocks."""
+    prefix = lines.select(range(min(len(lines), count * block_size // 4 + 100)))
+    tokenized = prefix.map(
+        lambda b: tokenizer(b["text"], return_token_type_ids=False), batched=True, remove_columns=["text"]
+    )
+    grouped = tokenized.map(data.group_texts, batched=True, batch_size=1000, fn_kwargs={"block_size": block_size})
+    if len(grouped) < count:
+        raise ValueError(f"only {len(grouped)} blocks of {block_size} tokens in {len(lines)} lines, {count} needed.")
+    return grouped.select(range(count))
 
 
 @torch.inference_mode()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import transformers as tf
 
 import hf_l0
@@ -312,6 +313,71 @@ def test_onnx_generation_quick(out):
     ratio = decode["weight_bytes"]["dense"] / decode["weight_bytes"]["compact"]
     assert decode["weight_bytes_ratio"] == pytest.approx(ratio)
     assert [g["met"] for g in data["goals"]] == [True, True, decode["speedup"]["onnxruntime"] >= 0.9 * ratio]
+
+
+def test_gguf_llamacpp_quick(out, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (opt-in): the llama.cpp benchmark")
+    import gguf
+    import numpy as np
+
+    from benchmarks import gguf_llamacpp
+    from hf_l0.demo.evaluation import perplexity
+    from hf_l0.deploy.gguf_export import export_gguf, gguf_layers
+    from hf_l0.pruning.baselines import magnitude_prune
+
+    # --compact reads a saved compact directory: the quick dense model magnitude-pruned, saved and loaded back
+    dense, _, blocks, _ = gguf_llamacpp.load(gguf_llamacpp.parse_args(["--quick"]))
+    compact = magnitude_prune(copy.deepcopy(dense), 0.5).eval()
+    hf_l0.save_pretrained(compact, tmp_path / "compact", model_card=False)
+    argv = ["--quick", "--compact", str(tmp_path / "compact"), "--output_dir", str(out), "--new_tokens", "4"]
+    data = gguf_llamacpp.main([*argv, "--rounds", "1"])
+    saved = json.loads((out / "gguf_llamacpp.json").read_text())
+    assert saved["quick"] is True and common.finite_numbers(saved) and saved["compact"]["source"].endswith("compact")
+    assert "QUICK" in (out / "gguf_llamacpp.md").read_text()
+    exports = data["exports"]
+    assert list(exports) == ["f32", "q8_0", "q4_0"] and all(set(e) == {"dense", "compact"} for e in exports.values())
+    # the quantized files carry the padding the export computes for the compact widths; f32 none, dense none
+    expected_ffn = sum(layer.pad_ffn for layer in gguf_layers(compact, 32))
+    assert expected_ffn > 0 and exports["q8_0"]["compact"]["padding"]["ffn"] == expected_ffn
+    assert all(e["dense"]["padding"]["weights"] == 0 for e in exports.values())
+    assert exports["f32"]["compact"]["padding"]["weights"] == 0
+    assert exports["q4_0"]["compact"]["weight_bytes"] < exports["q8_0"]["compact"]["weight_bytes"]
+    assert all(e[m]["file_bytes"] > e[m]["weight_bytes"] for e in exports.values() for m in ("dense", "compact"))
+    # llama.cpp's f32 perplexity is the library's causal-LM perplexity of the same blocks
+    labelled = [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
+    for name, model in (("dense", dense), ("compact", compact)):
+        reference = perplexity(model, labelled)
+        assert exports["f32"][name]["perplexity"] == pytest.approx(reference, rel=1e-3)
+        assert exports["f32"][name]["rounded_weights_perplexity"] == pytest.approx(reference, rel=1e-6)
+    parity = data["parity"]["f32"]["compact"]
+    assert parity["top1_agreement"] == 1.0 and parity["max_abs_logit_diff"] < 1e-3
+    assert set(data["parity"]) == {"f32", "q8_0"} and all(
+        set(p) == {"dense", "compact"} for p in data["parity"].values()
+    )
+    # the rounded-weights model holds exactly the matrices the quantized file stores (padding cut off)
+    q8 = gguf_llamacpp.rounded_weights(compact, "q8_0")
+    stored = gguf.GGUFReader(str(export_gguf(compact, tmp_path / "q8.gguf", dtype="q8_0").path))
+    stored = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in stored.tensors}
+    mlp = q8.model.layers[0].mlp
+    np.testing.assert_array_equal(stored["token_embd.weight"], q8.model.embed_tokens.weight.detach().numpy())
+    width = mlp.up_proj.out_features
+    np.testing.assert_array_equal(stored["blk.0.ffn_down.weight"][:, :width], mlp.down_proj.weight.detach().numpy())
+    assert not np.array_equal(
+        q8.model.embed_tokens.weight.detach().numpy(), compact.model.embed_tokens.weight.detach().numpy()
+    )
+    for row in data["comparisons"]:  # the reported ratios are those of the reported numbers
+        pair = exports[row["dtype"]]
+        assert row["speedup"] == pytest.approx(pair["compact"]["tokens_per_s"] / pair["dense"]["tokens_per_s"])
+        assert row["weight_bytes_ratio"] == pytest.approx(
+            pair["dense"]["weight_bytes"] / pair["compact"]["weight_bytes"]
+        )
+        if row["dtype"] != "f32":
+            ratios = {m: pair[m]["perplexity"] / exports["f32"][m]["perplexity"] for m in ("dense", "compact")}
+            assert row["perplexity_ratio_excess"] == pytest.approx(ratios["compact"] - ratios["dense"])
+    with pytest.raises(SystemExit):  # f32 is the reference of the ratios: it must come first
+        gguf_llamacpp.parse_args(["--quick", "--dtypes", "q8_0", "f32"])
+    with pytest.raises(SystemExit):  # not a compact directory
+        gguf_llamacpp.parse_args(["--quick", "--compact", str(tmp_path)])
 
 
 def test_latency_table_quick(out):
