@@ -332,6 +332,25 @@ def deployment_rows(results_dir: Path) -> list[list[Any]]:
         data = _load(results_dir, name)
         for g in (data or {}).get("goals", []):
             rows.append([where, g["measured"], g["goal"], goal(g["met"])])
+        for c in (data or {}).get("comparisons", []):  # llama.cpp: one entry per GGUF type
+            kind = c["dtype"].upper()
+            rows.append(
+                [
+                    where,
+                    f"{c['speedup']:.2f}× vs 0.9 × {c['weight_bytes_ratio']:.2f}× = {c['speed_goal']:.2f}×",
+                    f"{kind} decode speedup compact ÷ dense ≥ 0.9 × weight-bytes ratio",
+                    goal(c["speed_met"]),
+                ]
+            )
+            if "perplexity_met" in c:
+                rows.append(
+                    [
+                        where,
+                        f"compact {c['compact_perplexity_ratio']:.3f} vs dense {c['dense_perplexity_ratio']:.3f}",
+                        f"{kind} ÷ f32 perplexity: compact's ratio ≤ dense's + 0.02",
+                        goal(c["perplexity_met"]),
+                    ]
+                )
     return rows
 
 
