@@ -254,20 +254,6 @@ def test_prune_unpatched_model_is_refused():
         prune_model(make_model("gpt2"))
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
-def test_pruning_away_every_hidden_dimension_is_refused_and_leaves_the_model_gated(family):
-    model = make_model(family, "AutoModel").eval()
-    hf_l0.patch_model(model, hf_l0.L0Config(hidden=True))
-    with torch.no_grad():
-        hf_l0.get_gates(model).hidden.log_alpha.fill_(-20.0)
-    with pytest.raises(ValueError, match=r"every hidden dimension's gate is closed \(all \d+\).*target_hidden_size"):
-        hf_l0.prune_model(model)
-    assert hf_l0.is_patched(model)  # nothing was cut: the run can go on
-    with torch.no_grad():
-        hf_l0.get_gates(model).hidden.log_alpha[:3] = 5.0
-    assert hf_l0.prune_model(model).config.l0_structure["hidden_size"] == 3
-
-
 def test_patching_a_pruned_model_is_refused():
     model = make_model("gpt2")
     patch_model(model, L0Config(layers=True))

@@ -63,12 +63,6 @@ def prune_model(model: nn.Module, drop_empty_layers: bool = True) -> nn.Module:
     """
     gates = get_gates(model)
     values = {name: value.detach().cpu() for name, value in gates.deterministic().items()}
-    if HIDDEN_GATE in values and not bool(values[HIDDEN_GATE].any()):  # refused before the model is touched
-        raise ValueError(
-            f"every hidden dimension's gate is closed (all {values[HIDDEN_GATE].numel()}): the compact model would "
-            "have hidden size 0, which no transformers model can hold. Lower the target, keep a uniform hidden size "
-            "(L0Config(target_hidden_size=...)) or leave hidden dimensions ungated (L0Config(hidden=False))."
-        )
     unpatch_model(model)
     if transformers_model(model) is not model:
         model = model.merge_and_unload()
