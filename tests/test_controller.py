@@ -3,6 +3,7 @@ warm-up schedule and lands on the target, in L0Trainer and in a plain loop alike
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,89 @@ def test_integral_separation_stops_the_windup_of_the_dead_time():
     plain, _ = _drive(_SaturatedGates(learning_rate=25 / 150), 0.75, 300, 150, integral_separation=0.0)
     separated, _ = _drive(_SaturatedGates(learning_rate=25 / 150), 0.75, 300, 150, integral_separation=0.03)
     assert plain > 2 * separated, (plain, separated)
+
+
+def test_calibration_integrates_the_deterministic_gap_after_the_warmup_within_bounds():
+    controller = LagrangianController(0.6, warmup_steps=10, calibration_rate=0.5, multiplier_update="ascent")
+    controller.calibrate(0.2, step=9)  # on the ramp: nothing moves
+    assert float(controller.target_offset) == 0.0
+    controller.calibrate(0.5, step=10)  # 0.5 * (0.6 - 0.5)
+    assert float(controller.target_offset) == pytest.approx(0.05, abs=1e-12)
+    controller.calibrate(0.7, step=11)  # integral: 0.05 + 0.5 * (0.6 - 0.7)
+    assert float(controller.target_offset) == pytest.approx(0.0, abs=1e-12)
+    assert controller.effective_target(11) == pytest.approx(0.6)
+    controller.calibrate(0.4, step=12)
+    assert controller.effective_target(12) == pytest.approx(0.7)
+    controller.set_step(5)  # without a step the controller's own count decides
+    controller.calibrate(0.0)
+    assert float(controller.target_offset) == pytest.approx(0.1, abs=1e-12)
+    controller.set_step(10)
+    controller.calibrate(0.5)
+    assert float(controller.target_offset) == pytest.approx(0.15, abs=1e-12)
+    # the offset stays within [-target, 0.999 - target]: the effective target remains a sparsity
+    for _ in range(20):
+        controller.calibrate(0.0, step=20)
+    assert float(controller.target_offset) == pytest.approx(0.999 - 0.6, abs=1e-12)
+    for _ in range(40):
+        controller.calibrate(1.0, step=20)
+    assert float(controller.target_offset) == pytest.approx(-0.6, abs=1e-12)
+    off = LagrangianController(0.6, calibration_rate=0.0)
+    off.calibrate(0.0, step=100)
+    assert float(off.target_offset) == 0.0
+
+
+def test_the_ascent_controller_calibrates_once_per_step_in_on_step():
+    level = torch.tensor(0.5)
+    controller = LagrangianController(
+        0.6, warmup_steps=2, calibration_rate=0.5, multiplier_update="ascent", metric=lambda model, det: level
+    )
+    controller.on_step(None, 1)  # on the ramp
+    assert float(controller.target_offset) == 0.0
+    controller.on_step(None, 2)
+    controller.on_step(None, 2)  # another micro-batch of the same step
+    assert float(controller.target_offset) == pytest.approx(0.05, abs=1e-12)
+    pi = LagrangianController(0.6, calibration_rate=0.5, metric=lambda model, det: level)
+    pi.on_step(None, 5)  # the PI rule measures the deterministic sparsity itself: no calibration
+    assert float(pi.target_offset) == 0.0
+
+
+def test_config_dict_names_every_setting_and_rebuilds_the_controller():
+    settings = {
+        "target_sparsity": 0.7,
+        "warmup_steps": 11,
+        "start_sparsity": 0.1,
+        "calibration_rate": 0.2,
+        "multiplier_update": "ascent",
+        "proportional_gain": 3.0,
+        "integral_gain": 4.0,
+        "gate_learning_rate": 0.5,
+        "final_phase_ratio": 0.25,
+        "recovery_ratio": 0.3,
+        "error_signal": "expected",
+        "anti_windup": False,
+        "integral_separation": 0.07,
+    }
+    controller = LagrangianController(**settings)
+    assert controller.config_dict() == settings
+    assert LagrangianController(**controller.config_dict()).config_dict() == settings
+    defaults = inspect.signature(LagrangianController).parameters
+    assert LagrangianController(0.5).config_dict() == {
+        name: 0.5 if name == "target_sparsity" else defaults[name].default for name in settings
+    }
+
+
+def test_the_penalty_follows_the_step_it_is_given_and_step_advances_the_schedule():
+    controller = LagrangianController(0.8, warmup_steps=10)
+    controller.lambda_1.data.fill_(2.0)
+    controller.lambda_2.data.fill_(3.0)
+    expected = torch.tensor(0.5)
+    for step, target in ((5, 0.4), (10, 0.8)):
+        gap = 0.5 - target
+        assert float(controller(expected, step)) == pytest.approx(2.0 * gap + 3.0 * gap * gap)
+        assert float(controller.penalty(expected, step)) == pytest.approx(2.0 * gap + 3.0 * gap * gap)
+    assert controller.target() == 0.0
+    controller.step()
+    controller.step(2)
+    assert int(controller.num_steps) == 3 and controller.target() == pytest.approx(0.8 * 3 / 10)
+    gap = 0.5 - 0.24
+    assert float(controller(expected)) == pytest.approx(2.0 * gap + 3.0 * gap * gap)

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
+from hf_l0.cost.base import SUBLAYER_GATES
 from hf_l0.cost.flops import (
     FlopsTarget,
     compact_flops,
@@ -30,6 +31,7 @@ from hf_l0.cost.latency import (
     predict_latency,
 )
 from hf_l0.cost.measure import forward_flops
+from hf_l0.cost.size import dropped_layers, size_layout
 from hf_l0.cost.targets import make_cost_target
 
 SEQ_LEN = 9
@@ -524,6 +526,161 @@ def test_latency_target_in_several_processes_needs_one_table():
     )
     with pytest.raises(ValueError, match="pass its path as --latency_table"):
         cost_target_from_args(model, args)
+
+
+def test_default_latency_cache_dir_follows_hf_l0_cache_else_the_home_cache(monkeypatch, tmp_path):
+    from hf_l0.cost.latency import default_cache_dir
+
+    monkeypatch.setenv("HF_L0_CACHE", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache" / "latency"
+    monkeypatch.delenv("HF_L0_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "hf_l0" / "latency"
+
+
+def test_default_grid_times_every_small_width_else_zero_one_and_even_steps():
+    from hf_l0.cost.latency import default_grid
+
+    assert default_grid(4) == [0, 1, 2, 3, 4]
+    assert default_grid(16) == list(range(17))
+    assert default_grid(17) == [0, 1, 3, 4, 6, 7, 8, 10, 11, 13, 14, 16, 17]  # round() of 17 j / 12
+    assert default_grid(120) == [0, 1, *range(10, 121, 10)]
+    assert default_grid(100, points=4) == [0, 1, 25, 50, 75, 100]
+
+
+def test_interpolation_is_float64_and_clamped_to_the_grid():
+    table = synthetic_table(make_model("bert", "AutoModelForSequenceClassification"))
+    xs, ys = table.ffn_units, table.ffn_s
+    third = xs[2] + (xs[3] - xs[2]) / 3  # between two grid points, not a float32 number
+    expected = ys[2] + (ys[3] - ys[2]) / 3
+    for units in (third, torch.tensor([third], dtype=torch.float64), torch.tensor([float(xs[2])])):
+        value = table.ffn_time(units)
+        assert value.dtype == torch.float64
+    assert float(table.ffn_time(third)) == pytest.approx(expected, rel=1e-13, abs=0)
+    assert float(table.ffn_time(torch.tensor(float(xs[1])))) == pytest.approx(ys[1], rel=1e-13, abs=0)
+    assert float(table.ffn_time(-5.0)) == ys[0] and float(table.ffn_time(xs[-1] + 100.0)) == ys[-1]
+
+
+def test_latency_table_summary_and_target_config():
+    model = make_model("bert", "AutoModelForSequenceClassification")
+    table = synthetic_table(model)
+    table.attention_units, table.attention_s = [0, 2, 4], [0.0, 0.0015, 0.0021]
+    table.ffn_units, table.ffn_s = [0, 37], [0.0, 0.0042]
+    table.path = "/cache/table.json"
+    lines = table.summary().split("\n")
+    dense = table.predict_dense() * 1e3
+    assert lines == [
+        f"latency table: BertForSequenceClassification ({table.num_layers} layers), batch 1 x {SEQ_LEN} tokens, "
+        f"1 thread(s), float32, torch {torch.__version__}",
+        "  fixed (embeddings, norms, head, layer dispatch): 2.000 ms",
+        "  attention units -> ms per layer: 0: 0.000, 2: 1.500, 4: 2.100",
+        "  FFN neurons -> ms per layer: 0: 0.000, 37: 4.200",
+        f"  dense model: predicted {dense:.3f} ms, measured 20.000 ms",
+        "  saved to /cache/table.json",
+    ]
+    table.loaded = True
+    assert table.summary().endswith("\n  loaded from /cache/table.json")
+    table.path = None
+    assert table.summary().split("\n")[-1].startswith("  dense model")
+    assert LatencyTarget(table).config_dict() == {
+        "metric": "latency",
+        "table": None,
+        "batch_size": 1,
+        "seq_len": SEQ_LEN,
+        "threads": 1,
+    }
+
+
+def test_expected_latency_is_the_sum_over_gate_probabilities_and_deterministic_that_of_the_kept_units():
+    model = make_model("gpt2")
+    table = synthetic_table(model)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    random_gates(model, 3)
+    gates = hf_l0.get_gates(model)
+    named = dict(gates.named_gates())
+    kinds = {kind: (getattr(table, f"{kind}_time"), units, layer) for kind, units, layer in SUBLAYER_GATES}
+
+    def by_hand(probs, mode):
+        total = table.fixed_s
+        for time_of, units, layer in kinds.values():
+            total += float((time_of(probs[units].sum(-1)) * probs[layer]).sum())
+        # GPT-2 is pre-norm: prune_model drops a layer whose sublayers both output zero, its dispatch time with it
+        return total - table.layer_s * float(dropped_layers(probs, size_layout(model), mode))
+
+    expected = {name: gate.prob_nonzero().double() for name, gate in named.items()}
+    kept = {name: (value != 0).double() for name, value in gates.deterministic().items()}
+    assert float(expected_latency(model, table)) == pytest.approx(by_hand(expected, "expected"), rel=1e-12)
+    assert float(expected_latency(model, table, deterministic=True)) == pytest.approx(
+        by_hand(kept, "deterministic"), rel=1e-12
+    )
+    assert by_hand(expected, "expected") != pytest.approx(by_hand(kept, "deterministic"), rel=1e-6)
+
+
+def test_latency_table_checks_name_the_problem_and_the_fix_and_run_once_per_table(monkeypatch):
+    import warnings
+
+    from hf_l0.cost import latency
+
+    model = make_model("bert", "AutoModelForSequenceClassification")
+    table = synthetic_table(model)
+    hidden = patch_model(make_model("bert", "AutoModelForSequenceClassification"), L0Config(hidden=True))
+    with pytest.raises(ValueError) as refused:
+        expected_latency(hidden, table)
+    assert str(refused.value) == (
+        "a latency target does not support hidden-dimension gates: the latency table is measured at the dense hidden "
+        "size. Set hidden=False (l0_structures without 'hidden') or use target_metric='flops'."
+    )
+    relu = _bert(hidden_act="relu")
+    patch_model(relu, L0Config())
+    table.key = {**table.key, "config": latency.config_digest(patch_model(_bert(), L0Config()))}
+    with pytest.raises(ValueError) as refused:
+        expected_latency(relu, table)
+    assert str(refused.value) == (
+        "the latency table was measured for a model of this shape with another configuration (activation, position "
+        "embeddings, attention implementation, ...): its times do not hold for this one. Build the table for this "
+        "model."
+    )
+    gated = patch_model(_bert(), L0Config())
+    here = latency.machine_identity()
+    for path, recorded, where in (
+        ("/t.json", {"processor": "elsewhere"}, " /t.json was measured on {'processor': 'elsewhere'}"),
+        (None, None, " was measured on an unrecorded machine"),
+    ):
+        table = synthetic_table(model)
+        table.key = {**table.key, "config": latency.config_digest(gated)}
+        if recorded is None:
+            table.key.pop("machine", None)
+        else:
+            table.key["machine"] = recorded
+        table.path = path
+        with pytest.warns(UserWarning) as caught:
+            expected_latency(gated, table)
+        assert [str(w.message) for w in caught] == [
+            f"the latency table{where}, this is {here}: its times may not hold here. Measure a table on this machine "
+            "(python -m hf_l0 latency-table ...)."
+        ]
+        assert caught[0].filename == __file__  # points at the caller of expected_latency
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            expected_latency(gated, table)  # checked once per model and table: no second warning
+            table.key["config"] = "another"  # nor a second check
+            expected_latency(gated, table)
+    table = synthetic_table(model)
+    table.key = {**table.key, "config": latency.config_digest(gated), "machine": here}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        expected_latency(gated, table)  # the same machine: no warning
+
+
+def test_predict_latency_refuses_a_model_of_another_depth():
+    table = synthetic_table(make_model("bert", "AutoModelForSequenceClassification"))
+    layers = table.num_layers
+    table.key = {**table.key, "shape": {**table.key["shape"], "num_layers": layers + 1}}
+    with pytest.raises(ValueError) as refused:
+        predict_latency(table, _bert())
+    assert str(refused.value) == (
+        f"the model has {layers} layers (and 0 dropped) but the latency table was measured for {layers + 1}."
+    )
 
 
 def _bert(**config_fields):
