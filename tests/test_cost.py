@@ -733,3 +733,107 @@ def test_latency_tables_are_not_shared_across_configurations_or_machines(tmp_pat
     patch_model(relu_gated, L0Config())
     with pytest.raises(ValueError, match="another configuration"):
         hf_l0.expected_latency(relu_gated, first)
+
+
+# -- what the scripts and the trainer report about a cost target ------------------------------------------------------
+def test_cost_target_summary_reports_the_target_against_what_the_compact_model_reached(monkeypatch):
+    from types import SimpleNamespace
+
+    from hf_l0.cost import targets
+
+    dense = make_model("bert", "AutoModelForSequenceClassification")
+    gated = patch_model(copy.deepcopy(dense), L0Config(heads=True, ffn=True, layers=True))
+    random_gates(gated, 0)
+    compact = prune_model(gated.eval())
+    calls = []
+
+    def fake_speedup(dense_model, compact_model, inputs, repeats, rounds, threads):
+        calls.append((dense_model, compact_model, inputs["input_ids"].shape, repeats, rounds, threads))
+        return {"dense_s": 0.004, "compact_s": 0.001}
+
+    monkeypatch.setattr(targets, "latency_speedup", fake_speedup)
+    args = SimpleNamespace(
+        cost_batch_size=2, cost_seq_len=SEQ_LEN, cost_threads=1, target_flops_reduction=0.25, target_speedup=3.5
+    )
+    assert targets.cost_target_summary(args, None, dense, compact) == ({}, [])
+    assert calls == []
+    dense_flops, pruned_flops = compact_flops(dense, SEQ_LEN), compact_flops(compact, SEQ_LEN)
+    reached = 1.0 - pruned_flops / dense_flops
+    fields, rows = targets.cost_target_summary(args, FlopsTarget(SEQ_LEN), dense, compact, repeats=10)
+    assert calls == [(dense, compact, torch.Size([2, SEQ_LEN]), 3, 3, 1)]
+    assert fields == {
+        "target_metric": "flops",
+        "cost_seq_len": SEQ_LEN,
+        "cost_batch_size": 2,
+        "cost_threads": 1,
+        "dense_gflops_per_token": pytest.approx(dense_flops * 1e-9, rel=1e-12),
+        "pruned_gflops_per_token": pytest.approx(pruned_flops * 1e-9, rel=1e-12),
+        "reached_flops_reduction": pytest.approx(reached, rel=1e-12),
+        "target_dense_latency_ms": pytest.approx(4.0),
+        "target_pruned_latency_ms": pytest.approx(1.0),
+        "measured_latency_reduction": pytest.approx(0.75),
+    }
+    assert 0.0 < reached < 1.0
+    assert rows == [
+        (f"GFLOPs / token at {SEQ_LEN} tokens", pytest.approx(dense_flops * 1e-9), pytest.approx(pruned_flops * 1e-9)),
+        ("FLOPs reduction (target 0.250)", 0.0, pytest.approx(reached)),
+        ("latency reduction, measured", 0.0, pytest.approx(0.75)),
+        ("CPU latency, batch 2 x 9, 1 thread(s) (ms)", pytest.approx(4.0), pytest.approx(1.0)),
+    ]
+    assert targets.cost_target_summary(args, FlopsTarget(SEQ_LEN), dense, compact, repeats=2)[0]
+    assert calls[-1][3] == 1  # at least one repeat
+    table = synthetic_table(dense)
+    predicted = 1.0 - predict_latency(table, compact) / table.predict_dense()
+    fields, rows = targets.cost_target_summary(args, LatencyTarget(table), dense, compact)
+    assert calls[-1][3:] == (5, 3, 1)
+    assert fields["target_metric"] == "latency"
+    assert fields["predicted_latency_reduction"] == pytest.approx(predicted, rel=1e-12)
+    assert rows[1:] == [
+        (f"speedup (target 3.50x, table predicts {1.0 / (1.0 - predicted):.2f}x)", 1.0, pytest.approx(4.0)),
+        ("CPU latency, batch 2 x 9, 1 thread(s) (ms)", pytest.approx(4.0), pytest.approx(1.0)),
+    ]
+
+
+def test_cost_targets_log_and_describe_themselves():
+    model = make_model("gpt2")
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    random_gates(model, 2)
+    model.eval()
+    target = FlopsTarget(SEQ_LEN)
+    expected, kept, dense = (float(f(model, SEQ_LEN).total) for f in (expected_flops, deterministic_flops, full_flops))
+    assert len({expected, kept, dense}) == 3
+    assert target.log_values(model) == {
+        "expected_flops": pytest.approx(expected * 1e-9, rel=1e-12),
+        "deterministic_flops": pytest.approx(kept * 1e-9, rel=1e-12),
+        "dense_flops": pytest.approx(dense * 1e-9, rel=1e-12),
+    }
+    assert float(flops_reduction(model, SEQ_LEN)) == pytest.approx(1.0 - expected / dense, rel=1e-12)
+    assert float(flops_reduction(model, SEQ_LEN, deterministic=True)) == pytest.approx(1.0 - kept / dense, rel=1e-12)
+    assert float(target(model, deterministic=True)) == pytest.approx(1.0 - kept / dense, rel=1e-12)
+    assert float(target(model).detach()) == pytest.approx(1.0 - expected / dense, rel=1e-12)
+    assert target.config_dict() == {"metric": "flops", "seq_len": SEQ_LEN}
+    table = synthetic_table(model)
+    table.path = "/t.json"
+    assert LatencyTarget(table).log_values(model) == {
+        "expected_latency": pytest.approx(float(expected_latency(model, table).detach()) * 1e3, rel=1e-12),
+        "deterministic_latency": pytest.approx(float(expected_latency(model, table, deterministic=True)) * 1e3),
+        "dense_latency": pytest.approx(table.predict_dense() * 1e3, rel=1e-9),
+    }
+    from hf_l0.cost.base import CostTarget
+
+    assert CostTarget().config_dict() == {"metric": "cost"}
+
+
+def test_make_cost_target_builds_each_metric_and_refuses_others(tmp_path):
+    model = make_model("bert", "AutoModelForSequenceClassification")
+    assert make_cost_target("params", model) is None
+    flops = make_cost_target("flops", model, seq_len=7)
+    assert isinstance(flops, FlopsTarget) and flops.seq_len == 7
+    table = synthetic_table(model)
+    assert make_cost_target("latency", model, table=table).table is table
+    table.save(tmp_path / "table.json")
+    loaded = make_cost_target("latency", model, table=str(tmp_path / "table.json"))
+    assert loaded.table.loaded and loaded.table.to_dict() == table.to_dict()
+    with pytest.raises(ValueError) as refused:
+        make_cost_target("energy", model)
+    assert str(refused.value) == "target_metric='energy': choose one of params, flops, latency."

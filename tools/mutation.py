@@ -166,7 +166,6 @@ def _prepare(module: str, resume: bool) -> Path:
 
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)  # mutmut puts mutants/ first on sys.path; nothing may shadow it
     env.update(
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
@@ -174,8 +173,10 @@ def _environment() -> dict[str, str]:
         TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
         TOKENIZERS_PARALLELISM="false",
         # pytest's unraisable-exception plugin runs gc.collect() five times when a session ends: with torch and
-        # transformers loaded that is ~1 s per mutant, more than most mutants' tests take
-        PYTEST_ADDOPTS="-p no:unraisableexception",
+        # transformers loaded that is ~1 s per mutant, more than most mutants' tests take. The warm-up plugin imports
+        # once, in mutmut's fork server, what the tests would import lazily in every mutant's process (~1.6 s).
+        PYTEST_ADDOPTS="-p no:unraisableexception -p hf_l0_mutation_warmup",
+        PYTHONPATH=str(ROOT / "tools" / "mutation_plugins"),  # that plugin only: nothing may shadow mutants/
     )
     return env
 
