@@ -659,7 +659,8 @@ def test_latency_table_checks_name_the_problem_and_the_fix_and_run_once_per_tabl
             f"the latency table{where}, this is {here}: its times may not hold here. Measure a table on this machine "
             "(python -m hf_l0 latency-table ...)."
         ]
-        assert caught[0].filename == __file__  # points at the caller of expected_latency
+        if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampoline adds a frame between the caller and the module
+            assert caught[0].filename == __file__  # points at the caller of expected_latency
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             expected_latency(gated, table)  # checked once per model and table: no second warning
@@ -837,3 +838,172 @@ def test_make_cost_target_builds_each_metric_and_refuses_others(tmp_path):
     with pytest.raises(ValueError) as refused:
         make_cost_target("energy", model)
     assert str(refused.value) == "target_metric='energy': choose one of params, flops, latency."
+
+
+def test_a_flops_target_on_its_bound_is_accepted_and_past_it_refused_with_the_bound_named():
+    """Heads and FFN gated, every unit shut leaves only the fixed FLOPs, so both bounds are ``1 - fixed share``. A
+    target on the bound (or a rounding error above it) is reachable; the refusals name the bound and the structures."""
+    model = patch_model(make_model("gpt2"), L0Config(heads=True, ffn=True, layers=False))
+    target = FlopsTarget(SEQ_LEN)
+    fixed_share = target.fixed_cost(model) / float(full_flops(model, SEQ_LEN).total)
+    bound = 1.0 - fixed_share
+    assert target.max_reduction(model) == bound  # the two checks meet at the same bound
+    target.check_target(model, bound)
+    target.check_target(model, bound + 1e-12)  # within the rounding tolerance
+    past = bound + 1e-6
+    with pytest.raises(ValueError) as refused:
+        target.check_target(model, past)
+    assert str(refused.value) == (
+        f"a flops reduction of {past} cannot be reached: the FLOPs outside attention and FFN (pooler, classifier, "
+        f"lm_head) is {fixed_share:.4f} of the dense flops, and pruning heads, neurons and sublayers never removes "
+        f"it. Choose a target of at most {bound:.4f}."
+    )
+    two_heads_kept = patch_model(make_model("gpt2"), L0Config(heads=True, ffn=True, layers=False, target_heads=2))
+    maximum = target.max_reduction(two_heads_kept)
+    assert maximum + 1e-6 < bound
+    target.check_target(two_heads_kept, maximum)
+    target.check_target(two_heads_kept, maximum + 1e-12)
+    past = maximum + 1e-6
+    with pytest.raises(ValueError) as refused:
+        target.check_target(two_heads_kept, past)
+    assert str(refused.value) == (
+        f"a flops reduction of {past} cannot be reached: with gates on heads, ffn this model can lose at most "
+        f"{maximum:.4f} of its flops (every gate shut). Gate more structures (layers remove whole sublayers; drop "
+        f"uniform targets like target_heads) or lower the target to at most {maximum:.4f}."
+    )
+
+
+def test_cost_modes_outside_the_four_are_refused():
+    from hf_l0.cost.size import unit_probabilities
+
+    model = patch_model(make_model("gpt2"), L0Config())
+    for mode in ("Deterministic", None, "dense"):
+        with pytest.raises(ValueError) as refused:
+            unit_probabilities(model, mode)
+        assert str(refused.value) == f"mode={mode!r}: choose one of expected, deterministic, full, minimum."
+
+
+def test_flops_are_float64_and_counted_at_a_positive_int_sequence_length():
+    model = patch_model(make_model("gpt2"), L0Config(heads=True, ffn=True, layers=True))
+    for report in (full_flops(model, 1), expected_flops(model, 1), deterministic_flops(model, 1)):
+        assert {t.dtype for t in (report.attention, report.ffn, report.fixed)} == {torch.float64}
+    assert FlopsTarget(1).seq_len == 1
+    for bad in (0, -3, 2.0, "8"):
+        with pytest.raises(ValueError) as refused:
+            full_flops(model, bad)
+        assert str(refused.value) == (
+            f"seq_len={bad!r} must be a positive int (the sequence length the FLOPs are counted at)."
+        )
+
+
+def test_flops_layout_is_read_once_and_lora_factors_are_not_counted():
+    from peft import LoraConfig, get_peft_model
+
+    from hf_l0.cost import flops
+
+    plain = patch_model(make_model("gpt2"), L0Config())
+    assert flops._layout(plain) is flops._layout(plain)  # kept on the gates: the controller reads it every step
+    lora = get_peft_model(make_model("gpt2"), LoraConfig(r=4, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True))
+    patch_model(lora, L0Config())
+    assert float(full_flops(lora, SEQ_LEN).total) == float(full_flops(plain, SEQ_LEN).total)  # merged away later
+
+
+def test_check_cost_arguments_refusals_name_the_fix():
+    from types import SimpleNamespace
+
+    from hf_l0.cost.targets import check_cost_arguments
+
+    model = patch_model(make_model("gpt2"), L0Config(layers=True))
+
+    def args(**fields):
+        return SimpleNamespace(**{"target_metric": "latency", "latency_table": None, **fields})
+
+    for accepted in (args(), args(world_size=1), args(latency_table="t.json", world_size=4)):
+        check_cost_arguments(model, accepted)  # one process, or one table for all: nothing to refuse
+    check_cost_arguments(model, SimpleNamespace(target_metric="flops", latency_table=None, world_size=4))
+    with pytest.raises(ValueError) as refused:
+        check_cost_arguments(model, args(world_size=2))
+    assert str(refused.value) == (
+        "a speedup target in a run of several processes needs one table for all: measure it first (hf-l0 "
+        "latency-table --model ... --batch-size B --seq-len L --threads T) and pass its path as --latency_table."
+    )
+    hidden = patch_model(make_model("gpt2"), L0Config(hidden=True))
+    with pytest.raises(ValueError) as refused:
+        check_cost_arguments(hidden, args())
+    assert str(refused.value) == (
+        "a speedup target does not support hidden-dimension gates: the latency table is measured at the dense hidden "
+        "size. Set hidden=False (l0_structures without 'hidden') or use target_flops_reduction."
+    )
+
+
+def test_latency_targets_measure_their_table_at_the_asked_shape_unless_one_is_given(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from hf_l0.cost import targets
+
+    model = patch_model(make_model("gpt2"), L0Config(layers=True))
+    table = synthetic_table(model)
+    measured = []
+
+    def fake_latency_table(model, **kwargs):
+        measured.append((model, kwargs))
+        return table
+
+    monkeypatch.setattr(targets, "latency_table", fake_latency_table)
+    assert make_cost_target("latency", model).table is table
+    assert measured == [(model, {"batch_size": 1, "seq_len": 128, "threads": 1})]  # the documented defaults
+    assert make_cost_target("flops", model).seq_len == 128
+    make_cost_target("latency", model, seq_len=16, batch_size=4, threads=2, repeats=3)
+    assert measured[-1] == (model, {"batch_size": 4, "seq_len": 16, "threads": 2, "repeats": 3})
+    args = SimpleNamespace(
+        target_metric="latency",
+        target_reduction=0.05,
+        latency_table=None,
+        cost_seq_len=SEQ_LEN,
+        cost_batch_size=3,
+        cost_threads=2,
+    )
+    assert targets.cost_target_from_args(model, args).table is table
+    assert measured[-1] == (model, {"batch_size": 3, "seq_len": SEQ_LEN, "threads": 2})
+    table.save(tmp_path / "table.json")
+    args.latency_table = str(tmp_path / "table.json")
+    given = targets.cost_target_from_args(model, args)
+    assert len(measured) == 3 and given.table.loaded  # the given table, nothing measured
+
+
+def test_cost_target_arguments_default_to_the_parameter_metric_and_name_each_bad_value(tmp_path):
+    import math
+
+    from hf_l0.cost.targets import CostTargetArguments
+    from hf_l0.training.trainer import L0TrainingArguments
+
+    unset = CostTargetArguments()
+    assert unset.target_metric == "params" and math.isnan(unset.target_reduction)
+    options = (
+        ": set exactly one of --target_sparsity (fraction of attention + FFN parameters to remove, e.g. 0.6), "
+        "--target_flops_reduction (fraction of the FLOPs to remove, e.g. 0.5) or --target_speedup (dense / compact "
+        "latency on this machine, e.g. 2)."
+    )
+    for fields, problem in (
+        ({}, "a target is required"),
+        (
+            {"target_sparsity": 0.5, "target_speedup": 2.0},
+            "target_sparsity and target_speedup are set: one target only",
+        ),
+    ):
+        with pytest.raises(ValueError) as refused:
+            L0TrainingArguments(output_dir=str(tmp_path), **fields)
+        assert str(refused.value) == problem + options
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError) as refused:
+            L0TrainingArguments(output_dir=str(tmp_path), target_flops_reduction=bad)
+        assert str(refused.value) == (
+            f"target_flops_reduction={bad} is impossible: it is the fraction of the dense FLOPs to remove and must "
+            "lie strictly between 0 and 1 (e.g. 0.5 halves them)."
+        )
+    with pytest.raises(ValueError) as refused:
+        L0TrainingArguments(output_dir=str(tmp_path), target_speedup=0.5)
+    assert str(refused.value) == (
+        "target_speedup=0.5 is impossible: it is dense latency / compact latency and must be > 1 (e.g. 2 for twice "
+        "as fast)."
+    )

@@ -13,8 +13,9 @@ source files; it runs the module's (non-slow) test files once to learn which tes
 per mutant only the tests that call the mutated function, in ``--jobs`` processes (default 1) at ``nice`` 10 with
 one torch thread. The report (``.mutation/<module>/report.md``) gives the score and the diff of every surviving
 mutant; a survivor is a hole in the tests or an equivalent mutant (record which, and why, in tests/README.md).
-``--retest`` copies the current tests into the work copy and runs only the mutants the last run did not detect (the
-source must be unchanged since that run: a changed source needs a whole run).
+``--retest`` copies the current tests and the package's other (not mutated) files into the work copy and runs only
+the mutants the last run did not detect (the mutated sources must be unchanged since that run: a changed source needs
+a whole run).
 
 mutmut leaves decorated functions alone (other than static / class methods), and the core of some modules is
 decorated (``LagrangianController.on_step`` and ``_bisect_shift`` run under ``@torch.no_grad()``, so does
@@ -247,6 +248,14 @@ def retest(module: str, jobs: int) -> int:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
     shutil.rmtree(work / "tests")
     shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    # the files not mutated follow the checkout too (a helper the tests need, a stricter check in a shared module)
+    mutated = set(MODULES[module][0])
+    for path in sorted((ROOT / "hf_l0").rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative not in mutated and "__pycache__" not in relative:
+            for destination in (work / relative, work / "mutants" / relative):
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, destination)
     (work / "setup.cfg").write_text(_setup_cfg(module))
     mutmut, env = _mutmut(), _environment()
     names = _undetected(work, mutmut, env)

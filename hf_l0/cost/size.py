@@ -43,9 +43,13 @@ class SizeReport:
 
 
 SizeMode = Literal["expected", "deterministic", "full", "minimum"]
+SIZE_MODES: tuple[str, ...] = SizeMode.__args__
 
 
 def unit_probabilities(model: nn.Module, mode: SizeMode) -> dict[str, torch.Tensor]:
+    """Per gate, the probability that each unit is kept under ``mode`` (none for ``full``: every unit kept)."""
+    if mode not in SIZE_MODES:
+        raise ValueError(f"mode={mode!r}: choose one of {', '.join(SIZE_MODES)}.")
     gates = get_gates(model)
     if mode == "full":
         return {}
