@@ -264,6 +264,22 @@ def test_a_dropped_decoder_layer_takes_its_dispatch_time_with_it():
     assert predict_latency(table, kept) - deterministic == pytest.approx(table.layer_s, rel=1e-9)
 
 
+def test_expected_latency_counts_every_layer_expected_to_drop_while_the_compact_model_keeps_one():
+    """With every sublayer almost surely shut, the expected count of dropped layers is ~all of them (a sum of
+    probabilities, unclamped, so its gradient lives); the deterministic count keeps one layer, as prune_model does."""
+    model = make_model("llama", "AutoModelForSequenceClassification")
+    table = synthetic_table(model)
+    patch_model(model, L0Config(heads=True, ffn=True, layers=True))
+    with torch.no_grad():
+        for gate in hf_l0.get_gates(model).gates.values():
+            gate.log_alpha.fill_(-60.0)
+    layers = model.config.num_hidden_layers
+    expected = float(expected_latency(model, table).detach())
+    assert expected == pytest.approx(table.fixed_s - layers * table.layer_s, rel=1e-9)
+    deterministic = float(expected_latency(model.eval(), table, deterministic=True))
+    assert deterministic == pytest.approx(table.fixed_s - (layers - 1) * table.layer_s, rel=1e-9)
+
+
 def test_latency_table_is_cached_by_batch_size_and_threads(tmp_path):
     model = make_model("bert", "AutoModelForSequenceClassification")
     settings = {
@@ -551,8 +567,9 @@ def test_default_grid_times_every_small_width_else_zero_one_and_even_steps():
 def test_interpolation_is_float64_and_clamped_to_the_grid():
     table = synthetic_table(make_model("bert", "AutoModelForSequenceClassification"))
     xs, ys = table.ffn_units, table.ffn_s
-    third = xs[2] + (xs[3] - xs[2]) / 3  # between two grid points, not a float32 number
-    expected = ys[2] + (ys[3] - ys[2]) / 3
+    third = xs[2] + (xs[3] - xs[2]) / 3.3  # between two grid points, not a float32 number
+    assert float(torch.tensor(third, dtype=torch.float32)) != third
+    expected = ys[2] + (ys[3] - ys[2]) / 3.3
     for units in (third, torch.tensor([third], dtype=torch.float64), torch.tensor([float(xs[2])])):
         value = table.ffn_time(units)
         assert value.dtype == torch.float64
