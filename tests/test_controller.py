@@ -3,19 +3,32 @@ warm-up schedule and lands on the target, in L0Trainer and in a plain loop alike
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import transformers as tf
+from conftest import make_model
 from datasets import Dataset
+from helpers import randomize_gates
 from transformers import TrainerCallback
 
 import hf_l0
-from hf_l0.training.lagrangian import LagrangianController, l0_param_groups
+from hf_l0.cost.flops import FlopsTarget
+from hf_l0.training.lagrangian import (
+    GateClamp,
+    LagrangianController,
+    _bisect_shift,
+    l0_param_groups,
+    param_group_indices,
+    parameter_sparsity,
+    snap_to_target,
+)
 from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
 
 VOCAB = 101
@@ -409,3 +422,203 @@ def test_the_penalty_follows_the_step_it_is_given_and_step_advances_the_schedule
     assert int(controller.num_steps) == 3 and controller.target() == pytest.approx(0.8 * 3 / 10)
     gap = 0.5 - 0.24
     assert float(controller(expected)) == pytest.approx(2.0 * gap + 3.0 * gap * gap)
+
+
+def _gated_gpt2(layers: bool = False) -> torch.nn.Module:
+    """A tiny GPT-2 with random gates: expected and deterministic sparsity (and FLOPs) differ."""
+    model = make_model("gpt2")
+    hf_l0.patch_model(model, hf_l0.L0Config(layers=layers))
+    randomize_gates(model)
+    return model
+
+
+def _log_alphas(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: gate.log_alpha.detach().clone() for name, gate in hf_l0.get_gates(model).gates.items()}
+
+
+def test_parameter_sparsity_and_measure_default_to_the_differentiable_expected_sparsity():
+    model = _gated_gpt2()
+    expected, deterministic = hf_l0.expected_sparsity(model).item(), hf_l0.deterministic_sparsity(model).item()
+    assert expected != deterministic
+    default = parameter_sparsity(model)
+    assert default.requires_grad and default.item() == expected
+    assert parameter_sparsity(model, deterministic=True).item() == deterministic
+    controller = LagrangianController(0.5)
+    assert controller.measure(model).requires_grad and controller.measure(model).item() == expected
+    assert controller.measure(model, deterministic=True).item() == deterministic
+    flags = []
+    with_metric = LagrangianController(0.5, metric=lambda model, deterministic: flags.append(deterministic))
+    with_metric.measure(model)
+    with_metric.measure(model, deterministic=True)
+    assert flags == [False, True]
+
+
+def test_stats_report_the_penalty_value_at_the_step_they_are_given():
+    controller = LagrangianController(0.8, warmup_steps=10)
+    controller.lambda_1.data.fill_(2.0)
+    controller.lambda_2.data.fill_(3.0)
+    controller.target_offset.fill_(0.05)
+    controller.set_step(2)  # the controller's own count would give another target
+    target = 0.8 * 5 / 10
+    gap = 0.6 - (target + 0.05)
+    assert controller.stats(torch.tensor(0.6), step=5) == pytest.approx(
+        {
+            "expected_sparsity": 0.6,
+            "target_sparsity": target,
+            "lambda_1": 2.0,
+            "lambda_2": 3.0,
+            "lagrangian_loss": 2.0 * gap + 3.0 * gap * gap,
+            "target_offset": 0.05,
+        }
+    )
+    own_gap = 0.6 - (0.8 * 2 / 10 + 0.05)
+    assert controller.stats(0.6)["lagrangian_loss"] == pytest.approx(2.0 * own_gap + 3.0 * own_gap * own_gap)
+    controller.frozen_step.fill_(4)  # recovery: the loss has no Lagrangian term, and the log says so
+    assert controller.stats(0.6)["lagrangian_loss"] == 0.0 == float(controller.penalty(torch.tensor(0.6)))
+
+
+def test_the_effective_target_stays_between_zero_and_0_999_whatever_the_offset():
+    controller = LagrangianController(0.8)
+    controller.target_offset.fill_(0.5)  # e.g. restored from a run with another target
+    assert controller.effective_target() == 0.999
+    controller.target_offset.fill_(-0.9)
+    assert controller.effective_target() == 0.0
+
+
+def test_calibration_at_rate_one_moves_the_offset_by_the_whole_gap():
+    controller = LagrangianController(0.6, calibration_rate=1.0, multiplier_update="ascent")
+    controller.calibrate(0.5, step=0)
+    assert float(controller.target_offset) == pytest.approx(0.6 - 0.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_penalty_takes_the_multipliers_dtype_in_both_stages(dtype):
+    controller = LagrangianController(0.5).to(dtype)
+    controller.lambda_1.data.fill_(1.0)
+    other = torch.float64 if dtype == torch.float32 else torch.float32
+    sparsity = torch.tensor(0.3, dtype=other)  # a FLOPs target measures in float64
+    assert controller.penalty(sparsity).dtype == dtype
+    controller.frozen_step.fill_(4)
+    frozen = controller.penalty(sparsity)
+    assert frozen.dtype == dtype and frozen.item() == 0.0 and not frozen.requires_grad
+
+
+@pytest.mark.parametrize(
+    "warmup_steps, recovery_ratio, final_phase_ratio",
+    [(2, 0.0, 0.25), (15, 0.0, 0.25), (17, 0.0, 0.25), (2, 0.2, 0.25), (2, 0.0, 0.0)],
+)
+def test_final_phase_is_the_last_share_of_the_search_and_starts_no_earlier_than_the_warmup_end(
+    warmup_steps, recovery_ratio, final_phase_ratio
+):
+    max_steps = 20
+    controller = LagrangianController(
+        0.5, warmup_steps, final_phase_ratio=final_phase_ratio, recovery_ratio=recovery_ratio
+    )
+    search = max_steps - round(recovery_ratio * max_steps)
+    # (1 - ratio) * search is a whole step in every case (15, or 12 of a 16-step search): the phase starts on it
+    first = max(warmup_steps, math.ceil((1 - final_phase_ratio) * search)) if final_phase_ratio else search
+    in_phase = [step for step in range(max_steps + 2) if controller.in_final_phase(step, max_steps)]
+    assert in_phase == list(range(first, search))
+
+
+def test_a_repeated_call_for_the_same_step_returns_the_first_measurement_and_moves_nothing():
+    level = torch.tensor(0.2)
+    controller = LagrangianController(0.5, gate_learning_rate=0.1, metric=lambda model, deterministic: level)
+    first = controller.on_step(None, 3)
+    assert first == pytest.approx({"expected_sparsity": 0.2, "deterministic_sparsity": 0.2})
+    multiplier = controller.lambda_1.item()
+    level.fill_(0.4)  # another micro-batch of step 3: nothing is measured again
+    assert controller.on_step(None, 3) is first
+    assert controller.lambda_1.item() == multiplier
+
+
+def test_a_restored_controller_measures_at_the_step_it_saved_without_updating_again():
+    level = torch.tensor(0.2)
+    controller = LagrangianController(0.5, metric=lambda model, deterministic: level)
+    controller.on_step(None, 3)
+    restored = LagrangianController(0.5, metric=lambda model, deterministic: level)
+    restored.load_state_dict(controller.state_dict())
+    level.fill_(0.3)
+    assert restored.on_step(None, 3) == pytest.approx({"expected_sparsity": 0.3, "deterministic_sparsity": 0.3})
+    assert restored.lambda_1.item() == controller.lambda_1.item()
+    assert float(restored.integral) == float(controller.integral)
+
+
+def test_on_step_checks_the_schedule_at_the_first_step_only():
+    controller = LagrangianController(0.5, warmup_steps=2, metric=lambda model, deterministic: torch.tensor(0.0))
+    checked = []
+    check = controller.check_schedule
+    controller.check_schedule = lambda max_steps: checked.append(max_steps) or check(max_steps)
+    for step in range(4):
+        controller.on_step(None, step, 10)
+    assert checked == [10]
+
+
+def test_gate_clamp_refuses_an_empty_range_and_clamps_both_ends():
+    model = _gated_gpt2()
+    for low, high in ((1.0, 1.0), (2.0, -2.0)):
+        with pytest.raises(ValueError) as refused:
+            GateClamp(model, low, high)
+        assert str(refused.value) == f"log_alpha clamp range ({low}, {high}) is empty."
+    with torch.no_grad():
+        for gate in hf_l0.get_gates(model).gates.values():
+            gate.log_alpha.copy_(torch.linspace(-10.0, 10.0, gate.log_alpha.numel()).reshape(gate.log_alpha.shape))
+    before = _log_alphas(model)
+    GateClamp(model, -2.0, 3.0)()
+    for name, log_alpha in _log_alphas(model).items():
+        assert torch.equal(log_alpha, before[name].clamp(-2.0, 3.0)), name
+        assert log_alpha.min().item() == -2.0 and log_alpha.max().item() == 3.0, name
+
+
+def test_param_group_indices_finds_the_named_groups_and_names_the_unknown_ones():
+    model = _gated_gpt2()
+    optimizer = torch.optim.AdamW(l0_param_groups(model, LagrangianController(0.5), lr=1e-3, gate_lr=0.1))
+    assert param_group_indices(optimizer, "gates", "multipliers") == [2, 3]
+    with pytest.raises(ValueError) as refused:
+        param_group_indices(optimizer, "gates", "lora", "bias")
+    assert str(refused.value) == (
+        "unknown param group names ['bias', 'lora']; the groups are weights, weights_no_decay, gates, multipliers, "
+        "layer_maps."
+    )
+
+
+@pytest.mark.parametrize("layers", [False, True])
+def test_snap_to_target_pins_the_metric_it_is_given_not_the_parameter_sparsity(layers):
+    model = _gated_gpt2(layers)
+    metric = FlopsTarget(16)
+    by_parameters = copy.deepcopy(model)
+    snap_to_target(by_parameters, 0.5)
+    reached = snap_to_target(model, 0.5, measure=metric)
+    assert reached == metric(model, True).item()
+    assert abs(reached - 0.5) < abs(metric(by_parameters, True).item() - 0.5)
+
+
+@pytest.mark.parametrize("layers, bisections", [(False, 1), (True, 2)])
+def test_the_snap_bisects_the_fine_gates_again_only_when_there_are_sublayer_gates(layers, bisections):
+    # every measurement of a FLOPs or latency metric walks the model: with unit gates only the second bisection
+    # would shift the very gates the first one did
+    model = _gated_gpt2(layers)
+    flags = []
+
+    def measure(model, deterministic):
+        flags.append(deterministic)
+        return parameter_sparsity(model, deterministic)
+
+    iterations = 5
+    snap_to_target(model, 0.5, iterations=iterations, measure=measure)
+    assert len(flags) == bisections * (iterations + 2) and all(flags)  # shift 0, each midpoint, the best shift
+
+
+@pytest.mark.parametrize("target, closest", [(0.5, 0.5), (0.45, 0.5), (0.35, 0.3), (0.62, 0.7)])
+def test_bisect_shift_picks_the_closest_sparsity_and_keeps_the_first_shift_that_reaches_it(target, closest):
+    shift = torch.zeros(())
+
+    def staircase(model, deterministic):  # falls as the shift grows: 0.5 on [0.5, 1.5]
+        value = float(shift)
+        return torch.tensor(0.7 if value < 0.5 else 0.5 if value <= 1.5 else 0.3)
+
+    assert _bisect_shift(None, [shift], target, 20.0, 40, staircase) == pytest.approx(closest)
+    if closest == 0.5:
+        # the first midpoint on the step (1.25), not the one the bisection ends on at the step's edge, where the
+        # least change of a gate flips a structure
+        assert 0.5 + 0.25 <= float(shift) <= 1.5 - 0.25

@@ -14,6 +14,8 @@ from helpers import max_diff, randomize_, randomize_gates
 
 import hf_l0
 from hf_l0 import L0Config, LagrangianController, get_gates
+from hf_l0.cost.flops import FlopsTarget
+from hf_l0.training.lagrangian import snap_to_target
 from hf_l0.training.trainer import L0Trainer, L0TrainingArguments
 
 STEPS, RECOVERY, WARMUP = 12, 0.5, 3  # search: steps 0..5, the freeze at step 6, recovery: steps 6..11
@@ -262,3 +264,105 @@ def test_the_gate_clamp_leaves_frozen_gates_where_they_froze():
     gates.unfreeze()
     clamp()
     assert bool((gates.heads.log_alpha == 4.6).all())
+
+
+@pytest.mark.parametrize(
+    "warmup_steps, max_steps, recovery_ratio, message",
+    [
+        (
+            7,
+            12,
+            0.5,
+            "warmup_steps=7 makes the sparsity warm-up 7 steps, not shorter than the search stage's 6 steps "
+            "(recovery_ratio=0.5): a target of 0.6 would be reached only after the last search step, with no training "
+            "at that shape. Make the warm-up shorter than 6 steps (e.g. sparsity_warmup_ratio=0.5) or train longer.",
+        ),
+        (
+            0,
+            4,
+            0.9,
+            "recovery_ratio=0.9 of 4 steps leaves 0 search and 4 recovery steps: both stages need at least one step. "
+            "Choose a ratio between 0.25 and 0.75, or 0 for no recovery stage.",
+        ),
+        (
+            10,
+            10,
+            0.0,
+            "warmup_steps=10 makes the sparsity warm-up 10 steps, not shorter than the run's 10 optimizer steps: a "
+            "target of 0.6 would be reached only after the last search step, with no training at that shape. Make the "
+            "warm-up shorter than 10 steps (e.g. sparsity_warmup_ratio=0.5) or train longer.",
+        ),
+    ],
+)
+def test_the_controller_refuses_a_schedule_that_does_not_fit_naming_its_own_settings(
+    warmup_steps, max_steps, recovery_ratio, message
+):
+    controller = LagrangianController(0.6, warmup_steps, recovery_ratio=recovery_ratio)
+    with pytest.raises(ValueError) as refused:
+        controller.check_schedule(max_steps)
+    assert str(refused.value) == message
+
+
+def gated_gpt2() -> torch.nn.Module:
+    """A tiny GPT-2 with random head and neuron gates: its expected and deterministic FLOPs reductions differ."""
+    model = make_model("gpt2")
+    hf_l0.patch_model(model, L0Config())
+    randomize_gates(model)
+    return model
+
+
+def log_alphas(model) -> dict[str, torch.Tensor]:
+    return {name: gate.log_alpha.detach().clone() for name, gate in get_gates(model).gates.items()}
+
+
+def test_the_freeze_pins_the_controllers_metric_and_reports_both_of_its_measures():
+    model, metric = gated_gpt2(), FlopsTarget(16)
+    reference = copy.deepcopy(model)
+    pinned = snap_to_target(reference, 0.5, measure=metric)
+    controller = LagrangianController(0.5, recovery_ratio=RECOVERY, metric=metric)
+    measured = controller.on_step(model, FREEZE, STEPS)
+    assert controller.frozen and int(controller.frozen_step) == FREEZE and get_gates(model).frozen
+    assert all(torch.equal(value, log_alphas(reference)[name]) for name, value in log_alphas(model).items())
+    expected = metric(model).item()
+    assert expected != pinned  # the two measures can be told apart
+    assert measured == {"expected_sparsity": expected, "deterministic_sparsity": pinned}
+
+
+def test_without_a_recovery_stage_the_controller_never_freezes_even_at_the_last_step():
+    model = gated_gpt2()
+    before = log_alphas(model)
+    controller = LagrangianController(0.5)
+    controller.on_step(model, STEPS, STEPS)  # a step past the last one
+    assert not controller.frozen and not get_gates(model).frozen
+    assert all(torch.equal(value, before[name]) for name, value in log_alphas(model).items())
+
+
+def test_gates_frozen_at_step_zero_count_as_frozen():
+    controller = LagrangianController(0.5, recovery_ratio=RECOVERY)
+    controller.lambda_1.data.fill_(1.0)
+    assert not controller.frozen and controller.penalty(torch.tensor(0.9)).item() != 0.0
+    controller.frozen_step.fill_(0)  # e.g. restored from a checkpoint
+    assert controller.frozen and controller.penalty(torch.tensor(0.9)).item() == 0.0
+
+
+def test_finish_snaps_the_controllers_metric_once_more_after_a_final_phase():
+    model, metric = gated_gpt2(), FlopsTarget(16)
+    reference = copy.deepcopy(model)
+    pinned = snap_to_target(reference, 0.5, measure=metric)
+    controller = LagrangianController(0.5, final_phase_ratio=0.1, metric=metric)
+    assert controller.finish(model) == pinned
+    assert all(torch.equal(value, log_alphas(reference)[name]) for name, value in log_alphas(model).items())
+
+
+@pytest.mark.parametrize("final_phase_ratio, frozen_step", [(0.0, -1), (0.1, FREEZE)])
+def test_finish_returns_the_deterministic_measure_without_snapping_without_a_final_phase_or_once_frozen(
+    final_phase_ratio, frozen_step
+):
+    model, metric = gated_gpt2(), FlopsTarget(16)
+    before = log_alphas(model)
+    controller = LagrangianController(0.5, final_phase_ratio=final_phase_ratio, metric=metric)
+    controller.frozen_step.fill_(frozen_step)
+    deterministic = metric(model, True).item()
+    assert deterministic != metric(model).item()  # the two measures can be told apart
+    assert controller.finish(model) == deterministic
+    assert all(torch.equal(value, before[name]) for name, value in log_alphas(model).items())

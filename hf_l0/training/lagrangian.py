@@ -349,7 +349,8 @@ class LagrangianController(nn.Module):
         self.num_steps.fill_(int(step))
 
     def stats(self, expected_sparsity: torch.Tensor | float, step: int | None = None) -> dict[str, float]:
-        """Numbers worth logging: expected sparsity, target, both multipliers and the penalty value."""
+        """Numbers worth logging: expected sparsity, target, both multipliers and the penalty value (0 once the gates
+        froze, as :meth:`penalty`: the recovery stage's loss has no Lagrangian term)."""
         value = float(expected_sparsity)
         gap = value - self.effective_target(step)
         lambda_1, lambda_2 = self.lambda_1.item(), self.lambda_2.item()
@@ -358,7 +359,7 @@ class LagrangianController(nn.Module):
             "target_sparsity": self.target(step),
             "lambda_1": lambda_1,
             "lambda_2": lambda_2,
-            "lagrangian_loss": lambda_1 * gap + lambda_2 * gap * gap,
+            "lagrangian_loss": 0.0 if self.frozen else lambda_1 * gap + lambda_2 * gap * gap,
             "target_offset": float(self.target_offset),
         }
 
