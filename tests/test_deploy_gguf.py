@@ -3,7 +3,9 @@ model computed from the file the way llama.cpp's deci graph computes it equals t
 
 import copy
 import math
+import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +15,17 @@ from conftest import make_model
 from helpers import randomize_, randomize_gates
 
 import hf_l0
-from hf_l0.deploy.gguf_export import export_gguf, read_gguf_metadata
+from hf_l0.deploy.gguf_export import (
+    GgufLayer,
+    _check_offset_type_padding,
+    _Padding,
+    _placeholder_tokenizer,
+    _rope_metadata,
+    _tokenizer_fields,
+    export_gguf,
+    gguf_layers,
+    read_gguf_metadata,
+)
 from hf_l0.pruning.stand_ins import RemovedAttention, RemovedMLP
 
 gguf = pytest.importorskip("gguf", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
@@ -283,6 +295,71 @@ def test_scaled_rope_is_written_as_llama_cpp_reads_it(tmp_path, rope_type):
     assert np.abs(deci_forward(result.path, ids) - reference).max() <= 1e-4
 
 
+@pytest.mark.parametrize(
+    "config, theta",
+    [
+        (SimpleNamespace(), 10000.0),  # no rope_parameters attribute at all (configs from before transformers 5)
+        (SimpleNamespace(rope_parameters=None, rope_theta=500000.0), 500000.0),
+        (SimpleNamespace(rope_parameters={"rope_type": "default"}, rope_theta=500000.0), 500000.0),
+        (SimpleNamespace(rope_parameters={"rope_theta": 1e6}, rope_theta=500000.0), 1e6),  # no rope_type: default
+        (tf.LlamaConfig(rope_parameters={"rope_type": "default", "rope_theta": 1234.0}), 1234.0),
+    ],
+    ids=["nothing", "config-theta", "config-theta-default-type", "parameters-theta", "llama-config"],
+)
+def test_unscaled_rope_takes_theta_from_rope_parameters_then_the_config_then_10000(config, theta):
+    assert _rope_metadata(config, 8) == ({"freq_base": theta}, None)
+
+
+def test_linear_rope_scaling_is_written_with_its_factor():
+    config = SimpleNamespace(rope_parameters={"rope_type": "linear", "rope_theta": 5e5, "factor": 4})
+    assert _rope_metadata(config, 8) == ({"freq_base": 5e5, "scaling": ("linear", 4.0)}, None)
+
+
+# What llama.cpp's converter (convert_hf_to_gguf.py, LlamaModel.generate_extra_tensors) takes when a key is missing
+LLAMA_CPP_LLAMA3_DEFAULTS = {
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+# head_dim 16: wavelengths 2 pi theta^(i / 8), i < 8. Defaults: ..., 1987 < 8192 / 4 <= 6283 <= 8192 < 19869.
+# Explicit: 363 < 4096 / 8 <= 1405 <= 4096 / 2 < 5434 (and low != 1, so old_context * low would move the boundary).
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"rope_type": "llama3"},
+        {
+            "rope_type": "llama3",
+            "rope_theta": 50000.0,
+            "factor": 32.0,
+            "low_freq_factor": 2.0,
+            "high_freq_factor": 8.0,
+            "original_max_position_embeddings": 4096,
+        },
+    ],
+    ids=["defaults", "explicit"],
+)
+def test_llama3_rope_factors_follow_llama_cpp_converter(params):
+    head_dim = 16
+    rope = {**LLAMA_CPP_LLAMA3_DEFAULTS, **params}
+    expected = np.array(llama_cpp_llama3_rope_factors(rope, head_dim))
+    smoothed = (expected > 1) & (expected < rope["factor"])
+    assert (expected == 1).any() and smoothed.any() and (expected == rope["factor"]).any()  # all three regions
+    keys, factors = _rope_metadata(SimpleNamespace(rope_parameters=dict(params)), head_dim)
+    assert keys == {"freq_base": rope["rope_theta"]}
+    assert factors.dtype == np.float32 and factors.shape == (head_dim // 2,)
+    np.testing.assert_allclose(factors, expected, rtol=1e-6)
+
+
+def test_unsupported_rope_type_is_refused_by_name():
+    with pytest.raises(ValueError) as error:
+        _rope_metadata(SimpleNamespace(rope_parameters={"rope_type": "yarn", "factor": 4.0}), 8)
+    assert str(error.value) == "rope_type='yarn' has no GGUF export here (supported: default, linear, llama3)."
+
+
 @pytest.mark.parametrize("window", [16, 4096, None])
 def test_context_length_is_the_sliding_window_when_it_is_shorter(tmp_path, window):
     """deci has no sliding window: the file's context is at most the window, where both compute the same."""
@@ -388,6 +465,174 @@ def test_tokenizer_is_copied_from_the_source_gguf(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "source.gguf"]
 
 
+def gguf_string(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return struct.pack("<Q", len(data)) + data
+
+
+def gguf_entry(key: str, vtype: int, payload: bytes) -> bytes:
+    """One metadata key-value pair as GGUF lays it out: key string, value type (uint32), value."""
+    return gguf_string(key) + struct.pack("<I", vtype) + payload
+
+
+def gguf_header(version: int = 3, entries: int = 0) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", version, 0, entries)  # magic, version, tensor count, key-value count
+
+
+def array_header(item_type: int, count: int) -> bytes:
+    return struct.pack("<IQ", item_type, count)
+
+
+def write_gguf(path: Path, *entries: bytes, version: int = 3) -> Path:
+    path.write_bytes(gguf_header(version, len(entries)) + b"".join(entries))
+    return path
+
+
+def test_metadata_reader_returns_values_with_their_types(tmp_path):
+    T = gguf.GGUFValueType
+    path = write_gguf(
+        tmp_path / "v2.gguf",
+        gguf_entry("general.name", T.STRING, gguf_string("Modèle ✓")),
+        gguf_entry("tokenizer.ggml.eos_token_id", T.UINT32, struct.pack("<I", 2**32 - 1)),
+        gguf_entry("deci.offset", T.INT8, struct.pack("<b", -3)),
+        gguf_entry("deci.flag", T.BOOL, struct.pack("<?", True)),
+        gguf_entry("deci.scale", T.FLOAT64, struct.pack("<d", 0.1)),
+        gguf_entry("tokenizer.ggml.ids", T.ARRAY, array_header(T.UINT32, 2) + struct.pack("<2I", 2**31 + 1, 7)),
+        gguf_entry("tokenizer.ggml.tokens", T.ARRAY, array_header(T.STRING, 2) + gguf_string("a") + gguf_string("é")),
+        version=2,  # older converters' version: read like 3
+    )
+    expected = {
+        "general.name": ("Modèle ✓", T.STRING, None),
+        "tokenizer.ggml.eos_token_id": (2**32 - 1, T.UINT32, None),
+        "deci.offset": (-3, T.INT8, None),
+        "deci.flag": (True, T.BOOL, None),
+        "deci.scale": (0.1, T.FLOAT64, None),
+        "tokenizer.ggml.ids": ([2**31 + 1, 7], T.ARRAY, T.UINT32),
+        "tokenizer.ggml.tokens": (["a", "é"], T.ARRAY, T.STRING),
+    }
+    assert read_gguf_metadata(path) == expected
+    assert read_gguf_metadata(path, prefix="tokenizer.") == {k: v for k, v in expected.items() if "tokenizer." in k}
+
+
+UNREADABLE_GGUF = {  # file contents -> the whole message ({path}: the file)
+    "empty": (b"", "{path} is not a GGUF file."),
+    "cut-header": (b"GGUF" + struct.pack("<I", 3), "{path} is not a GGUF file."),
+    "other-magic": (b"GGML" + struct.pack("<IQQ", 3, 0, 0), "{path} is not a GGUF file."),
+    "version-1": (
+        gguf_header(version=1),
+        "{path}: GGUF version 1 (a big-endian or unknown file); this reads versions 2-3.",
+    ),
+    "version-top-bit": (  # read unsigned
+        gguf_header(version=2**31 + 3),
+        "{path}: GGUF version 2147483651 (a big-endian or unknown file); this reads versions 2-3.",
+    ),
+    "value-type-13": (
+        gguf_header(entries=1) + gguf_entry("k", 13, b""),
+        "{path}: unknown GGUF value type 13.",
+    ),
+    "value-type-max": (
+        gguf_header(entries=1) + gguf_entry("k", 2**32 - 1, b""),
+        "{path}: unknown GGUF value type 4294967295.",
+    ),
+    "item-type-top-bit": (
+        gguf_header(entries=1) + gguf_entry("k", gguf.GGUFValueType.ARRAY, array_header(2**31 + 8, 1)),
+        "{path}: unknown GGUF value type 2147483656.",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE_GGUF))
+def test_metadata_reader_refuses_what_it_cannot_read(tmp_path, case):
+    content, message = UNREADABLE_GGUF[case]
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        read_gguf_metadata(path)
+    assert str(error.value) == message.format(path=path)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        gguf_entry("k", gguf.GGUFValueType.STRING, struct.pack("<Q", 2**63 + 1) + b"rest"),  # string length
+        gguf_entry(
+            "k", gguf.GGUFValueType.ARRAY, array_header(gguf.GGUFValueType.STRING, 2**63 + 1) + gguf_string("a")
+        ),
+    ],
+    ids=["string-length", "array-count"],
+)
+def test_metadata_reader_fails_on_lengths_of_2_63_and_more(tmp_path, entry):
+    """Lengths and counts are unsigned: a corrupt one of 2**63 or more cannot be read (it is not taken as negative,
+    which would read the rest of the file as the string, or an empty array)."""
+    path = write_gguf(tmp_path / "corrupt.gguf", entry)
+    with pytest.raises((OverflowError, struct.error)):
+        read_gguf_metadata(path)
+
+
+def test_tokenizer_fields_are_the_sources_tokenizer_keys_and_name_with_their_types(tmp_path):
+    T = gguf.GGUFValueType
+    tokens, scores = ["<s>", "</s>", "hé", "llo"], [0.0, -1.0, -2.5, -3.0]
+    source = tmp_path / "source.gguf"
+    writer = gguf.GGUFWriter(str(source), arch="llama")
+    writer.add_name("Tiny source")
+    writer.add_context_length(64)  # model metadata: not copied
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_bos_token_id(0)
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    copied = _tokenizer_fields(source, vocab_size=len(tokens))
+    assert {key: (value, vtype, sub) for key, value, vtype, sub in copied} == {
+        "general.name": ("Tiny source", T.STRING, None),
+        "tokenizer.ggml.model": ("llama", T.STRING, None),
+        "tokenizer.ggml.tokens": (tokens, T.ARRAY, T.STRING),
+        "tokenizer.ggml.scores": (scores, T.ARRAY, T.FLOAT32),
+        "tokenizer.ggml.bos_token_id": (0, T.UINT32, None),
+    }
+    assert all(isinstance(vtype, T) and (sub is None or isinstance(sub, T)) for _, _, vtype, sub in copied)
+
+
+def test_tokenizer_source_without_tokens_or_of_another_vocabulary_is_refused(tmp_path):
+    T = gguf.GGUFValueType
+    no_tokens = write_gguf(tmp_path / "no-tokens.gguf", gguf_entry("general.name", T.STRING, gguf_string("x")))
+    with pytest.raises(ValueError) as error:
+        _tokenizer_fields(no_tokens, vocab_size=5)
+    assert str(error.value) == f"{no_tokens} has no tokenizer.ggml.tokens: it carries no tokenizer to copy."
+    tokens = array_header(T.STRING, 4) + b"".join(gguf_string(t) for t in "abcd")
+    four = write_gguf(tmp_path / "four.gguf", gguf_entry("tokenizer.ggml.tokens", T.ARRAY, tokens))
+    with pytest.raises(ValueError) as error:
+        _tokenizer_fields(four, vocab_size=5)
+    assert str(error.value) == (
+        f"{four} has 4 tokens but the model's vocabulary has 5 rows: pass the GGUF file the model was loaded from."
+    )
+
+
+@pytest.mark.parametrize(
+    "ids, written",
+    [
+        ({"bos_token_id": 0, "eos_token_id": 6, "pad_token_id": 7}, {"bos": 0, "eos": 6}),
+        # no bos_token_id attribute at all; a list of eos ids (Llama 3 configs) is not a single id
+        ({"eos_token_id": [1, 2], "pad_token_id": 6}, {"padding": 6}),
+    ],
+    ids=["range-ends", "missing-and-list"],
+)
+def test_placeholder_tokenizer_writes_only_special_ids_inside_the_vocabulary(tmp_path, ids, written):
+    vocab = 7
+    path = tmp_path / "placeholder.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="deci")
+    _placeholder_tokenizer(writer, SimpleNamespace(vocab_size=vocab, **ids))
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    meta = fields(gguf.GGUFReader(str(path)))
+    assert meta["tokenizer.ggml.model"] == "llama"
+    assert meta["tokenizer.ggml.tokens"] == [f"<id {i}>" for i in range(vocab)]
+    assert meta["tokenizer.ggml.scores"] == [0.0] * vocab
+    assert meta["tokenizer.ggml.token_type"] == [gguf.TokenType.NORMAL] * vocab
+    assert meta["tokenizer.ggml.add_bos_token"] is False
+    assert {k: v for k, v in meta.items() if k.endswith("_token_id")} == {
+        f"tokenizer.ggml.{name}_token_id": value for name, value in written.items()
+    }
+
+
 def test_unsupported_models_are_refused(tmp_path):
     with pytest.raises(ValueError, match="Llama family"):
         export_gguf(make_model("gpt2"), tmp_path / "m.gguf")
@@ -398,6 +643,80 @@ def test_unsupported_models_are_refused(tmp_path):
     with pytest.raises(ValueError, match="prune_model"):
         export_gguf(model, tmp_path / "m.gguf")
     assert not any(tmp_path.iterdir())
+
+
+def bare_causal_lm() -> torch.nn.Module:
+    """A module with an LM head whose config names no model type."""
+    model = torch.nn.Module()
+    model.config, model.lm_head = SimpleNamespace(), torch.nn.Linear(2, 2)
+    return model
+
+
+def gated_llama() -> torch.nn.Module:
+    model = make_model("llama")
+    hf_l0.patch_model(model, hf_l0.L0Config(layers=True))
+    return model
+
+
+def gelu_llama() -> torch.nn.Module:
+    model = make_model("llama")
+    model.config.hidden_act = "gelu"
+    return model
+
+
+REFUSED_MODELS = {
+    "gated": (
+        gated_llama,
+        "the model still carries L0 gates: call hf_l0.prune_model(model) first and export the compact model it "
+        "returns.",
+    ),
+    "gpt2": (
+        lambda: make_model("gpt2"),
+        "GGUF export supports causal LMs of the Llama family (llama, mistral, qwen2), loaded with "
+        "AutoModelForCausalLM; got GPT2LMHeadModel (model_type='gpt2'). Export encoders and other families with "
+        "hf_l0.export_onnx.",
+    ),
+    "no-model-type": (
+        bare_causal_lm,
+        "GGUF export supports causal LMs of the Llama family (llama, mistral, qwen2), loaded with "
+        "AutoModelForCausalLM; got Module (model_type=None). Export encoders and other families with "
+        "hf_l0.export_onnx.",
+    ),
+    "gelu": (gelu_llama, "hidden_act='gelu': llama.cpp's deci architecture computes a SiLU-gated FFN only."),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_MODELS))
+def test_refused_models_get_the_reason_and_the_fix(tmp_path, case):
+    build, message = REFUSED_MODELS[case]
+    with pytest.raises(ValueError) as error:
+        export_gguf(build(), tmp_path / "m.gguf")
+    assert str(error.value) == message
+    assert not any(tmp_path.iterdir())
+
+
+def test_explicit_head_dim_sets_head_counts_and_key_length(tmp_path):
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(
+        vocab_size=101,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=37,
+        head_dim=16,
+    )
+    config._attn_implementation = "eager"
+    model = tf.LlamaForCausalLM(config).eval()
+    assert config.head_dim != config.hidden_size // config.num_attention_heads
+    assert gguf_layers(model) == [GgufLayer(6, 2, 37)] * 2  # and without pad_to, no padding (37 is odd)
+    export_gguf(model, tmp_path / "model.gguf")
+    meta = fields(gguf.GGUFReader(str(tmp_path / "model.gguf")))
+    assert meta["deci.attention.key_length"] == meta["deci.rope.dimension_count"] == 16
+    ids = [5, 17, 99, 3, 42, 8]
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0].double().numpy()
+    assert np.abs(deci_forward(tmp_path / "model.gguf", ids) - reference).max() <= 1e-4
 
 
 QUANTIZED = ("q8_0", "q5_0", "q4_0", "q4_1")
@@ -585,6 +904,97 @@ def test_quantized_export_refuses_inexact_padding_and_bad_blocks(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_offset_type_refusal_lists_every_padding_next_to_real_weights():
+    layers = [
+        GgufLayer(8, 2, 64, pad_heads=2),
+        GgufLayer(4, 4, 32, zero_attention=True, pad_heads=3),  # a zero head's padding is all zeros: fine
+        GgufLayer(4, 2, 64),
+        GgufLayer(12, 3, 64, pad_heads=3),
+    ]
+    with pytest.raises(ValueError) as error:
+        _check_offset_type_padding("q4_1", None, layers, 48, 64, 8)
+    assert str(error.value) == (
+        "dtype='q4_1' stores each block with an offset, so zero padding next to real weights would dequantize to "
+        "nonzero values; this model would need it (hidden size 48 -> 64; layer 0: 6 query heads x 8 -> 8 heads; "
+        "layer 3: 9 query heads x 8 -> 12 heads). Choose q4_0, q5_0 or q8_0 (their blocks store 0 exactly), or prune "
+        "to widths that are multiples of 32."
+    )
+    assert _check_offset_type_padding("q4_1", None, layers[1:3], 64, 64, 8) is None
+
+
+def llama_with_kept_output_biases():
+    """A Llama with biases whose layer-0 attention and layer-1 FFN lost every unit but kept their layer gates open:
+    their stand-ins output the kept output biases."""
+    model = llama_with_biases()
+    hf_l0.patch_model(model, hf_l0.L0Config(layers=True))
+    gates = hf_l0.get_gates(model)
+    with torch.no_grad():
+        for gate in gates.gates.values():
+            gate.log_alpha.fill_(10.0)
+        gates.heads.log_alpha[0] = -10.0
+        gates.ffn.log_alpha[1] = -10.0
+    compact = hf_l0.prune_model(model).eval()
+    layers = compact.config.l0_structure["layers"]
+    assert layers[0]["attention_heads"] == 0 and layers[0]["attention_output_bias"]
+    assert layers[1]["intermediate_size"] == 0 and layers[1]["ffn_output_bias"]
+    return compact
+
+
+def test_removed_sublayers_keep_their_output_biases_unquantized(tmp_path):
+    compact = llama_with_kept_output_biases()
+    reader = gguf.GGUFReader(str(export_gguf(compact, tmp_path / "q8.gguf", dtype="q8_0").path))
+    types, w = {t.name: t.tensor_type for t in reader.tensors}, tensors(reader)
+    assert all((t.tensor_type == gguf.GGMLQuantizationType.F32) == (len(t.shape) == 1) for t in reader.tensors)
+    hidden = compact.config.hidden_size
+    assert w["token_embd.weight"].shape[1] > hidden  # padded to the block: the biases get zero tails
+    kept = {
+        "blk.0.attn_output.bias": compact.model.layers[0].self_attn.o_proj.bias,
+        "blk.1.ffn_down.bias": compact.model.layers[1].mlp.down_proj.bias,
+    }
+    for name, bias in kept.items():
+        assert types[name] == gguf.GGMLQuantizationType.F32
+        np.testing.assert_array_equal(w[name][:hidden], bias.detach().numpy())
+        assert not w[name][hidden:].any()
+    # unpadded f32: the deci graph, biases included, computes the compact model
+    path = export_gguf(compact, tmp_path / "f32.gguf").path
+    ids = [5, 17, 99, 3, 42, 8]
+    with torch.no_grad():
+        reference = compact(torch.tensor([ids])).logits[0].double().numpy()
+    assert np.abs(deci_forward(path, ids) - reference).max() <= 1e-4
+
+
+def test_bfloat16_model_is_written_in_float32_with_exactly_scaled_norms(tmp_path):
+    model = llama_with_biases().to(torch.bfloat16)
+    result = export_gguf(model, tmp_path / "bf16.gguf", pad_to=BLOCK)
+    reader = gguf.GGUFReader(str(result.path))
+    assert {t.tensor_type for t in reader.tensors} == {gguf.GGMLQuantizationType.F32}
+    w, hidden, kv = tensors(reader), model.config.hidden_size, model.config.num_key_value_heads
+    assert result.pad_hidden > 0
+    # sqrt(n / n') times a bfloat16 weight is not a bfloat16: the scaled norm must be computed and kept in float32
+    scaled = model.model.norm.weight.detach().float().numpy() * math.sqrt(hidden / result.hidden)
+    np.testing.assert_allclose(w["output_norm.weight"], np.pad(scaled, (0, result.pad_hidden)), rtol=1e-6)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    # K / V biases reach the writer as the model's own bfloat16 tensors (no padding copies them to float32)
+    np.testing.assert_array_equal(unpermute(w["blk.0.attn_k.bias"], kv), attn.k_proj.bias.detach().float().numpy())
+    np.testing.assert_array_equal(w["blk.0.attn_v.bias"], attn.v_proj.bias.detach().float().numpy())
+    ffn = mlp.up_proj.out_features
+    np.testing.assert_array_equal(w["blk.0.ffn_up.weight"][:ffn, :hidden], mlp.up_proj.weight.detach().float().numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_padding_builds_float32_tensors_from_half_precision_weights(dtype):
+    padding = _Padding(hidden=6, padded_hidden=8, head_dim=2)
+    weight = torch.randn(4, 6, generator=torch.Generator().manual_seed(0)).to(dtype)
+    matrix = padding.matrix(weight, rows=5)
+    assert matrix.dtype == torch.float32 and matrix.shape == (5, 8)
+    assert torch.equal(matrix[:4, :6], weight.float()) and not matrix[4:].any() and not matrix[:, 6:].any()
+    vector = padding.vector(weight[0])
+    assert vector.dtype == torch.float32 and torch.equal(vector, torch.cat([weight[0].float(), torch.zeros(2)]))
+    heads = padding.heads(weight, torch.tensor([0, 2]), padded_heads=3)  # 2 heads of 2 rows -> slots 0 and 2 of 3
+    assert heads.dtype == torch.float32
+    assert torch.equal(heads, torch.cat([weight[:2].float(), torch.zeros(2, 6), weight[2:].float()]))
+
+
 @pytest.mark.parametrize(
     "closed_attention_layer, dtype, tol",
     [(0, "f32", 1e-4), (2, "f32", 1e-4), (0, "f16", 1e-2)],
@@ -641,3 +1051,152 @@ def test_llama_cpp_runs_the_quantized_export_like_the_f32_compact(tmp_path, dtyp
     assert got.shape == reference.shape and np.isfinite(got).all()
     if dtype == "q8_0":
         assert (got.argmax(-1) == reference.argmax(-1)).mean() >= 0.95
+
+
+def test_the_file_is_named_typed_and_reported_as_written(tmp_path):
+    source = tmp_path / "source.gguf"
+    write_tokenizer_source(source, vocab=101)
+    writer = gguf.GGUFWriter(str(tmp_path / "named.gguf"), arch="llama")  # the same tokenizer, with a model name
+    for key, (value, vtype, sub_type) in read_gguf_metadata(source).items():
+        if key.startswith("tokenizer."):
+            writer.add_key_value(key, value, gguf.GGUFValueType(vtype), sub_type and gguf.GGUFValueType(sub_type))
+    writer.add_name("SmolLM2 135M")
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    model = compact_model("llama")
+    cases = [
+        ({}, "hf-l0 compact llama", "placeholder"),
+        ({"tokenizer_gguf": source}, "hf-l0 compact llama", str(source)),
+        ({"tokenizer_gguf": tmp_path / "named.gguf"}, "SmolLM2 135M (hf-l0 compact)", str(tmp_path / "named.gguf")),
+        ({"tokenizer_gguf": tmp_path / "named.gguf", "name": "mine"}, "mine", str(tmp_path / "named.gguf")),
+    ]
+    for i, (options, name, tokenizer) in enumerate(cases):
+        result = export_gguf(model, tmp_path / f"model{i}.gguf", dtype="f16", **options)
+        meta = fields(gguf.GGUFReader(str(result.path)))
+        assert (meta["general.name"], meta["general.type"]) == (name, "model")
+        assert (result.dtype, result.tokenizer) == ("f16", tokenizer)
+
+
+def test_copied_tokenizer_arrays_keep_their_item_types(tmp_path):
+    source = tmp_path / "source.gguf"
+    writer = gguf.GGUFWriter(str(source), arch="llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"tok{i}" for i in range(101)])
+    writer.add_key_value("tokenizer.ggml.scores", [0.5] * 101, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT64)
+    writer.add_key_value("tokenizer.ggml.ids", list(range(101)), gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT16)
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    export_gguf(compact_model("llama"), tmp_path / "model.gguf", tokenizer_gguf=source)
+    copied = read_gguf_metadata(tmp_path / "model.gguf", "tokenizer.")
+    assert copied["tokenizer.ggml.scores"][2] == gguf.GGUFValueType.FLOAT64
+    assert copied["tokenizer.ggml.ids"][2] == gguf.GGUFValueType.UINT16
+    assert copied == read_gguf_metadata(source, "tokenizer.")
+
+
+def test_the_file_is_written_beside_the_target_and_replaced_atomically(tmp_path, monkeypatch):
+    import os
+
+    from hf_l0.deploy import gguf_export
+
+    replaced = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        replaced.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(gguf_export.os, "replace", replace)
+    target = tmp_path / "new" / "folder" / "model.gguf"
+    export_gguf(compact_model("llama"), target)
+    ((tmp, dst),) = replaced
+    assert dst == target and tmp.parent == target.parent
+    assert tmp.name.startswith(".model.gguf.") and tmp.name.endswith(".tmp")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.gguf"]
+    before = target.read_bytes()
+
+    def fail(self):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_gguf(compact_model("llama", seed=1), target)
+    assert target.read_bytes() == before and sorted(p.name for p in target.parent.iterdir()) == ["model.gguf"]
+
+
+def test_padding_is_logged_with_what_it_added(tmp_path, caplog):
+    import logging
+
+    compact = llama_hidden64()
+    with caplog.at_level(logging.INFO, logger="hf_l0.deploy.gguf_export"):
+        result = export_gguf(compact, tmp_path / "model.gguf", dtype="q8_0")
+    added = result.padding
+    assert added["ffn"] > 0
+    share = 100 * result.padding_weights / result.matrix_weights
+    assert [r.getMessage() for r in caplog.records if r.name == "hf_l0.deploy.gguf_export"] == [
+        f"{tmp_path / 'model.gguf'}: zero padding to multiples of 32 for q8_0: {added['hidden']} hidden dimensions, "
+        f"{added['heads']} query heads, {added['ffn']} FFN neurons ({share:.1f}% of the matrix weights)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hf_l0.deploy.gguf_export"):
+        export_gguf(compact, tmp_path / "f32.gguf")
+    assert not caplog.records  # nothing padded, nothing logged
+
+
+def test_bad_matrix_types_and_paddings_are_refused_by_name(tmp_path):
+    model = compact_model("llama")
+    cases = [
+        (
+            {"dtype": "q4_k"},
+            "dtype='q4_k': choose one of f32, f16, q8_0, q5_0, q4_0, q4_1 (the quantized types are written with "
+            "gguf-py; for K-quants, quantize the f16 file with llama-quantize).",
+        ),
+        (
+            {"dtype": "q8_0", "pad_to": 16},
+            "pad_to=16: q8_0 needs a positive multiple of its block size 32 (the row length of every quantized "
+            "matrix must be one).",
+        ),
+        (
+            {"dtype": "q8_0", "pad_to": 32.0},
+            "pad_to=32.0: q8_0 needs a positive multiple of its block size 32 (the row length of every quantized "
+            "matrix must be one).",
+        ),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValueError) as refused:
+            export_gguf(model, tmp_path / "m.gguf", **options)
+        assert str(refused.value) == message
+    model.config.head_dim = 7  # the attention shapes do not matter: the check comes first
+    with pytest.raises(ValueError) as refused:
+        export_gguf(model, tmp_path / "m.gguf")
+    assert str(refused.value) == "head_dim=7 is odd: RoPE needs pairs of dimensions."
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_config_without_hidden_act_is_silu_and_a_disabled_window_keeps_the_context(tmp_path):
+    model = make_model("llama")
+    del model.config.hidden_act  # the Llama default
+    model.config.sliding_window, model.config.use_sliding_window = 16, False  # Qwen2: a window that is off
+    export_gguf(model, tmp_path / "m.gguf")
+    assert fields(gguf.GGUFReader(str(tmp_path / "m.gguf")))["deci.context_length"] == (
+        model.config.max_position_embeddings
+    )
+
+
+def test_rope_factors_and_norms_stay_float32_in_an_f16_export_of_a_bf16_model(tmp_path):
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(
+        vocab_size=101,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=37,
+        rope_parameters=ROPE_PARAMETERS["llama3"],
+    )
+    model = randomize_(tf.LlamaForCausalLM(config)).eval().to(torch.bfloat16)
+    result = export_gguf(model, tmp_path / "m.gguf", dtype="f16")
+    reader = gguf.GGUFReader(str(result.path))
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    assert types["rope_freqs.weight"] == types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
+    assert types["token_embd.weight"] == gguf.GGMLQuantizationType.F16
+    np.testing.assert_array_equal(
+        tensors(reader)["output_norm.weight"], model.model.norm.weight.detach().float().numpy()
+    )
