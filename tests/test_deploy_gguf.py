@@ -1170,14 +1170,31 @@ def test_bad_matrix_types_and_paddings_are_refused_by_name(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_a_config_without_hidden_act_is_silu_and_a_disabled_window_keeps_the_context(tmp_path):
+def test_a_config_without_hidden_act_is_silu():
+    from hf_l0.deploy.gguf_export import _check_model
+
+    model = bare_causal_lm()
+    model.config.model_type = "llama"  # and no hidden_act: Llama's default, SiLU
+    assert _check_model(model) is None
+
+
+def test_a_disabled_sliding_window_keeps_the_context(tmp_path):
     model = make_model("llama")
-    del model.config.hidden_act  # the Llama default
     model.config.sliding_window, model.config.use_sliding_window = 16, False  # Qwen2: a window that is off
     export_gguf(model, tmp_path / "m.gguf")
     assert fields(gguf.GGUFReader(str(tmp_path / "m.gguf")))["deci.context_length"] == (
         model.config.max_position_embeddings
     )
+
+
+def test_an_offset_type_export_names_its_type_and_head_width_when_padding_would_mix(tmp_path):
+    compact = compact_model("llama-biases", seed=1)  # hidden 48 and a KV group of layer 1 padded with a zero head
+    head_dim = compact.config.hidden_size // compact.config.num_attention_heads
+    with pytest.raises(ValueError) as refused:
+        export_gguf(compact, tmp_path / "m.gguf", dtype="q4_1")
+    message = str(refused.value)
+    assert message.startswith("dtype='q4_1' stores each block with an offset") and f" x {head_dim} -> " in message
+    assert not any(tmp_path.iterdir())
 
 
 def test_rope_factors_and_norms_stay_float32_in_an_f16_export_of_a_bf16_model(tmp_path):
