@@ -622,3 +622,98 @@ def test_bisect_shift_picks_the_closest_sparsity_and_keeps_the_first_shift_that_
         # the first midpoint on the step (1.25), not the one the bisection ends on at the step's edge, where the
         # least change of a gate flips a structure
         assert 0.5 + 0.25 <= float(shift) <= 1.5 - 0.25
+
+
+def test_l0_param_groups_give_each_group_its_rate_and_decay():
+    model = _gated_gpt2()
+    controller, maps = LagrangianController(0.5), torch.nn.Linear(3, 3)
+
+    def settings(groups):  # every key but the parameters
+        return [{k: v for k, v in group.items() if k != "params"} for group in groups]
+
+    groups = l0_param_groups(model, controller, lr=None, gate_lr=0.5, layer_maps=maps)
+    assert settings(groups) == [
+        {"name": "weights", "weight_decay": 0.0},  # lr=None: the optimizer's default rate
+        {"name": "weights_no_decay", "weight_decay": 0.0},
+        {"name": "gates", "lr": 0.5, "weight_decay": 0.0, "betas": (0.0, 0.999)},
+        {"name": "multipliers", "lr": 0.0, "weight_decay": 0.0},
+        {"name": "layer_maps", "weight_decay": 0.0},
+    ]
+    gates = {id(g.log_alpha) for g in hf_l0.get_gates(model).gates.values()}
+    assert {id(p) for p in groups[2]["params"]} == gates and groups[4]["params"] == list(maps.parameters())
+    assert groups[3]["params"] == list(controller.parameters()) and groups[1]["params"] == []
+    decay = {n for n, p in model.named_parameters() if n.endswith(".weight") and id(p) not in gates}
+    wrapper = torch.nn.ModuleDict({"module": model})  # as DDP / accelerate wrap the gated model
+    groups = l0_param_groups(
+        wrapper, controller, 1e-3, 0.5, 0.2, 0.1, None, decay={f"module.{n}" for n in decay}, gated_model=model
+    )
+    assert settings(groups) == [
+        {"name": "weights", "lr": 1e-3, "weight_decay": 0.1},
+        {"name": "weights_no_decay", "lr": 1e-3, "weight_decay": 0.0},
+        {"name": "gates", "lr": 0.5, "weight_decay": 0.0},  # gate_betas=None: the optimizer's betas
+        {"name": "multipliers", "lr": 0.2, "weight_decay": 0.0},
+    ]
+    named = dict(wrapper.named_parameters())
+    assert {id(p) for p in groups[0]["params"]} == {id(named[f"module.{n}"]) for n in decay}
+    assert len(groups[1]["params"]) == sum(1 for n, p in model.named_parameters() if n not in decay) - len(gates)
+
+
+def test_on_step_reports_both_measures_and_the_pi_update_follows_the_chosen_error_signal():
+    def metric(model, deterministic):
+        return torch.tensor(0.3 if deterministic else 0.2, dtype=torch.float64)
+
+    for signal, measured in (("deterministic", 0.3), ("expected", 0.2)):
+        controller = LagrangianController(0.5, error_signal=signal, metric=metric, integral_separation=0.0)
+        assert controller.on_step(None, 0) == {"expected_sparsity": 0.2, "deterministic_sparsity": 0.3}
+        error = measured - 0.5
+        assert float(controller.integral) == pytest.approx(6.0 * error)
+        assert controller.lambda_1.item() == pytest.approx((60.0 * error + 6.0 * error) / 0.1, rel=1e-6)
+
+
+def pi_controller(level: torch.Tensor, integral: float, **settings) -> LagrangianController:
+    controller = LagrangianController(0.5, warmup_steps=4, metric=lambda model, deterministic: level, **settings)
+    controller.integral.fill_(integral)
+    return controller
+
+
+def test_anti_windup_drops_an_opposing_integral_from_the_last_warmup_step_on_and_not_at_zero_error():
+    level = torch.tensor(0.4, dtype=torch.float64)  # below the target of 0.5 once warmed up: error -0.1
+    controller = pi_controller(level, 0.5, integral_separation=0.0)
+    controller.on_step(None, 4)  # the first step at the full target: the opposing push is dropped
+    assert float(controller.integral) == pytest.approx(6.0 * -0.1)
+    level.fill_(0.5)  # on target: nothing works against the error, the integral stays
+    controller = pi_controller(level, 0.5, integral_separation=0.0)
+    controller.on_step(None, 4)
+    assert float(controller.integral) == 0.5
+    assert controller.lambda_1.item() == pytest.approx(0.5 / 0.1)
+
+
+def test_integral_separation_still_integrates_an_error_exactly_at_its_bound():
+    level = torch.tensor(0.25, dtype=torch.float64)
+    controller = pi_controller(level, 0.0, integral_separation=0.25)
+    controller.on_step(None, 4)
+    assert float(controller.integral) == pytest.approx(6.0 * -0.25)
+    controller = pi_controller(level, 0.0, integral_separation=0.2)
+    controller.on_step(None, 4)
+    assert float(controller.integral) == 0.0
+
+
+def test_on_step_snaps_the_controllers_metric_in_the_final_phase_and_reports_it():
+    model = _gated_gpt2(layers=True)
+    metric = FlopsTarget(16)
+    controller = LagrangianController(0.4, final_phase_ratio=0.5, metric=metric)
+    measured = controller.on_step(model, 8, max_steps=10)  # in the final phase: the gates move to the target
+    after = metric(model, True).item()
+    assert measured == {"expected_sparsity": metric(model).item(), "deterministic_sparsity": after}
+    assert abs(after - 0.4) < 0.05 and abs(after - 0.4) < abs(hf_l0.deterministic_sparsity(model).item() - 0.4)
+
+
+def test_the_warmup_ramps_from_the_start_sparsity():
+    controller = LagrangianController(0.6, warmup_steps=10, start_sparsity=0.2)
+    assert [controller.target(step) for step in (0, 5, 10, 20)] == pytest.approx([0.2, 0.4, 0.6, 0.6])
+
+
+def test_the_schedule_check_has_no_recovery_stage_by_default():
+    from hf_l0.training.lagrangian import check_schedule
+
+    assert check_schedule(2, 10, "target_sparsity=0.5", "warmup_steps") is None
