@@ -713,7 +713,53 @@ def test_the_warmup_ramps_from_the_start_sparsity():
     assert [controller.target(step) for step in (0, 5, 10, 20)] == pytest.approx([0.2, 0.4, 0.6, 0.6])
 
 
-def test_the_schedule_check_has_no_recovery_stage_by_default():
+def test_the_schedule_check_needs_one_step_and_has_no_recovery_stage_by_default():
     from hf_l0.training.lagrangian import check_schedule
 
     assert check_schedule(2, 10, "target_sparsity=0.5", "warmup_steps") is None
+    assert check_schedule(0, 1, "target_sparsity=0.5", "warmup_steps") is None  # one step is a run
+    with pytest.raises(ValueError) as refused:
+        check_schedule(0, 0, "target_sparsity=0.5", "warmup_steps")
+    assert str(refused.value) == (
+        "the run has 0 optimizer steps (num_train_epochs / max_steps / the training data): nothing would train toward "
+        "target_sparsity=0.5, and the model would come out pruned untrained. Give the run training steps, or prune a "
+        "trained gated model directly with hf_l0.prune_model."
+    )
+
+
+CONTROLLER_REFUSALS = [
+    ({"start_sparsity": 0.6}, "start_sparsity=0.6 must lie in [0, target_sparsity=0.5]."),
+    ({"warmup_steps": -1}, "warmup_steps=-1 must be >= 0."),
+    ({"calibration_rate": -0.1}, "calibration_rate=-0.1 must be >= 0 (0 turns calibration off)."),
+    ({"multiplier_update": "adam"}, "multiplier_update='adam': choose one of pi, ascent."),
+    ({"integral_gain": -1.0}, "proportional_gain=60.0 and integral_gain=-1.0 must be >= 0."),
+    ({"proportional_gain": -1.0}, "proportional_gain=-1.0 and integral_gain=6.0 must be >= 0."),
+    ({"gate_learning_rate": 0.0}, "gate_learning_rate=0.0 must be > 0 (the gates' optimizer rate)."),
+    ({"final_phase_ratio": 1.0}, "final_phase_ratio=1.0 must lie in [0, 1)."),
+    ({"integral_separation": -0.01}, "integral_separation=-0.01 must be >= 0 (0 integrates every error)."),
+    ({"error_signal": "both"}, "error_signal='both': choose deterministic or expected."),
+]
+
+
+@pytest.mark.parametrize("settings, message", CONTROLLER_REFUSALS, ids=[next(iter(s)) for s, _ in CONTROLLER_REFUSALS])
+def test_the_controller_refuses_each_bad_setting_by_name(settings, message):
+    with pytest.raises(ValueError) as refused:
+        LagrangianController(0.5, **settings)
+    assert str(refused.value) == message
+
+
+def test_the_controller_accepts_the_edges_of_its_settings():
+    for settings in (
+        {"start_sparsity": 0.5},  # no ramp: the target from the first step
+        {"proportional_gain": 0.0},
+        {"proportional_gain": 0.5, "integral_gain": 0.0},
+        {"final_phase_ratio": 0.0, "recovery_ratio": 0.0, "integral_separation": 0.0, "calibration_rate": 0.0},
+    ):
+        LagrangianController(0.5, **settings)
+
+
+def test_a_recovery_split_may_leave_the_search_a_single_step():
+    from hf_l0.training.lagrangian import check_schedule, search_steps
+
+    assert search_steps(10) == 10 and search_steps(10, 0.9) == 1
+    assert check_schedule(0, 10, "target_sparsity=0.5", "warmup_steps", recovery_ratio=0.9) is None
