@@ -738,6 +738,11 @@ CONTROLLER_REFUSALS = [
     ({"final_phase_ratio": 1.0}, "final_phase_ratio=1.0 must lie in [0, 1)."),
     ({"integral_separation": -0.01}, "integral_separation=-0.01 must be >= 0 (0 integrates every error)."),
     ({"error_signal": "both"}, "error_signal='both': choose deterministic or expected."),
+    (
+        {"recovery_ratio": 1.0},
+        "recovery_ratio=1.0 must lie in [0, 1): the fraction of the steps that train the fixed architecture after the "
+        "search (0: no recovery stage).",
+    ),
 ]
 
 
@@ -763,3 +768,30 @@ def test_a_recovery_split_may_leave_the_search_a_single_step():
 
     assert search_steps(10) == 10 and search_steps(10, 0.9) == 1
     assert check_schedule(0, 10, "target_sparsity=0.5", "warmup_steps", recovery_ratio=0.9) is None
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0, True, "0.5", None])
+def test_a_target_sparsity_that_is_not_a_fraction_is_refused_by_name(target):
+    from hf_l0.training.lagrangian import check_target_sparsity
+
+    with pytest.raises(ValueError) as refused:
+        check_target_sparsity(target)
+    assert str(refused.value) == (
+        f"target_sparsity={target!r} is impossible: it is the fraction of the prunable (attention + FFN) parameters "
+        "to remove and must lie strictly between 0 and 1 (e.g. 0.6)."
+    )
+
+
+def test_a_fresh_controller_saves_integer_step_counters_and_a_float64_integral():
+    """What a checkpoint holds: step counters as integers (-1: no update yet, never frozen), the integral in float64
+    (a float32 one drifts over thousands of small errors)."""
+    state = LagrangianController(0.5).state_dict()
+    assert {name: (value.dtype, value.item()) for name, value in state.items() if value.dim() == 0} == {
+        "lambda_1": (torch.float32, 0.0),
+        "lambda_2": (torch.float32, 0.0),
+        "num_steps": (torch.int64, 0),
+        "target_offset": (torch.float64, 0.0),
+        "integral": (torch.float64, 0.0),
+        "updated_step": (torch.int64, -1),
+        "frozen_step": (torch.int64, -1),
+    }
