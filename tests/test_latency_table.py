@@ -265,8 +265,12 @@ def test_config_digest_follows_the_attention_implementation_not_the_field_order(
     assert latency.config_digest(model) not in (digest, None)
 
 
-def test_a_table_saves_atomically_into_new_folders_and_loads_back(tmp_path):
-    table = measure_table_without_timing(bert())
+def test_a_table_saves_atomically_into_new_folders_and_loads_back(monkeypatch, tmp_path):
+    def uneven_times(calls, *settings):
+        return {name: 0.001 + 1e-5 * i for i, name in enumerate(sorted(calls))}
+
+    monkeypatch.setattr(latency, "_time_rounds", uneven_times)
+    table = measure_latency_table(bert(), seq_len=8, attention_grid=[2], ffn_grid=[18], progress=False)
     path = tmp_path / "new" / "folder" / "table.json"
     assert table.save(path) == str(path) and table.path == str(path)
     assert os.listdir(path.parent) == ["table.json"]
@@ -282,20 +286,6 @@ def test_a_table_saves_atomically_into_new_folders_and_loads_back(tmp_path):
         assert (
             str(refused.value) == f"{path} is not a latency table of format {TABLE_FORMAT}; delete it to measure anew."
         )
-
-
-def measure_table_without_timing(model) -> LatencyTable:
-    calls_time = {}
-
-    def fake_time_rounds(calls, repeats, rounds, warmup, progress):
-        calls_time.update({name: 0.001 + 1e-5 * i for i, name in enumerate(sorted(calls))})
-        return dict(calls_time)
-
-    original, latency._time_rounds = latency._time_rounds, fake_time_rounds
-    try:
-        return measure_latency_table(model, seq_len=8, attention_grid=[2], ffn_grid=[18], progress=False)
-    finally:
-        latency._time_rounds = original
 
 
 def test_fresh_copies_carry_the_weights_in_the_asked_dtype_and_leave_the_model_alone():
