@@ -31,20 +31,28 @@ from hf_l0.pruning.stand_ins import RemovedAttention, RemovedMLP
 gguf = pytest.importorskip("gguf", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
 
 
+def tiny_config(config_class=tf.LlamaConfig, **fields):
+    """The tiny decoder config of these tests (hidden 48, 6 query heads in 2 KV groups, 37 FFN neurons), eager
+    attention; ``fields`` add to or override it."""
+    config = config_class(
+        **{
+            "vocab_size": 101,
+            "hidden_size": 48,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 6,
+            "num_key_value_heads": 2,
+            "intermediate_size": 37,
+            **fields,
+        }
+    )
+    config._attn_implementation = "eager"
+    return config
+
+
 def llama_with_biases(seed: int = 0):
     """A tiny Llama with attention and MLP biases (random, not zeros), so removed sublayers keep output biases."""
     torch.manual_seed(seed)
-    config = tf.LlamaConfig(
-        vocab_size=101,
-        hidden_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        intermediate_size=37,
-        attention_bias=True,
-        mlp_bias=True,
-    )
-    config._attn_implementation = "eager"
+    config = tiny_config(attention_bias=True, mlp_bias=True)
     model = tf.LlamaForCausalLM(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -255,17 +263,7 @@ def test_scaled_rope_is_written_as_llama_cpp_reads_it(tmp_path, rope_type):
 
     torch.manual_seed(0)
     rope = ROPE_PARAMETERS[rope_type]
-    config = tf.LlamaConfig(
-        vocab_size=101,
-        hidden_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=512,
-        rope_parameters=dict(rope),
-    )
-    config._attn_implementation = "eager"
+    config = tiny_config(max_position_embeddings=512, rope_parameters=dict(rope))
     model = randomize_(tf.LlamaForCausalLM(config)).eval()
     head_dim = config.hidden_size // config.num_attention_heads
     hf_l0.patch_model(model, hf_l0.L0Config(layers=True))
@@ -364,17 +362,7 @@ def test_unsupported_rope_type_is_refused_by_name():
 def test_context_length_is_the_sliding_window_when_it_is_shorter(tmp_path, window):
     """deci has no sliding window: the file's context is at most the window, where both compute the same."""
     torch.manual_seed(0)
-    config = tf.MistralConfig(
-        vocab_size=101,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        sliding_window=window,
-    )
-    config._attn_implementation = "eager"
+    config = tiny_config(tf.MistralConfig, num_hidden_layers=2, max_position_embeddings=128, sliding_window=window)
     model = randomize_(tf.MistralForCausalLM(config)).eval()
     export_gguf(model, tmp_path / "model.gguf")
     meta = fields(gguf.GGUFReader(str(tmp_path / "model.gguf")))
@@ -697,16 +685,7 @@ def test_refused_models_get_the_reason_and_the_fix(tmp_path, case):
 
 def test_explicit_head_dim_sets_head_counts_and_key_length(tmp_path):
     torch.manual_seed(0)
-    config = tf.LlamaConfig(
-        vocab_size=101,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        intermediate_size=37,
-        head_dim=16,
-    )
-    config._attn_implementation = "eager"
+    config = tiny_config(num_hidden_layers=2, head_dim=16)
     model = tf.LlamaForCausalLM(config).eval()
     assert config.head_dim != config.hidden_size // config.num_attention_heads
     assert gguf_layers(model) == [GgufLayer(6, 2, 37)] * 2  # and without pad_to, no padding (37 is odd)
@@ -1199,15 +1178,7 @@ def test_an_offset_type_export_names_its_type_and_head_width_when_padding_would_
 
 def test_rope_factors_and_norms_stay_float32_in_an_f16_export_of_a_bf16_model(tmp_path):
     torch.manual_seed(0)
-    config = tf.LlamaConfig(
-        vocab_size=101,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        intermediate_size=37,
-        rope_parameters=ROPE_PARAMETERS["llama3"],
-    )
+    config = tiny_config(num_hidden_layers=2, rope_parameters=ROPE_PARAMETERS["llama3"])
     model = randomize_(tf.LlamaForCausalLM(config)).eval().to(torch.bfloat16)
     result = export_gguf(model, tmp_path / "m.gguf", dtype="f16")
     reader = gguf.GGUFReader(str(result.path))
