@@ -90,6 +90,15 @@ def make_model(
     return model.eval()
 
 
+def gated_gpt2(layers: bool = False):
+    """A tiny GPT-2 with random gates (``layers``: sublayer gates too): its expected and deterministic sparsities, and
+    FLOPs reductions, differ."""
+    model = make_model("gpt2")
+    hf_l0.patch_model(model, hf_l0.L0Config(layers=layers))
+    randomize_gates(model)
+    return model
+
+
 def compact_model(family: str, auto_class: str, config: hf_l0.L0Config | None = None, seed: int = 0):
     """A tiny pruned model: random gates (whole sublayers shut, see ``randomize_gates``), hidden pruning by default."""
     model = make_model(family, auto_class)

@@ -65,6 +65,11 @@ def randomize_gates(model, seed: int = 0, closed_attention_layer: int = 0, close
             gates.attention_layers.log_alpha[closed_ffn_layer] = 10.0
 
 
+def log_alphas(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every gate's ``log_alpha``, by gate name (to check what a step or a snap moved)."""
+    return {name: gate.log_alpha.detach().clone() for name, gate in hf_l0.get_gates(model).gates.items()}
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor, inputs: dict[str, torch.Tensor]) -> float:
     """Largest |a - b| over the positions the attention mask keeps (padding positions are not compared)."""
     diff = (a - b).abs()

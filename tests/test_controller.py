@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch
 import transformers as tf
-from conftest import make_model
+from conftest import gated_gpt2
 from datasets import Dataset
-from helpers import randomize_gates
+from helpers import log_alphas
 from transformers import TrainerCallback
 
 import hf_l0
@@ -424,20 +424,8 @@ def test_the_penalty_follows_the_step_it_is_given_and_step_advances_the_schedule
     assert float(controller(expected)) == pytest.approx(2.0 * gap + 3.0 * gap * gap)
 
 
-def _gated_gpt2(layers: bool = False) -> torch.nn.Module:
-    """A tiny GPT-2 with random gates: expected and deterministic sparsity (and FLOPs) differ."""
-    model = make_model("gpt2")
-    hf_l0.patch_model(model, hf_l0.L0Config(layers=layers))
-    randomize_gates(model)
-    return model
-
-
-def _log_alphas(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: gate.log_alpha.detach().clone() for name, gate in hf_l0.get_gates(model).gates.items()}
-
-
 def test_parameter_sparsity_and_measure_default_to_the_differentiable_expected_sparsity():
-    model = _gated_gpt2()
+    model = gated_gpt2()
     expected, deterministic = hf_l0.expected_sparsity(model).item(), hf_l0.deterministic_sparsity(model).item()
     assert expected != deterministic
     default = parameter_sparsity(model)
@@ -555,7 +543,7 @@ def test_on_step_checks_the_schedule_at_the_first_step_only():
 
 
 def test_gate_clamp_refuses_an_empty_range_and_clamps_both_ends():
-    model = _gated_gpt2()
+    model = gated_gpt2()
     for low, high in ((1.0, 1.0), (2.0, -2.0)):
         with pytest.raises(ValueError) as refused:
             GateClamp(model, low, high)
@@ -563,15 +551,15 @@ def test_gate_clamp_refuses_an_empty_range_and_clamps_both_ends():
     with torch.no_grad():
         for gate in hf_l0.get_gates(model).gates.values():
             gate.log_alpha.copy_(torch.linspace(-10.0, 10.0, gate.log_alpha.numel()).reshape(gate.log_alpha.shape))
-    before = _log_alphas(model)
+    before = log_alphas(model)
     GateClamp(model, -2.0, 3.0)()
-    for name, log_alpha in _log_alphas(model).items():
+    for name, log_alpha in log_alphas(model).items():
         assert torch.equal(log_alpha, before[name].clamp(-2.0, 3.0)), name
         assert log_alpha.min().item() == -2.0 and log_alpha.max().item() == 3.0, name
 
 
 def test_param_group_indices_finds_the_named_groups_and_names_the_unknown_ones():
-    model = _gated_gpt2()
+    model = gated_gpt2()
     optimizer = torch.optim.AdamW(l0_param_groups(model, LagrangianController(0.5), lr=1e-3, gate_lr=0.1))
     assert param_group_indices(optimizer, "gates", "multipliers") == [2, 3]
     with pytest.raises(ValueError) as refused:
@@ -584,7 +572,7 @@ def test_param_group_indices_finds_the_named_groups_and_names_the_unknown_ones()
 
 @pytest.mark.parametrize("layers", [False, True])
 def test_snap_to_target_pins_the_metric_it_is_given_not_the_parameter_sparsity(layers):
-    model = _gated_gpt2(layers)
+    model = gated_gpt2(layers)
     metric = FlopsTarget(16)
     by_parameters = copy.deepcopy(model)
     snap_to_target(by_parameters, 0.5)
@@ -597,7 +585,7 @@ def test_snap_to_target_pins_the_metric_it_is_given_not_the_parameter_sparsity(l
 def test_the_snap_bisects_the_fine_gates_again_only_when_there_are_sublayer_gates(layers, bisections):
     # every measurement of a FLOPs or latency metric walks the model: with unit gates only the second bisection
     # would shift the very gates the first one did
-    model = _gated_gpt2(layers)
+    model = gated_gpt2(layers)
     flags = []
 
     def measure(model, deterministic):
@@ -625,7 +613,7 @@ def test_bisect_shift_picks_the_closest_sparsity_and_keeps_the_first_shift_that_
 
 
 def test_l0_param_groups_give_each_group_its_rate_and_decay():
-    model = _gated_gpt2()
+    model = gated_gpt2()
     controller, maps = LagrangianController(0.5), torch.nn.Linear(3, 3)
 
     def settings(groups):  # every key but the parameters
@@ -699,7 +687,7 @@ def test_integral_separation_still_integrates_an_error_exactly_at_its_bound():
 
 
 def test_on_step_snaps_the_controllers_metric_in_the_final_phase_and_reports_it():
-    model = _gated_gpt2(layers=True)
+    model = gated_gpt2(layers=True)
     metric = FlopsTarget(16)
     controller = LagrangianController(0.4, final_phase_ratio=0.5, metric=metric)
     measured = controller.on_step(model, 8, max_steps=10)  # in the final phase: the gates move to the target

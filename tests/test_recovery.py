@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 import transformers as tf
-from conftest import TASK_MODELS, VOCAB, make_inputs, make_model
+from conftest import TASK_MODELS, VOCAB, gated_gpt2, make_inputs, make_model
 from datasets import Dataset
-from helpers import max_diff, randomize_, randomize_gates
+from helpers import log_alphas, max_diff, randomize_, randomize_gates
 
 import hf_l0
 from hf_l0 import L0Config, LagrangianController, get_gates
@@ -301,18 +301,6 @@ def test_the_controller_refuses_a_schedule_that_does_not_fit_naming_its_own_sett
     with pytest.raises(ValueError) as refused:
         controller.check_schedule(max_steps)
     assert str(refused.value) == message
-
-
-def gated_gpt2() -> torch.nn.Module:
-    """A tiny GPT-2 with random head and neuron gates: its expected and deterministic FLOPs reductions differ."""
-    model = make_model("gpt2")
-    hf_l0.patch_model(model, L0Config())
-    randomize_gates(model)
-    return model
-
-
-def log_alphas(model) -> dict[str, torch.Tensor]:
-    return {name: gate.log_alpha.detach().clone() for name, gate in get_gates(model).gates.items()}
 
 
 def test_the_freeze_pins_the_controllers_metric_and_reports_both_of_its_measures():
