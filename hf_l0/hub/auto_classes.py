@@ -23,11 +23,22 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from ..arch import supported_model_types
 from ..arch.base import MODEL_TYPE_PREFIX
 from .export import AUTO_CLASSES
+from .own_methods import bind_compact_methods
 from .remote import CompactModelMixin
 
 # model_type ("hf_l0_llama") -> hf-l0's config class; and the (Auto class, config class) pairs registered so far.
 _CONFIG_CLASSES: dict[str, type] = {}
 _MODEL_CLASSES: dict[str, list[tuple[Any, type]]] = {}
+
+
+class RegisteredCompactModel(CompactModelMixin):
+    """The written code's :class:`~hf_l0.hub.remote.CompactModelMixin`, plus what a model loaded with hf-l0 installed
+    gets: its own ``save_pretrained`` / ``push_to_hub`` write hf-l0's export (:func:`bind_compact_methods`). The stock
+    methods would write the config, whose ``auto_map`` names modeling files, without those files."""
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        bind_compact_methods(self)
 
 
 def _register_model_classes(config_cls: type) -> None:
@@ -46,7 +57,7 @@ def _register_model_classes(config_cls: type) -> None:
             stock_model = stock_model[0]
         compact = type(
             f"L0{stock_model.__name__}",
-            (CompactModelMixin, stock_model),
+            (RegisteredCompactModel, stock_model),
             {"config_class": config_cls, "__module__": __name__},
         )
         auto.register(config_cls, compact, exist_ok=True)

@@ -48,6 +48,12 @@ def saved(tmp_path_factory):
     return {kind: (model, hf_l0.save_pretrained(model, root / kind)) for kind, model in models.items()}
 
 
+def _own_save(model, directory):
+    """``model.save_pretrained(directory)``, the model's own method, as Trainer.save_model calls it."""
+    model.save_pretrained(directory)
+    return directory
+
+
 @pytest.mark.parametrize("kind, loader", CASES)
 def test_a_loaded_compact_model_saves_again_and_loads_both_ways(saved, tmp_path, kind, loader):
     original, directory = saved[kind]
@@ -57,6 +63,7 @@ def test_a_loaded_compact_model_saves_again_and_loads_both_ways(saved, tmp_path,
     for how, out in (
         ("save_pretrained", hf_l0.save_pretrained(loaded, tmp_path / "again")),
         ("upload folder", hf_l0.hub.CompactModelUpload(loaded).save_pretrained(tmp_path / "upload")),
+        ("own method", _own_save(loaded, tmp_path / "own")),
     ):
         config = json.loads((out / "config.json").read_text())
         first = json.loads((directory / "config.json").read_text())
