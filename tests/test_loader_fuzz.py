@@ -223,14 +223,16 @@ CASES = [
         "compact",
         lambda d: edit_config(d, num_hidden_layers=10**9),
         ValueError,
-        r"config\.json: num_hidden_layers=1000000000 must be a positive int of at most \d+",
+        r"config\.json: num_hidden_layers=1000000000 must be a positive int of at most \d+ \(the tensor count of the "
+        r"saved weights\)\.$",
     ),
     (
         "huge-hidden",
         "dense",
         lambda d: edit_config(d, n_embd=2**40),
         ValueError,
-        r"config\.json: (n_embd|hidden_size)=1099511627776 must be a positive int",
+        r"config\.json: (n_embd|hidden_size)=1099511627776 must be a positive int of at most \d+ \(the element count "
+        r"of the saved weights\)\.$",
     ),
     (
         "string-heads",
@@ -265,7 +267,8 @@ CASES = [
         "dense",
         lambda d: edit_config(d, architectures=["Trainer"]),
         ValueError,
-        r"config\.json: architectures names 'Trainer', which is not a transformers model class of the 'gpt2' family",
+        r"config\.json: architectures names 'Trainer', which is not a transformers model class of the 'gpt2' family "
+        r"\(its config_class must be GPT2Config\); fix architectures or pass model_class=\.$",
     ),
     (
         "architectures-other-family",
@@ -287,6 +290,83 @@ CASES = [
         lambda d: edit_config(d, architectures="GPT2LMHeadModel"),
         ValueError,
         r"architectures='GPT2LMHeadModel' must be a list of class names",
+    ),
+    (
+        "architectures-unknown",
+        "dense",
+        lambda d: edit_config(d, architectures=["NoSuchModelForAnything"]),
+        ValueError,
+        r"architectures names 'NoSuchModelForAnything', which is not a transformers model class of the 'gpt2' family",
+    ),
+    (
+        "architectures-empty",
+        "dense",
+        lambda d: edit_config(d, architectures=[]),
+        ValueError,
+        r"config\.json: architectures=\[\] names no transformers class; pass model_class=\.$",
+    ),
+    (
+        "layers-above-tensor-count",  # far below the element count: the layer limit is the tensor count
+        "dense",
+        lambda d: edit_config(d, n_layer=1000),
+        ValueError,
+        r"config\.json: (n_layer|num_hidden_layers)=1000 must be a positive int of at most \d+ \(the tensor count",
+    ),
+    (
+        "zero-layers",
+        "dense",
+        lambda d: edit_config(d, n_layer=0),
+        ValueError,
+        r"config\.json: (n_layer|num_hidden_layers)=0 must be a positive int",
+    ),
+    (
+        "bool-width",  # embedding_size is no GPT2Config field: the config class does not check it, hf-l0 does
+        "dense",
+        lambda d: edit_config(d, embedding_size=True),
+        ValueError,
+        r"config\.json: embedding_size=True must be a positive int",
+    ),
+    (
+        "float-width",
+        "dense",
+        lambda d: edit_config(d, embedding_size=2.0),
+        ValueError,
+        r"config\.json: embedding_size=2\.0 must be a positive int",
+    ),
+    (
+        "config-missing",
+        "dense",
+        lambda d: (d / "config.json").unlink(),
+        FileNotFoundError,
+        r"config\.json is missing\.$",
+    ),
+    (
+        "config-a-list",
+        "dense",
+        lambda d: (d / "config.json").write_text("[1]"),
+        ValueError,
+        r"config\.json: not a transformers config \(a JSON object with a model_type string\)\.$",
+    ),
+    (
+        "model-type-not-a-string",
+        "dense",
+        lambda d: edit_config(d, model_type=3),
+        ValueError,
+        r"config\.json: not a transformers config \(a JSON object with a model_type string\)\.$",
+    ),
+    (
+        "export-not-an-object",
+        "dense",
+        lambda d: edit_config(d, l0_export=[1]),
+        ValueError,
+        r"config\.json: l0_export must be an object, got list\.$",
+    ),
+    (
+        "heads-do-not-divide-the-width",  # the config class accepts it; building the model does not
+        "dense",
+        lambda d: edit_config(d, n_head=5),
+        ValueError,
+        r"config\.json: GPT2LMHeadModel cannot be built from these values: `embed_dim` must be divisible by num_heads",
     ),
     ("pickle-bin-only", "dense", pickle_only, FileNotFoundError, r"pickled weights are never loaded"),
     (
@@ -397,3 +477,115 @@ def test_family_check_accepts_every_head_of_the_family():
         config.architectures = [cls.__name__]
         assert hf_l0.hub.load._model_class(config, None) is cls
     assert hf_l0.hub.load._model_class(config, tf.AutoModel) is tf.GPT2Model
+    with pytest.raises(ValueError, match=r"^config\.json: architectures names 'Trainer'"):  # the default place named
+        config.architectures = ["Trainer"]
+        hf_l0.hub.load._model_class(config, None)
+
+
+def test_model_class_may_be_a_model_class_or_an_auto_class_of_the_family(tmp_path, sources):
+    d = sources[0]["dense"]
+    assert type(hf_l0.from_pretrained(d, model_class=tf.GPT2LMHeadModel)) is tf.GPT2LMHeadModel  # not an Auto class
+    with pytest.raises(ValueError, match=r"^AutoModelForMaskedLM has no model class for GPT2Config\.$"):
+        hf_l0.from_pretrained(d, model_class=tf.AutoModelForMaskedLM)
+
+    class TupleAuto:  # an Auto mapping may hold several classes for one config (funnel's): the first is taken
+        _model_mapping = {tf.GPT2Config: (tf.GPT2LMHeadModel, tf.GPT2Model)}
+
+    loaded = hf_l0.from_pretrained(d, model_class=TupleAuto)
+    assert type(loaded) is tf.GPT2LMHeadModel
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in sources[1]["dense"].state_dict().items())
+
+
+def test_a_layer_count_equal_to_the_tensor_count_passes_the_size_check(tmp_path, sources):
+    d = tmp_path / "d"
+    shutil.copytree(sources[0]["dense"], d)
+    tensors = len(load_file(weights(d)))
+    edit_config(d, n_layer=tensors)  # the bound itself is allowed: the strict weight check refuses it, by name
+    with pytest.raises(ValueError, match=r"missing tensor 'transformer\.h\.\d+\."):
+        hf_l0.from_pretrained(d)
+
+
+def test_a_config_the_config_class_refuses_is_reported_with_its_reason_on_one_line(tmp_path, sources):
+    d = tmp_path / "d"
+    shutil.copytree(sources[0]["dense"], d)
+    edit_config(d, n_head=2.0)
+    with pytest.raises(Exception) as refused:  # huggingface_hub's StrictDataclassFieldValidationError
+        tf.GPT2Config(n_head=2.0)
+    reason = " ".join(str(refused.value).split())
+    assert "\n" in str(refused.value)  # the config class's own message spans lines; the loader's is one line
+    with pytest.raises(ValueError) as caught:
+        hf_l0.from_pretrained(d)
+    assert str(caught.value) == f"{d / 'config.json'}: the GPT2Config refuses these values: {reason}"
+
+
+def test_the_loaded_config_names_its_directory_and_drops_the_files_remote_code_and_version(tmp_path, sources):
+    d = tmp_path / "d"
+    shutil.copytree(sources[0]["compact"], d)
+    saved = json.loads((d / "config.json").read_text())
+    assert saved["auto_map"]  # a remote-code save
+    edit_config(d, transformers_version="1.0.0")
+    config = hf_l0.from_pretrained(d).config
+    assert config.name_or_path == str(d)
+    assert getattr(config, "auto_map", None) is None  # the loaded model is of a stock class
+    assert getattr(config, "transformers_version", None) != "1.0.0"
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, sources):
+    """snapshot_download stand-in: records its calls and answers with the saved dense directory."""
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(sources[0]["dense"])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_a_hub_repo_id_downloads_no_code(fake_hub, sources):
+    model = hf_l0.from_pretrained("me/tiny-gpt2")
+    assert fake_hub == [("me/tiny-gpt2", {"allow_patterns": ["*.json", "*.safetensors", "*.txt", "*.model", "*.md"]})]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sources[1]["dense"].state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["nothing-here", "a/b/c", "owner/file"])
+def test_a_path_that_is_neither_a_directory_nor_a_repo_id_is_refused(tmp_path, monkeypatch, fake_hub, name):
+    monkeypatch.chdir(tmp_path)
+    if name == "owner/file":  # an existing file is never taken for a repo id
+        (tmp_path / "owner").mkdir()
+        (tmp_path / "owner" / "file").write_text("x")
+    with pytest.raises(FileNotFoundError, match=rf"^{name} is not a directory \(nor a Hub repo id 'owner/name'\)\.$"):
+        hf_l0.from_pretrained(name)
+    assert fake_hub == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"architectures": ["Trainer"]}, "architectures names 'Trainer'"),
+        ({"n_head": 5}, "GPT2LMHeadModel cannot be built"),
+        ({"n_layer": 1000}, "num_hidden_layers=1000 must be a positive int"),
+    ],
+)
+def test_config_errors_name_the_file_by_its_whole_path(tmp_path, sources, change, message):
+    d = tmp_path / "d"
+    shutil.copytree(sources[0]["dense"], d)
+    edit_config(d, **change)
+    with pytest.raises(ValueError) as caught:
+        hf_l0.from_pretrained(d)
+    assert str(caught.value).startswith(f"{d / 'config.json'}: {message}")
+
+
+def test_a_config_without_dtype_loads_in_float32_and_a_legacy_torch_dtype_is_read(tmp_path, sources):
+    d = tmp_path / "d"
+    shutil.copytree(sources[0]["dense"], d)
+    edit_structure(d, lambda c: c.pop("dtype", None))
+    model = hf_l0.from_pretrained(d)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    edit_state(d, lambda s: s.update({k: v.to(torch.bfloat16) for k, v in s.items()}))
+    edit_config(d, torch_dtype="bfloat16")  # a config.json written before transformers named it dtype
+    model = hf_l0.from_pretrained(d)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

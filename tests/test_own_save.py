@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import CONFIGS, ENCODERS, VOCAB, make_inputs, make_model
+from conftest import CONFIGS, ENCODERS, make_inputs, make_model, tiny_tokenizer
 from helpers import NO_HF_L0_PRELUDE, randomize_gates
 from safetensors.torch import save_file
 
@@ -65,28 +65,6 @@ PIPELINES = {
 
 def case_name(family, head):
     return f"{family}-{head}"
-
-
-def tiny_tokenizer(encoder: bool):
-    """A word-level fast tokenizer over the tiny configs' vocabulary (``w5`` ... ``w100``), built offline."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {token: i for i, token in enumerate(specials + [f"w{i}" for i in range(len(specials), VOCAB)])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    if encoder:
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-        )
-    return tf.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
 
 
 def pipeline_result(pipe, task):

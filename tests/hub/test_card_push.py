@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import pytest
 import torch
-from conftest import compact_model
+from conftest import compact_model, tiny_tokenizer
 from helpers import UNIFORM
 
 import hf_l0
@@ -166,3 +166,123 @@ def test_push_arguments_and_tags_reach_the_hub_and_the_card(tmp_path, monkeypatc
     assert api.calls["commit"][1]["revision"] == "v2" and api.calls["commit"][1]["commit_description"] == "d"
     state = hf_l0.from_pretrained(hf_l0.save_pretrained(model, tmp_path / "s", state_dict=model.state_dict()))
     assert state.state_dict().keys() == model.state_dict().keys()
+
+
+class NormalizingApi(RecordingApi):
+    """RecordingApi whose create_repo answers with the full name (``"me/" + name``), as the Hub does for a bare name,
+    and which records every create_branch argument."""
+
+    def create_repo(self, repo_id, **kwargs):
+        super().create_repo(repo_id, **kwargs)
+        return type("RepoUrl", (), {"repo_id": repo_id if "/" in repo_id else "me/" + repo_id})()
+
+    def create_branch(self, **kwargs):
+        self.calls["branch"] = kwargs
+
+
+def push_through(entry: str, model, repo_id: str, save_kwargs: dict, **push_kwargs):
+    """Push with hf_l0.push_to_hub (save arguments beside the push arguments) or with CompactModelUpload (save
+    arguments at construction)."""
+    if entry == "function":
+        return hf_l0.push_to_hub(model, repo_id, **save_kwargs, **push_kwargs)
+    return hf_l0.hub.CompactModelUpload(model, **save_kwargs).push_to_hub(repo_id, **push_kwargs)
+
+
+@pytest.mark.parametrize("entry", ["function", "upload"])
+def test_every_push_argument_reaches_the_hub_and_the_uploaded_folder(monkeypatch, entry):
+    import transformers.utils.hub as transformers_hub
+
+    api = NormalizingApi()
+    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    model = compact_model("gpt2", "AutoModelForCausalLM")
+    result = push_through(
+        entry,
+        model,
+        "tiny",
+        # hf_l0.push_to_hub takes one tags argument, the push's; CompactModelUpload also takes the save's
+        {"metrics": {"loss": 3.2}, **({"tags": ["saved-tag"]} if entry == "upload" else {})},
+        commit_message="my message",
+        commit_description="my description",
+        private=True,
+        token="hf_secret",
+        revision="dev",
+        create_pr=True,
+        max_shard_size="20KB",
+        tags=["pushed-tag"],
+    )
+    assert result == "commit-url"
+    assert api.calls["create_repo"] == ("tiny", {"private": True, "token": "hf_secret", "exist_ok": True})
+    assert api.calls["branch"] == {"repo_id": "me/tiny", "branch": "dev", "token": "hf_secret", "exist_ok": True}
+    repo, commit = api.calls["commit"]
+    assert repo == "me/tiny"  # the name the Hub answered with, not the one asked for
+    assert commit == {
+        "commit_message": "my message",
+        "commit_description": "my description",
+        "token": "hf_secret",
+        "create_pr": True,
+        "revision": "dev",
+    }
+    files = api.calls["files"]
+    shards = sorted(name for name in files if name.endswith(".safetensors"))
+    assert len(shards) > 1 and "model.safetensors" not in shards  # max_shard_size reached the save
+    index = json.loads(files["model.safetensors.index.json"])
+    assert sorted(set(index["weight_map"].values())) == shards
+    card = files["README.md"].decode()
+    assert '- "pushed-tag"' in card
+    assert ('- "saved-tag"' in card) == (entry == "upload")  # the push's tags join the saved ones
+    assert 'from_pretrained("me/tiny", trust_remote_code=True)' in card and "| loss | 3.2 |" in card
+
+
+@pytest.mark.parametrize("entry", ["function", "upload"])
+def test_push_defaults_one_shard_a_default_message_and_the_users_own_repo_id_in_the_card(monkeypatch, entry):
+    import transformers.utils.hub as transformers_hub
+
+    api = NormalizingApi()
+    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    model = compact_model("gpt2", "AutoModelForCausalLM")
+    # a repo_id given to the save (CompactModelUpload's) names the card's repository; the push does not replace it
+    card_repo = "someone/else" if entry == "upload" else "me/tiny"
+    push_through(entry, model, "me/tiny", {"repo_id": card_repo} if entry == "upload" else {})
+    assert api.calls["create_repo"] == ("me/tiny", {"private": None, "token": None, "exist_ok": True})
+    assert "branch" not in api.calls  # no revision: no branch
+    assert api.calls["commit"][1] == {
+        "commit_message": "Upload compact model (hf-l0)",
+        "commit_description": None,
+        "token": None,
+        "create_pr": False,
+        "revision": None,
+    }
+    files = api.calls["files"]
+    assert "model.safetensors" in files and "model.safetensors.index.json" not in files  # "5GB": one file
+    assert f'from_pretrained("{card_repo}", trust_remote_code=True)' in files["README.md"].decode()
+
+
+@pytest.mark.parametrize("entry", ["function", "upload"])
+def test_push_uploads_the_tokenizer_and_accepts_what_trainer_passes(monkeypatch, entry):
+    import transformers.utils.hub as transformers_hub
+
+    api = NormalizingApi()
+    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    model, tokenizer = compact_model("gpt2", "AutoModelForCausalLM"), tiny_tokenizer(False)
+    if entry == "function":
+        hf_l0.push_to_hub(model, "me/tiny", tokenizer, is_main_process=True)
+    else:
+        hf_l0.hub.CompactModelUpload(model, tokenizer, is_main_process=True).push_to_hub("me/tiny")
+    files = api.calls["files"]
+    assert "tokenizer.json" in files and "tokenizer_config.json" in files
+    uploaded = json.loads(files["tokenizer.json"])["model"]["vocab"]
+    assert uploaded == json.loads(tokenizer.backend_tokenizer.to_str())["model"]["vocab"]
+
+
+def test_compact_model_upload_saves_its_folder_with_the_tokenizer_and_the_shard_size(tmp_path):
+    model, tokenizer = compact_model("gpt2", "AutoModelForCausalLM"), tiny_tokenizer(False)
+    upload = hf_l0.hub.CompactModelUpload(model, tokenizer, metrics={"loss": 3.2})
+    one = upload.save_pretrained(tmp_path / "one")
+    assert (one / "model.safetensors").is_file() and (one / "tokenizer.json").is_file()
+    assert "| loss | 3.2 |" in (one / "README.md").read_text()  # the arguments given at construction
+    sharded = upload.save_pretrained(tmp_path / "sharded", max_shard_size="20KB", metrics={"loss": 1.5})
+    assert not (sharded / "model.safetensors").exists() and len(list(sharded.glob("model-*.safetensors"))) > 1
+    assert "| loss | 1.5 |" in (sharded / "README.md").read_text()  # a save's own arguments win
+    for folder in (one, sharded):
+        loaded = hf_l0.from_pretrained(folder)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())

@@ -241,11 +241,15 @@ def test_a_shard_listed_by_the_previous_index_goes_only_when_it_is_a_plain_safet
     (target / "sub").mkdir()
     (target / "sub" / "w.safetensors").write_bytes(b"x")
     (target / "old.safetensors").write_bytes(b"x")
-    weight_map = {"a": "notes.txt", "b": "sub/w.safetensors", "c": "../outside.safetensors", "d": "old.safetensors"}
+    # a backslash is a plain character of a POSIX name (a separator on Windows); a dot name is hidden
+    own = ["notes.txt", "sub/w.safetensors", "a\\w.safetensors", ".hidden.safetensors"]
+    for name in own[2:]:
+        (target / name).write_bytes(b"x")
+    weight_map = {"c": "../outside.safetensors", "d": "old.safetensors", **{str(i): name for i, name in enumerate(own)}}
     (target / WEIGHTS[1]).write_text(json.dumps({"weight_map": weight_map}))
     hf_l0.save_pretrained(remote_gpt2, target)
     names = {str(p.relative_to(target)) for p in target.rglob("*")}
-    assert {"notes.txt", "sub/w.safetensors"} <= names and not {"old.safetensors", WEIGHTS[1]} & names
+    assert set(own) <= names and not {"old.safetensors", WEIGHTS[1]} & names
     assert_loads_as(target, remote_gpt2)
 
 
@@ -302,3 +306,85 @@ def test_kill_9_at_every_step_of_the_swap_leaves_the_old_or_the_new_model(tmp_pa
         if scenario == "single-to-sharded":
             loaded = tf.AutoModelForCausalLM.from_pretrained(middle, trust_remote_code=True)
             assert max_diff(model_output(loaded, inputs), new, inputs) <= TOL
+
+
+# -- which files of a previous save are its remote code ---------------------------------------------------------------
+
+COMPACT = {"model_type": "hf_l0_llama", "l0_structure": {"layers": []}}
+REMOTE_CODE_CASES = [
+    # (id, config.json text or object, files in the directory, the remote-code files of the previous save)
+    (
+        "hf-l0 save",
+        {**COMPACT, "auto_map": {"AutoModel": "modeling_hf_l0.M"}},
+        ["modeling_hf_l0.py"],
+        ["modeling_hf_l0.py"],
+    ),
+    (
+        "model_type alone says hf-l0",
+        {"model_type": "hf_l0_llama", "auto_map": {"AutoModel": "m.M"}},
+        ["m.py"],
+        ["m.py"],
+    ),
+    (
+        "structure alone says hf-l0",
+        {"model_type": "llama", "l0_structure": {}, "auto_map": {"AutoModel": "m.M"}},
+        ["m.py"],
+        ["m.py"],
+    ),
+    ("the user's own remote code", {"model_type": "llama", "auto_map": {"AutoModel": "custom.M"}}, ["custom.py"], []),
+    ("no model_type", {"auto_map": {"AutoModel": "custom.M"}}, ["custom.py"], []),
+    ("not an object", [1, 2], ["m.py"], []),
+    ("not JSON", "{", ["m.py"], []),
+    (
+        "a list with a tokenizer pair",
+        {**COMPACT, "auto_map": {"AutoTokenizer": ["tok.T", None]}},
+        ["tok.py"],
+        ["tok.py"],
+    ),
+    (
+        "one module named twice",
+        {**COMPACT, "auto_map": {"AutoModel": "m.A", "AutoModelForCausalLM": "m.B"}},
+        ["m.py"],
+        ["m.py"],
+    ),
+    ("missing file", {**COMPACT, "auto_map": {"AutoModel": "gone.M"}}, [], []),
+    ("not a module name", {**COMPACT, "auto_map": {"AutoModel": "bad-name.M"}}, ["bad-name.py"], []),
+    ("capitals", {**COMPACT, "auto_map": {"AutoModel": "Modeling_X.M"}}, ["Modeling_X.py"], ["Modeling_X.py"]),
+    ("another repository's code", {**COMPACT, "auto_map": {"AutoModel": "other/repo--m.M"}}, ["m.py"], []),
+    ("a dotted path", {**COMPACT, "auto_map": {"AutoModel": "pkg.m.M"}}, ["pkg.py"], []),
+]
+
+
+@pytest.mark.parametrize(
+    "config, files, expected", [c[1:] for c in REMOTE_CODE_CASES], ids=[c[0] for c in REMOTE_CODE_CASES]
+)
+def test_the_remote_code_of_a_previous_save_is_only_hf_l0s(tmp_path, config, files, expected):
+    (tmp_path / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    for name in files:
+        (tmp_path / name).write_text("x = 1\n")
+    assert sorted(hf_l0.hub.save._remote_code_of(tmp_path)) == sorted(expected)
+
+
+def test_the_remote_code_follows_relative_imports_past_an_unreadable_module(tmp_path):
+    auto_map = {"AutoModel": "modeling_a.M", "AutoConfig": "broken.C"}  # broken.py is read first (last in, first out)
+    (tmp_path / "config.json").write_text(json.dumps({**COMPACT, "auto_map": auto_map}))
+    (tmp_path / "modeling_a.py").write_text("from .helper_b import f\nimport .helper_c\n")
+    (tmp_path / "helper_b.py").write_text("from .modeling_a import M  # a cycle\n")
+    (tmp_path / "helper_c.py").write_text("")
+    (tmp_path / "broken.py").write_bytes(b"\xff\xfe\x00 not utf-8")
+    (tmp_path / "unrelated.py").write_text("")
+    found = hf_l0.hub.save._remote_code_of(tmp_path)
+    assert sorted(found) == ["broken.py", "helper_b.py", "helper_c.py", "modeling_a.py"]
+
+
+def test_the_staging_lock_is_exclusive_and_released(tmp_path):
+    from hf_l0.hub.save import _lock, _unlock
+
+    first = _lock(tmp_path)
+    assert isinstance(first, int)
+    assert _lock(tmp_path) is None  # held: a second lock (another save, or the finisher) does not get it
+    _unlock(first)
+    _unlock(None)  # where locks are unsupported
+    again = _lock(tmp_path)
+    assert isinstance(again, int)  # released
+    _unlock(again)

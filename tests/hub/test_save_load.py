@@ -3,6 +3,7 @@ corrupt or contradicting weights."""
 
 import json
 import struct
+import warnings
 
 import pytest
 import torch
@@ -151,8 +152,31 @@ def test_compact_directory_without_structure_is_refused(saved_llama):
     config = json.loads(path.read_text())
     config.pop("l0_structure")
     path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="no l0_structure"):
+    with pytest.raises(
+        ValueError,
+        match=r"config\.json: model_type 'hf_l0_llama' but no l0_structure: the structure of this compact "
+        r"model is unknown\.$",
+    ):
         hf_l0.from_pretrained(saved_llama)
+
+
+def test_a_pending_save_that_cannot_be_finished_loads_with_a_warning_at_the_callers_line(saved_llama, monkeypatch):
+    def read_only(directory):  # what finish_interrupted_save meets in a directory it may not write
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(hf_l0.hub.save, "finish_interrupted_save", read_only)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hf_l0.from_pretrained(saved_llama)  # nothing pending: no warning
+    (saved_llama / (hf_l0.hub.save.COMMIT_PREFIX + "abc123")).mkdir()
+    with pytest.warns(UserWarning) as caught:
+        model = hf_l0.from_pretrained(saved_llama)
+    assert len(caught) == 1 and caught[0].filename == __file__  # stacklevel: the line that called from_pretrained
+    assert str(caught[0].message) == (
+        f"{saved_llama}: a save interrupted by a crash (.hf_l0-commit-abc123) could not be finished ([Errno 13] "
+        "Permission denied); the directory may mix two models. Save the model there again."
+    )
+    assert model.config.l0_structure == json.loads((saved_llama / "config.json").read_text())["l0_structure"]
 
 
 def test_sharded_index_problems_are_errors(tmp_path):
@@ -199,3 +223,21 @@ def test_one_mismatch_report_for_files_at_hand_and_in_the_hub_cache():
     hf_l0.hub.checkpoint.raise_on_mismatch("me/repo", "config.json", [])  # nothing to report: no error
     with pytest.raises(ValueError, match=r"missing tensor 't19'; \.\.\. 5 more$"):
         hf_l0.hub.checkpoint.raise_on_mismatch("d", "config.json", [f"missing tensor 't{i}'" for i in range(25)])
+
+
+def test_the_saved_generation_config_is_loaded_and_may_be_absent(tmp_path):
+    model = compact_model("gpt2", "AutoModelForCausalLM")
+    model.generation_config.max_length = 7
+    model.generation_config.repetition_penalty = 1.3
+    out = hf_l0.save_pretrained(model, tmp_path / "m")
+    loaded = hf_l0.from_pretrained(out)
+    assert (loaded.generation_config.max_length, loaded.generation_config.repetition_penalty) == (7, 1.3)
+    (out / "generation_config.json").unlink()  # e.g. a repository that never had one
+    loaded = hf_l0.from_pretrained(out)
+    assert loaded.generation_config.repetition_penalty is None  # unset: generate() uses its default
+    encoder = compact_model("bert", "AutoModelForSequenceClassification")
+    out = hf_l0.save_pretrained(encoder, tmp_path / "e")
+    (out / "generation_config.json").write_text(
+        json.dumps({"max_length": 7})
+    )  # ignored: a classifier generates nothing
+    assert not hasattr(hf_l0.from_pretrained(out), "generation_config")
