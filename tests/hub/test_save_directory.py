@@ -123,7 +123,11 @@ def test_a_directory_in_the_place_of_a_written_file_is_refused_before_anything_c
     (target / "README.md").unlink()
     (target / "README.md").mkdir()
     before = snapshot(target)
-    with pytest.raises(IsADirectoryError, match=r"README\.md is a directory.*rename or move"):
+    with pytest.raises(
+        IsADirectoryError,
+        match=r"README\.md is a directory, but this save writes a file of that name there: rename or move the "
+        r"directory, or save into another directory\.$",
+    ):
         hf_l0.save_pretrained(compact_model("gpt2", "AutoModelForCausalLM", seed=1), target)
     assert snapshot(target) == before
     assert_loads_as(target, remote_gpt2)
@@ -368,13 +372,14 @@ def test_the_remote_code_of_a_previous_save_is_only_hf_l0s(tmp_path, config, fil
 def test_the_remote_code_follows_relative_imports_past_an_unreadable_module(tmp_path):
     auto_map = {"AutoModel": "modeling_a.M", "AutoConfig": "broken.C"}  # broken.py is read first (last in, first out)
     (tmp_path / "config.json").write_text(json.dumps({**COMPACT, "auto_map": auto_map}))
-    (tmp_path / "modeling_a.py").write_text("from .helper_b import f\nimport .helper_c\n")
+    (tmp_path / "modeling_a.py").write_text("from .helper_b import f\nimport .helper_c\nfrom .pkg_d.inner import g\n")
+    (tmp_path / "pkg_d.py").write_text("")
     (tmp_path / "helper_b.py").write_text("from .modeling_a import M  # a cycle\n")
     (tmp_path / "helper_c.py").write_text("")
     (tmp_path / "broken.py").write_bytes(b"\xff\xfe\x00 not utf-8")
     (tmp_path / "unrelated.py").write_text("")
     found = hf_l0.hub.save._remote_code_of(tmp_path)
-    assert sorted(found) == ["broken.py", "helper_b.py", "helper_c.py", "modeling_a.py"]
+    assert sorted(found) == ["broken.py", "helper_b.py", "helper_c.py", "modeling_a.py", "pkg_d.py"]
 
 
 def test_the_staging_lock_is_exclusive_and_released(tmp_path):
@@ -388,3 +393,100 @@ def test_the_staging_lock_is_exclusive_and_released(tmp_path):
     again = _lock(tmp_path)
     assert isinstance(again, int)  # released
     _unlock(again)
+
+
+# -- the swap of atomic_directory, step by step --------------------------------------------------------------------
+
+
+def test_the_swap_moves_other_files_then_weights_and_code_then_config_then_removes_the_stale(tmp_path):
+    from hf_l0.hub.save import _swap_steps
+
+    old = {"model.safetensors.index.json": json.dumps({"weight_map": {"a": "model-1.safetensors"}})}
+    old |= {"model-1.safetensors": "x", "modeling_hf_l0.py": "", "mine.txt": "x"}
+    old["config.json"] = json.dumps({**COMPACT, "auto_map": {"AutoModel": "modeling_hf_l0.M"}})
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+    written = ["README.md", "model.safetensors", "config.json", "hf_l0_x.py", "sub/notes.md", "weights.safetensors"]
+    assert _swap_steps(tmp_path, written) == [
+        ["move", "README.md"],
+        ["move", "sub/notes.md"],
+        ["move", "hf_l0_x.py"],
+        ["move", "weights.safetensors"],
+        ["move", "model.safetensors"],
+        ["remove", "model.safetensors.index.json"],  # loaders would prefer the old index's shards
+        ["move", "config.json"],
+        ["remove", "model-1.safetensors"],
+        ["remove", "modeling_hf_l0.py"],
+    ]
+    # sharded now, over a single file: the old file goes with the switch; no config written, none moved
+    (tmp_path / "model.safetensors").write_text("x")
+    (tmp_path / "model.safetensors.index.json").unlink()
+    assert _swap_steps(tmp_path, ["model-00001-of-00001.safetensors", "model.safetensors.index.json"]) == [
+        ["move", "model-00001-of-00001.safetensors"],
+        ["move", "model.safetensors.index.json"],
+        ["remove", "model.safetensors"],
+        ["remove", "modeling_hf_l0.py"],
+    ]
+
+
+def test_a_save_names_its_steps_in_order_and_writes_into_new_subdirectories(tmp_path, monkeypatch):
+    from hf_l0.hub import save
+
+    steps: list[str] = []
+    monkeypatch.setattr(save, "_step_hook", steps.append)
+    (tmp_path / "old.safetensors").write_text("x")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "old.safetensors"}}))
+    with save.atomic_directory(tmp_path) as staging:
+        (staging / "deep" / "er").mkdir(parents=True)
+        (staging / "deep" / "er" / "file.txt").write_text("new")
+        (staging / "model.safetensors").write_text("w")
+    assert steps == [
+        "staging",
+        "staged",
+        "manifest written",
+        "committed",
+        "move deep/er/file.txt",
+        "move model.safetensors",
+        "remove model.safetensors.index.json",
+        "remove old.safetensors",
+        "manifest removed",
+        "done",
+    ]
+    assert (tmp_path / "deep" / "er" / "file.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "model.safetensors"]
+    with save.atomic_directory(tmp_path) as staging:  # into the subdirectories that now exist
+        (staging / "deep" / "er").mkdir(parents=True)
+        (staging / "deep" / "er" / "file.txt").write_text("newer")
+    assert (tmp_path / "deep" / "er" / "file.txt").read_text() == "newer"
+
+
+def test_a_replayed_swap_skips_what_is_done(tmp_path):
+    from hf_l0.hub.save import MANIFEST_NAME, _replay
+
+    commit = tmp_path / ".hf_l0-commit-x"
+    commit.mkdir()
+    (tmp_path / "moved.txt").write_text("new")  # moved before the crash: its source is gone
+    (commit / "pending.txt").write_text("pending")
+    (tmp_path / "pending.txt").write_text("old")
+    steps = [["move", "moved.txt"], ["move", "pending.txt"], ["remove", "gone.txt"]]
+    (commit / MANIFEST_NAME).write_text(json.dumps({"steps": steps}))
+    _replay(tmp_path, commit)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"moved.txt": "new", "pending.txt": "pending"}
+
+
+def test_a_save_under_a_file_or_into_a_dangling_link_is_refused_by_name(tmp_path):
+    from hf_l0.hub.save import atomic_directory
+
+    (tmp_path / "sub").write_text("a file of the user's")
+    with pytest.raises(NotADirectoryError, match=rf"^{tmp_path / 'sub'} is not a directory, but this save writes "):
+        with atomic_directory(tmp_path) as staging:
+            (staging / "sub").mkdir()
+            (staging / "sub" / "x.json").write_text("{}")
+    assert (tmp_path / "sub").read_text() == "a file of the user's"
+    (tmp_path / "link").symlink_to(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'link'} is a symbolic link to a missing directory "):
+        with atomic_directory(tmp_path / "link"):
+            pass
+    with pytest.raises(FileNotFoundError, match=rf"\({tmp_path / 'missing'}\)\.$"):
+        with atomic_directory(tmp_path / "link"):
+            pass
