@@ -241,3 +241,34 @@ def test_the_saved_generation_config_is_loaded_and_may_be_absent(tmp_path):
         json.dumps({"max_length": 7})
     )  # ignored: a classifier generates nothing
     assert not hasattr(hf_l0.from_pretrained(out), "generation_config")
+
+
+class FakeQuantizer:
+    """What transformers leaves on a model as ``hf_quantizer``, reduced to what hf-l0 reads (its method); a stock save
+    that met it would fail (it has none of a real quantizer's methods)."""
+
+    def __init__(self, method) -> None:
+        self.quantization_config = type("QuantizationConfig", (), {"quant_method": method})()
+
+
+class Method:  # transformers' QuantizationMethod is an enum: its value is the name
+    value = "GGUF"
+
+
+def test_a_model_loaded_from_gguf_saves_as_a_float_checkpoint_and_keeps_its_quantizer(tmp_path):
+    model = compact_model("llama", "AutoModelForCausalLM")
+    assert hf_l0.hub.gguf_quantizer(model) is None
+    for method in ("bitsandbytes", None):
+        model.hf_quantizer = FakeQuantizer(method)
+        assert hf_l0.hub.gguf_quantizer(model) is None  # other quantizations are not GGUF
+    for method in ("gguf", Method()):
+        quantizer = model.hf_quantizer = FakeQuantizer(method)
+        assert hf_l0.hub.gguf_quantizer(model) is quantizer
+    model.is_quantized = True
+    model.config.quantization_config = {"quant_method": "gguf"}
+    out = hf_l0.save_pretrained(model, tmp_path / "m")
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert model.hf_quantizer is quantizer and model.is_quantized  # put back after the save
+    assert model.config.quantization_config == {"quant_method": "gguf"}
+    inputs = make_inputs()
+    assert max_diff(model_output(hf_l0.from_pretrained(out), inputs), model_output(model, inputs), inputs) <= TOL
