@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -433,7 +434,18 @@ def test_a_save_names_its_steps_in_order_and_writes_into_new_subdirectories(tmp_
     from hf_l0.hub import save
 
     steps: list[str] = []
-    monkeypatch.setattr(save, "_step_hook", steps.append)
+    own: dict[str, list[str]] = {}  # the save's own directories in the target at a step
+
+    def hook(step: str) -> None:
+        steps.append(step)
+        if step in ("staging", "committed"):
+            own[step] = [n for n in os.listdir(tmp_path) if n.startswith(".hf_l0-")]
+            assert save._lock(tmp_path / own[step][0]) is None  # held by the save, at both points
+        if step == "committed":
+            assert re.fullmatch(re.escape(save.COMMIT_PREFIX) + "[A-Za-z0-9_]+", own[step][0])  # what a finisher finds
+
+    monkeypatch.setattr(save, "_step_hook", hook)
+    open_files = len(os.listdir("/proc/self/fd"))
     (tmp_path / "old.safetensors").write_text("x")
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "old.safetensors"}}))
     with save.atomic_directory(tmp_path) as staging:
@@ -452,6 +464,8 @@ def test_a_save_names_its_steps_in_order_and_writes_into_new_subdirectories(tmp_
         "manifest removed",
         "done",
     ]
+    assert len(own["staging"]) == 1 and own["staging"][0].startswith(save.STAGING_PREFIX)  # inside the target
+    assert len(os.listdir("/proc/self/fd")) == open_files  # the lock was released
     assert (tmp_path / "deep" / "er" / "file.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "model.safetensors"]
     with save.atomic_directory(tmp_path) as staging:  # into the subdirectories that now exist
@@ -483,6 +497,12 @@ def test_a_save_under_a_file_or_into_a_dangling_link_is_refused_by_name(tmp_path
             (staging / "sub").mkdir()
             (staging / "sub" / "x.json").write_text("{}")
     assert (tmp_path / "sub").read_text() == "a file of the user's"
+    with pytest.raises(NotADirectoryError, match=rf"^{tmp_path / 'sub'} exists and is not a directory\.$"):
+        with atomic_directory(tmp_path / "sub"):
+            pass
+    with atomic_directory(tmp_path / "new" / "nested") as staging:  # missing parents are made
+        (staging / "x.json").write_text("{}")
+    assert (tmp_path / "new" / "nested" / "x.json").is_file()
     (tmp_path / "link").symlink_to(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'link'} is a symbolic link to a missing directory "):
         with atomic_directory(tmp_path / "link"):
