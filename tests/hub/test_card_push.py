@@ -117,14 +117,47 @@ class RecordingApi:
         self.calls["branch"] = (repo_id, branch)
 
 
+STATE_DICT_REFUSED = (
+    r"state_dict does not match the model's tensors \(names and shapes\), e\.g\. \['[^']*', '[^']*', '[^']*'\]: the "
+    r"saved config would describe other weights\. Pass the model's own state dict or none\.$"  # the first three
+)
+
+
 @pytest.mark.parametrize(
     "arguments, error, message",
     [
-        ({"variant": "v1"}, ValueError, r"variant='v1': hf-l0 writes and loads model\.safetensors only"),
-        ({"distributed_checkpoint": True}, ValueError, "no hf-l0 loader reads"),
-        ({"safe_serialization": False}, ValueError, "safetensors only"),
-        ({"max_shard_sze": "1KB"}, TypeError, r"unexpected arguments \['max_shard_sze'\]"),
-        ({"state_dict": {"x": torch.zeros(1)}}, ValueError, "state_dict does not match the model's tensors"),
+        (
+            {"variant": "v1"},
+            ValueError,
+            re.escape(
+                "variant='v1': hf-l0 writes and loads model.safetensors only (hf_l0.from_pretrained and the "
+                "remote-code classes read no variant files). Save the variant into a directory of its own, or push it "
+                "to a branch of the repository with revision=."
+            ),
+        ),
+        (
+            {"distributed_checkpoint": True},
+            ValueError,
+            re.escape(
+                "distributed_checkpoint=True writes a torch.distributed checkpoint, which no hf-l0 loader reads: save "
+                "the gathered compact model without it."
+            ),
+        ),
+        (
+            {"safe_serialization": False},
+            ValueError,
+            re.escape("safe_serialization=False: hf-l0 writes safetensors only (it never loads pickled weights)."),
+        ),
+        (
+            {"max_shard_sze": "1KB"},
+            TypeError,
+            re.escape(
+                "save_pretrained got unexpected arguments ['max_shard_sze']: it takes those of hf_l0.save_pretrained "
+                "and, of the stock method, max_shard_size, state_dict, token, save_peft_format, save_original_format."
+            ),
+        ),
+        ({"state_dict": {"x": torch.zeros(1)}}, ValueError, STATE_DICT_REFUSED),
+        ({"state_dict": {"x": 3}}, ValueError, STATE_DICT_REFUSED),  # not a tensor
     ],
 )
 def test_save_arguments_no_loader_could_read_are_refused_before_anything_is_written(
@@ -144,7 +177,13 @@ def test_save_arguments_no_loader_could_read_are_refused_before_anything_is_writ
         with pytest.raises(error, match=message):
             save()
     assert not list(tmp_path.iterdir()) and not api.calls  # nothing written, nothing created or uploaded
-    with pytest.raises(ValueError, match=r"push_to_hub=True: upload with model\.push_to_hub"):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "push_to_hub=True: upload with model.push_to_hub(repo_id) or hf_l0.push_to_hub(model, repo_id), which "
+            "upload exactly what this function writes."
+        ),
+    ):
         hf_l0.save_pretrained(model, tmp_path / "d", push_to_hub=True)
 
 
