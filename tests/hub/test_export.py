@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers as tf
 from conftest import compact_model, make_inputs, model_output
-from helpers import UNIFORM, max_diff, randomize_gates, weights_bytes
+from helpers import UNIFORM, directory_code_only, max_diff, randomize_gates, weights_bytes
 
 import hf_l0
 from hf_l0 import L0Config, patch_model, prune_model
@@ -80,7 +80,9 @@ def test_native_export(tmp_path, family, auto_class, kwargs, native, reason):
     reference = model_output(model, inputs)
     if not native:
         assert config["model_type"].startswith("hf_l0_") and (out / "modeling_hf_l0.py").exists()
-        with pytest.raises(ValueError, match="cannot save .* natively"):
+        assert config["architectures"] == [config["auto_map"][auto_class].split(".")[-1]]  # the remote-code class
+        assert config["l0_export"]["native"] is False
+        with pytest.raises(ValueError, match=rf"^cannot save {type(model).__name__} natively: "):
             hf_l0.save_pretrained(model, tmp_path / "n", native=True)
         return
     assert config["model_type"] == family and "auto_map" not in config
@@ -103,7 +105,20 @@ def test_native_export(tmp_path, family, auto_class, kwargs, native, reason):
         assert max_diff(model_output(hf_l0.from_pretrained(out), inputs), reference, inputs) <= TOL
     # native=False still writes the remote-code form
     hf_l0.save_pretrained(model, tmp_path / "r", native=False)
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["model_type"] == f"hf_l0_{family}"
+    remote = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert remote["model_type"] == f"hf_l0_{family}"
+    assert remote["l0_export"]["reason"] == "remote code requested (native=False)."
+    # loaded with the remote code, saved again: native once more, none of the remote code's traces
+    with directory_code_only():
+        loaded = getattr(tf, auto_class).from_pretrained(tmp_path / "r", trust_remote_code=True)
+    assert type(loaded).__name__.startswith("L0")
+    again = hf_l0.save_pretrained(loaded, tmp_path / "again")
+    config = json.loads((again / "config.json").read_text())
+    assert config["model_type"] == family and config["architectures"] == [type(model).__name__]
+    assert "auto_map" not in config and not list(again.glob("*.py"))
+    stock = getattr(tf, auto_class).from_pretrained(again)
+    assert type(stock) is type(model)
+    assert max_diff(model_output(stock.eval(), inputs), reference, inputs) <= TOL
 
 
 def _ffn_activation_scores(model, tokenizer, prompt):

@@ -59,8 +59,27 @@ def test_half_precision_compact_model_round_trip_keeps_dtype_and_logits(tmp_path
 def test_patched_model_is_not_saved(tmp_path):
     model = make_model("gpt2")
     patch_model(model, L0Config(layers=True))
-    with pytest.raises(ValueError, match="prune_model"):
+    with pytest.raises(
+        ValueError,
+        match=r"^the model still carries L0 gates: call hf_l0\.prune_model\(model\) before saving it as a compact "
+        r"model \(or save the gates with L0Config / the trainer's checkpoints\)\.$",
+    ):
         hf_l0.save_pretrained(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_only_the_main_process_writes(tmp_path):
+    model = compact_model("gpt2", "AutoModelForCausalLM")
+    assert hf_l0.save_pretrained(model, str(tmp_path / "m"), is_main_process=False) == tmp_path / "m"
+    assert not (tmp_path / "m").exists()
+    assert (hf_l0.save_pretrained(model, tmp_path / "m", is_main_process=True) / "model.safetensors").is_file()
+
+
+def test_native_false_on_a_dense_model_writes_the_stock_save(tmp_path):
+    model = make_model("gpt2")
+    out = hf_l0.save_pretrained(model, tmp_path / "m", native=False)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and "auto_map" not in config and not list(out.glob("*.py"))
 
 
 # -- atomic saves -----------------------------------------------------------------------------------------------------
