@@ -2,6 +2,7 @@
 corrupt or contradicting weights."""
 
 import json
+import os
 import struct
 import warnings
 
@@ -190,7 +191,9 @@ def test_a_pending_save_that_cannot_be_finished_loads_with_a_warning_at_the_call
     (saved_llama / (hf_l0.hub.save.COMMIT_PREFIX + "abc123")).mkdir()
     with pytest.warns(UserWarning) as caught:
         model = hf_l0.from_pretrained(saved_llama)
-    assert len(caught) == 1 and caught[0].filename == __file__  # stacklevel: the line that called from_pretrained
+    assert len(caught) == 1
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampoline adds a frame between the caller and the module
+        assert caught[0].filename == __file__  # stacklevel: the line that called from_pretrained
     assert str(caught[0].message) == (
         f"{saved_llama}: a save interrupted by a crash (.hf_l0-commit-abc123) could not be finished ([Errno 13] "
         "Permission denied); the directory may mix two models. Save the model there again."
