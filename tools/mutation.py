@@ -182,7 +182,10 @@ def _environment() -> dict[str, str]:
         # pytest's unraisable-exception plugin runs gc.collect() five times when a session ends: with torch and
         # transformers loaded that is ~1 s per mutant, more than most mutants' tests take. The warm-up plugin imports
         # once, in mutmut's fork server, what the tests would import lazily in every mutant's process (~1.6 s).
-        PYTEST_ADDOPTS="-p no:unraisableexception -p hf_l0_mutation_warmup",
+        # Each mutant is a pytest session in a forked process that exits without pytest's atexit cleanup, so its
+        # numbered /tmp/pytest-of-<user> directory would stay (a hub run with its retest left 78 GB and filled the
+        # disk): every test's tmp_path is removed when the test ends (module fixtures' directories stay, a few MB).
+        PYTEST_ADDOPTS="-p no:unraisableexception -p hf_l0_mutation_warmup -o tmp_path_retention_policy=none",
         PYTHONPATH=str(ROOT / "tools" / "mutation_plugins"),  # that plugin only: nothing may shadow mutants/
     )
     return env
