@@ -37,6 +37,13 @@ def sources(tmp_path_factory):
     return dirs, {"compact": llama, "sharded": llama, "dense": gpt2}
 
 
+def pristine_copy(tmp_path: Path, sources, kind: str) -> Path:
+    """A copy of the ``kind`` source directory ("compact", "sharded" or "dense") to corrupt, at ``tmp_path / "d"``."""
+    d = tmp_path / "d"
+    shutil.copytree(sources[0][kind], d)
+    return d
+
+
 def weights(d: Path) -> Path:
     return d / "model.safetensors"
 
@@ -463,8 +470,7 @@ def test_auto_classes_refuse_the_same(tmp_path, sources, monkeypatch, name, clas
 
 
 def test_explicit_dtype_still_checks_the_file(tmp_path, sources):
-    d = tmp_path / "d"
-    shutil.copytree(sources[0]["dense"], d)
+    d = pristine_copy(tmp_path, sources, "dense")
     assert hf_l0.from_pretrained(d, dtype=torch.bfloat16).transformer.wte.weight.dtype == torch.bfloat16
     edit_tensor(d, "transformer.wte.weight", lambda t: t.to(torch.int8))
     with pytest.raises(ValueError, match=r"'transformer\.wte\.weight' .* has dtype I8"):
@@ -497,8 +503,7 @@ def test_model_class_may_be_a_model_class_or_an_auto_class_of_the_family(tmp_pat
 
 
 def test_a_layer_count_equal_to_the_tensor_count_passes_the_size_check(tmp_path, sources):
-    d = tmp_path / "d"
-    shutil.copytree(sources[0]["dense"], d)
+    d = pristine_copy(tmp_path, sources, "dense")
     tensors = len(load_file(weights(d)))
     edit_config(d, n_layer=tensors)  # the bound itself is allowed: the strict weight check refuses it, by name
     with pytest.raises(ValueError, match=r"missing tensor 'transformer\.h\.\d+\."):
@@ -506,8 +511,7 @@ def test_a_layer_count_equal_to_the_tensor_count_passes_the_size_check(tmp_path,
 
 
 def test_a_config_the_config_class_refuses_is_reported_with_its_reason_on_one_line(tmp_path, sources):
-    d = tmp_path / "d"
-    shutil.copytree(sources[0]["dense"], d)
+    d = pristine_copy(tmp_path, sources, "dense")
     edit_config(d, n_head=2.0)
     with pytest.raises(Exception) as refused:  # huggingface_hub's StrictDataclassFieldValidationError
         tf.GPT2Config(n_head=2.0)
@@ -519,8 +523,7 @@ def test_a_config_the_config_class_refuses_is_reported_with_its_reason_on_one_li
 
 
 def test_the_loaded_config_names_its_directory_and_drops_the_files_remote_code_and_version(tmp_path, sources):
-    d = tmp_path / "d"
-    shutil.copytree(sources[0]["compact"], d)
+    d = pristine_copy(tmp_path, sources, "compact")
     saved = json.loads((d / "config.json").read_text())
     assert saved["auto_map"]  # a remote-code save
     edit_config(d, transformers_version="1.0.0")
@@ -571,8 +574,7 @@ def test_a_path_that_is_neither_a_directory_nor_a_repo_id_is_refused(tmp_path, m
     ],
 )
 def test_config_errors_name_the_file_by_its_whole_path(tmp_path, sources, change, message):
-    d = tmp_path / "d"
-    shutil.copytree(sources[0]["dense"], d)
+    d = pristine_copy(tmp_path, sources, "dense")
     edit_config(d, **change)
     with pytest.raises(ValueError) as caught:
         hf_l0.from_pretrained(d)
@@ -580,8 +582,7 @@ def test_config_errors_name_the_file_by_its_whole_path(tmp_path, sources, change
 
 
 def test_a_config_without_dtype_loads_in_float32_and_a_legacy_torch_dtype_is_read(tmp_path, sources):
-    d = tmp_path / "d"
-    shutil.copytree(sources[0]["dense"], d)
+    d = pristine_copy(tmp_path, sources, "dense")
     edit_structure(d, lambda c: c.pop("dtype", None))
     model = hf_l0.from_pretrained(d)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
