@@ -146,6 +146,11 @@ def main() -> None:
                 }
             )
         )
+    # Every rank leaves the gloo group together, and the group is destroyed before the interpreter exits: without
+    # this, a rank that exits while the group's threads still run aborts ("terminate called without an active
+    # exception", SIGABRT) now and then.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
