@@ -174,15 +174,17 @@ def test_save_arguments_no_loader_could_read_are_refused_before_anything_is_writ
         lambda: hf_l0.push_to_hub(model, "me/m", **arguments),
         lambda: model.save_pretrained(tmp_path / "c", push_to_hub=True, repo_id="me/m", **arguments),
     ):
-        with pytest.raises(error, match=message):
+        with pytest.raises(error, match=f"^{message.removesuffix('$')}$"):  # the whole message
             save()
     assert not list(tmp_path.iterdir()) and not api.calls  # nothing written, nothing created or uploaded
     with pytest.raises(
         ValueError,
-        match=re.escape(
+        match="^"
+        + re.escape(
             "push_to_hub=True: upload with model.push_to_hub(repo_id) or hf_l0.push_to_hub(model, repo_id), which "
             "upload exactly what this function writes."
-        ),
+        )
+        + "$",
     ):
         hf_l0.save_pretrained(model, tmp_path / "d", push_to_hub=True)
 

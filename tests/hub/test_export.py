@@ -108,6 +108,7 @@ def test_native_export(tmp_path, family, auto_class, kwargs, native, reason):
     remote = json.loads((tmp_path / "r" / "config.json").read_text())
     assert remote["model_type"] == f"hf_l0_{family}"
     assert remote["l0_export"]["reason"] == "remote code requested (native=False)."
+    assert remote["l0_export"]["native"] is False
     # loaded with the remote code, saved again: native once more, none of the remote code's traces
     with directory_code_only():
         loaded = getattr(tf, auto_class).from_pretrained(tmp_path / "r", trust_remote_code=True)

@@ -488,6 +488,83 @@ def test_a_replayed_swap_skips_what_is_done(tmp_path):
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"moved.txt": "new", "pending.txt": "pending"}
 
 
+def test_the_finisher_replays_committed_saves_removes_uncommitted_ones_and_leaves_the_rest(tmp_path):
+    from hf_l0.hub.save import COMMIT_PREFIX, MANIFEST_NAME, STAGING_PREFIX, _lock, _unlock, finish_interrupted_save
+
+    def own(name: str, files: dict[str, str]) -> Path:
+        path = tmp_path / name
+        for relative, text in files.items():
+            (path / relative).parent.mkdir(parents=True, exist_ok=True)
+            (path / relative).write_text(text)
+        path.mkdir(exist_ok=True)
+        return path
+
+    swap = json.dumps({"steps": [["move", "sub/model.safetensors"], ["remove", "old.safetensors"]]})
+    (tmp_path / "old.safetensors").write_text("old")
+    (tmp_path / "notes.txt").write_text("the user's")
+    # sorted first: entries the finisher must pass over without stopping (a name with a hyphen is not one of its own,
+    # a link to a user's directory, a save still running in another process)
+    own(COMMIT_PREFIX + "-not-ours", {MANIFEST_NAME: swap, "sub/model.safetensors": "x"})
+    own("users", {MANIFEST_NAME: swap, "sub/model.safetensors": "x"})
+    (tmp_path / (COMMIT_PREFIX + "0link")).symlink_to(tmp_path / "users")
+    running = own(COMMIT_PREFIX + "0running", {MANIFEST_NAME: swap, "sub/model.safetensors": "running"})
+    (tmp_path / (STAGING_PREFIX + "0file")).write_text("a file, not a save")
+    committed = own(COMMIT_PREFIX + "a1", {MANIFEST_NAME: swap, "sub/model.safetensors": "new"})
+    own(COMMIT_PREFIX + "c3", {})  # the empty commit directory of a finished save
+    own(STAGING_PREFIX + "b2", {MANIFEST_NAME: swap, "sub/model.safetensors": "uncommitted"})  # not committed
+    kept = ("-not-ours", "users", "0link", "0running", "0file")
+    untouched = {name: entry for name, entry in snapshot(tmp_path).items() if any(k in name for k in kept)}
+    held = _lock(running)
+    open_files = len(os.listdir("/proc/self/fd"))
+    try:
+        assert finish_interrupted_save(tmp_path) == [
+            f"finished {COMMIT_PREFIX}a1",
+            f"removed {COMMIT_PREFIX}c3",
+            f"removed {STAGING_PREFIX}b2",
+        ]
+        assert len(os.listdir("/proc/self/fd")) == open_files  # every lock it took is released
+    finally:
+        _unlock(held)
+    after = snapshot(tmp_path)
+    assert {name: after.get(name) for name in untouched} == untouched
+    assert (tmp_path / "sub" / "model.safetensors").read_text() == "new" and not committed.exists()
+    assert not (tmp_path / "old.safetensors").exists() and (tmp_path / "notes.txt").read_text() == "the user's"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".hf_l0-")) == sorted(
+        [COMMIT_PREFIX + "-not-ours", COMMIT_PREFIX + "0link", COMMIT_PREFIX + "0running", STAGING_PREFIX + "0file"]
+    )
+    # released by its process, the other save's directory is finished on the next call
+    assert finish_interrupted_save(tmp_path) == [f"finished {COMMIT_PREFIX}0running"]
+    assert (tmp_path / "sub" / "model.safetensors").read_text() == "running"
+    assert finish_interrupted_save(tmp_path) == [] and finish_interrupted_save(tmp_path / "missing") == []
+
+
+def stubborn_rmtree(path, ignore_errors=False, **kwargs):
+    """``shutil.rmtree`` where a file inside is held open elsewhere (Windows, a virus scanner): it fails, unless told
+    to ignore errors (then it leaves the directory)."""
+    if not ignore_errors:
+        raise PermissionError(13, "held open by another program", str(path))
+
+
+def test_a_save_whose_leftover_cannot_be_removed_still_succeeds_or_raises_its_own_error(tmp_path, monkeypatch):
+    from hf_l0.hub.save import COMMIT_PREFIX, STAGING_PREFIX, atomic_directory, finish_interrupted_save
+
+    done, failed = tmp_path / "done", tmp_path / "failed"
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "rmtree", stubborn_rmtree)
+        with atomic_directory(done) as staging:  # committed and replayed: its emptied commit directory stays
+            (staging / "model.safetensors").write_text("new")
+        with pytest.raises(KeyError, match="the caller's own error"):  # not the cleanup's PermissionError
+            with atomic_directory(failed) as staging:
+                (staging / "model.safetensors").write_text("never committed")
+                raise KeyError("the caller's own error")
+    assert (done / "model.safetensors").read_text() == "new" and not (failed / "model.safetensors").exists()
+    for directory, prefix in ((done, COMMIT_PREFIX), (failed, STAGING_PREFIX)):
+        [leftover] = [p.name for p in directory.iterdir() if p.name.startswith(".hf_l0-")]
+        assert leftover.startswith(prefix)
+        assert finish_interrupted_save(directory) == [f"removed {leftover}"]  # the next save's cleanup
+    assert [p.name for p in done.iterdir()] == ["model.safetensors"] and not list(failed.iterdir())
+
+
 def test_a_save_under_a_file_or_into_a_dangling_link_is_refused_by_name(tmp_path):
     from hf_l0.hub.save import atomic_directory
 

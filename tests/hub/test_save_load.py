@@ -294,3 +294,10 @@ def test_a_model_loaded_from_gguf_saves_as_a_float_checkpoint_and_keeps_its_quan
     assert model.config.quantization_config == {"quant_method": "gguf"}
     inputs = make_inputs()
     assert max_diff(model_output(hf_l0.from_pretrained(out), inputs), model_output(model, inputs), inputs) <= TOL
+
+
+def test_tied_groups_name_the_parameters_that_share_one_tensor():
+    tied = compact_model("llama", "AutoModelForCausalLM")
+    assert hf_l0.hub.tied_groups(tied) == [{"model.embed_tokens.weight", "lm_head.weight"}]
+    tied.lm_head.weight = torch.nn.Parameter(tied.lm_head.weight.detach().clone())  # untied
+    assert hf_l0.hub.tied_groups(tied) == []
