@@ -108,3 +108,31 @@ def directory_code_only() -> Iterator[None]:
         yield
     finally:
         register_compact_classes()
+
+
+class RecordingHubApi:
+    """Stands in for transformers' Hub client (``transformers.utils.hub.hf_api``): records repository and branch
+    creation and the commit, with the uploaded files by name."""
+
+    def __init__(self) -> None:
+        self.calls: dict = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls["create_repo"] = (repo_id, kwargs)
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        self.calls["commit"] = (repo_id, kwargs)
+        self.calls["files"] = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        return "commit-url"
+
+    def create_branch(self, repo_id=None, branch=None, **kwargs):
+        self.calls["branch"] = (repo_id, branch)
+
+
+def use_hub_api(monkeypatch, api):
+    """Route transformers' Hub client to ``api`` (through ``monkeypatch``, a fixture or a MonkeyPatch context)."""
+    import transformers.utils.hub as transformers_hub
+
+    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    return api

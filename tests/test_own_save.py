@@ -20,7 +20,7 @@ import pytest
 import torch
 import transformers as tf
 from conftest import CONFIGS, ENCODERS, make_inputs, make_model, tiny_tokenizer
-from helpers import NO_HF_L0_PRELUDE, randomize_gates
+from helpers import NO_HF_L0_PRELUDE, RecordingHubApi, randomize_gates, use_hub_api
 from safetensors.torch import save_file
 
 import hf_l0
@@ -190,22 +190,6 @@ def run_fresh_process(workdir: Path, cases: list[dict]) -> dict:
     return json.loads((workdir / "results.json").read_text())
 
 
-class FakeHubApi:
-    """Stands in for the Hub client (transformers.utils.hub.hf_api) in tests: records the commit's files."""
-
-    def __init__(self):
-        self.calls = {}
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls["create_repo"] = (repo_id, kwargs)
-        return type("RepoUrl", (), {"repo_id": repo_id})()
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        self.calls["commit"] = (repo_id, kwargs)
-        self.calls["files"] = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
-        return "commit-url"
-
-
 def _write_case(cases, refs, root, name, model, head, *, native=False, **flags):
     inputs = head_inputs(head)
     refs[name] = (model, inputs)
@@ -268,11 +252,8 @@ def fresh(tmp_path_factory):
     _write_case(cases, refs, root, "layers-only-llama", model, "AutoModelForCausalLM", without_trust=True)
 
     # the model's own push_to_hub (the Hub client replaced): the uploaded files, written out, are the directory
-    api = FakeHubApi()
     with pytest.MonkeyPatch.context() as mp:
-        import transformers.utils.hub as transformers_hub
-
-        mp.setattr(transformers_hub, "hf_api", lambda: api)
+        api = use_hub_api(mp, RecordingHubApi())
         model = compact("gpt2", "AutoModelForSequenceClassification", seed=1)
         info["push_return"] = model.push_to_hub("me/gpt2-l0", private=True)
     info["push_calls"] = api.calls
@@ -451,10 +432,7 @@ def test_own_save_pretrained_options(tmp_path, monkeypatch):
     inputs = make_inputs()
     assert (outputs(loaded, inputs)["logits"] - outputs(model, inputs)["logits"]).abs().max().item() <= TOL
 
-    api = FakeHubApi()
-    import transformers.utils.hub as transformers_hub
-
-    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    api = use_hub_api(monkeypatch, RecordingHubApi())
     model.save_pretrained(tmp_path / "pushed", push_to_hub=True, repo_id="me/bert-l0", commit_message="v1")
     assert api.calls["create_repo"][0] == "me/bert-l0" and api.calls["commit"][1]["commit_message"] == "v1"
     uploaded = set(api.calls["files"])

@@ -3,13 +3,12 @@ PushToHubMixin."""
 
 import json
 import re
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import torch
 from conftest import compact_model, tiny_tokenizer
-from helpers import UNIFORM
+from helpers import UNIFORM, RecordingHubApi, use_hub_api
 
 import hf_l0
 from hf_l0 import L0Config
@@ -53,21 +52,7 @@ def test_model_card(tmp_path):
 
 
 def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
-    calls = {}
-
-    class FakeApi:
-        def create_repo(self, repo_id, **kwargs):
-            calls["create_repo"] = (repo_id, kwargs)
-            return type("RepoUrl", (), {"repo_id": repo_id})()
-
-        def create_commit(self, repo_id, operations, **kwargs):
-            calls["commit"] = (repo_id, kwargs)
-            calls["files"] = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
-            return "commit-url"
-
-    import transformers.utils.hub as transformers_hub
-
-    monkeypatch.setattr(transformers_hub, "hf_api", lambda: FakeApi())
+    calls = use_hub_api(monkeypatch, RecordingHubApi()).calls
     model = compact_model("gpt2", "AutoModelForCausalLM")
     assert hf_l0.push_to_hub(model, "me/gpt2-l0", private=True, metrics={"loss": 3.2}) == "commit-url"
     assert calls["create_repo"] == ("me/gpt2-l0", {"private": True, "token": None, "exist_ok": True})
@@ -96,25 +81,6 @@ def test_model_card_links_the_project_only_to_a_declared_url(monkeypatch):
 
 
 # -- save and push arguments: work end to end or are refused -----------------------------------------------------------
-
-
-class RecordingApi:
-    """hf_api() stand-in that records repository creation and commits (the uploaded files by name)."""
-
-    def __init__(self) -> None:
-        self.calls: dict = {}
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls["create_repo"] = (repo_id, kwargs)
-        return type("RepoUrl", (), {"repo_id": repo_id})()
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        self.calls["commit"] = (repo_id, kwargs)
-        self.calls["files"] = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
-        return "commit-url"
-
-    def create_branch(self, repo_id=None, branch=None, **kwargs):
-        self.calls["branch"] = (repo_id, branch)
 
 
 STATE_DICT_REFUSED = (
@@ -163,10 +129,7 @@ STATE_DICT_REFUSED = (
 def test_save_arguments_no_loader_could_read_are_refused_before_anything_is_written(
     tmp_path, monkeypatch, arguments, error, message
 ):
-    import transformers.utils.hub as transformers_hub
-
-    api = RecordingApi()
-    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    api = use_hub_api(monkeypatch, RecordingHubApi())
     model = compact_model("gpt2", "AutoModelForCausalLM")
     for save in (
         lambda: hf_l0.save_pretrained(model, tmp_path / "a", **arguments),
@@ -190,10 +153,7 @@ def test_save_arguments_no_loader_could_read_are_refused_before_anything_is_writ
 
 
 def test_push_arguments_and_tags_reach_the_hub_and_the_card(tmp_path, monkeypatch):
-    import transformers.utils.hub as transformers_hub
-
-    api = RecordingApi()
-    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    api = use_hub_api(monkeypatch, RecordingHubApi())
     model = compact_model("gpt2", "AutoModelForCausalLM")
     model.push_to_hub("me/m", tags=["my-tag"], revision="dev", commit_description="why")
     assert '- "my-tag"' in api.calls["files"]["README.md"].decode()
@@ -209,8 +169,8 @@ def test_push_arguments_and_tags_reach_the_hub_and_the_card(tmp_path, monkeypatc
     assert state.state_dict().keys() == model.state_dict().keys()
 
 
-class NormalizingApi(RecordingApi):
-    """RecordingApi whose create_repo answers with the full name (``"me/" + name``), as the Hub does for a bare name,
+class NormalizingApi(RecordingHubApi):
+    """RecordingHubApi whose create_repo answers with the full name (``"me/" + name``), as the Hub does for a bare name,
     and which records every create_branch argument."""
 
     def create_repo(self, repo_id, **kwargs):
@@ -231,10 +191,7 @@ def push_through(entry: str, model, repo_id: str, save_kwargs: dict, **push_kwar
 
 @pytest.mark.parametrize("entry", ["function", "upload"])
 def test_every_push_argument_reaches_the_hub_and_the_uploaded_folder(monkeypatch, entry):
-    import transformers.utils.hub as transformers_hub
-
-    api = NormalizingApi()
-    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    api = use_hub_api(monkeypatch, NormalizingApi())
     model = compact_model("gpt2", "AutoModelForCausalLM")
     result = push_through(
         entry,
@@ -276,10 +233,7 @@ def test_every_push_argument_reaches_the_hub_and_the_uploaded_folder(monkeypatch
 
 @pytest.mark.parametrize("entry", ["function", "upload"])
 def test_push_defaults_one_shard_a_default_message_and_the_users_own_repo_id_in_the_card(monkeypatch, entry):
-    import transformers.utils.hub as transformers_hub
-
-    api = NormalizingApi()
-    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    api = use_hub_api(monkeypatch, NormalizingApi())
     model = compact_model("gpt2", "AutoModelForCausalLM")
     # a repo_id given to the save (CompactModelUpload's) names the card's repository; the push does not replace it
     card_repo = "someone/else" if entry == "upload" else "me/tiny"
@@ -300,10 +254,7 @@ def test_push_defaults_one_shard_a_default_message_and_the_users_own_repo_id_in_
 
 @pytest.mark.parametrize("entry", ["function", "upload"])
 def test_push_uploads_the_tokenizer_and_accepts_what_trainer_passes(monkeypatch, entry):
-    import transformers.utils.hub as transformers_hub
-
-    api = NormalizingApi()
-    monkeypatch.setattr(transformers_hub, "hf_api", lambda: api)
+    api = use_hub_api(monkeypatch, NormalizingApi())
     model, tokenizer = compact_model("gpt2", "AutoModelForCausalLM"), tiny_tokenizer(False)
     if entry == "function":
         hf_l0.push_to_hub(model, "me/tiny", tokenizer, is_main_process=True)
