@@ -37,10 +37,10 @@ def sources(tmp_path_factory):
     return dirs, {"compact": llama, "sharded": llama, "dense": gpt2}
 
 
-def pristine_copy(tmp_path: Path, sources, kind: str) -> Path:
-    """A copy of the ``kind`` source directory ("compact", "sharded" or "dense") to corrupt, at ``tmp_path / "d"``."""
-    d = tmp_path / "d"
-    shutil.copytree(sources[0][kind], d)
+def pristine_copy(tmp_path: Path, sources, kind: str, name: str = "d") -> Path:
+    """A copy of the ``kind`` source directory ("compact", "sharded" or "dense") to corrupt, at ``tmp_path / name``."""
+    d = tmp_path / name
+    shutil.copytree(sources[0][kind], d, symlinks=True)
     return d
 
 
@@ -402,8 +402,7 @@ CASES = [
 
 @pytest.mark.parametrize("name, source, corrupt, error, message", CASES, ids=[c[0] for c in CASES])
 def test_corrupted_directory_is_refused_and_runs_nothing(tmp_path, sources, name, source, corrupt, error, message):
-    d = tmp_path / name
-    shutil.copytree(sources[0][source], d, symlinks=True)
+    d = pristine_copy(tmp_path, sources, source, name)
     for planted in ("modeling_hf_l0.py", "hf_l0_hub_remote.py", "hf_l0_hub_checkpoint.py", "__init__.py"):
         (d / planted).write_text(PLANTED)
     corrupt(d)
@@ -419,8 +418,7 @@ def test_fuzz_cases_cover_the_list():
 @pytest.mark.parametrize("source", ["compact", "dense"])
 def test_pristine_copies_load(tmp_path, sources, source):
     """The corruptions above are the only reason for the refusals: untouched copies load and compute the same."""
-    d = tmp_path / source
-    shutil.copytree(sources[0][source], d)
+    d = pristine_copy(tmp_path, sources, source, source)
     inputs = make_inputs()
     reference = model_output(sources[1][source], inputs)
     assert torch.allclose(model_output(hf_l0.from_pretrained(d), inputs), reference, atol=1e-6)
@@ -433,8 +431,7 @@ def test_transformers_with_hf_l0_imported_runs_nothing_from_the_directory(
 ):
     """hf-l0's registered classes load the compact model (even with trust_remote_code=True: local classes win)."""
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
-    d = tmp_path / "planted"
-    shutil.copytree(sources[0]["compact"], d)
+    d = pristine_copy(tmp_path, sources, "compact", "planted")
     (d / "modeling_hf_l0.py").write_text(PLANTED)
     loaded = tf.AutoModelForCausalLM.from_pretrained(d, trust_remote_code=trust_remote_code)
     assert not (d / MARKER).exists()
@@ -445,8 +442,7 @@ def test_transformers_with_hf_l0_imported_runs_nothing_from_the_directory(
 @pytest.mark.filterwarnings("ignore")
 def test_transformers_without_hf_l0_and_trust_remote_code_runs_nothing(tmp_path, sources, monkeypatch):
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
-    d = tmp_path / "planted"
-    shutil.copytree(sources[0]["compact"], d)
+    d = pristine_copy(tmp_path, sources, "compact", "planted")
     (d / "modeling_hf_l0.py").write_text(PLANTED)
     with directory_code_only(), pytest.raises(ValueError, match="trust_remote_code"):
         tf.AutoModelForCausalLM.from_pretrained(d)
@@ -461,8 +457,7 @@ def test_auto_classes_refuse_the_same(tmp_path, sources, monkeypatch, name, clas
     (hf_l0.hub.checkpoint.check_weights)."""
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
     _, source, corrupt, error, message = next(c for c in CASES if c[0] == name)
-    d = tmp_path / name
-    shutil.copytree(sources[0][source], d)
+    d = pristine_copy(tmp_path, sources, source, name)
     corrupt(d)
     context = directory_code_only() if classes == "written" else contextlib.nullcontext()
     with context, pytest.raises(error, match=message):
