@@ -85,7 +85,7 @@ def test_model_card_links_the_project_only_to_a_declared_url(monkeypatch):
 
 STATE_DICT_REFUSED = (
     r"state_dict does not match the model's tensors \(names and shapes\), e\.g\. \['[^']*', '[^']*', '[^']*'\]: the "
-    r"saved config would describe other weights\. Pass the model's own state dict or none\.$"  # the first three
+    r"saved config would describe other weights\. Pass the model's own state dict or none\."  # the first three
 )
 
 
@@ -137,7 +137,7 @@ def test_save_arguments_no_loader_could_read_are_refused_before_anything_is_writ
         lambda: hf_l0.push_to_hub(model, "me/m", **arguments),
         lambda: model.save_pretrained(tmp_path / "c", push_to_hub=True, repo_id="me/m", **arguments),
     ):
-        with pytest.raises(error, match=f"^{message.removesuffix('$')}$"):  # the whole message
+        with pytest.raises(error, match=f"^{message}$"):  # the whole message
             save()
     assert not list(tmp_path.iterdir()) and not api.calls  # nothing written, nothing created or uploaded
     with pytest.raises(

@@ -259,9 +259,8 @@ def test_the_saved_generation_config_is_loaded_and_may_be_absent(tmp_path):
     assert loaded.generation_config.repetition_penalty is None  # unset: generate() uses its default
     encoder = compact_model("bert", "AutoModelForSequenceClassification")
     out = hf_l0.save_pretrained(encoder, tmp_path / "e")
-    (out / "generation_config.json").write_text(
-        json.dumps({"max_length": 7})
-    )  # ignored: a classifier generates nothing
+    # ignored: a classifier generates nothing
+    (out / "generation_config.json").write_text(json.dumps({"max_length": 7}))
     assert not hasattr(hf_l0.from_pretrained(out), "generation_config")
 
 
