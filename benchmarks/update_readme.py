@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/x.py` finds the package
 
-from benchmarks import accuracy_sparsity, llm  # noqa: E402
+from benchmarks import accuracy_sparsity, llm, recovery  # noqa: E402
 from benchmarks.accuracy_sparsity import DEFAULT_TARGETS, GOALS, LANDING_TOLERANCE, MARGIN_GOALS  # noqa: E402
 from benchmarks.common import BASELINES, RESULTS_DIR, ROOT, goal, markdown_table  # noqa: E402
 from benchmarks.latency_table import TABLE_ERROR_GOAL  # noqa: E402
@@ -36,9 +36,11 @@ TITLES = {
     "speed": "speed",
     "llm": "LLM",
     "latency_targets": "latency and FLOPs targets",
+    "recovery": "search, then recover",
 }
 LATENCY_TABLES = "latency"  # latency_table.py's results folder, one file per batch size
 CURVE_STEPS, CURVE_TARGET = (100, 300, 1000), 0.75  # the steps curve the README asks for (accuracy_sparsity.py)
+MAIN_JOB_GOAL = 0.99  # the main job's pruned test accuracy, as a fraction of its dense model's
 NOT_RUN = "not run yet"
 
 
@@ -51,6 +53,7 @@ def headline_rows(results_dir: Path) -> list[list[Any]]:
     """One row per benchmark goal: (what, measured, goal, met)."""
     rows: list[list[Any]] = [*accuracy_rows(_load(results_dir, "accuracy_sparsity"))]
     rows += steps_rows(_load(results_dir, "accuracy_steps"))
+    rows += recovery_rows(_load(results_dir, "recovery")) + main_job_rows(results_dir)
     speed = _load(results_dir, "speed")
     if speed:
         for r in speed["latency"]:
@@ -186,6 +189,54 @@ def steps_rows(curve: dict[str, Any] | None) -> list[list[Any]]:
             ]
         )
     return rows
+
+
+def recovery_rows(data: dict[str, Any] | None) -> list[list[Any]]:
+    """Per (target, steps) with a goal: hf-l0 (its variant of highest validation accuracy) − the best baseline, mean
+    over seeds, with the paired difference on the same test examples (``recovery.py``); budgets not run say so."""
+    compared = {(c["target"], c["steps"]): c for c in (data or {}).get("comparisons", [])}
+    rows: list[list[Any]] = []
+    for (target, steps), need in sorted(recovery.MARGIN_GOALS.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        c = compared.get((target, steps))
+        what = f"search, then recover: hf-l0 − best baseline at {target:g}, {steps} steps, mean over seeds"
+        if c is None:
+            rows.append([what, NOT_RUN, _signed_points_goal(need), "–"])
+            continue
+        (l0, l0_std, l0_seeds), (base, base_std, base_seeds) = c["hf_l0_test"], c["baseline_test"]
+        pair = c["paired_points"]
+        paired = "" if pair is None else f"; paired {pair[0]:+.1f} ± {pair[1]:.1f} (s.e.)"
+        rows.append(
+            [
+                f"{what} (hf-l0 {c['variant']}, {c['best_baseline']})",
+                f"{l0:.3f} ± {l0_std:.3f} ({l0_seeds} seeds) vs {base:.3f} ± {base_std:.3f} ({base_seeds}): "
+                f"{c['margin_points']:+.1f} points{paired}",
+                _signed_points_goal(need),
+                goal(c["margin_met"] and c["landing_met"]),
+            ]
+        )
+    return rows
+
+
+def _signed_points_goal(need: float) -> str:
+    return f"≥ {need:+.1f} points"
+
+
+def main_job_rows(results_dir: Path) -> list[list[Any]]:
+    """The main job's pruned ÷ dense test accuracy (``main_job/summary.json``)."""
+    path = results_dir / MAIN_JOB_SUMMARY
+    what = "main job (README command): pruned ÷ dense test accuracy"
+    if not path.is_file():
+        return [[what, NOT_RUN, f"≥ {MAIN_JOB_GOAL}", "–"]]
+    s = json.loads(path.read_text())
+    dense, pruned = s["dense"]["accuracy"], s["pruned"]["accuracy"]
+    return [
+        [
+            f"{what} at {s['target_sparsity']:g}",
+            f"{pruned:.3f} ÷ {dense:.3f} = {pruned / dense:.3f}",
+            f"≥ {MAIN_JOB_GOAL}",
+            goal(pruned / dense >= MAIN_JOB_GOAL),
+        ]
+    ]
 
 
 def _llm_results(data: dict[str, Any]) -> dict[str, Any]:
@@ -355,9 +406,12 @@ def deployment_rows(results_dir: Path) -> list[list[Any]]:
 
 
 def short_rows(results_dir: Path) -> list[list[Any]]:
-    """The README's rows: accuracy against the best baseline per target, the LLM's perplexity, deployment."""
+    """The README's rows: accuracy against the best baseline per target, search-then-recover against it over seeds,
+    the main job, the LLM's perplexity, deployment."""
     return (
         accuracy_rows(_load(results_dir, "accuracy_sparsity"))
+        + recovery_rows(_load(results_dir, "recovery"))
+        + main_job_rows(results_dir)
         + llm_rows(_load(results_dir, "llm"))
         + deployment_rows(results_dir)
     )

@@ -510,6 +510,41 @@ def test_update_readme_latency_target_rows():
     assert update_readme.latency_target_rows(None)[0][1] == update_readme.NOT_RUN
 
 
+def test_update_readme_recovery_and_main_job_rows(tmp_path):
+    """The goal table's search-then-recover rows: a goal met only when the margin and the landing are, every budget of
+    the goals listed (those not run say so); the main job's ratio against its goal."""
+    comparison = {
+        "target": 0.75,
+        "steps": 300,
+        "variant": "recovery_ratio=0.5",
+        "best_baseline": "fisher",
+        "hf_l0_test": [0.81, 0.004, 3],
+        "baseline_test": [0.795, 0.006, 3],
+        "margin_points": 1.5,
+        "paired_points": [1.5, 0.7, 3],
+        "margin_met": True,
+        "landing_met": True,
+    }
+    rows = update_readme.recovery_rows({"comparisons": [comparison]})
+    assert len(rows) == len(recovery.MARGIN_GOALS)
+    (row,) = [r for r in rows if "at 0.75, 300 steps" in r[0]]
+    assert row[1] == "0.810 ± 0.004 (3 seeds) vs 0.795 ± 0.006 (3): +1.5 points; paired +1.5 ± 0.7 (s.e.)"
+    assert row[2] == "≥ +1.0 points" and row[3] == common.goal(True)
+    assert all(r[1] == update_readme.NOT_RUN for r in rows if r is not row)
+    comparison["landing_met"] = False
+    (row,) = [r for r in update_readme.recovery_rows({"comparisons": [comparison]}) if "at 0.75, 300" in r[0]]
+    assert row[3] == common.goal(False)
+    assert update_readme.main_job_rows(tmp_path)[0][1] == update_readme.NOT_RUN
+    (tmp_path / "main_job").mkdir()
+    summary = {"target_sparsity": 0.6, "dense": {"accuracy": 0.82}, "pruned": {"accuracy": 0.8118}}
+    (tmp_path / "main_job" / "summary.json").write_text(json.dumps(summary))
+    (row,) = update_readme.main_job_rows(tmp_path)
+    assert row[1] == "0.812 ÷ 0.820 = 0.990" and row[3] == common.goal(True)
+    summary["pruned"]["accuracy"] = 0.8117
+    (tmp_path / "main_job" / "summary.json").write_text(json.dumps(summary))
+    assert update_readme.main_job_rows(tmp_path)[0][3] == common.goal(False)
+
+
 def test_committed_readme_section_is_generated():
     """The README's headline table is exactly what update_readme renders from the committed results."""
     assert update_readme.main(["--check"]) == 0, "run python benchmarks/update_readme.py"
