@@ -172,17 +172,68 @@ def test_frozen_gates_in_training_mode_compute_what_the_pruned_model_computes(fa
     assert max_diff(final_output(model, inputs, keep), pruned, inputs) > 1e-3
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["schedule_continues", "lr_restart"])
 @pytest.mark.parametrize("resume_at", [4, 8])  # before the switch (crossed after resuming) and after it
-def test_resume_across_the_switch_is_bitwise(tmp_path, resume_at):
-    full = trainer(tmp_path / "a", save_strategy="steps", save_steps=4)
+def test_resume_across_the_switch_is_bitwise(tmp_path, resume_at, restart):
+    full = trainer(tmp_path / "a", save_strategy="steps", save_steps=4, recovery_lr_restart=restart)
     full.train()
-    resumed = trainer(tmp_path / "b", model=bert(seed=1), save_strategy="steps", save_steps=4)
+    resumed = trainer(
+        tmp_path / "b", model=bert(seed=1), save_strategy="steps", save_steps=4, recovery_lr_restart=restart
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / f"checkpoint-{resume_at}"))
     assert get_gates(resumed.model).frozen and int(resumed.controller.frozen_step) == FREEZE
     for key, value in full.model.state_dict().items():  # gates and weights
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     for key, value in full.controller.state_dict().items():
         assert torch.equal(value, resumed.controller.state_dict()[key]), key
+
+
+def learning_rates(run: L0Trainer) -> dict[str, list[float]]:
+    """Each param group's learning rate at every optimizer step of ``run``'s schedule (the scheduler alone)."""
+    run.create_optimizer_and_scheduler(num_training_steps=STEPS)
+    names = [group["name"] for group in run.optimizer.param_groups]
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(STEPS):
+        for name, rate in zip(names, run.lr_scheduler.get_last_lr()):
+            rates[name].append(rate)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_the_lr_restart_gives_the_recovery_steps_a_schedule_of_their_own(tmp_path, schedule):
+    """With recovery_lr_restart the weights follow the run's schedule over the search, then the same schedule type
+    over the recovery steps alone (same warm-up fraction); gates and multipliers keep theirs."""
+    settings = dict(lr_scheduler_type=schedule, warmup_steps=4)  # 4 of 12 steps: 2 of the 6 recovery steps
+    continued = learning_rates(trainer(tmp_path / "a", **settings))
+    restarted = learning_rates(trainer(tmp_path / "b", recovery_lr_restart=True, **settings))
+    recovery = STEPS - FREEZE
+    fresh = tf.get_scheduler(
+        schedule,
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3),
+        num_warmup_steps=2,
+        num_training_steps=recovery,
+    )
+    expected = []
+    for _ in range(recovery):
+        expected.append(fresh.get_last_lr()[0])
+        fresh.optimizer.step()
+        fresh.step()
+    for group in ("weights", "weights_no_decay"):
+        assert restarted[group][:FREEZE] == continued[group][:FREEZE]
+        assert restarted[group][FREEZE:] == pytest.approx(expected, rel=1e-12, abs=0)
+        assert restarted[group][FREEZE:] != continued[group][FREEZE:]
+    for group in ("gates", "multipliers"):
+        assert restarted[group] == continued[group]
+
+
+def test_the_lr_restart_needs_the_trainers_own_lambda_schedule(tmp_path):
+    run = trainer(tmp_path, recovery_lr_restart=True)
+    run.create_optimizer()
+    run.lr_scheduler = torch.optim.lr_scheduler.StepLR(run.optimizer, step_size=1)  # as Trainer(optimizers=...) sets
+    with pytest.raises(ValueError, match=r"recovery_lr_restart=True .* a scheduler passed in .* LambdaLR schedule"):
+        run.create_scheduler(num_training_steps=STEPS)
 
 
 @pytest.mark.parametrize(

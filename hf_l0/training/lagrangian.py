@@ -55,6 +55,20 @@ def search_steps(max_steps: int, recovery_ratio: float = 0.0) -> int:
     return max_steps - round(recovery_ratio * max_steps)
 
 
+def restart_at_recovery(
+    search_lambda: Callable[[int], float], recovery_lambda: Callable[[int], float], num_search_steps: int
+) -> Callable[[int], float]:
+    """A learning-rate multiplier (for ``LambdaLR``) that follows ``search_lambda`` over the search and starts
+    ``recovery_lambda`` from its step 0 at the first recovery step (``num_search_steps``): the recovery stage gets a
+    schedule of its own, as CoFi's fine-tuning stage does. A plain function, so ``LambdaLR.state_dict`` leaves it out
+    and a resumed run rebuilds it."""
+
+    def multiplier(step: int) -> float:
+        return search_lambda(step) if step < num_search_steps else recovery_lambda(step - num_search_steps)
+
+    return multiplier
+
+
 def check_schedule(
     warmup_steps: int, max_steps: int, target: str, warmup_source: str, recovery_ratio: float = 0.0
 ) -> None:

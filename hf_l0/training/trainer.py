@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, get_scheduler
 
 from .. import hub
 from ..cost.size import deterministic_sparsity, expected_sparsity
@@ -39,6 +39,7 @@ from .lagrangian import (
     gate_parameters,
     l0_param_groups,
     param_group_indices,
+    restart_at_recovery,
     search_steps,
 )
 from .training_args import GATE_LR_PER_WARMUP_STEPS, GATE_LR_RANGE, L0TrainingArguments
@@ -237,14 +238,40 @@ class L0Trainer(Trainer):
             self.controller.warmup_steps, num_training_steps, self.args.target_text(), source, self.args.recovery_ratio
         )
         created = self.lr_scheduler is None
+        restart = self.args.recovery_lr_restart and self.args.recovery_ratio > 0
         scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if restart and not (created and isinstance(scheduler, LambdaLR)):
+            raise ValueError(
+                "recovery_lr_restart=True restarts the Trainer's own LambdaLR schedule at the freeze; this run has "
+                f"{'a scheduler passed in' if not created else type(scheduler).__name__} (lr_scheduler_type="
+                f"{self.args.lr_scheduler_type!r}). Use a LambdaLR schedule type (linear, cosine, constant, ...) "
+                "without passing a scheduler, or set recovery_lr_restart=False."
+            )
         if created and isinstance(scheduler, LambdaLR):
             constant = ("gates", "multipliers") if self.args.gate_lr_constant else ("multipliers",)
             for i in param_group_indices(scheduler.optimizer, *constant):
                 scheduler.lr_lambdas[i] = _constant_lr
                 scheduler.optimizer.param_groups[i]["lr"] = scheduler.base_lrs[i]
                 scheduler._last_lr[i] = scheduler.base_lrs[i]
+            if restart:
+                self._restart_weights_schedule_at_recovery(scheduler, num_training_steps)
         return scheduler
+
+    def _restart_weights_schedule_at_recovery(self, scheduler: LambdaLR, num_training_steps: int) -> None:
+        """The weights' (and layer maps') multiplier: the run's schedule over the search, then the same schedule type
+        over the recovery steps alone, with the same warm-up fraction (``recovery_lr_restart``)."""
+        search = self.controller.search_steps(num_training_steps)
+        recovery = num_training_steps - search
+        template = get_scheduler(
+            self.args.lr_scheduler_type,
+            optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0),
+            # the run's warm-up as a fraction of its steps, applied to the recovery steps
+            num_warmup_steps=math.ceil(self.args.get_warmup_steps(num_training_steps) * recovery / num_training_steps),
+            num_training_steps=recovery,
+            scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+        )
+        for i in param_group_indices(scheduler.optimizer, "weights", "weights_no_decay", "layer_maps"):
+            scheduler.lr_lambdas[i] = restart_at_recovery(scheduler.lr_lambdas[i], template.lr_lambdas[0], search)
 
     # -- loss -------------------------------------------------------------------------------------------------------
     def compute_loss(

@@ -50,6 +50,14 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
             "exactly, with the same loss and no penalty. 0: no recovery stage (the gates train to the last step)."
         },
     )
+    recovery_lr_restart: bool = field(
+        default=False,
+        metadata={
+            "help": "Start the weights' learning-rate schedule afresh at the freeze: the recovery steps get the "
+            "run's schedule (--lr_scheduler_type, the same fraction of warm-up) over their own length, as CoFi's "
+            "separate fine-tuning stage does. Otherwise they continue the run's schedule where the search left it."
+        },
+    )
     gate_learning_rate: float | None = field(
         default=None,
         metadata={
