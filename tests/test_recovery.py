@@ -336,6 +336,13 @@ def test_the_gate_clamp_leaves_frozen_gates_where_they_froze():
             "Choose a ratio between 0.25 and 0.75, or 0 for no recovery stage.",
         ),
         (
+            0,
+            1,
+            0.5,
+            "recovery_ratio=0.5 splits the run into a search and a recovery stage, but a run of 1 optimizer step has "
+            "room for one stage only. Set recovery_ratio=0 (no recovery stage) or train longer.",
+        ),
+        (
             10,
             10,
             0.0,

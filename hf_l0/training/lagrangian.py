@@ -85,6 +85,12 @@ def check_schedule(
             "Give the run training steps, or prune a trained gated model directly with hf_l0.prune_model."
         )
     search = search_steps(max_steps, recovery_ratio)
+    if recovery_ratio > 0 and max_steps < 2:
+        raise ValueError(
+            f"recovery_ratio={recovery_ratio} splits the run into a search and a recovery stage, but a run of "
+            f"{max_steps} optimizer step has room for one stage only. Set recovery_ratio=0 (no recovery stage) or "
+            "train longer."
+        )
     if recovery_ratio > 0 and (search < 1 or search >= max_steps):
         raise ValueError(
             f"recovery_ratio={recovery_ratio} of {max_steps} steps leaves {search} search and "
