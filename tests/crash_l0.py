@@ -54,6 +54,7 @@ def build_trainer(out_dir: str, callbacks: list | None = None) -> L0Trainer:
         max_steps=STEPS,
         sparsity_warmup_steps=WARMUP,
         sparsity_final_phase_ratio=FINAL_PHASE,
+        recovery_ratio=0.0,  # the whole run searches: the kills land in the warm-up and in the final phase
         gate_learning_rate=0.1,
         lagrangian_learning_rate=0.1,
         save_strategy="steps",

@@ -94,6 +94,7 @@ def _train(output_dir, target: float, controller: str) -> tuple[L0Trainer, list[
         sparsity_controller=controller,
         sparsity_final_phase_ratio=0.0,
         sparsity_calibration_rate=0.0,
+        recovery_ratio=0.0,  # the whole run follows the schedule: the band is measured over all of it
         gate_learning_rate=GATE_LR,
     )
     trajectory = _Trajectory()

@@ -87,6 +87,7 @@ def _args(tmp_path, **kw) -> L0TrainingArguments:
         per_device_train_batch_size=8,
         learning_rate=1e-3,
         max_steps=2,
+        recovery_ratio=0.0,  # two steps: no room for a recovery stage
         report_to=[],
         save_strategy="no",
         disable_tqdm=True,

@@ -172,9 +172,12 @@ def _tiny_run(tmp_path, **kwargs):
 @pytest.mark.parametrize(
     "settings, source",
     [
-        (dict(max_steps=10, sparsity_warmup_steps=50), "sparsity_warmup_steps=50"),
-        (dict(max_steps=10, sparsity_warmup_steps=10, sparsity_final_phase_ratio=0.0), "sparsity_warmup_steps=10"),
-        (dict(max_steps=10, sparsity_warmup_ratio=1.0), "sparsity_warmup_ratio=1.0"),
+        (dict(max_steps=10, recovery_ratio=0.0, sparsity_warmup_steps=50), "sparsity_warmup_steps=50"),
+        (
+            dict(max_steps=10, recovery_ratio=0.0, sparsity_warmup_steps=10, sparsity_final_phase_ratio=0.0),
+            "sparsity_warmup_steps=10",
+        ),
+        (dict(max_steps=10, recovery_ratio=0.0, sparsity_warmup_ratio=1.0), "sparsity_warmup_ratio=1.0"),
     ],
 )
 def test_a_warmup_not_shorter_than_the_run_is_refused_before_any_step(tmp_path, settings, source):

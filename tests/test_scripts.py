@@ -367,7 +367,7 @@ def test_prune_clm_to_a_latency_target(tmp_path, tokenizer, monkeypatch):
             ["--cost_seq_len", "16", "--l0_structures", "heads,ffn,hidden", "--target_speedup", "1.5"],
             "a speedup target does not support hidden-dimension gates",
         ),
-        (["--sparsity_warmup_steps", "50", "--target_sparsity", "0.3"], "not shorter than the run's 6 optimizer"),
+        (["--sparsity_warmup_steps", "50", "--target_sparsity", "0.3"], "not shorter than the search stage's 3 steps"),
     ],
     ids=["flops-unreachable", "latency-hidden", "warmup-too-long"],
 )

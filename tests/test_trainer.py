@@ -148,6 +148,7 @@ def test_resume_mid_warmup_matches_uninterrupted_run(tmp_path):
     torch.set_num_threads(1)
     kw = dict(
         max_steps=8,
+        recovery_ratio=0.0,  # a warm-up of 6 of the 8 steps: the whole run searches
         sparsity_warmup_steps=6,
         save_strategy="steps",
         save_steps=4,
@@ -174,7 +175,14 @@ def test_resume_mid_warmup_matches_uninterrupted_run(tmp_path):
 def test_resume_from_a_checkpoint_whose_param_groups_have_no_names(tmp_path):
     """Optimizer checkpoints of hf-l0 0.1.0 carry unnamed groups: resuming names them again and stays bitwise."""
     torch.set_num_threads(1)
-    kw = dict(max_steps=4, sparsity_warmup_steps=2, save_strategy="steps", save_steps=2, gate_learning_rate=0.1)
+    kw = dict(
+        max_steps=4,
+        recovery_ratio=0.0,
+        sparsity_warmup_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        gate_learning_rate=0.1,
+    )
     full = L0Trainer(model=_wide_bert(), args=_args(tmp_path / "a", **kw), train_dataset=_dataset())
     full.train()
     checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
@@ -192,7 +200,9 @@ def test_resume_from_a_checkpoint_whose_param_groups_have_no_names(tmp_path):
 def test_resume_from_a_checkpoint_without_gates_fails(tmp_path):
     model = _wide_bert()
     model.save_pretrained(tmp_path / "plain")
-    trainer = L0Trainer(model=_wide_bert(), args=_args(tmp_path, max_steps=2), train_dataset=_dataset())
+    trainer = L0Trainer(
+        model=_wide_bert(), args=_args(tmp_path, max_steps=2, recovery_ratio=0.0), train_dataset=_dataset()
+    )
     with pytest.raises(ValueError, match="holds no L0 gates"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "plain"))
 
@@ -200,7 +210,7 @@ def test_resume_from_a_checkpoint_without_gates_fails(tmp_path):
 def test_resume_with_other_gated_structures_fails(tmp_path):
     # A run started with whole-sublayer gates, resumed under the heads,ffn default, would silently drop those gates.
     torch.set_num_threads(1)
-    kw = dict(max_steps=2, sparsity_warmup_steps=1, save_strategy="steps", save_steps=2)
+    kw = dict(max_steps=2, recovery_ratio=0.0, sparsity_warmup_steps=1, save_strategy="steps", save_steps=2)
     L0Trainer(
         model=_wide_bert(), args=_args(tmp_path / "a", l0_structures="heads,ffn,layers", **kw), train_dataset=_dataset()
     ).train()
@@ -323,6 +333,7 @@ def test_compact_model_generates_with_the_kv_cache_again(tmp_path):
         output_dir=str(tmp_path),
         target_sparsity=0.3,
         max_steps=2,
+        recovery_ratio=0.0,
         use_cpu=True,
         per_device_train_batch_size=4,
         report_to=[],
