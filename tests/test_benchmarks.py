@@ -131,14 +131,14 @@ def test_recovery_quick(out):
     """Two hf-l0 variants and Fisher over two seeds, then the mask-quality diagnostic: per-example correctness stored,
     the variant chosen on validation, the paired difference computed on the same test examples."""
     common_args = ["--quick", "--output_dir", str(out / "rec"), "--seeds", "0", "1"]
-    variants = ["--variants", "recovery_ratio=0.5", "default"]
+    variants = ["--variants", "recovery_ratio=0.5", "recovery_ratio=0"]
     recovery.main([*common_args, *variants, "--methods", "hf-l0,fisher"])
     recovery.main([*common_args, "--methods", "mask", "--mask_of", "recovery_ratio=0.5"])
     data = _check_outputs(out / "rec", "recovery")
     groups = {(g["method"], g["variant"]): g for g in data["groups"]}
     assert set(groups) == {
         ("hf_l0", "recovery_ratio=0.5"),
-        ("hf_l0", "default"),
+        ("hf_l0", "recovery_ratio=0"),
         ("fisher", None),
         ("mask", "recovery_ratio=0.5"),
     }
@@ -147,7 +147,7 @@ def test_recovery_quick(out):
     frozen = json.loads((runs / "hf_l0-recoveryratio0.5-t0.75-s6-seed0.json").read_text())
     assert (
         frozen["frozen_step"] == 3
-        and json.loads((runs / "hf_l0-default-t0.75-s6-seed0.json").read_text())["frozen_step"] == -1
+        and json.loads((runs / "hf_l0-recoveryratio0-t0.75-s6-seed0.json").read_text())["frozen_step"] == -1
     )
     assert len(frozen["test_correct"]) == 32 and set(frozen["test_correct"]) <= {"0", "1"}
     mask = json.loads((runs / "mask-recoveryratio0.5-t0.75-s6-seed0.json").read_text())
