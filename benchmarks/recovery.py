@@ -334,9 +334,17 @@ def paired(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[float, flo
     return 100 * float(d.mean()), 100 * float(d.std(ddof=1) / math.sqrt(len(d))), len(diffs)
 
 
+def best_by_validation(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The group of highest mean validation accuracy among those run with the most seeds: a lever tried on one seed
+    is not compared against settings whose mean covers three."""
+    most = max((len(g["seeds"]) for g in groups), default=0)
+    return max((g for g in groups if len(g["seeds"]) == most), key=lambda g: g["validation_accuracy"], default=None)
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Groups of runs by (method, variant, target, steps): mean ± std over seeds; the chosen hf-l0 variant and the
-    best baseline per (target, steps), both by mean validation accuracy; their difference and paired difference."""
+    best baseline per (target, steps), both by mean validation accuracy among the groups with the most seeds (see
+    `best_by_validation`); their difference and paired difference."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["method"], r.get("variant"), r["target"], r["steps"]), []).append(r)
@@ -362,8 +370,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     comparisons = []
     for target, steps in sorted({(r["target"], r["steps"]) for r in rows}):
         here = [r for r in rows if (r["target"], r["steps"]) == (target, steps)]
-        l0 = max((r for r in here if r["method"] == "hf_l0"), key=lambda r: r["validation_accuracy"], default=None)
-        base = max((r for r in here if r["method"] in BASELINES), key=lambda r: r["validation_accuracy"], default=None)
+        l0 = best_by_validation([r for r in here if r["method"] == "hf_l0"])
+        base = best_by_validation([r for r in here if r["method"] in BASELINES])
         if l0 is None or base is None:
             continue
         pair = paired(*(groups[(r["method"], r["variant"], target, steps)] for r in (l0, base)))

@@ -165,6 +165,14 @@ def test_recovery_quick(out):
     assert "paired difference" in (out / "rec" / "recovery.md").read_text()
 
 
+def test_recovery_compares_the_variant_of_best_validation_among_those_with_the_most_seeds():
+    lucky = {"variant": "one seed", "seeds": [0], "validation_accuracy": 0.9}
+    chosen = {"variant": "b", "seeds": [0, 1, 2], "validation_accuracy": 0.8}
+    other = {"variant": "c", "seeds": [0, 1, 2], "validation_accuracy": 0.79}
+    assert recovery.best_by_validation([lucky, other, chosen]) is chosen
+    assert recovery.best_by_validation([lucky]) is lucky and recovery.best_by_validation([]) is None
+
+
 def test_speed_quick(out):
     speed.main(["--quick", "--output_dir", str(out)])
     data = _check_outputs(out, "speed")
