@@ -486,6 +486,7 @@ class Context:
                 "gate_init": a.gate_init,
                 "gate_init_batches": a.gate_init_batches,
                 "gate_init_scale": a.gate_init_scale,
+                **({"recovery_ratio": a.recovery_ratio} if a.recovery_ratio else {}),
             }
         calibration = {"examples": a.calibration_examples, "batch_size": a.calibration_batch_size}
         return {**shared, "calibration": {**calibration, "seed": a.calibration_seed}}

@@ -169,10 +169,17 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_gate_arguments(p: argparse.ArgumentParser) -> None:
-    """How hf-l0's gates start (what `hf_l0_trainer` reads besides the distillation options)."""
+    """How hf-l0's gates start and its recovery stage (what `hf_l0_trainer` reads besides the distillation options)."""
     p.add_argument("--gate_init", default="uniform", help="hf-l0's gate start (see L0TrainingArguments.gate_init)")
     p.add_argument("--gate_init_batches", type=int, default=16)
     p.add_argument("--gate_init_scale", type=float, default=1.0)
+    p.add_argument(
+        "--recovery_ratio",
+        type=float,
+        default=0.0,
+        help="hf-l0's recovery stage (L0TrainingArguments.recovery_ratio, whose default is 0.5); 0 here, the setting "
+        "of the committed runs, which predate the stage",
+    )
 
 
 def training_arguments(output_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
@@ -248,7 +255,7 @@ def hf_l0_trainer(
             gate_init=args.gate_init,
             gate_init_batches=args.gate_init_batches,
             gate_init_scale=args.gate_init_scale,
-            **l0_arguments,
+            **{"recovery_ratio": args.recovery_ratio, **l0_arguments},  # a benchmark's own setting wins
         ),
         teacher_model=dense,
         train_dataset=train_dataset,

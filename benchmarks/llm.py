@@ -328,6 +328,7 @@ class Context:
                 "gate_init_batches": a.gate_init_batches,
                 "gate_init_scale": a.gate_init_scale,
                 **({"width_multiple": a.width_multiple} if a.width_multiple > 1 else {}),
+                **({"recovery_ratio": a.recovery_ratio} if a.recovery_ratio else {}),
             }
         return {**shared, "calibration_batches": a.calibration_batches}
 

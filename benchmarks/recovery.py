@@ -208,6 +208,7 @@ class Bench:
             gate_learning_rate=a.gate_learning_rate,
             distill_layerwise=a.distill_layerwise,
             gate_init=a.gate_init,
+            **({"recovery_ratio": a.recovery_ratio} if a.recovery_ratio else {}),  # a variant's own one wins
         )
         done = self.store.finished(name, settings, a.overwrite)
         if done:
