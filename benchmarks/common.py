@@ -241,22 +241,23 @@ def hf_l0_trainer(
     **l0_arguments: Any,
 ) -> L0Trainer:
     """hf-l0's run in the quality benchmarks, not yet trained: seeded, a student copied from ``dense`` and distilled
-    from it, with the shared method options of ``args`` (distillation, gate learning rate and start) plus
-    ``l0_arguments``. Its constructor raises the ``ValueError`` of an unreachable target (``L0Trainer`` checks it
-    against the gated model), which a benchmark may record instead of a run."""
+    from it, with the shared method options of ``args`` (distillation, gate learning rate and start, recovery stage)
+    and ``l0_arguments``, which win over them (a benchmark's own settings). Its constructor raises the ``ValueError``
+    of an unreachable target (``L0Trainer`` checks it against the gated model), which a benchmark may record instead
+    of a run."""
     transformers.set_seed(args.seed)
+    shared = {
+        "distill_alpha": args.distill_alpha,
+        "distill_temperature": args.distill_temperature,
+        "gate_learning_rate": args.gate_learning_rate,
+        "gate_init": args.gate_init,
+        "gate_init_batches": args.gate_init_batches,
+        "gate_init_scale": args.gate_init_scale,
+        "recovery_ratio": args.recovery_ratio,
+    }
     return L0Trainer(
         model=trainable_copy(dense),
-        args=L0TrainingArguments(
-            **trainer_arguments,
-            distill_alpha=args.distill_alpha,
-            distill_temperature=args.distill_temperature,
-            gate_learning_rate=args.gate_learning_rate,
-            gate_init=args.gate_init,
-            gate_init_batches=args.gate_init_batches,
-            gate_init_scale=args.gate_init_scale,
-            **{"recovery_ratio": args.recovery_ratio, **l0_arguments},  # a benchmark's own setting wins
-        ),
+        args=L0TrainingArguments(**trainer_arguments, **{**shared, **l0_arguments}),
         teacher_model=dense,
         train_dataset=train_dataset,
         data_collator=data_collator,

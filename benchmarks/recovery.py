@@ -68,15 +68,6 @@ NAME = "recovery"
 # hf-l0's mean test accuracy minus the best baseline's, in points, per (target, steps): the goals of the comparison
 MARGIN_GOALS = {(0.75, 300): 1.0, (0.9, 300): 1.0, (0.75, 1000): 1.0, (0.5, 300): -0.3, (0.6, 300): -0.3}
 LANDING_TOLERANCE = 0.005
-# Method options that `hf_l0_trainer` takes from the benchmark's namespace; a variant that sets one replaces it there.
-SHARED_OPTIONS = {
-    "gate_learning_rate",
-    "gate_init",
-    "gate_init_batches",
-    "gate_init_scale",
-    "distill_alpha",
-    "distill_temperature",
-}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -224,8 +215,6 @@ class Bench:
         l0_arguments.update(overrides)
         seeded = copy.copy(a)
         seeded.seed = seed
-        for key in SHARED_OPTIONS & set(overrides):  # hf_l0_trainer reads these from the namespace
-            setattr(seeded, key, l0_arguments.pop(key))
         trainer = hf_l0_trainer(
             seeded,
             self.trainer_arguments(name, steps, seed),
