@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -97,12 +98,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def parse_variant(text: str) -> dict[str, Any]:
     """``'recovery_ratio=0.7,gate_learning_rate=1'`` -> ``{'recovery_ratio': 0.7, 'gate_learning_rate': 1.0}``, checked
-    against `L0TrainingArguments`' fields (typed as they are)."""
+    against `L0TrainingArguments`' fields (typed as they are). A comma starts a new setting only before ``key=``, so a
+    value may hold commas: ``'l0_structures=heads,ffn,layers'``."""
     if text == "default":
         return {}
     fields = hf_l0.L0TrainingArguments.__dataclass_fields__
     settings: dict[str, Any] = {}
-    for item in text.split(","):
+    for item in re.split(r",(?=\w+=)", text):
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
             raise SystemExit(f"--variants {text!r}: {item!r} is not key=value of an L0TrainingArguments field.")
@@ -111,7 +113,12 @@ def parse_variant(text: str) -> dict[str, Any]:
             settings[key] = value.lower() in ("1", "true", "yes")
         elif isinstance(default, int) and not isinstance(default, bool):
             settings[key] = int(value)
-        elif isinstance(default, float) or default is None:
+        elif isinstance(default, float):
+            try:
+                settings[key] = float(value)
+            except ValueError:
+                raise SystemExit(f"--variants {text!r}: {key} takes a number, not {value!r}.") from None
+        elif default is None:
             settings[key] = float(value) if value.replace(".", "", 1).replace("-", "", 1).isdigit() else value
         else:
             settings[key] = value

@@ -165,6 +165,19 @@ def test_recovery_quick(out):
     assert "paired difference" in (out / "rec" / "recovery.md").read_text()
 
 
+def test_recovery_variant_values_may_hold_commas():
+    """``l0_structures=heads,ffn,layers`` is one setting: a comma starts a new one only before ``key=``."""
+    assert recovery.parse_variant("recovery_ratio=0.5,l0_structures=heads,ffn,layers,gate_learning_rate=1") == {
+        "recovery_ratio": 0.5,
+        "l0_structures": "heads,ffn,layers",
+        "gate_learning_rate": 1.0,
+    }
+    with pytest.raises(SystemExit, match="takes a number"):
+        recovery.parse_variant("recovery_ratio=0.5,heads")
+    with pytest.raises(SystemExit, match="not key=value"):
+        recovery.parse_variant("recovery_ratio=0.5,no_such_field=1")
+
+
 def test_recovery_compares_the_variant_of_best_validation_among_those_with_the_most_seeds():
     lucky = {"variant": "one seed", "seeds": [0], "validation_accuracy": 0.9}
     chosen = {"variant": "b", "seeds": [0, 1, 2], "validation_accuracy": 0.8}
