@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import sys
 import tempfile
 import time
@@ -468,7 +469,7 @@ class Context:
             "method": method,
             "target": target,
             "steps": steps,
-            "teacher": [self.dense_record["model_path"], self.dense_record["provenance"]["started_utc"]],
+            "teacher": teacher_key(self.dense_record),
             "batch_size": a.batch_size,
             "max_length": a.max_length,
             "learning_rate": a.learning_rate,
@@ -510,9 +511,40 @@ def dense_location(args: argparse.Namespace, models_dir: Path) -> tuple[Path, st
     return path, str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def teacher_key(dense_record: dict[str, Any]) -> list[str]:
+    """How a run's settings name its teacher: the model directory and the start of the dense run that trained it."""
+    return [dense_record["model_path"], dense_record["provenance"]["started_utc"]]
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the state dict (names and bytes, in name order): what identifies a teacher trained again."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def runs_of_the_teacher(store: RunStore, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs distilled from the store's recorded teacher; the others (a teacher since replaced) are named and left
+    out of the aggregate, never mixed into it."""
+    dense = store.get("dense")
+    if dense is None:
+        return records
+    kept = [r for r in records if r["settings"].get("teacher", teacher_key(dense)) == teacher_key(dense)]
+    if len(kept) < len(records):
+        stale = sorted({r["name"] for r in records} - {r["name"] for r in kept})
+        print(f"left out, distilled from another teacher than {store.path('dense')}'s: {', '.join(stale)}", flush=True)
+    return kept
+
+
 def dense_stage(args: argparse.Namespace, store: RunStore, models_dir: Path, model: Any, splits: dict, tokenizer: Any):
     """The dense teacher and its run record: reused when ``runs/dense.json`` names the same model directory, else
-    fine-tuned from ``model`` and saved to ``<models_dir>/dense`` (or, with ``--dense_model``, loaded and scored)."""
+    fine-tuned from ``model`` and saved to ``<models_dir>/dense`` (or, with ``--dense_model``, loaded and scored).
+
+    Model directories are git-ignored, so a fresh checkout has the record without its teacher. The teacher is then
+    trained again, and the record (which the stored runs name) stands only if the weights are the same (its
+    ``weights_sha256``); other weights stop the run rather than mix runs of two teachers in one store."""
     collator = DataCollatorWithPadding(tokenizer)
     path, shown = dense_location(args, models_dir)
     record = store.get("dense")
@@ -520,6 +552,29 @@ def dense_stage(args: argparse.Namespace, store: RunStore, models_dir: Path, mod
     if record and record["model_path"] == shown and (path / "config.json").is_file() and not retrain:
         print(f"dense: {path} (run file {store.path('dense')}), reused", flush=True)
         return AutoModelForSequenceClassification.from_pretrained(path).eval(), record
+    settings = {
+        "quick": args.quick,
+        "seed": args.seed,
+        "dense_model": args.dense_model,
+        "dense_epochs": None if args.dense_model else args.dense_epochs,
+        "dense_learning_rate": None if args.dense_model else args.dense_learning_rate,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+    }
+    # the stored runs' teacher, to be trained again here (not a new teacher: that takes --overwrite --stage dense)
+    again = bool(record) and not retrain and not args.dense_model and record["model_path"] == shown
+    if again and record["settings"] != settings:
+        raise SystemExit(
+            f"{store.path('dense')} records a dense teacher trained with {record['settings']}, not {settings}: its "
+            "runs would be mixed with runs of another teacher. Run with the recorded settings, or choose another "
+            "--output_dir (a store of its own), or start this store over with --stage dense --overwrite."
+        )
+    if again and not record.get("weights_sha256"):
+        raise SystemExit(
+            f"{store.path('dense')} names the teacher {shown}, which is not on this machine, and records no weights "
+            f"digest to check a teacher trained again against. Copy the original to {path}, or choose another "
+            "--output_dir (a store of its own), or start this store over with --stage dense --overwrite."
+        )
     started, start = datetime.now(timezone.utc), time.perf_counter()
     dense_steps = None
     if args.dense_model:
@@ -543,17 +598,23 @@ def dense_stage(args: argparse.Namespace, store: RunStore, models_dir: Path, mod
         )
         dense_trainer.train()
         dense_steps = dense_trainer.state.global_step
-        hf_l0.save_pretrained(model, path, tokenizer)
     model.eval()
-    settings = {
-        "quick": args.quick,
-        "seed": args.seed,
-        "dense_model": args.dense_model,
-        "dense_epochs": None if args.dense_model else args.dense_epochs,
-        "dense_learning_rate": None if args.dense_model else args.dense_learning_rate,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-    }
+    digest = weights_digest(model)
+    if again:
+        if record.get("weights_sha256") != digest:
+            threads = record["provenance"]["hardware"].get("torch_threads")
+            raise SystemExit(
+                f"{store.path('dense')} names the teacher {shown}, which is not on this machine, and training it "
+                f"again gave other weights (sha256 {digest[:12]}, recorded {str(record.get('weights_sha256'))[:12]}; "
+                f"it was trained with {threads} torch threads, here {torch.get_num_threads()}): its runs would be "
+                f"mixed with runs of another teacher. Copy the original to {path}, or choose another --output_dir "
+                "(a store of its own), or start this store over with --stage dense --overwrite."
+            )
+        hf_l0.save_pretrained(model, path, tokenizer)
+        print(f"dense: {path} trained again, the same weights as {store.path('dense')}'s teacher", flush=True)
+        return model, record
+    if not args.dense_model:
+        hf_l0.save_pretrained(model, path, tokenizer)
     result = {
         "method": "dense",
         "model": "tiny random BERT (quick)" if args.quick else "all-MiniLM-L6-v2",
@@ -563,6 +624,7 @@ def dense_stage(args: argparse.Namespace, store: RunStore, models_dir: Path, mod
         "parameters": model.num_parameters(),
         "test_size": len(splits["test"]),
         "train_seconds": time.perf_counter() - start,
+        "weights_sha256": digest,
     }
     record = store.write("dense", settings, result, started)
     print("dense:", {k: v for k, v in result.items() if k != "model_path"}, flush=True)
@@ -675,6 +737,7 @@ def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
     records = store.records()
     dense = next((r for r in records if r["name"] == "dense"), None)
     runs = [r for r in records if r["name"] != "dense" and r["settings"]["quick"] == args.quick]
+    runs = runs_of_the_teacher(store, runs)
     if dense is None or not runs:
         print(f"nothing to aggregate yet under {store.runs_dir}", flush=True)
         return None

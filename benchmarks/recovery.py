@@ -160,7 +160,7 @@ class Bench:
             "target": target,
             "steps": steps,
             "seed": seed,
-            "teacher": [self.dense_record["model_path"], self.dense_record["provenance"]["started_utc"]],
+            "teacher": accuracy_sparsity.teacher_key(self.dense_record),
             "batch_size": a.batch_size,
             "max_length": a.max_length,
             "learning_rate": a.learning_rate,
@@ -487,6 +487,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
     store = RunStore(run)
     records = [r for r in store.records() if r["settings"]["quick"] == args.quick and r["name"] != "dense"]
+    records = accuracy_sparsity.runs_of_the_teacher(store, records)
     if not records:
         print(f"nothing to aggregate yet under {store.runs_dir}", flush=True)
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -163,6 +164,44 @@ def test_recovery_quick(out):
     diffs = [int(a) - int(b) for x, y in zip(chosen, fisher) for a, b in zip(x["test_correct"], y["test_correct"])]
     assert comparison["paired_points"][0] == pytest.approx(100 * statistics.fmean(diffs))
     assert "paired difference" in (out / "rec" / "recovery.md").read_text()
+
+
+def test_teacher_missing_from_a_checkout_is_trained_again_or_refused(tmp_path, capsys):
+    """Model directories are git-ignored: on a fresh checkout the stored runs' teacher is trained again, and its
+    record stands only with the same weights; other weights stop the run, and collect leaves out runs of a teacher
+    that is not the store's."""
+    command = ["--quick", "--output_dir", str(tmp_path), "--methods", "fisher"]
+    recovery.main(command)
+    runs = tmp_path / "recovery" / "runs"
+    dense_file, fisher_file = runs / "dense.json", runs / "fisher-t0.75-s6-seed0.json"
+    dense_text, fisher_text = dense_file.read_text(), fisher_file.read_text()
+    assert len(json.loads(dense_text)["weights_sha256"]) == 64
+    teacher_dir = tmp_path / "models" / "recovery" / "dense"
+    shutil.rmtree(teacher_dir)
+    capsys.readouterr()
+    recovery.main(command)
+    assert "trained again, the same weights" in capsys.readouterr().out
+    assert (teacher_dir / "config.json").is_file()
+    assert dense_file.read_text() == dense_text and fisher_file.read_text() == fisher_text  # record and run stand
+    # another teacher's weights: refused, naming the way out, with the record and the runs untouched
+    record = json.loads(dense_text)
+    dense_file.write_text(json.dumps({**record, "weights_sha256": "0" * 64}))
+    shutil.rmtree(teacher_dir)
+    with pytest.raises(SystemExit, match="gave other weights.*Copy the original"):
+        recovery.main(command)
+    assert fisher_file.read_text() == fisher_text and not teacher_dir.exists()
+    # a record from before digests: refused before any training, nothing to check the weights against
+    dense_file.write_text(json.dumps({k: v for k, v in record.items() if k != "weights_sha256"}))
+    with pytest.raises(SystemExit, match="records no weights digest"):
+        recovery.main(command)
+    # a run distilled from another teacher is named and left out of the aggregate
+    dense_file.write_text(dense_text)
+    fisher = json.loads(fisher_text)
+    fisher["settings"]["teacher"] = ["elsewhere", "2000-01-01T00:00:00+00:00"]
+    fisher_file.write_text(json.dumps(fisher))
+    capsys.readouterr()
+    assert recovery.main([*command, "--collect"]) is None
+    assert "left out, distilled from another teacher" in capsys.readouterr().out
 
 
 def test_recovery_variant_values_may_hold_commas():
