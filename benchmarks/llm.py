@@ -16,7 +16,8 @@ most 0.8 x the best baseline's at every target.
 Every run (dense evaluation, dense fine-tuning, each method x target) writes its own file under
 ``<output_dir>/llm/runs/`` as soon as it ends (generate() throughput is measured in the same process, alternating
 with the dense model); a run whose file exists with the same settings is skipped (``--overwrite`` reruns it) and the
-aggregate ``llm.{json,md,png}`` is rebuilt from every run file present (``--collect`` only aggregates).
+aggregate ``llm.{json,md,png}`` (``llm-s<steps>.*`` for a budget other than 60 steps) is rebuilt from every run
+file of its budget present (``--collect`` only aggregates).
 
     python benchmarks/llm.py --targets 0.3 --threads 1   # one target per process; see benchmarks/README.md
     python benchmarks/llm.py --quick --output_dir /tmp/bench
@@ -71,6 +72,13 @@ from hf_l0.demo.scripting import resolve_model_path  # noqa: E402
 
 PERPLEXITY_GOAL = 0.8  # hf-l0 perplexity <= 0.8 x the best baseline's
 DEFAULT_TARGETS = (0.3, 0.5)
+DEFAULT_STEPS = 60
+OTHER_BUDGETS = (300,)  # the longer budget whose aggregate the README reads too (llm-s300.*)
+
+
+def aggregate_name(steps: int, quick: bool = False) -> str:
+    """``llm`` for the default budget (and the quick run), ``llm-s<steps>`` for another: one aggregate per budget."""
+    return "llm" if steps == DEFAULT_STEPS or quick else f"llm-s{steps}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,9 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--max_steps",
         type=int,
-        default=60,
+        default=DEFAULT_STEPS,
         help="optimizer steps of each pruning, baseline and dense fine-tuning run (60: ~11 min per hf-l0 run on 1 "
-        "thread)",
+        "thread); a budget other than 60 gets an aggregate of its own, llm-s<steps>.{json,md,png}",
     )
     p.add_argument("--no_dense_finetune", action="store_true", help="skip the dense fine-tuned reference")
     add_run_store_arguments(p)
@@ -483,8 +491,11 @@ def run_baseline(ctx: Context, method: str, target: float) -> dict[str, Any]:
 
 
 def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
-    """Rebuild ``llm.{json,md,png}`` from the run files of ``--max_steps`` present."""
+    """Rebuild ``llm.{json,md,png}`` (or, for another budget than the default, ``llm-s<steps>.*``) from the run
+    files of ``--max_steps`` present."""
     store = RunStore(run)
+    run = copy.copy(run)  # the same invocation, written under its budget's name
+    run.name = aggregate_name(args.max_steps, args.quick)
     records = [r for r in store.records() if r["settings"]["quick"] == args.quick]
     dense = next((r for r in records if r["name"] == "dense"), None)
     runs = [r for r in records if r.get("target") is not None and r["steps"] == args.max_steps]

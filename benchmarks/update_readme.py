@@ -35,6 +35,7 @@ TITLES = {
     "accuracy_steps": "accuracy vs steps",
     "speed": "speed",
     "llm": "LLM",
+    **{llm.aggregate_name(steps): f"LLM, {steps} steps" for steps in llm.OTHER_BUDGETS},
     "latency_targets": "latency and FLOPs targets",
     "recovery": "search, then recover",
 }
@@ -89,7 +90,7 @@ def headline_rows(results_dir: Path) -> list[list[Any]]:
                 goal(t["peak_memory_ratio"] <= MEMORY_GOAL),
             ]
         )
-    rows += llm_rows(_load(results_dir, "llm"))
+    rows += llm_budget_rows(results_dir)
     rows += latency_table_rows(results_dir / LATENCY_TABLES)
     rows += latency_target_rows(_load(results_dir, "latency_targets"))
     rows += deployment_rows(results_dir)
@@ -297,6 +298,15 @@ def llm_rows(data: dict[str, Any] | None) -> list[list[Any]]:
     return rows
 
 
+def llm_budget_rows(results_dir: Path) -> list[list[Any]]:
+    """The LLM rows of the default budget, then those of each longer budget whose aggregate is present."""
+    rows = llm_rows(_load(results_dir, "llm"))
+    for steps in llm.OTHER_BUDGETS:
+        data = _load(results_dir, llm.aggregate_name(steps))
+        rows += llm_rows(data) if data else []
+    return rows
+
+
 def latency_table_rows(folder: Path) -> list[list[Any]]:
     """Per measured batch size: the median error of the latency table's predictions over random compact shapes."""
     tables = [json.loads(p.read_text()) for p in folder.glob("latency_table_b*.json")]
@@ -412,7 +422,7 @@ def short_rows(results_dir: Path) -> list[list[Any]]:
         accuracy_rows(_load(results_dir, "accuracy_sparsity"))
         + recovery_rows(_load(results_dir, "recovery"))
         + main_job_rows(results_dir)
-        + llm_rows(_load(results_dir, "llm"))
+        + llm_budget_rows(results_dir)
         + deployment_rows(results_dir)
     )
 

@@ -542,6 +542,32 @@ def test_update_readme_fills_markers_from_results(out, tmp_path):
     assert update_readme.main(["--readme", str(readme), "--results_dir", str(out), "--check"]) == 0
 
 
+def test_update_readme_llm_rows_per_budget(tmp_path):
+    """The default budget's aggregate is llm.json, a longer one llm-s<steps>.json; the README shows both."""
+
+    def aggregate(steps: int, l0: float, fisher: float) -> dict:
+        runs = [
+            {"method": m, "target": 0.5, "sparsity": 0.5, "perplexity": p, "selection_perplexity": p}
+            for m, p in (("hf-l0", l0), ("fisher", fisher))
+        ]
+        budget = {"train_tokens": steps * 4 * 128}
+        return {"model": "SmolLM2", "targets": [0.5], "budget": budget, "dense": {"perplexity": 9.0}, "runs": runs}
+
+    assert (llm.aggregate_name(60), llm.aggregate_name(300), llm.aggregate_name(2, quick=True)) == (
+        "llm",
+        "llm-s300",
+        "llm",
+    )
+    (tmp_path / "llm.json").write_text(json.dumps(aggregate(60, 300.0, 200.0)))
+    rows = [" | ".join(map(str, row)) for row in update_readme.llm_budget_rows(tmp_path)]
+    assert any("30,720 training tokens" in r and "300.0 ÷ 200.0 = 1.500" in r for r in rows)
+    assert not any("153,600" in r for r in rows)
+    (tmp_path / "llm-s300.json").write_text(json.dumps(aggregate(300, 150.0, 200.0)))
+    rows = [" | ".join(map(str, row)) for row in update_readme.llm_budget_rows(tmp_path)]
+    assert any("30,720 training tokens" in r and "300.0 ÷ 200.0 = 1.500" in r for r in rows)
+    assert any("153,600 training tokens" in r and "150.0 ÷ 200.0 = 0.750" in r and "✅" in r for r in rows)
+
+
 def test_update_readme_latency_target_rows():
     """Each latency target's landing (a refused one said so), the equal-latency comparison and the FLOPs landing;
     a batch size's goal is met only when every trained target landed."""
