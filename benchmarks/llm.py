@@ -241,6 +241,12 @@ def table(results: dict[str, Any]) -> str:
         f"models distil from the dense model, α {b['distill_alpha']}; the dense reference uses the LM loss alone). "
         "Best baseline: lowest selection perplexity."
     )
+    if b.get("recovery_ratio"):
+        search = b["max_steps"] - round(b["recovery_ratio"] * b["max_steps"])
+        head += (
+            f" hf-l0 searches {search} steps, then trains the fixed architecture (recovery ratio "
+            f"{b['recovery_ratio']})."
+        )
     for c in results["comparisons"]:
         head += (
             f" At {c['target']:g}: hf-l0 ÷ best baseline ({c['best_baseline']}) perplexity {c['ratio']:.3f} "
@@ -520,6 +526,7 @@ def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
             **{
                 k: settings.get(k) for k in ("distill_temperature", "gate_init", "gate_init_batches", "gate_init_scale")
             },
+            "recovery_ratio": settings.get("recovery_ratio", 0),  # recorded only when set (older runs: none)
         },
         "dense": aggregate_run(dense),
         "dense_finetuned": finetuned and aggregate_run(finetuned),
