@@ -209,7 +209,8 @@ def recovery_rows(data: dict[str, Any] | None) -> list[list[Any]]:
         rows.append(
             [
                 f"{what} (hf-l0 {c['variant']}, {c['best_baseline']})",
-                f"{l0:.3f} ± {l0_std:.3f} ({l0_seeds} seeds) vs {base:.3f} ± {base_std:.3f} ({base_seeds}): "
+                f"{l0:.3f} ± {l0_std:.3f} ({l0_seeds} seed{'s' * (l0_seeds != 1)}) vs {base:.3f} ± "
+                f"{base_std:.3f} ({base_seeds}): "
                 f"{c['margin_points']:+.1f} points{paired}",
                 _signed_points_goal(need),
                 goal(c["margin_met"] and c["landing_met"]),
@@ -251,9 +252,10 @@ def _llm_results(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "targets": [target], "runs": runs, "dense": data["models"]["dense"], "dense_finetuned": None}
 
 
-def llm_rows(data: dict[str, Any] | None) -> list[list[Any]]:
+def llm_rows(data: dict[str, Any] | None, longer_budget: bool = False) -> list[list[Any]]:
     """Per target: hf-l0 ÷ the best baseline's validation perplexity (chosen on the selection split); the dense and
-    dense fine-tuned perplexities alongside; generate() speed at the highest target."""
+    dense fine-tuned perplexities alongside; generate() speed at the highest target. A ``longer_budget`` aggregate
+    shows only the targets it ran, and no generate() row (the default budget's has one)."""
     if not data:
         return [
             [f"LLM perplexity at {t:g}: hf-l0 ÷ best baseline", NOT_RUN, f"≤ {PERPLEXITY_GOAL}", "–"]
@@ -267,7 +269,7 @@ def llm_rows(data: dict[str, Any] | None) -> list[list[Any]]:
         f", dense fine-tuned {finetuned['perplexity']:.1f}" if finetuned else ", dense fine-tuned: not run yet"
     )
     rows = []
-    for target in sorted({*llm.DEFAULT_TARGETS, *compared}):
+    for target in sorted({*([] if longer_budget else llm.DEFAULT_TARGETS), *compared}):
         c = compared.get(target)
         what = f"{results['model']} Shakespeare perplexity at {target:g} sparsity ({tokens}): hf-l0 ÷ best baseline"
         if c is None:
@@ -284,7 +286,7 @@ def llm_rows(data: dict[str, Any] | None) -> list[list[Any]]:
             ]
         )
     l0 = [r for r in results["runs"] if r["method"] == "hf-l0" and r.get("tokens_per_second")]
-    if l0:
+    if l0 and not longer_budget:
         r = max(l0, key=lambda r: r["target"])
         dense_speed = r.get("dense_tokens_per_second") or results["dense"].get("tokens_per_second")
         rows.append(
@@ -303,7 +305,7 @@ def llm_budget_rows(results_dir: Path) -> list[list[Any]]:
     rows = llm_rows(_load(results_dir, "llm"))
     for steps in llm.OTHER_BUDGETS:
         data = _load(results_dir, llm.aggregate_name(steps))
-        rows += llm_rows(data) if data else []
+        rows += llm_rows(data, longer_budget=True) if data else []
     return rows
 
 

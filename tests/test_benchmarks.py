@@ -566,6 +566,7 @@ def test_update_readme_llm_rows_per_budget(tmp_path):
     rows = [" | ".join(map(str, row)) for row in update_readme.llm_budget_rows(tmp_path)]
     assert any("30,720 training tokens" in r and "300.0 ÷ 200.0 = 1.500" in r for r in rows)
     assert any("153,600 training tokens" in r and "150.0 ÷ 200.0 = 0.750" in r and "✅" in r for r in rows)
+    assert sum("153,600" in r for r in rows) == 1  # a longer budget lists only the targets it ran
 
 
 def test_update_readme_latency_target_rows():

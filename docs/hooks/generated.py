@@ -32,6 +32,7 @@ TITLES = {  # result pages whose file has no title of its own
     "accuracy_steps": "Accuracy vs steps",
     "speed": "Speed and training cost",
     "llm": "LLM (SmolLM2-135M)",
+    "llm-s300": "LLM (SmolLM2-135M), 300 steps",
     "latency_targets": "Latency and FLOPs targets",
     "gguf_llamacpp": "llama.cpp (GGUF)",
     "onnx_speed": "ONNX Runtime",
