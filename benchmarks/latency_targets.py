@@ -115,9 +115,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--flops_targets",
         type=float,
-        nargs="+",
+        nargs="*",
         default=[0.5, 0.667, 0.8],
-        help="FLOPs reductions 1 - compact / dense (FLOPs per token at --latency_seq_len; default: %(default)s)",
+        help="FLOPs reductions 1 - compact / dense (FLOPs per token at --latency_seq_len; default: %(default)s; none: "
+        "no FLOPs runs)",
     )
     p.add_argument(
         "--param_targets",
@@ -542,7 +543,13 @@ def table(results: dict[str, Any]) -> str:
         f"**Latency and FLOPs targets** — {results['model']}, rotten_tomatoes test split ({results['test_size']} "
         f"reviews, dense test accuracy {results['dense']['test_accuracy']:.3f}); {budget['prune_steps']} steps per "
         f"run (batch {budget['batch_size']}, learning rate {budget['learning_rate']}, structures "
-        f"{budget['l0_structures']}, distillation from the dense teacher). Latency at batch B x {lat['seq_len']} "
+        f"{budget['l0_structures']}, distillation from the dense teacher"
+        + (
+            f", recovery stage: the last {budget['recovery_ratio']:g} of the steps train the frozen mask"
+            if budget.get("recovery_ratio")
+            else ""
+        )
+        + f"). Latency at batch B x {lat['seq_len']} "
         f"tokens, {lat['threads']} thread(s); measured speedups are medians of dense and compact taking turns, "
         "so only ratios are reported."
     ]
@@ -666,6 +673,7 @@ def collect(args: argparse.Namespace, run: Run) -> dict[str, Any] | None:
             "prune_steps": args.prune_steps,
             **{k: trained.get(k) for k in ("batch_size", "max_length", "learning_rate", "gate_learning_rate")},
             **{k: trained.get(k) for k in ("distill_alpha", "distill_temperature", "l0_structures", "teacher")},
+            "recovery_ratio": trained.get("recovery_ratio", 0),
         },
         "tolerances": {"latency": LATENCY_TOLERANCE, "flops": FLOPS_TOLERANCE},
         **summarize(runs, batch_sizes),
