@@ -395,6 +395,7 @@ def test_config_dict_names_every_setting_and_rebuilds_the_controller():
         "gate_learning_rate": 0.5,
         "final_phase_ratio": 0.25,
         "recovery_ratio": 0.3,
+        "final_temperature": 0.2,
         "error_signal": "expected",
         "anti_windup": False,
         "integral_separation": 0.07,

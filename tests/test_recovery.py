@@ -412,3 +412,53 @@ def test_finish_returns_the_deterministic_measure_without_snapping_without_a_fin
     assert deterministic != metric(model).item()  # the two measures can be told apart
     assert controller.finish(model) == deterministic
     assert all(torch.equal(value, before[name]) for name, value in log_alphas(model).items())
+
+
+class Temperatures(tf.TrainerCallback):
+    """Every gate's hard concrete temperature after each optimizer step."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, list[float]] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.steps[state.global_step] = [gate.temperature for gate in get_gates(model).gates.values()]
+
+
+def test_gate_temperature_anneals_over_the_search_and_resumes_bitwise(tmp_path):
+    """gate_temperature_final: geometric from L0Config.temperature at step 0 to the final value at the freeze,
+    constant in recovery; a run resumed mid-search takes the schedule up where it was (gates and weights bitwise)."""
+    final = 0.1
+    seen = Temperatures()
+    full = trainer(tmp_path / "a", callbacks=[seen], gate_temperature_final=final, save_strategy="steps", save_steps=4)
+    full.train()
+    initial = full.l0_config.temperature
+    for step in range(1, STEPS + 1):  # step s (1-based) ran optimizer step s - 1, whose on_step set the temperature
+        expected = initial * (final / initial) ** min(1.0, (step - 1) / FREEZE)
+        assert seen.steps[step] == pytest.approx([expected] * len(seen.steps[step]), rel=1e-12), step
+    assert "gate_temperature" in full.state.log_history[0]
+    constant = trainer(tmp_path / "c")
+    constant.train()
+    assert not torch.equal(log_alphas(constant.model)["heads"], log_alphas(full.model)["heads"])  # it changes the run
+    resumed = trainer(tmp_path / "b", model=bert(seed=1), gate_temperature_final=final)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-4"))
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("final", [0.0, -0.5])
+def test_gate_temperature_final_must_be_positive(tmp_path, final):
+    with pytest.raises(ValueError, match=r"gate_temperature_final=.* must be > 0"):
+        trainer(tmp_path, gate_temperature_final=final)
+    with pytest.raises(ValueError, match=r"final_temperature=.* must be > 0"):
+        LagrangianController(0.5, final_temperature=final)
+
+
+def test_gate_temperature_annealing_in_a_custom_loop_needs_max_steps():
+    model = hf_l0.patch_model(bert(), L0Config(heads=True, ffn=True))
+    controller = LagrangianController(0.5, final_temperature=0.2, recovery_ratio=0.5)
+    with pytest.raises(ValueError, match="needs max_steps"):
+        controller.on_step(model, 0)
+    controller.on_step(model, 3, max_steps=12)  # search: steps 0..5
+    assert all(
+        g.temperature == pytest.approx((2 / 3) * (0.2 / (2 / 3)) ** 0.5) for g in get_gates(model).gates.values()
+    )

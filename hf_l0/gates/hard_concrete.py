@@ -136,6 +136,7 @@ class HardConcreteGate(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.temperature = temperature
+        self.initial_temperature = temperature  # what an annealing schedule starts from (LagrangianController)
         self.limit_left = limit_left
         self.limit_right = limit_right
         self.eps = eps

@@ -144,6 +144,12 @@ class LagrangianController(nn.Module):
     mask; at the first recovery step the deterministic sparsity is pinned to the target once more and the gates
     freeze (:meth:`hf_l0.L0Gates.freeze`); the remaining steps train the weights of that fixed architecture with the
     same loss and no penalty. The step it froze at is saved with the multipliers, so a resumed run never snaps again.
+
+    ``final_temperature`` anneals every gate's hard concrete temperature geometrically from the one it was built with
+    to this value over the search (recovery steps keep it): lower temperatures draw samples closer to 0 / 1, so late
+    in the search the sampled masks the weights train under approach the deterministic mask the run keeps. The
+    temperature is a function of the step, set in :meth:`on_step`, so a resumed run takes it up exactly; the gates
+    keep the last one (what :func:`hf_l0.prune_model` folds).
     """
 
     def __init__(
@@ -163,6 +169,7 @@ class LagrangianController(nn.Module):
         integral_separation: float = 0.03,
         metric: Callable[[nn.Module, bool], torch.Tensor] | None = None,
         recovery_ratio: float = 0.0,
+        final_temperature: float | None = None,
     ) -> None:
         super().__init__()
         check_target_sparsity(target_sparsity)
@@ -187,6 +194,11 @@ class LagrangianController(nn.Module):
             )
         if integral_separation < 0:
             raise ValueError(f"integral_separation={integral_separation} must be >= 0 (0 integrates every error).")
+        if final_temperature is not None and final_temperature <= 0:
+            raise ValueError(
+                f"final_temperature={final_temperature} must be > 0 (the hard concrete temperature the search anneals "
+                "to; None keeps the gates' own)."
+            )
         if error_signal not in ("deterministic", "expected"):
             raise ValueError(f"error_signal={error_signal!r}: choose deterministic or expected.")
         self.calibration_rate = float(calibration_rate)
@@ -199,6 +211,7 @@ class LagrangianController(nn.Module):
         self.gate_learning_rate = float(gate_learning_rate)
         self.final_phase_ratio = float(final_phase_ratio)
         self.recovery_ratio = float(recovery_ratio)
+        self.final_temperature = None if final_temperature is None else float(final_temperature)
         self.error_signal = error_signal
         # What the target constrains, as a reduction fraction in (0, 1): metric(model, deterministic) is
         # differentiable in log_alpha when deterministic is False. Parameters by default (the expected sparsity);
@@ -283,6 +296,8 @@ class LagrangianController(nn.Module):
         if max_steps is not None and int(self.updated_step) < 0:  # the first step: refuse a hopeless schedule
             self.check_schedule(max_steps)
         self.set_step(step)
+        if self.final_temperature is not None:
+            self.anneal(model, step, max_steps)
         if int(self.updated_step) == step and self._measured is not None:
             return self._measured  # another micro-batch of the same step
         if self.recovery_ratio > 0 and max_steps is not None and step >= self.search_steps(max_steps):
@@ -309,6 +324,22 @@ class LagrangianController(nn.Module):
                 expected = float(self.measure(model))
         self._measured = {"expected_sparsity": expected, "deterministic_sparsity": deterministic}
         return self._measured
+
+    def temperature(self, initial: float, step: int, max_steps: int) -> float:
+        """The annealed temperature at ``step`` of a gate built with ``initial``: geometric from ``initial`` at step 0
+        to ``final_temperature`` at the end of the search, constant after it."""
+        final = initial if self.final_temperature is None else self.final_temperature
+        progress = min(1.0, step / max(self.search_steps(max_steps), 1))
+        return initial * (final / initial) ** progress
+
+    def anneal(self, model: nn.Module, step: int, max_steps: int | None) -> None:
+        """Set every gate's temperature to its value at ``step`` (see the class docstring)."""
+        if max_steps is None:
+            raise ValueError(
+                "final_temperature anneals over the search, whose length needs max_steps: pass it to on_step."
+            )
+        for gate in get_gates(model).gates.values():
+            gate.temperature = self.temperature(gate.initial_temperature, step, max_steps)
 
     @torch.no_grad()
     def _recover(self, model: nn.Module, step: int) -> dict[str, float]:
@@ -395,6 +426,7 @@ class LagrangianController(nn.Module):
             "gate_learning_rate": self.gate_learning_rate,
             "final_phase_ratio": self.final_phase_ratio,
             "recovery_ratio": self.recovery_ratio,
+            "final_temperature": self.final_temperature,
             "error_signal": self.error_signal,
             "anti_windup": self.anti_windup,
             "integral_separation": self.integral_separation,

@@ -110,6 +110,7 @@ class L0Trainer(Trainer):
             integral_separation=args.controller_integral_separation,
             metric=self.cost_target,
             recovery_ratio=args.recovery_ratio,
+            final_temperature=args.gate_temperature_final,
         )
 
         if teacher_model is None and args.teacher_model_name_or_path:
@@ -347,6 +348,8 @@ class L0Trainer(Trainer):
             logs["target_offset"] = float(self.controller.target_offset)
             logs["recovery"] = float(self.controller.frozen)  # 1: the gates froze, the fixed architecture trains
             gated = self._gated_model()
+            if self.controller.final_temperature is not None:
+                logs["gate_temperature"] = next(iter(get_gates(gated).gates.values())).temperature
             logs["deterministic_sparsity"] = float(self.controller.measure(gated, deterministic=True))
             if self.cost_target is not None:  # the *_sparsity keys are the cost reduction; add parameters and cost
                 logs["deterministic_param_sparsity"] = float(deterministic_sparsity(gated))

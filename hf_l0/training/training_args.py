@@ -51,6 +51,15 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
             "The default 0.5 won on validation accuracy in benchmarks/recovery.py (docs: benchmarks)."
         },
     )
+    gate_temperature_final: float | None = field(
+        default=None,
+        metadata={
+            "help": "Anneal the hard concrete temperature geometrically from L0Config.temperature to this value over "
+            "the search (by step, so a resumed run takes it up exactly); lower values draw samples closer to 0 / 1, "
+            "so the masks the weights train under late in the search approach the mask the run keeps. None: the "
+            "temperature stays constant."
+        },
+    )
     recovery_lr_restart: bool = field(
         default=False,
         metadata={
@@ -218,6 +227,11 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
             raise ValueError(
                 f"recovery_ratio={self.recovery_ratio} must lie in [0, 1): the fraction of the steps that train the "
                 "fixed architecture after the search (0: no recovery stage)."
+            )
+        if self.gate_temperature_final is not None and self.gate_temperature_final <= 0:
+            raise ValueError(
+                f"gate_temperature_final={self.gate_temperature_final} must be > 0 (the hard concrete temperature the "
+                "search anneals to), or None to keep it constant."
             )
         if not 0.0 <= self.sparsity_final_phase_ratio < 1.0:
             raise ValueError(f"sparsity_final_phase_ratio={self.sparsity_final_phase_ratio} must lie in [0, 1).")
