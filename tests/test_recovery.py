@@ -46,7 +46,7 @@ def bert(seed: int = 0, dropout: float = 0.1) -> tf.BertForSequenceClassificatio
     return randomize_(tf.BertForSequenceClassification(config), seed)
 
 
-def trainer(out_dir, model=None, callbacks=None, **kw) -> L0Trainer:
+def trainer(out_dir, model=None, callbacks=None, teacher=None, **kw) -> L0Trainer:
     torch.set_num_threads(1)
     settings = dict(
         output_dir=str(out_dir),
@@ -72,6 +72,7 @@ def trainer(out_dir, model=None, callbacks=None, **kw) -> L0Trainer:
         args=L0TrainingArguments(**settings),
         train_dataset=dataset(),
         callbacks=callbacks,
+        teacher_model=teacher,
     )
 
 
@@ -462,3 +463,68 @@ def test_gate_temperature_annealing_in_a_custom_loop_needs_max_steps():
     assert all(
         g.temperature == pytest.approx((2 / 3) * (0.2 / (2 / 3)) ** 0.5) for g in get_gates(model).gates.values()
     )
+
+
+def sublayer_error(model, teacher, inputs, layer: int, kind: str) -> float:
+    """How far the gated model's output projection of one sublayer is from the teacher's, on ``inputs``."""
+    from hf_l0.training.mask_tuning import _capture
+
+    sub = getattr(hf_l0.arch.base.get_adapter(model), kind)(layer)
+    ref = getattr(hf_l0.arch.base.get_adapter(teacher), kind)(layer)
+    return float(
+        (_capture(model, sub.output, inputs, "output") - _capture(teacher, ref.output, inputs, "output")).norm()
+    )
+
+
+def test_least_squares_mask_tuning_reconstructs_the_teacher_and_stays_exact():
+    from hf_l0.training.mask_tuning import tune_mask_least_squares
+
+    teacher = bert(dropout=0.0).eval()
+    model = hf_l0.patch_model(copy.deepcopy(teacher), L0Config(heads=True, ffn=True))
+    randomize_gates(model, seed=3)
+    snap_to_target(model, 0.5)
+    get_gates(model).freeze()
+    with torch.no_grad():  # the student drifted from the teacher during the search
+        for p in model.bert.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    inputs = {k: torch.tensor(v[:16]) for k, v in dataset().to_dict().items() if k != "labels"}
+    model.eval()
+    order = [(layer, kind) for layer in range(2) for kind in ("attention", "ffn")]
+    before = {where: sublayer_error(model, teacher, inputs, *where) for where in order}
+    scales = tune_mask_least_squares(model, teacher, inputs)
+    # the first sublayer with kept units is tuned on the inputs it had before: its error must fall
+    first = next((layer, kind) for layer, kind in order if scales[kind][layer])
+    assert sublayer_error(model, teacher, inputs, *first) < 0.9 * before[first]
+    kept_heads = (get_gates(model).deterministic()["heads"] != 0).sum(-1).tolist()
+    assert [len(s) for s in scales["attention"]] == kept_heads and sum(kept_heads) > 0
+    pruned = hf_l0.prune_model(copy.deepcopy(model)).eval()
+    assert float((final_output(model, inputs) - final_output(pruned, inputs)).abs().max()) <= 1e-5
+
+
+def test_recovery_mask_tuning_changes_the_weights_at_the_freeze_only_and_resumes_bitwise(tmp_path):
+    """The tuning runs once, at the freeze step (before it both runs are the same bitwise, after it they differ), and a
+    run resumed before the freeze tunes at the same step again: the same weights bitwise."""
+    plain, tuned = Record(), Record()
+    trainer(tmp_path / "p", callbacks=[plain], teacher=bert(dropout=0.0)).train()
+    full = trainer(
+        tmp_path / "a",
+        callbacks=[tuned],
+        teacher=bert(dropout=0.0),
+        recovery_mask_tuning=True,
+        save_strategy="steps",
+        save_steps=4,
+    )
+    full.train()
+    assert torch.equal(plain.steps[FREEZE]["weight"], tuned.steps[FREEZE]["weight"])
+    assert not torch.equal(plain.steps[FREEZE + 1]["weight"], tuned.steps[FREEZE + 1]["weight"])
+    resumed = trainer(tmp_path / "b", model=bert(seed=1), teacher=bert(dropout=0.0), recovery_mask_tuning=True)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-4"))
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_recovery_mask_tuning_needs_a_teacher_and_a_recovery_stage(tmp_path):
+    with pytest.raises(ValueError, match="recovery_mask_tuning reconstructs the teacher"):
+        trainer(tmp_path, recovery_mask_tuning=True)
+    with pytest.raises(ValueError, match="set recovery_ratio > 0"):
+        trainer(tmp_path, recovery_mask_tuning=True, recovery_ratio=0.0, teacher=bert(dropout=0.0))

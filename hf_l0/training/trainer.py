@@ -42,6 +42,7 @@ from .lagrangian import (
     restart_at_recovery,
     search_steps,
 )
+from .mask_tuning import tune_mask_least_squares
 from .training_args import GATE_LR_PER_WARMUP_STEPS, GATE_LR_RANGE, L0TrainingArguments
 from .trajectory import trajectory_from_log_history, write_sparsity_trajectory
 
@@ -115,6 +116,11 @@ class L0Trainer(Trainer):
 
         if teacher_model is None and args.teacher_model_name_or_path:
             teacher_model = type(model).from_pretrained(args.teacher_model_name_or_path)
+        if teacher_model is None and args.recovery_mask_tuning:
+            raise ValueError(
+                "recovery_mask_tuning reconstructs the teacher's sublayer outputs: set teacher_model_name_or_path or "
+                "pass teacher_model=."
+            )
         if teacher_model is None and args.distill_layerwise:
             raise ValueError(
                 "distill_layerwise needs a teacher: set teacher_model_name_or_path or pass teacher_model=."
@@ -138,6 +144,7 @@ class L0Trainer(Trainer):
         self._l0_sums: dict[str, float] = {}
         self._l0_count = 0
         self._compact: tuple[int, nn.Module] | None = None
+        self._tuned_at = -1  # the step recovery_mask_tuning ran at
         # Trainer sets config.use_cache = args.use_cache (False) for training; the compact model is for inference.
         self._inference_use_cache = getattr(transformers_model(model).config, "use_cache", None)
 
@@ -284,6 +291,11 @@ class L0Trainer(Trainer):
         step = self.state.global_step
         # Before the forward: a snap or the freeze at this step applies to this step's gates.
         self._step_controller(gated, step)
+        if self.args.recovery_mask_tuning and int(self.controller.frozen_step) == step and self._tuned_at != step:
+            if self.args.world_size > 1:
+                raise ValueError("recovery_mask_tuning runs in one process: train without it under DDP / FSDP.")
+            tune_mask_least_squares(gated, self.teacher, inputs)  # the first micro-batch of the freeze step
+            self._tuned_at = step
         if self.teacher is None:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
         else:
