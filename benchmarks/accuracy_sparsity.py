@@ -563,17 +563,18 @@ def dense_stage(args: argparse.Namespace, store: RunStore, models_dir: Path, mod
     }
     # the stored runs' teacher, to be trained again here (not a new teacher: that takes --overwrite --stage dense)
     again = bool(record) and not retrain and not args.dense_model and record["model_path"] == shown
+    ways_out = (
+        "choose another --output_dir (a store of its own), or start this store over with --stage dense --overwrite."
+    )
     if again and record["settings"] != settings:
         raise SystemExit(
             f"{store.path('dense')} records a dense teacher trained with {record['settings']}, not {settings}: its "
-            "runs would be mixed with runs of another teacher. Run with the recorded settings, or choose another "
-            "--output_dir (a store of its own), or start this store over with --stage dense --overwrite."
+            f"runs would be mixed with runs of another teacher. Run with the recorded settings, or {ways_out}"
         )
     if again and not record.get("weights_sha256"):
         raise SystemExit(
             f"{store.path('dense')} names the teacher {shown}, which is not on this machine, and records no weights "
-            f"digest to check a teacher trained again against. Copy the original to {path}, or choose another "
-            "--output_dir (a store of its own), or start this store over with --stage dense --overwrite."
+            f"digest to check a teacher trained again against. Copy the original to {path}, or {ways_out}"
         )
     started, start = datetime.now(timezone.utc), time.perf_counter()
     dense_steps = None
@@ -600,21 +601,19 @@ def dense_stage(args: argparse.Namespace, store: RunStore, models_dir: Path, mod
         dense_steps = dense_trainer.state.global_step
     model.eval()
     digest = weights_digest(model)
-    if again:
-        if record.get("weights_sha256") != digest:
-            threads = record["provenance"]["hardware"].get("torch_threads")
-            raise SystemExit(
-                f"{store.path('dense')} names the teacher {shown}, which is not on this machine, and training it "
-                f"again gave other weights (sha256 {digest[:12]}, recorded {str(record.get('weights_sha256'))[:12]}; "
-                f"it was trained with {threads} torch threads, here {torch.get_num_threads()}): its runs would be "
-                f"mixed with runs of another teacher. Copy the original to {path}, or choose another --output_dir "
-                "(a store of its own), or start this store over with --stage dense --overwrite."
-            )
-        hf_l0.save_pretrained(model, path, tokenizer)
-        print(f"dense: {path} trained again, the same weights as {store.path('dense')}'s teacher", flush=True)
-        return model, record
+    if again and record.get("weights_sha256") != digest:
+        threads = record["provenance"]["hardware"].get("torch_threads")
+        raise SystemExit(
+            f"{store.path('dense')} names the teacher {shown}, which is not on this machine, and training it again "
+            f"gave other weights (sha256 {digest[:12]}, recorded {str(record.get('weights_sha256'))[:12]}; it was "
+            f"trained with {threads} torch threads, here {torch.get_num_threads()}): its runs would be mixed with "
+            f"runs of another teacher. Copy the original to {path}, or {ways_out}"
+        )
     if not args.dense_model:
         hf_l0.save_pretrained(model, path, tokenizer)
+    if again:
+        print(f"dense: {path} trained again, the same weights as {store.path('dense')}'s teacher", flush=True)
+        return model, record
     result = {
         "method": "dense",
         "model": "tiny random BERT (quick)" if args.quick else "all-MiniLM-L6-v2",
