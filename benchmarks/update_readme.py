@@ -40,6 +40,9 @@ TITLES = {
     "recovery": "search, then recover",
 }
 LATENCY_TABLES = "latency"  # latency_table.py's results folder, one file per batch size
+# latency_targets.py's store of the best params-targeted configuration (heads,ffn with the recovery stage), against
+# which latency targets are compared at equal measured latency; its results lie in this folder of results/
+LATENCY_RECOVERY = "latency_recovery"
 CURVE_STEPS, CURVE_TARGET = (100, 300, 1000), 0.75  # the steps curve the README asks for (accuracy_sparsity.py)
 MAIN_JOB_GOAL = 0.99  # the main job's pruned test accuracy, as a fraction of its dense model's
 NOT_RUN = "not run yet"
@@ -93,6 +96,9 @@ def headline_rows(results_dir: Path) -> list[list[Any]]:
     rows += llm_budget_rows(results_dir)
     rows += latency_table_rows(results_dir / LATENCY_TABLES)
     rows += latency_target_rows(_load(results_dir, "latency_targets"))
+    recovery_store = _load(results_dir / LATENCY_RECOVERY, "latency_targets")
+    if recovery_store:
+        rows += latency_target_rows(recovery_store, setting=_latency_setting(recovery_store))
     rows += deployment_rows(results_dir)
     return rows
 
@@ -336,12 +342,21 @@ def _landing_row(what: str, runs: list[dict[str, Any]], label: Any, landed_at: A
     return [what, shown, f"± {tolerance:.0%}", goal(all(met)) if met else "–"]
 
 
-def latency_target_rows(data: dict[str, Any] | None) -> list[list[Any]]:
+def _latency_setting(data: dict[str, Any]) -> str:
+    """How a latency_targets store's runs were trained, for its rows: structures and recovery stage."""
+    budget = data["budget"]
+    stage = f", recovery_ratio={budget['recovery_ratio']:g}" if budget.get("recovery_ratio") else ""
+    return f"{budget['l0_structures']}{stage}"
+
+
+def latency_target_rows(data: dict[str, Any] | None, setting: str | None = None) -> list[list[Any]]:
     """Per batch size: where each latency target landed (measured against the dense model alongside) and the
-    accuracy of latency- vs params-targeted models at equal measured speedup; then where the FLOPs targets landed."""
+    accuracy of latency- vs params-targeted models at equal measured speedup; then where the FLOPs targets landed.
+    ``setting`` (how the store's runs were trained) names the model in every row, for a second store."""
     if not data:
         return [["latency targets (dense latency ÷ 2, ÷ 3, ÷ 5): measured ÷ target latency − 1", NOT_RUN, "–", "–"]]
-    model, seq_len, rows = data["model"], data["latency"]["seq_len"], []
+    seq_len, rows = data["latency"]["seq_len"], []
+    model = data["model"] if setting is None else f"{data['model']} ({setting})"
     for panel in data["per_batch_size"]:
         b, targets, compared = panel["batch_size"], panel["latency_targets"], panel["equal_latency"]
         if targets:
@@ -358,7 +373,9 @@ def latency_target_rows(data: dict[str, Any] | None) -> list[list[Any]]:
         if compared:
             rows.append(
                 [
-                    f"… test acc. at equal measured speedup, batch {b}: latency- vs params-targeted (same steps)",
+                    f"… test acc. at equal measured speedup, batch {b}: latency- vs params-targeted (same steps"
+                    + ("" if setting is None else f", both {setting}")
+                    + ")",
                     ", ".join(
                         f"{c['speedup']:.2f}×: {c['latency_test_accuracy']:.3f} vs {c['params_test_accuracy']:.3f}"
                         for c in compared

@@ -595,6 +595,12 @@ def test_update_readme_latency_target_rows():
     latency, equal, _ = update_readme.latency_target_rows(data)
     assert latency[3] == equal[3] == common.goal(True)
     assert update_readme.latency_target_rows(None)[0][1] == update_readme.NOT_RUN
+    # a second store (another configuration) names its setting in every row
+    data["budget"] = {"l0_structures": "heads,ffn", "recovery_ratio": 0.5}
+    setting = update_readme._latency_setting(data)
+    assert setting == "heads,ffn, recovery_ratio=0.5"
+    rows = update_readme.latency_target_rows(data, setting=setting)
+    assert rows[0][0].startswith("m (heads,ffn, recovery_ratio=0.5) pruned") and "both heads,ffn" in rows[1][0]
 
 
 def test_update_readme_recovery_and_main_job_rows(tmp_path):

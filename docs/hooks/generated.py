@@ -38,7 +38,10 @@ TITLES = {  # result pages whose file has no title of its own
     "onnx_speed": "ONNX Runtime",
     "onnx_generation": "ONNX Runtime generation",
     "recovery": "Search, then recover",
+    "latency_recovery": "Latency targets against the best params-targeted runs",
 }
+# latency_targets.py's second store (heads,ffn with the recovery stage): its page and plot, named after its folder
+LATENCY_RECOVERY = RESULTS / "latency_recovery"
 
 
 def result_pages() -> dict[str, Path]:
@@ -46,6 +49,8 @@ def result_pages() -> dict[str, Path]:
     the diagnostics' notes and the benchmarks' own README (how to run them)."""
     pages = {f"{SITE_DIR}/{p.name}": p for p in sorted(RESULTS.glob("*.md"))}
     pages.update({f"{SITE_DIR}/latency/{p.name}": p for p in sorted((RESULTS / "latency").glob("*.md"))})
+    if (LATENCY_RECOVERY / "latency_targets.md").is_file():
+        pages[f"{SITE_DIR}/latency_recovery.md"] = LATENCY_RECOVERY / "latency_targets.md"
     pages[f"{SITE_DIR}/diagnostics.md"] = RESULTS / "diagnostics" / "README.md"
     pages[f"{SITE_DIR}/running.md"] = RESULTS.parent / "README.md"
     return pages
@@ -58,7 +63,8 @@ def _page_text(uri: str, path: Path) -> str:
         return "# Running the benchmarks\n" + text.split("\n", 1)[1]
     if text.lstrip().startswith("# "):
         return text
-    return f"# {TITLES.get(path.stem, path.stem.replace('_', ' ').capitalize())}\n\n{text}"
+    stem = Path(uri).stem if Path(uri).stem in TITLES else path.stem
+    return f"# {TITLES.get(stem, stem.replace('_', ' ').capitalize())}\n\n{text}"
 
 
 def on_files(files: Files, config: Any) -> Files:
@@ -66,6 +72,9 @@ def on_files(files: Files, config: Any) -> Files:
         files.append(File.generated(config, uri, content=_page_text(uri, path)))
     for plot in sorted(RESULTS.glob("*.png")):
         files.append(File.generated(config, f"{SITE_DIR}/{plot.name}", abs_src_path=str(plot)))
+    if (LATENCY_RECOVERY / "latency_targets.png").is_file():
+        plot = LATENCY_RECOVERY / "latency_targets.png"
+        files.append(File.generated(config, f"{SITE_DIR}/latency_recovery.png", abs_src_path=str(plot)))
     if MAIN_JOB_PLOT.is_file():
         files.append(File.generated(config, f"{SITE_DIR}/main_job_trajectory.png", abs_src_path=str(MAIN_JOB_PLOT)))
     return files
