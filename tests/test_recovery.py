@@ -523,8 +523,10 @@ def test_recovery_mask_tuning_changes_the_weights_at_the_freeze_only_and_resumes
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
-def test_recovery_mask_tuning_needs_a_teacher_and_a_recovery_stage(tmp_path):
+def test_recovery_mask_tuning_needs_a_teacher_a_recovery_stage_and_no_hidden_gates(tmp_path):
     with pytest.raises(ValueError, match="recovery_mask_tuning reconstructs the teacher"):
         trainer(tmp_path, recovery_mask_tuning=True)
     with pytest.raises(ValueError, match="set recovery_ratio > 0"):
         trainer(tmp_path, recovery_mask_tuning=True, recovery_ratio=0.0, teacher=bert(dropout=0.0))
+    with pytest.raises(ValueError, match="without hidden-dimension gates"):
+        trainer(tmp_path, recovery_mask_tuning=True, teacher=bert(dropout=0.0), l0_structures="heads,ffn,hidden")

@@ -116,11 +116,17 @@ class L0Trainer(Trainer):
 
         if teacher_model is None and args.teacher_model_name_or_path:
             teacher_model = type(model).from_pretrained(args.teacher_model_name_or_path)
-        if teacher_model is None and args.recovery_mask_tuning:
-            raise ValueError(
-                "recovery_mask_tuning reconstructs the teacher's sublayer outputs: set teacher_model_name_or_path or "
-                "pass teacher_model=."
-            )
+        if args.recovery_mask_tuning:
+            if teacher_model is None:
+                raise ValueError(
+                    "recovery_mask_tuning reconstructs the teacher's sublayer outputs: set teacher_model_name_or_path "
+                    "or pass teacher_model=."
+                )
+            if config.hidden or args.world_size > 1:
+                raise ValueError(
+                    "recovery_mask_tuning runs in one process on models without hidden-dimension gates: train "
+                    "without it under DDP / FSDP or with hidden=True."
+                )
         if teacher_model is None and args.distill_layerwise:
             raise ValueError(
                 "distill_layerwise needs a teacher: set teacher_model_name_or_path or pass teacher_model=."
@@ -292,8 +298,6 @@ class L0Trainer(Trainer):
         # Before the forward: a snap or the freeze at this step applies to this step's gates.
         self._step_controller(gated, step)
         if self.args.recovery_mask_tuning and int(self.controller.frozen_step) == step and self._tuned_at != step:
-            if self.args.world_size > 1:
-                raise ValueError("recovery_mask_tuning runs in one process: train without it under DDP / FSDP.")
             tune_mask_least_squares(gated, self.teacher, inputs)  # the first micro-batch of the freeze step
             self._tuned_at = step
         if self.teacher is None:
