@@ -38,6 +38,30 @@ def _capture(model: nn.Module, module: nn.Module, inputs: Mapping[str, Any], wha
     return seen[0]
 
 
+def _teacher_outputs(
+    teacher: nn.Module, adapter: Any, inputs: Mapping[str, Any]
+) -> dict[tuple[int, str], torch.Tensor]:
+    """Every output projection's output of the teacher in one forward, by (layer, sublayer kind)."""
+    seen: dict[tuple[int, str], torch.Tensor] = {}
+    handles = []
+    for layer in range(adapter.num_layers):
+        for kind in SUBLAYER_KINDS:
+            sublayer = getattr(adapter, kind)(layer)
+            if sublayer is not None:
+                key = (layer, kind)
+                handles.append(
+                    sublayer.output.register_forward_hook(
+                        lambda m, a, out, key=key: seen.__setitem__(key, out.detach())
+                    )
+                )
+    try:
+        teacher(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
 def _weight_out_in(module: nn.Module) -> torch.Tensor:
     """The projection's weight as [out, in] (a view: scaling it scales the module's weight)."""
     weight = base_layer(module).weight
@@ -62,16 +86,16 @@ def tune_mask_least_squares(
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     was_training = model.training
     model.eval()
+    targets = _teacher_outputs(teacher, dense, model_inputs)
     scales: dict[str, list[list[float]]] = {kind: [] for kind in SUBLAYER_KINDS}
     try:
         for layer in range(student.num_layers):
             for kind in SUBLAYER_KINDS:
-                sublayer, reference = getattr(student, kind)(layer), getattr(dense, kind)(layer)
-                if sublayer is None or reference is None:
+                sublayer, target = getattr(student, kind)(layer), targets.get((layer, kind))
+                if sublayer is None or target is None:
                     scales[kind].append([])
                     continue
                 x = _capture(model, sublayer.output, model_inputs, "input")
-                target = _capture(teacher, reference.output, model_inputs, "output")
                 x, target = x.reshape(-1, x.shape[-1]).double(), target.reshape(-1, target.shape[-1]).double()
                 if keep is not None and keep.numel() == x.shape[0]:
                     x, target = x[keep], target[keep]
