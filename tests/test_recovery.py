@@ -491,7 +491,7 @@ def test_least_squares_mask_tuning_reconstructs_the_teacher_and_stays_exact():
     model.eval()
     order = [(layer, kind) for layer in range(2) for kind in ("attention", "ffn")]
     before = {where: sublayer_error(model, teacher, inputs, *where) for where in order}
-    scales = tune_mask_least_squares(model, teacher, inputs)
+    scales = tune_mask_least_squares(model, teacher, [inputs])
     # the first sublayer with kept units is tuned on the inputs it had before: its error must fall
     first = next((layer, kind) for layer, kind in order if scales[kind][layer])
     assert sublayer_error(model, teacher, inputs, *first) < 0.9 * before[first]

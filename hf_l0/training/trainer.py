@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -298,7 +299,7 @@ class L0Trainer(Trainer):
         # Before the forward: a snap or the freeze at this step applies to this step's gates.
         self._step_controller(gated, step)
         if self.args.recovery_mask_tuning and int(self.controller.frozen_step) == step and self._tuned_at != step:
-            tune_mask_least_squares(gated, self.teacher, inputs)  # the first micro-batch of the freeze step
+            self._tune_mask(gated)  # at the first micro-batch of the freeze step
             self._tuned_at = step
         if self.teacher is None:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
@@ -313,6 +314,15 @@ class L0Trainer(Trainer):
         self._accumulate(self.controller.stats(sparsity.detach(), step))
         loss = loss + penalty.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    def _tune_mask(self, gated: nn.Module) -> None:
+        """recovery_mask_tuning: least-squares scales on the first training batches, read under a forked RNG (so the
+        training batches and dropout stay what they were; a resumed run reads the same ones)."""
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            loader = self.get_train_dataloader()
+            batches = list(itertools.islice(iter(loader), self.args.recovery_mask_tuning_batches))
+        tune_mask_least_squares(gated, self.teacher, [self._prepare_inputs(batch) for batch in batches])
 
     def _step_controller(self, gated: nn.Module, step: int) -> None:
         """The controller's once-per-step work (multiplier update, calibration, final-phase snap)."""

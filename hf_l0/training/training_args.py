@@ -64,9 +64,13 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
         default=False,
         metadata={
             "help": "At the freeze, scale each kept head / neuron by least squares so that every sublayer's output "
-            "projection reconstructs the teacher's on that step's batch (Kwon et al., 2022's mask tuning), folded "
-            "into the weights. Needs a teacher; one process, no hidden-dimension gates."
+            "projection reconstructs the teacher's on the first recovery_mask_tuning_batches training batches (Kwon "
+            "et al., 2022's mask tuning), folded into the weights. Needs a teacher; one process, no hidden-dimension "
+            "gates."
         },
+    )
+    recovery_mask_tuning_batches: int = field(
+        default=16, metadata={"help": "Calibration batches of recovery_mask_tuning (read under a forked RNG)."}
     )
     recovery_lr_restart: bool = field(
         default=False,
@@ -236,6 +240,8 @@ class L0TrainingArguments(CostTargetArguments, TrainingArguments):
                 f"recovery_ratio={self.recovery_ratio} must lie in [0, 1): the fraction of the steps that train the "
                 "fixed architecture after the search (0: no recovery stage)."
             )
+        if self.recovery_mask_tuning_batches < 1:
+            raise ValueError(f"recovery_mask_tuning_batches={self.recovery_mask_tuning_batches} must be >= 1.")
         if self.recovery_mask_tuning and self.recovery_ratio == 0:
             raise ValueError("recovery_mask_tuning=True tunes the mask at the freeze: set recovery_ratio > 0.")
         if self.gate_temperature_final is not None and self.gate_temperature_final <= 0:
