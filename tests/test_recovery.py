@@ -501,9 +501,16 @@ def test_least_squares_mask_tuning_reconstructs_the_teacher_and_stays_exact():
     assert float((final_output(model, inputs) - final_output(pruned, inputs)).abs().max()) <= 1e-5
 
 
-def test_recovery_mask_tuning_changes_the_weights_at_the_freeze_only_and_resumes_bitwise(tmp_path):
+def test_recovery_mask_tuning_changes_the_weights_at_the_freeze_only_and_resumes_bitwise(tmp_path, monkeypatch):
     """The tuning runs once, at the freeze step (before it both runs are the same bitwise, after it they differ), and a
     run resumed before the freeze tunes at the same step again: the same weights bitwise."""
+    from hf_l0.training import trainer as trainer_module
+
+    calls = []
+    tune = trainer_module.tune_mask_least_squares
+    monkeypatch.setattr(
+        trainer_module, "tune_mask_least_squares", lambda *a, **k: calls.append(len(a[2])) or tune(*a, **k)
+    )
     plain, tuned = Record(), Record()
     trainer(tmp_path / "p", callbacks=[plain], teacher=bert(dropout=0.0)).train()
     full = trainer(
@@ -511,13 +518,21 @@ def test_recovery_mask_tuning_changes_the_weights_at_the_freeze_only_and_resumes
         callbacks=[tuned],
         teacher=bert(dropout=0.0),
         recovery_mask_tuning=True,
+        recovery_mask_tuning_batches=4,
         save_strategy="steps",
         save_steps=4,
     )
     full.train()
+    assert calls == [4]  # once, on recovery_mask_tuning_batches batches
     assert torch.equal(plain.steps[FREEZE]["weight"], tuned.steps[FREEZE]["weight"])
     assert not torch.equal(plain.steps[FREEZE + 1]["weight"], tuned.steps[FREEZE + 1]["weight"])
-    resumed = trainer(tmp_path / "b", model=bert(seed=1), teacher=bert(dropout=0.0), recovery_mask_tuning=True)
+    resumed = trainer(
+        tmp_path / "b",
+        model=bert(seed=1),
+        teacher=bert(dropout=0.0),
+        recovery_mask_tuning=True,
+        recovery_mask_tuning_batches=4,
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-4"))
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
