@@ -125,8 +125,8 @@ class L0Trainer(Trainer):
                 )
             if config.hidden or args.world_size > 1:
                 raise ValueError(
-                    "recovery_mask_tuning runs in one process on models without hidden-dimension gates: train "
-                    "without it under DDP / FSDP or with hidden=True."
+                    "recovery_mask_tuning runs in one process on models without hidden-dimension gates: turn it off "
+                    "under DDP / FSDP and with hidden=True."
                 )
         if teacher_model is None and args.distill_layerwise:
             raise ValueError(
