@@ -95,26 +95,27 @@ def _solve(
     width = sublayer.unit_width
     units = weight.shape[1] // width
     w = weight.double().reshape(weight.shape[0], units, width)
-    inputs, residuals = [], []
+    # the normal equations over every unit, summed batch by batch (no activation is kept); a pruned unit's input is
+    # 0, so its rows stay 0 and only the units seen active are solved for
+    gram, rhs = w.new_zeros(units, units), w.new_zeros(units)
+    active = torch.zeros(units, dtype=torch.bool, device=w.device)
+    weight_gram = w[..., 0].t() @ w[..., 0] if width == 1 else None
     for batch in batches:
-        inputs.append(_tokens(_capture(model, sublayer.output, batch, "input"), batch).reshape(-1, units, width))
+        x = _tokens(_capture(model, sublayer.output, batch, "input"), batch).reshape(-1, units, width)
         target = _tokens(_capture(teacher, reference, batch, "output"), batch)
-        residuals.append(target - (0.0 if bias is None else bias.double()))
-    kept = torch.stack([(x != 0).any(dim=(0, 2)) for x in inputs]).any(0).nonzero().squeeze(-1)
-    if kept.numel() == 0:
-        return None
-    gram = w.new_zeros(len(kept), len(kept))
-    rhs = w.new_zeros(len(kept))
-    wk = w[:, kept]
-    for x, residual in zip(inputs, residuals):
+        residual = target - (0.0 if bias is None else bias.double())
+        active |= (x != 0).any(dim=(0, 2))
         if width == 1:  # neurons: G = (X^T X) * (W^T W), g = sum_t x_t * (W^T r_t)
-            xk = x[:, kept, 0]
-            gram += (xk.t() @ xk) * (wk[..., 0].t() @ wk[..., 0])
-            rhs += ((residual @ wk[..., 0]) * xk).sum(0)
+            gram += (x[..., 0].t() @ x[..., 0]) * weight_gram
+            rhs += ((residual @ w[..., 0]) * x[..., 0]).sum(0)
         else:  # heads: contributions c[t, u] = W_u x_{t, u}
-            contributions = torch.einsum("tuw,duw->tud", x[:, kept], wk)
+            contributions = torch.einsum("tuw,duw->tud", x, w)
             gram += torch.einsum("tud,tvd->uv", contributions, contributions)
             rhs += torch.einsum("tud,td->u", contributions, residual)
+    kept = active.nonzero().squeeze(-1)
+    if kept.numel() == 0:
+        return None
+    gram, rhs = gram[kept][:, kept], rhs[kept]
     # ||C m - r||^2 + ridge ||m - 1||^2: shrinks towards the scales the units have (1), never above the reconstruction
     # error they start from
     ridge = damping * gram.diagonal().mean().clamp_min(1e-12)
